@@ -1,0 +1,118 @@
+//! Durations as operators write them (`250ms`, `2s`, `1m30s`, `1h`) and back.
+
+use std::time::Duration;
+
+/// Parses `250ms`, `2s`, `1.5s`, `1m30s`, `1h`, `100us`. A bare number is rejected: the unit
+/// is what makes `timeout: 2` (seconds? milliseconds?) unambiguous.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let s = text.trim();
+    if s.is_empty() {
+        return Err("empty duration; write e.g. 250ms, 2s or 1m".to_string());
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        if num_len == 0 {
+            return Err(format!("invalid duration {text:?}; write e.g. 250ms, 2s or 1m"));
+        }
+        let value: f64 = rest[..num_len]
+            .parse()
+            .map_err(|_| format!("invalid number in duration {text:?}"))?;
+        rest = &rest[num_len..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let scale = match unit {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            "" => return Err(format!("duration {text:?} needs a unit (ms, s, m, h)")),
+            other => return Err(format!("unknown unit {other:?} in duration {text:?}; use ms, s, m or h")),
+        };
+        total += value * scale;
+    }
+    if !total.is_finite() || total > 1e9 {
+        return Err(format!("duration {text:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(total))
+}
+
+/// Formats with the largest unit that represents the value exactly (`1500ms`, `2s`, `1h`).
+pub fn format_duration(d: Duration) -> String {
+    let nanos = d.as_nanos();
+    const UNITS: [(u128, &str); 6] = [
+        (3_600_000_000_000, "h"),
+        (60_000_000_000, "m"),
+        (1_000_000_000, "s"),
+        (1_000_000, "ms"),
+        (1_000, "us"),
+        (1, "ns"),
+    ];
+    if nanos == 0 {
+        return "0s".to_string();
+    }
+    for (scale, unit) in UNITS {
+        if nanos % scale == 0 {
+            return format!("{}{unit}", nanos / scale);
+        }
+    }
+    unreachable!("1ns divides everything")
+}
+
+/// `#[serde(with = "serde_duration")]` for writing durations the way operators read them.
+pub mod serde_duration {
+    use std::time::Duration;
+
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format_duration(*d))
+    }
+
+    pub mod option {
+        use std::time::Duration;
+
+        use serde::Serializer;
+
+        pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => s.serialize_str(&super::super::format_duration(*d)),
+                None => s.serialize_none(),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_forms_operators_write() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("100us").unwrap(), Duration::from_micros(100));
+    }
+
+    #[test]
+    fn rejects_bare_numbers_and_unknown_units() {
+        assert!(parse_duration("2").unwrap_err().contains("needs a unit"));
+        assert!(parse_duration("2d").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("ms").is_err());
+    }
+
+    #[test]
+    fn formats_round_trip() {
+        for s in ["250ms", "2s", "1m", "1h", "90s", "100us"] {
+            assert_eq!(format_duration(parse_duration(s).unwrap()), s);
+        }
+    }
+}

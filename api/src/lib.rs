@@ -1,0 +1,22 @@
+//! Weft's operator-facing policy types, their YAML decoding with file:line diagnostics, and validation.
+//!
+//! No I/O happens here: callers hand in text and a file name, and get typed documents or every
+//! problem found, each with the line and field path that caused it.
+#![forbid(unsafe_code)]
+
+pub mod diagnostic;
+pub mod duration;
+pub mod policy;
+pub mod yaml;
+pub mod decode;
+pub mod validate;
+
+pub use diagnostic::{Diagnostic, Diagnostics};
+pub use policy::*;
+
+/// Parses and validates every document in `text` (one file). `file` is only used in diagnostics.
+pub fn parse_file(file: &str, text: &str) -> Result<Vec<Document>, Diagnostics> {
+    let docs = decode::decode_documents(file, text)?;
+    validate::validate_documents(file, &docs)?;
+    Ok(docs)
+}

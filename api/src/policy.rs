@@ -1,0 +1,561 @@
+//! The policy kinds operators write (DESIGN.md "Policy YAML"), as plain typed structs.
+//!
+//! Field names follow the YAML (camelCase there, snake_case here). Defaults live in the
+//! `Default` impls so that the decoder, the proxy and the docs agree on one value.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::duration::serde_duration;
+
+pub const API_VERSION: &str = "weft.dev/v1alpha1";
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// One YAML document of any kind, with the line it starts on (for cross-document errors).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind")]
+pub enum Document {
+    Service(Service),
+    Route(Route),
+    TrafficPolicy(TrafficPolicy),
+    AuthorizationPolicy(AuthorizationPolicy),
+    Mesh(Mesh),
+    Proxy(Proxy),
+}
+
+impl Document {
+    pub fn metadata(&self) -> &Metadata {
+        match self {
+            Document::Service(d) => &d.metadata,
+            Document::Route(d) => &d.metadata,
+            Document::TrafficPolicy(d) => &d.metadata,
+            Document::AuthorizationPolicy(d) => &d.metadata,
+            Document::Mesh(d) => &d.metadata,
+            Document::Proxy(d) => &d.metadata,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Document::Service(_) => "Service",
+            Document::Route(_) => "Route",
+            Document::TrafficPolicy(_) => "TrafficPolicy",
+            Document::AuthorizationPolicy(_) => "AuthorizationPolicy",
+            Document::Mesh(_) => "Mesh",
+            Document::Proxy(_) => "Proxy",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Metadata {
+    pub name: String,
+    /// `default` when omitted.
+    pub namespace: String,
+    /// 1-based line of the document's first key, for diagnostics that span documents.
+    #[serde(skip)]
+    pub line: usize,
+}
+
+// ---------------------------------------------------------------- Service
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Service {
+    pub metadata: Metadata,
+    pub spec: ServiceSpec,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ServiceSpec {
+    pub ports: Vec<ServicePort>,
+    /// Static endpoints; empty when the registry supplies them.
+    pub endpoints: Vec<EndpointSpec>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ServicePort {
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Http,
+    Http2,
+    Grpc,
+    Tcp,
+}
+
+impl Protocol {
+    pub const NAMES: &'static [&'static str] = &["http", "http2", "grpc", "tcp"];
+
+    pub fn from_name(s: &str) -> Option<Protocol> {
+        Some(match s {
+            "http" => Protocol::Http,
+            "http2" => Protocol::Http2,
+            "grpc" => Protocol::Grpc,
+            "tcp" => Protocol::Tcp,
+            _ => return None,
+        })
+    }
+
+    /// Whether upstream connections speak HTTP/2 (prior knowledge) rather than HTTP/1.1.
+    pub fn is_h2(self) -> bool {
+        matches!(self, Protocol::Http2 | Protocol::Grpc)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EndpointSpec {
+    pub address: SocketAddr,
+    /// Relative share of traffic; default 1.
+    pub weight: u32,
+    /// SPIFFE id of a meshed peer proxy; present means "talk mTLS and verify this identity".
+    pub identity: Option<String>,
+}
+
+// ---------------------------------------------------------------- Route
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Route {
+    pub metadata: Metadata,
+    pub spec: RouteSpec,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RouteSpec {
+    /// The service whose calls this route decides.
+    pub service: String,
+    /// Evaluated in order; the first rule that matches wins.
+    pub rules: Vec<RouteRule>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RouteRule {
+    #[serde(rename = "match")]
+    pub matches: RouteMatch,
+    /// Empty means "the route's own service".
+    pub backends: Vec<BackendRef>,
+    #[serde(with = "serde_duration::option")]
+    pub timeout: Option<Duration>,
+    pub retry: Option<RetryPolicy>,
+    /// 1-based line of the rule, so `/explain` can point at it.
+    #[serde(skip)]
+    pub line: usize,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteMatch {
+    pub path_prefix: Option<String>,
+    /// Exact path.
+    pub path: Option<String>,
+    /// Upper-case method names; empty matches any.
+    pub methods: Vec<String>,
+    /// Exact header values, names lower-cased.
+    pub headers: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BackendRef {
+    pub service: String,
+    pub weight: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryPolicy {
+    /// Retries after the first try (so `attempts: 2` means up to 3 tries).
+    pub attempts: u32,
+    pub on: Vec<RetryOn>,
+    #[serde(with = "serde_duration::option")]
+    pub per_try_timeout: Option<Duration>,
+    #[serde(with = "serde_duration")]
+    pub backoff_base: Duration,
+    #[serde(with = "serde_duration")]
+    pub backoff_max: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 2,
+            on: vec![RetryOn::ConnectFailure],
+            per_try_timeout: None,
+            backoff_base: Duration::from_millis(25),
+            backoff_max: Duration::from_millis(250),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum RetryOn {
+    /// Any 5xx response.
+    #[serde(rename = "5xx")]
+    Status5xx,
+    /// 502, 503 and 504 only.
+    #[serde(rename = "gateway-error")]
+    GatewayError,
+    /// The connection could not be made (nothing was sent).
+    #[serde(rename = "connect-failure")]
+    ConnectFailure,
+    /// The connection broke before a response arrived.
+    #[serde(rename = "reset")]
+    Reset,
+    /// The per-try timeout fired.
+    #[serde(rename = "timeout")]
+    Timeout,
+}
+
+impl RetryOn {
+    pub const NAMES: &'static [&'static str] =
+        &["5xx", "gateway-error", "connect-failure", "reset", "timeout"];
+
+    pub fn from_name(s: &str) -> Option<RetryOn> {
+        Some(match s {
+            "5xx" => RetryOn::Status5xx,
+            "gateway-error" => RetryOn::GatewayError,
+            "connect-failure" => RetryOn::ConnectFailure,
+            "reset" => RetryOn::Reset,
+            "timeout" => RetryOn::Timeout,
+            _ => return None,
+        })
+    }
+}
+
+// ---------------------------------------------------------------- TrafficPolicy
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TrafficPolicy {
+    pub metadata: Metadata,
+    pub spec: TrafficPolicySpec,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficPolicySpec {
+    pub service: String,
+    pub load_balancer: LoadBalancer,
+    #[serde(with = "serde_duration")]
+    pub connect_timeout: Duration,
+    /// Pooled upstream connections idle longer than this are closed. Kept below common app
+    /// keep-alive timeouts (Node.js: 5 s) so the proxy, not the app, closes idle connections.
+    #[serde(with = "serde_duration")]
+    pub idle_timeout: Duration,
+    pub limits: Limits,
+    pub outlier_detection: OutlierDetection,
+    pub retry_budget: RetryBudgetSpec,
+}
+
+impl TrafficPolicySpec {
+    pub fn defaults_for(service: &str) -> Self {
+        TrafficPolicySpec {
+            service: service.to_string(),
+            load_balancer: LoadBalancer::PeakEwma,
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(4),
+            limits: Limits::default(),
+            outlier_detection: OutlierDetection::default(),
+            retry_budget: RetryBudgetSpec::default(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoadBalancer {
+    #[default]
+    PeakEwma,
+    RoundRobin,
+    LeastRequest,
+}
+
+impl LoadBalancer {
+    pub const NAMES: &'static [&'static str] = &["peak-ewma", "round-robin", "least-request"];
+
+    pub fn from_name(s: &str) -> Option<LoadBalancer> {
+        Some(match s {
+            "peak-ewma" => LoadBalancer::PeakEwma,
+            "round-robin" => LoadBalancer::RoundRobin,
+            "least-request" => LoadBalancer::LeastRequest,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Limits {
+    /// Requests in flight to the service at once; beyond it the proxy answers 503 at once.
+    pub max_concurrent_requests: u32,
+    /// Requests waiting for an upstream connection at once; beyond it, 503 at once.
+    pub max_pending_requests: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_concurrent_requests: 1024, max_pending_requests: 1024 }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutlierDetection {
+    pub consecutive_failures: u32,
+    /// First ejection lasts this long; each further ejection of the same endpoint doubles it.
+    #[serde(with = "serde_duration")]
+    pub base_ejection: Duration,
+    /// Upper bound for the growing ejection time.
+    #[serde(with = "serde_duration")]
+    pub max_ejection: Duration,
+    /// Never eject more than this share of a service's endpoints (0–100).
+    pub max_ejection_percent: u32,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        OutlierDetection {
+            consecutive_failures: 5,
+            base_ejection: Duration::from_secs(30),
+            max_ejection: Duration::from_secs(300),
+            max_ejection_percent: 50,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryBudgetSpec {
+    /// Retries may add at most this share of the original requests (over a 10 s window)…
+    pub ratio: f64,
+    /// …plus this many per second, so low-traffic services can still retry.
+    pub min_per_second: u32,
+}
+
+impl Default for RetryBudgetSpec {
+    fn default() -> Self {
+        RetryBudgetSpec { ratio: 0.2, min_per_second: 10 }
+    }
+}
+
+// ---------------------------------------------------------------- AuthorizationPolicy
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AuthorizationPolicy {
+    pub metadata: Metadata,
+    pub spec: AuthorizationSpec,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AuthorizationSpec {
+    pub service: String,
+    pub default: AuthzAction,
+    pub rules: Vec<AuthzRule>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthzAction {
+    Allow,
+    #[default]
+    Deny,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AuthzRule {
+    /// SPIFFE ids allowed; empty means any authenticated caller.
+    pub from: Vec<String>,
+    /// Path prefixes; empty means any path.
+    pub paths: Vec<String>,
+    /// Methods; empty means any.
+    pub methods: Vec<String>,
+    #[serde(skip)]
+    pub line: usize,
+}
+
+// ---------------------------------------------------------------- Mesh
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Mesh {
+    pub metadata: Metadata,
+    pub spec: MeshSpec,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshSpec {
+    pub trust_domain: String,
+    pub mtls: MtlsMode,
+    #[serde(rename = "certTTL", with = "serde_duration")]
+    pub cert_ttl: Duration,
+}
+
+impl Default for MeshSpec {
+    fn default() -> Self {
+        MeshSpec {
+            trust_domain: "cluster.local".to_string(),
+            mtls: MtlsMode::Strict,
+            cert_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MtlsMode {
+    #[default]
+    Strict,
+    Permissive,
+    Off,
+}
+
+// ---------------------------------------------------------------- Proxy
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Proxy {
+    pub metadata: Metadata,
+    pub spec: ProxySpec,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxySpec {
+    /// The service this sidecar stands beside.
+    pub service: String,
+    pub inbound: Option<InboundSpec>,
+    pub outbound: Option<OutboundSpec>,
+    pub upstreams: Vec<UpstreamSpec>,
+    pub admin: AdminSpec,
+    pub tls: Option<TlsFiles>,
+    pub control_plane: Option<ControlPlaneSpec>,
+    pub state_dir: Option<String>,
+    /// Runtime threads (one current-thread runtime each); 0 means one per available core.
+    pub workers: u16,
+    /// How long SIGTERM waits for in-flight requests and the app's late calls.
+    #[serde(with = "serde_duration")]
+    pub shutdown_grace: Duration,
+    pub http: HttpLimits,
+    pub log: LogSpec,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct InboundSpec {
+    pub listen: SocketAddr,
+    /// The local app.
+    pub app: SocketAddr,
+    /// The app's protocol; defaults to the port's protocol in the Service document, else http.
+    pub protocol: Option<Protocol>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct OutboundSpec {
+    pub listen: SocketAddr,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct UpstreamSpec {
+    pub service: String,
+    pub listen: SocketAddr,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AdminSpec {
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminSpec {
+    fn default() -> Self {
+        AdminSpec { listen: SocketAddr::from(([127, 0, 0, 1], 4191)) }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsFiles {
+    pub cert_file: String,
+    pub key_file: String,
+    pub bundle_file: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ControlPlaneSpec {
+    pub address: String,
+    pub join_token_file: Option<String>,
+}
+
+/// Limits that protect the proxy from bad or slow clients.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpLimits {
+    /// Request head (line + headers) larger than this gets 431.
+    pub max_header_bytes: u32,
+    /// Request bodies larger than this get 413; 0 means no limit (bodies stream).
+    pub max_body_bytes: u64,
+    /// A client that has not sent a whole request head within this is disconnected.
+    #[serde(with = "serde_duration")]
+    pub header_read_timeout: Duration,
+    /// Idle client connections are closed after this long.
+    #[serde(with = "serde_duration")]
+    pub client_idle_timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_header_bytes: 64 * 1024,
+            max_body_bytes: 0,
+            header_read_timeout: Duration::from_secs(10),
+            client_idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogSpec {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `weft_proxy=debug`.
+    pub level: String,
+    /// One line per request at info level.
+    pub access_log: bool,
+}
+
+impl Default for LogSpec {
+    fn default() -> Self {
+        LogSpec { format: LogFormat::Text, level: "info".to_string(), access_log: false }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl ProxySpec {
+    pub fn defaults_for(service: &str) -> Self {
+        ProxySpec {
+            service: service.to_string(),
+            inbound: None,
+            outbound: None,
+            upstreams: Vec::new(),
+            admin: AdminSpec::default(),
+            tls: None,
+            control_plane: None,
+            state_dir: None,
+            workers: 0,
+            shutdown_grace: Duration::from_secs(30),
+            http: HttpLimits::default(),
+            log: LogSpec::default(),
+        }
+    }
+}

@@ -1,0 +1,2 @@
+//! weft-control: the control plane (registry, policy, discovery, CA) and the `weft` CLI.
+#![forbid(unsafe_code)]

@@ -1,0 +1,5 @@
+//! `weft` binary entry point.
+
+fn main() {
+    println!("weft");
+}

@@ -1,0 +1,1 @@
+//! Load balancing and endpoint guards: which endpoint gets the next request, and which are out.

@@ -1,0 +1,18 @@
+//! A cheap process-wide monotonic clock in nanoseconds, so timestamps fit in atomics.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+/// Nanoseconds since the first call in this process (never 0 after the first call returns).
+pub fn now_nanos() -> u64 {
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    Instant::now().duration_since(epoch).as_nanos() as u64 + 1
+}
+
+/// Converts a clock reading back into an `Instant`, for timers.
+pub fn to_instant(nanos: u64) -> Instant {
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    epoch + Duration::from_nanos(nanos.saturating_sub(1))
+}

@@ -1,0 +1,5 @@
+//! `weft-proxy` binary entry point.
+
+fn main() {
+    println!("weft-proxy");
+}

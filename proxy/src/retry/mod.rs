@@ -1,0 +1,1 @@
+//! Retry decisions: the retry budget and jittered exponential backoff.

@@ -1,0 +1,1 @@
+//! Test support: start real weft binaries and real backend servers on loopback.
