@@ -56,7 +56,7 @@ pub fn format_duration(d: Duration) -> String {
         return "0s".to_string();
     }
     for (scale, unit) in UNITS {
-        if nanos % scale == 0 {
+        if nanos.is_multiple_of(scale) {
             return format!("{}{unit}", nanos / scale);
         }
     }

@@ -1,2 +1,4 @@
 //! weft-control: the control plane (registry, policy, discovery, CA) and the `weft` CLI.
 #![forbid(unsafe_code)]
+
+pub mod check;

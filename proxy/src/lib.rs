@@ -1,8 +1,24 @@
 //! weft-proxy: the per-pod data plane. Follow a request by module name:
-//! `listeners` → `http` (server side) → `outbound`/`inbound` → `routing` → `retry` →
-//! `balance` → `connect` (pools) → the peer. `admin`, `metrics` and `config` sit beside.
+//! `listeners` → `http::server` → `outbound`/`inbound` → `routing` → `forward` (retries,
+//! timeouts) → `balance` → `connect` (pools) → the peer. `tcp` carries opaque streams;
+//! `admin`, `metrics`, `config` and `runtime` sit beside the path.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod balance;
 pub mod clock;
+pub mod config;
+pub mod connect;
+pub mod forward;
+pub mod http;
+pub mod inbound;
+pub mod listeners;
+pub mod logging;
+pub mod metrics;
+pub mod outbound;
 pub mod retry;
+pub mod routing;
+pub mod runtime;
+pub mod state;
+pub mod target;
+pub mod tcp;

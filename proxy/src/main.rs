@@ -1,5 +1,60 @@
-//! `weft-proxy` binary entry point.
+//! `weft-proxy` command line: run a sidecar from a config file, or wait for one (`await`).
 
-fn main() {
-    println!("weft-proxy");
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+mod await_cmd;
+
+const USAGE: &str = "\
+weft-proxy: Weft's sidecar proxy
+
+USAGE:
+    weft-proxy --config FILE [--workers N]
+        Run a sidecar from FILE (a Proxy document plus any Service, Route, TrafficPolicy,
+        AuthorizationPolicy and Mesh documents). Relative paths in FILE resolve against its folder.
+    weft-proxy await [--admin ADDR] [--timeout DURATION] -- CMD [ARGS...]
+        Wait until the local proxy is ready (default admin 127.0.0.1:4191, timeout 60s), run CMD,
+        then shut the proxy down when CMD exits. Exits with CMD's exit code.
+    weft-proxy --version
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("await") => return await_cmd::run(&args[1..]),
+        Some("--version" | "-V") => {
+            println!("weft-proxy {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Some("--help" | "-h") | None => {
+            print!("{USAGE}");
+            return if args.is_empty() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+        }
+        _ => {}
+    }
+    let mut config = None;
+    let mut workers = None;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--config" | "-c" => config = it.next().map(PathBuf::from),
+            "--workers" => match it.next().and_then(|n| n.parse::<usize>().ok()).filter(|n| *n > 0) {
+                Some(n) => workers = Some(n),
+                None => return usage_error("--workers needs a positive number"),
+            },
+            other => return usage_error(&format!("unknown argument {other:?}")),
+        }
+    }
+    let Some(config) = config else {
+        return usage_error("--config FILE is required");
+    };
+    match weft_proxy::runtime::run(config, workers) {
+        0 => ExitCode::SUCCESS,
+        code => ExitCode::from(code.clamp(1, 255) as u8),
+    }
+}
+
+fn usage_error(msg: &str) -> ExitCode {
+    eprintln!("weft-proxy: {msg}\n\n{USAGE}");
+    ExitCode::from(2)
 }

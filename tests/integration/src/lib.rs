@@ -1,1 +1,31 @@
 //! Test support: start real weft binaries and real backend servers on loopback.
+//!
+//! Everything here talks over real sockets on 127.0.0.1: backends are in-process hyper servers,
+//! the proxy is the real `weft-proxy` binary in a child process. Each test builds its own world
+//! (ports, temp dir, processes) so tests can run in parallel threads without sharing state.
+
+pub mod backend;
+pub mod binaries;
+pub mod client;
+pub mod config;
+pub mod load;
+pub mod metrics;
+pub mod net;
+pub mod proxy;
+pub mod tcp_echo;
+pub mod tempdir;
+pub mod wait;
+
+pub use backend::Backend;
+pub use binaries::bin;
+pub use client::{H1Conn, H2Conn, Req, Resp};
+pub use config::{document, service, service_weighted};
+pub use load::{Limit, LoadReport, run_load};
+pub use metrics::metric_sum;
+pub use proxy::{Proxy, ProxyConfig};
+pub use tcp_echo::TcpEcho;
+pub use tempdir::TempDir;
+pub use wait::eventually;
+
+/// The error type of client helpers: any failure, with a message fit for an assertion.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,0 +1,135 @@
+//! `/explain?host=&path=&method=`: which service, route rule, backends and policy decide a
+//! request, and why — so "which policy applied?" has an answer without reading YAML.
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use serde_json::{Value, json};
+
+use crate::config::Snapshot;
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Query pairs, decoded. `header.<name>=<value>` pairs become request headers.
+fn parse_query(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+pub fn explain(snap: &Snapshot, query: &str) -> Value {
+    let pairs = parse_query(query);
+    let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let Some(host) = get("host") else {
+        return json!({"error": "give host= (and optionally path=, method=, header.<name>=)"});
+    };
+    let path = get("path").unwrap_or("/");
+    let method = Method::from_bytes(get("method").unwrap_or("GET").as_bytes()).unwrap_or(Method::GET);
+    let mut headers = HeaderMap::new();
+    for (k, v) in &pairs {
+        if let Some(name) = k.strip_prefix("header.")
+            && let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(v))
+        {
+            headers.insert(n, v);
+        }
+    }
+    let host_only = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
+    let Some(svc) = snap.lookup_host(host_only) else {
+        return json!({
+            "host": host, "decision": "404 unknown-service",
+            "why": "no Service is known under this name; names accepted: <name>, <name>.<namespace>, <name>.<namespace>.svc.cluster.local",
+            "configVersion": snap.version,
+        });
+    };
+    let Some(rule) = svc.find(&method, path, &headers) else {
+        return json!({
+            "host": host, "service": svc.key.as_ref(), "decision": "404 no-route",
+            "why": format!("none of the {} rule(s) of the service's routes matches {method} {path}", svc.rules.len()),
+            "configVersion": snap.version,
+        });
+    };
+    let backends: Vec<Value> = rule
+        .backends
+        .iter()
+        .map(|b| {
+            json!({
+                "service": b.cluster.key.as_ref(),
+                "weight": b.weight,
+                "protocol": b.cluster.protocol,
+                "endpoints": b.cluster.set.endpoints().len(),
+                "loadBalancer": b.cluster.policy.load_balancer,
+                "limits": b.cluster.policy.limits,
+                "outlierDetection": b.cluster.policy.outlier_detection,
+                "retryBudget": b.cluster.policy.retry_budget,
+                "connectTimeout": weft_api::duration::format_duration(b.cluster.policy.connect_timeout),
+            })
+        })
+        .collect();
+    let why = if rule.route.as_ref() == "default" {
+        "the service has no Route; all its calls go to its own endpoints".to_string()
+    } else {
+        format!("first matching rule (index {}) of Route {}, at line {}", rule.index, rule.route, rule.line)
+    };
+    json!({
+        "host": host,
+        "method": method.as_str(),
+        "path": path,
+        "service": svc.key.as_ref(),
+        "route": rule.route.as_ref(),
+        "rule": rule.index,
+        "line": rule.line,
+        "why": why,
+        "timeout": rule.timeout.map(weft_api::duration::format_duration),
+        "retry": {
+            "attempts": rule.retry.attempts,
+            "on5xx": rule.retry.on_5xx,
+            "onGatewayError": rule.retry.on_gateway_error,
+            "onConnectFailure": true,
+            "onReset": rule.retry.on_reset,
+            "onTimeout": rule.retry.on_timeout,
+            "perTryTimeout": rule.retry.per_try_timeout.map(weft_api::duration::format_duration),
+            "replaysBody": rule.retry.needs_replay(),
+        },
+        "backends": backends,
+        "configVersion": snap.version,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_query_pairs() {
+        let q = parse_query("host=payments.shop&path=%2Fv1%2Fa+b&header.x-canary=true");
+        assert_eq!(q[0], ("host".to_string(), "payments.shop".to_string()));
+        assert_eq!(q[1], ("path".to_string(), "/v1/a b".to_string()));
+        assert_eq!(q[2], ("header.x-canary".to_string(), "true".to_string()));
+        assert_eq!(percent_decode("100%"), "100%");
+    }
+}

@@ -1,0 +1,154 @@
+//! The admin listener: metrics, readiness, the effective config, endpoint state, `/explain`,
+//! log level changes and shutdown. Kept off the data-plane workers.
+
+mod explain;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::clock::now_nanos;
+use crate::metrics::METRICS;
+use crate::state::ProxyState;
+
+type AdminResponse = Response<Full<Bytes>>;
+
+pub async fn serve(listener: TcpListener, state: Arc<ProxyState>) {
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else { continue };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(route(&state, peer, req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> AdminResponse {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+fn json_response(value: &serde_json::Value) -> AdminResponse {
+    let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    body.push(b'\n');
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    r
+}
+
+async fn route(state: &ProxyState, peer: SocketAddr, req: Request<Incoming>) -> AdminResponse {
+    let path = req.uri().path().to_string();
+    match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/metrics") => {
+            update_endpoint_gauges(state);
+            let mut r = text(StatusCode::OK, METRICS.render());
+            r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; version=0.0.4"));
+            r
+        }
+        (Method::GET, "/ready") => {
+            if state.is_draining() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else {
+                text(StatusCode::OK, "ready\n")
+            }
+        }
+        (Method::GET, "/live") => text(StatusCode::OK, "live\n"),
+        (Method::GET, "/config") => {
+            let snap = state.config.load();
+            json_response(&json!({
+                "version": snap.version,
+                "source": snap.source,
+                "documents": snap.documents,
+            }))
+        }
+        (Method::GET, "/endpoints") => json_response(&endpoints_json(state)),
+        (Method::GET, "/explain") => {
+            let query = req.uri().query().unwrap_or("");
+            json_response(&explain::explain(&state.config.load(), query))
+        }
+        (Method::PUT, "/log-level") => {
+            let body = match Limited::new(req.into_body(), 4096).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => return text(StatusCode::BAD_REQUEST, "body too large\n"),
+            };
+            let filter = String::from_utf8_lossy(&body).to_string();
+            match &state.log {
+                Some(log) => match log.set(&filter) {
+                    Ok(()) => {
+                        tracing::info!(filter = filter.trim(), "log level changed");
+                        text(StatusCode::OK, format!("log level set to {}\n", filter.trim()))
+                    }
+                    Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+                },
+                None => text(StatusCode::SERVICE_UNAVAILABLE, "logging is not reloadable in this process\n"),
+            }
+        }
+        (Method::POST, "/shutdown") => {
+            if !peer.ip().is_loopback() {
+                return text(StatusCode::FORBIDDEN, "shutdown is only accepted from loopback\n");
+            }
+            tracing::info!(%peer, "shutdown requested through the admin port");
+            state.start_drain();
+            text(StatusCode::ACCEPTED, "shutting down\n")
+        }
+        (_, "/metrics" | "/ready" | "/live" | "/config" | "/endpoints" | "/explain" | "/log-level" | "/shutdown") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found; try /metrics /ready /live /config /endpoints /explain?host=&path=&method= PUT /log-level POST /shutdown\n",
+        ),
+    }
+}
+
+fn endpoints_json(state: &ProxyState) -> serde_json::Value {
+    let snap = state.config.load();
+    let now = now_nanos();
+    let mut services: Vec<serde_json::Value> = snap
+        .clusters
+        .values()
+        .map(|c| {
+            json!({
+                "service": c.key.as_ref(),
+                "protocol": c.protocol,
+                "loadBalancer": c.policy.load_balancer,
+                "inFlight": c.shared.limit.in_flight(),
+                "endpoints": c.set.endpoints().iter().map(|e| e.status(now)).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    services.sort_by(|a, b| a["service"].as_str().cmp(&b["service"].as_str()));
+    if let Some(ib) = &snap.inbound {
+        services.push(json!({
+            "service": "inbound",
+            "protocol": ib.cluster.protocol,
+            "endpoints": ib.cluster.set.endpoints().iter().map(|e| e.status(now)).collect::<Vec<_>>(),
+        }));
+    }
+    json!({ "version": snap.version, "services": services })
+}
+
+fn update_endpoint_gauges(state: &ProxyState) {
+    let snap = state.config.load();
+    let now = now_nanos();
+    for c in snap.clusters.values() {
+        let (available, ejected) = c.set.counts(now);
+        c.shared.metrics.endpoints_available.set(available as i64);
+        c.shared.metrics.endpoints_ejected.set(ejected as i64);
+    }
+}

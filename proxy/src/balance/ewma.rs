@@ -1,0 +1,136 @@
+//! Peak-EWMA latency estimate of one endpoint, kept in two atomics so every worker can update it.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
+
+/// Decay time constant (τ): a sample's weight falls to 1/e after 10 s. Long enough that one
+/// fast response does not erase a slowdown, short enough that a recovered endpoint wins its
+/// traffic back within tens of seconds.
+const DECAY_NANOS: f64 = 10e9;
+
+/// Estimate of an endpoint that has not answered yet: 30 ms. In-cluster calls usually take
+/// well under that, so a new endpoint looks a little worse than proven ones and is not flooded
+/// on arrival; it still wins as soon as a proven endpoint has a few requests queued, and the
+/// idle decay (see [`PeakEwma::get`]) brings it into play within seconds at low load. Its first
+/// real answer replaces the guess (a higher sample at once, a lower one by decay).
+pub(crate) const DEFAULT_RTT_NANOS: f64 = 30e6;
+
+/// A latency estimate that jumps up to a new peak at once and decays toward lower samples
+/// with a weight that depends on the time between samples (w = exp(-elapsed/τ)), so it is
+/// quick to avoid a slow endpoint and cautious about trusting it again.
+///
+/// The estimate and its time stamp are two separate atomics. Both use `Relaxed`: they publish
+/// no other memory, and a reader that sees one updated before the other only makes one pick
+/// with a slightly stale estimate.
+pub(crate) struct PeakEwma {
+    /// Estimate in nanoseconds, as `f64` bits.
+    estimate: AtomicU64,
+    /// `clock::now_nanos()` of the last sample.
+    stamp: AtomicU64,
+}
+
+impl PeakEwma {
+    pub(crate) fn new(now: u64) -> PeakEwma {
+        PeakEwma { estimate: AtomicU64::new(DEFAULT_RTT_NANOS.to_bits()), stamp: AtomicU64::new(now) }
+    }
+
+    /// The estimate as seen at `now`, in nanoseconds. Time without samples decays it toward
+    /// zero: under power-of-two-choices the worst endpoint loses every comparison and so would
+    /// never be measured again; fading its old estimate lets it be retried now and then
+    /// (about once per τ·ln(its cost ratio) at low load) and so found again once it recovers.
+    pub(crate) fn get(&self, now: u64) -> f64 {
+        let estimate = f64::from_bits(self.estimate.load(Relaxed));
+        estimate * weight_of_old(now.saturating_sub(self.stamp.load(Relaxed)))
+    }
+
+    /// Folds a latency sample (nanoseconds) into the estimate.
+    pub(crate) fn observe(&self, sample: f64, now: u64) {
+        // fetch_max rather than swap: concurrent updaters each get their own slice of the
+        // elapsed time (the later ones see almost none, so their samples weigh little, as a
+        // time-weighted average wants) and the stamp never moves backwards.
+        let previous = self.stamp.fetch_max(now, Relaxed);
+        let w = weight_of_old(now.saturating_sub(previous));
+        let _ = self.estimate.fetch_update(Relaxed, Relaxed, |bits| {
+            let old = f64::from_bits(bits);
+            let next = if sample > old { sample } else { old * w + sample * (1.0 - w) };
+            Some(next.to_bits())
+        });
+    }
+
+    /// Raises the estimate to `sample` when that is a new peak; never lowers it. Failures use
+    /// this: a slow failure (a timeout) is real evidence of slowness, but a fast one (connection
+    /// refused) must not make a broken endpoint look like the quickest.
+    pub(crate) fn raise(&self, sample: f64, now: u64) {
+        let raised = self
+            .estimate
+            .fetch_update(Relaxed, Relaxed, |bits| (sample > f64::from_bits(bits)).then_some(sample.to_bits()));
+        if raised.is_ok() {
+            self.stamp.fetch_max(now, Relaxed);
+        }
+    }
+}
+
+/// Weight kept by the old estimate after `elapsed` nanoseconds: exp(-elapsed/τ).
+fn weight_of_old(elapsed: u64) -> f64 {
+    if elapsed == 0 {
+        return 1.0;
+    }
+    (-(elapsed as f64) / DECAY_NANOS).exp()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: f64 = 1e6;
+    const SEC: u64 = 1_000_000_000;
+
+    #[test]
+    fn starts_at_the_default_rtt() {
+        let e = PeakEwma::new(SEC);
+        assert_eq!(e.get(SEC), DEFAULT_RTT_NANOS);
+    }
+
+    #[test]
+    fn a_higher_sample_is_taken_at_once() {
+        let e = PeakEwma::new(SEC);
+        e.observe(5.0 * MS, SEC + 1);
+        e.observe(200.0 * MS, SEC + 2);
+        assert_eq!(e.get(SEC + 2), 200.0 * MS);
+    }
+
+    #[test]
+    fn lower_samples_pull_it_down_by_elapsed_time() {
+        let e = PeakEwma::new(0);
+        e.observe(100.0 * MS, 1);
+        // A lower sample 1 ms later barely moves it: the average is weighted by time, not count.
+        e.observe(10.0 * MS, 1 + 1_000_000);
+        let after_1ms = e.get(1 + 1_000_000);
+        assert!(after_1ms > 99.0 * MS, "{after_1ms}");
+        // One τ later the old value keeps weight 1/e.
+        e.observe(10.0 * MS, 1 + 1_000_000 + 10 * SEC);
+        let after_tau = e.get(1 + 1_000_000 + 10 * SEC);
+        let expected = after_1ms / std::f64::consts::E + 10.0 * MS * (1.0 - 1.0 / std::f64::consts::E);
+        assert!((after_tau - expected).abs() < 0.01 * MS, "{after_tau} vs {expected}");
+    }
+
+    #[test]
+    fn idle_time_decays_the_reading_toward_zero() {
+        let e = PeakEwma::new(0);
+        e.observe(50.0 * MS, SEC);
+        let later = e.get(SEC + 10 * SEC);
+        assert!((later - 50.0 * MS / std::f64::consts::E).abs() < 0.01 * MS, "{later}");
+        // Reading does not write: the stored estimate is unchanged.
+        assert_eq!(e.get(SEC), 50.0 * MS);
+    }
+
+    #[test]
+    fn raise_only_moves_up() {
+        let e = PeakEwma::new(0);
+        e.observe(20.0 * MS, 1);
+        e.raise(1.0 * MS, 2);
+        assert_eq!(e.get(2), 20.0 * MS);
+        e.raise(500.0 * MS, 3);
+        assert_eq!(e.get(3), 500.0 * MS);
+    }
+}

@@ -1,0 +1,329 @@
+//! One immutable, fully compiled configuration version: services, routes, clusters and the
+//! proxy's own settings. Built from policy documents, swapped in whole with arc-swap.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::{HeaderName, HeaderValue};
+use http::uri::Authority;
+use http::Method;
+use weft_api::{
+    Diagnostics, Document, EndpointSpec, MeshSpec, Protocol, ProxySpec, RetryPolicy, RouteRule, TrafficPolicySpec,
+};
+
+use crate::balance::{Endpoint, EndpointSet, OutlierConfig};
+use crate::metrics::RouteMetrics;
+use crate::routing::{Backend, Matcher, Retry, Rule, ServiceRoutes};
+use crate::target::{Cluster, ClusterShared};
+
+/// Key under which the local app's cluster is kept across reloads.
+const INBOUND_KEY: &str = "inbound";
+
+pub struct Snapshot {
+    pub version: u64,
+    /// Where this version came from (a file path, or the control plane).
+    pub source: String,
+    pub proxy: ProxySpec,
+    pub mesh: MeshSpec,
+    pub documents: Vec<Document>,
+    pub clusters: HashMap<Arc<str>, Arc<Cluster>>,
+    pub services: HashMap<Arc<str>, Arc<ServiceRoutes>>,
+    hosts: HashMap<String, Arc<ServiceRoutes>>,
+    pub inbound: Option<Inbound>,
+}
+
+/// The local app behind the inbound listener.
+pub struct Inbound {
+    pub cluster: Arc<Cluster>,
+    pub rule: Arc<Rule>,
+}
+
+fn key(name: &str, namespace: &str) -> String {
+    format!("{name}.{namespace}")
+}
+
+/// Resolves a service reference written in a document of `namespace`: `name` or `name.ns`.
+fn resolve_ref(reference: &str, namespace: &str) -> String {
+    if reference.contains('.') { reference.to_string() } else { key(reference, namespace) }
+}
+
+impl Snapshot {
+    /// Compiles `docs` into a snapshot. State that must survive a reload (endpoint health,
+    /// budgets, limits) is taken over from `prev` for services and endpoints that still exist.
+    pub fn build(
+        docs: Vec<Document>,
+        source: &str,
+        version: u64,
+        prev: Option<&Snapshot>,
+    ) -> Result<Snapshot, Diagnostics> {
+        let mut diags = Diagnostics::default();
+        let mut proxy_doc = None;
+        let mut mesh = MeshSpec::default();
+        let mut policies: HashMap<String, TrafficPolicySpec> = HashMap::new();
+        for doc in &docs {
+            match doc {
+                Document::Proxy(p) => proxy_doc = Some(p.clone()),
+                Document::Mesh(m) => mesh = m.spec.clone(),
+                Document::TrafficPolicy(tp) => {
+                    policies.insert(resolve_ref(&tp.spec.service, &tp.metadata.namespace), tp.spec.clone());
+                }
+                _ => {}
+            }
+        }
+        let Some(proxy_doc) = proxy_doc else {
+            diags.push(source, 1, "kind", "no Proxy document: weft-proxy needs one to know what to listen on");
+            return Err(diags);
+        };
+        let proxy_ns = proxy_doc.metadata.namespace.clone();
+        let proxy = proxy_doc.spec;
+
+        // Clusters: one per Service document.
+        let mut clusters: HashMap<Arc<str>, Arc<Cluster>> = HashMap::new();
+        for doc in &docs {
+            let Document::Service(svc) = doc else { continue };
+            let k = key(&svc.metadata.name, &svc.metadata.namespace);
+            let policy = policies.remove(&k).unwrap_or_else(|| TrafficPolicySpec::defaults_for(&svc.metadata.name));
+            let protocol = svc.spec.ports.first().map(|p| p.protocol).unwrap_or_default();
+            let cluster = build_cluster(&k, &svc.metadata.name, protocol, &svc.spec.endpoints, policy, prev);
+            clusters.insert(cluster.key.clone(), Arc::new(cluster));
+        }
+        for (k, _) in policies {
+            diags.push(source, 1, "spec.service", format!("TrafficPolicy for {k}, which has no Service document"));
+        }
+
+        // Routes, grouped by the service they decide.
+        let mut rules_by_service: HashMap<String, Vec<Arc<Rule>>> = HashMap::new();
+        for doc in &docs {
+            let Document::Route(route) = doc else { continue };
+            let ns = &route.metadata.namespace;
+            let svc_key = resolve_ref(&route.spec.service, ns);
+            let Some(own) = clusters.get(svc_key.as_str()) else {
+                diags.push(
+                    source,
+                    route.metadata.line,
+                    "spec.service",
+                    format!("Route {} names service {svc_key}, which has no Service document", route.metadata.name),
+                );
+                continue;
+            };
+            let list = rules_by_service.entry(svc_key.clone()).or_default();
+            for (i, rule) in route.spec.rules.iter().enumerate() {
+                match compile_rule(rule, i, &route.metadata.name, ns, own, &clusters) {
+                    Ok(r) => list.push(Arc::new(r)),
+                    Err((path, msg)) => diags.push(source, rule.line, format!("spec.rules[{i}].{path}"), msg),
+                }
+            }
+        }
+
+        let mut services: HashMap<Arc<str>, Arc<ServiceRoutes>> = HashMap::new();
+        for (k, cluster) in &clusters {
+            let rules = match rules_by_service.remove(k.as_ref()) {
+                Some(rules) => rules,
+                None => vec![Arc::new(default_rule(cluster))],
+            };
+            let routes = ServiceRoutes { key: k.clone(), name: cluster.name.clone(), rules };
+            services.insert(k.clone(), Arc::new(routes));
+        }
+
+        for (i, up) in proxy.upstreams.iter().enumerate() {
+            let k = resolve_ref(&up.service, &proxy_ns);
+            if !services.contains_key(k.as_str()) {
+                diags.push(
+                    source,
+                    proxy_doc.metadata.line,
+                    format!("spec.upstreams[{i}].service"),
+                    format!("upstream port for {k}, which has no Service document"),
+                );
+            }
+        }
+
+        let inbound = proxy.inbound.as_ref().map(|ib| {
+            let own_key = key(&proxy.service, &proxy_ns);
+            let protocol = ib.protocol.unwrap_or_else(|| clusters.get(own_key.as_str()).map(|c| c.protocol).unwrap_or_default());
+            let endpoints = [EndpointSpec { address: ib.app, weight: 1, identity: None }];
+            let policy = TrafficPolicySpec::defaults_for(&proxy.service);
+            let cluster = Arc::new(build_cluster(INBOUND_KEY, &proxy.service, protocol, &endpoints, policy, prev));
+            let rule = Rule::new(
+                "inbound".into(),
+                0,
+                0,
+                Matcher::default(),
+                vec![Backend { cluster: cluster.clone(), weight: 1 }],
+                None,
+                Retry::from_policy(&RetryPolicy::default()),
+                RouteMetrics::new("inbound", &proxy.service, "inbound"),
+            );
+            Inbound { cluster, rule: Arc::new(rule) }
+        });
+
+        diags.into_result()?;
+        let hosts = host_aliases(&services, &proxy_ns, &mesh.trust_domain);
+        Ok(Snapshot { version, source: source.to_string(), proxy, mesh, documents: docs, clusters, services, hosts, inbound })
+    }
+
+    /// The service a client means by `host` (`name`, `name.ns`, `name.ns.svc[.cluster.local]`).
+    pub fn lookup_host(&self, host: &str) -> Option<&Arc<ServiceRoutes>> {
+        if let Some(s) = self.hosts.get(host) {
+            return Some(s);
+        }
+        if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            return self.hosts.get(&host.to_ascii_lowercase());
+        }
+        None
+    }
+
+    /// A service by `name.namespace` or (in the proxy's namespace) by bare name.
+    pub fn service(&self, reference: &str, proxy_ns: &str) -> Option<&Arc<ServiceRoutes>> {
+        self.services.get(resolve_ref(reference, proxy_ns).as_str())
+    }
+
+    pub fn proxy_namespace(&self) -> &str {
+        self.documents
+            .iter()
+            .find_map(|d| match d {
+                Document::Proxy(p) => Some(p.metadata.namespace.as_str()),
+                _ => None,
+            })
+            .unwrap_or(weft_api::DEFAULT_NAMESPACE)
+    }
+
+    /// Every listener address, to tell an operator when a reload changed one (that needs a restart).
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        let mut out = vec![self.proxy.admin.listen];
+        out.extend(self.proxy.inbound.as_ref().map(|i| i.listen));
+        out.extend(self.proxy.outbound.as_ref().map(|o| o.listen));
+        out.extend(self.proxy.upstreams.iter().map(|u| u.listen));
+        out
+    }
+}
+
+fn build_cluster(
+    k: &str,
+    name: &str,
+    protocol: Protocol,
+    specs: &[EndpointSpec],
+    policy: TrafficPolicySpec,
+    prev: Option<&Snapshot>,
+) -> Cluster {
+    let old = prev.and_then(|p| {
+        if k == INBOUND_KEY { p.inbound.as_ref().map(|i| &i.cluster) } else { p.clusters.get(k) }
+    });
+    let endpoints = specs
+        .iter()
+        .map(|spec| {
+            let identity: Option<Arc<str>> = spec.identity.as_deref().map(Arc::from);
+            let reused = old.and_then(|c| {
+                c.set
+                    .endpoints()
+                    .iter()
+                    .find(|e| e.addr == spec.address && e.weight == spec.weight && e.identity == identity)
+                    .cloned()
+            });
+            reused.unwrap_or_else(|| Arc::new(Endpoint::new(spec.address, spec.weight, identity)))
+        })
+        .collect();
+    let shared = match old {
+        Some(c) => {
+            c.shared.update(&policy);
+            c.shared.clone()
+        }
+        None => Arc::new(ClusterShared::new(name, &policy)),
+    };
+    let set = EndpointSet::new(endpoints, policy.load_balancer, OutlierConfig::from(&policy.outlier_detection));
+    let authority = Authority::try_from(name).unwrap_or_else(|_| Authority::from_static("localhost"));
+    Cluster { key: k.into(), name: name.into(), protocol, set, policy, shared, authority }
+}
+
+fn default_rule(cluster: &Arc<Cluster>) -> Rule {
+    Rule::new(
+        "default".into(),
+        0,
+        0,
+        Matcher::default(),
+        vec![Backend { cluster: cluster.clone(), weight: 1 }],
+        None,
+        Retry::from_policy(&RetryPolicy::default()),
+        RouteMetrics::new("outbound", &cluster.name, "default"),
+    )
+}
+
+fn compile_rule(
+    rule: &RouteRule,
+    index: usize,
+    route_name: &str,
+    ns: &str,
+    own: &Arc<Cluster>,
+    clusters: &HashMap<Arc<str>, Arc<Cluster>>,
+) -> Result<Rule, (String, String)> {
+    let m = &rule.matches;
+    let methods = m
+        .methods
+        .iter()
+        .map(|s| Method::from_bytes(s.as_bytes()).map_err(|_| ("match.methods".to_string(), format!("invalid method {s:?}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let headers = m
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            let name = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| (format!("match.headers.{k}"), "invalid header name".to_string()))?;
+            let value = HeaderValue::from_str(v)
+                .map_err(|_| (format!("match.headers.{k}"), "invalid header value".to_string()))?;
+            Ok((name, value))
+        })
+        .collect::<Result<Vec<_>, (String, String)>>()?;
+    let matcher = Matcher { path_prefix: m.path_prefix.clone(), path: m.path.clone(), methods, headers };
+    let backends = if rule.backends.is_empty() {
+        vec![Backend { cluster: own.clone(), weight: 1 }]
+    } else {
+        let mut out = Vec::with_capacity(rule.backends.len());
+        for (i, b) in rule.backends.iter().enumerate() {
+            let k = resolve_ref(&b.service, ns);
+            let Some(cluster) = clusters.get(k.as_str()) else {
+                return Err((format!("backends[{i}].service"), format!("unknown service {k}: add a Service document for it")));
+            };
+            out.push(Backend { cluster: cluster.clone(), weight: b.weight });
+        }
+        out
+    };
+    let retry = Retry::from_policy(rule.retry.as_ref().unwrap_or(&RetryPolicy::default()));
+    Ok(Rule::new(
+        route_name.into(),
+        index,
+        rule.line,
+        matcher,
+        backends,
+        rule.timeout,
+        retry,
+        RouteMetrics::new("outbound", &own.name, route_name),
+    ))
+}
+
+/// Every name a client may use for each service. A bare name means the service in the
+/// proxy's own namespace, or the only service of that name in any namespace.
+fn host_aliases(
+    services: &HashMap<Arc<str>, Arc<ServiceRoutes>>,
+    proxy_ns: &str,
+    trust_domain: &str,
+) -> HashMap<String, Arc<ServiceRoutes>> {
+    let mut hosts = HashMap::new();
+    let mut bare: HashMap<&str, Vec<(&str, &Arc<ServiceRoutes>)>> = HashMap::new();
+    for (k, svc) in services {
+        let (name, ns) = k.split_once('.').unwrap_or((k, proxy_ns));
+        hosts.insert(k.to_string(), svc.clone());
+        hosts.insert(format!("{k}.svc"), svc.clone());
+        hosts.insert(format!("{k}.svc.{trust_domain}"), svc.clone());
+        if trust_domain != "cluster.local" {
+            hosts.insert(format!("{k}.svc.cluster.local"), svc.clone());
+        }
+        bare.entry(name).or_default().push((ns, svc));
+    }
+    for (name, candidates) in bare {
+        let chosen = candidates.iter().find(|(ns, _)| *ns == proxy_ns).or(if candidates.len() == 1 { candidates.first() } else { None });
+        if let Some((_, svc)) = chosen {
+            hosts.insert(name.to_string(), (*svc).clone());
+        }
+    }
+    hosts
+}

@@ -1,0 +1,72 @@
+//! Applies config file changes: the file's folder is watched (so the rename-into-place that
+//! editors and Kubernetes ConfigMap volumes do is seen) and SIGHUP forces a reload. An invalid
+//! file is rejected with every problem logged, and the running config stays.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use weft_api::Diagnostics;
+
+use crate::metrics::METRICS;
+use crate::state::ProxyState;
+
+/// Loads the file again and swaps it in when valid. Returns the new version.
+pub fn reload(state: &ProxyState) -> Result<u64, Diagnostics> {
+    let current = state.config.load_full();
+    match super::load(&state.config_path, current.version + 1, Some(&current)) {
+        Ok((snap, _)) => {
+            if snap.listen_addrs() != current.listen_addrs() {
+                tracing::warn!("listener addresses changed in the config; they take effect after a restart");
+            }
+            crate::logging::ACCESS_LOG.store(snap.proxy.log.access_log, std::sync::atomic::Ordering::Relaxed);
+            let version = snap.version;
+            state.config.store(Arc::new(snap));
+            METRICS.config_version.set(version as i64);
+            tracing::info!(version, file = %state.config_path.display(), "config reloaded");
+            Ok(version)
+        }
+        Err(diags) => {
+            METRICS.config_reload_errors.inc();
+            for d in &diags.0 {
+                tracing::error!(problem = %d, "config update rejected; still serving version {}", current.version);
+            }
+            Err(diags)
+        }
+    }
+}
+
+/// Watches the config file's folder and reloads when the file's content changes.
+pub async fn watch(state: Arc<ProxyState>, mut last: Vec<u8>) {
+    let path = state.config_path.clone();
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            let _ = tx.send(());
+        }
+    });
+    let mut watcher = match watcher {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the config file; use SIGHUP to reload");
+            return;
+        }
+    };
+    if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the config folder; use SIGHUP to reload");
+        return;
+    }
+    while rx.recv().await.is_some() {
+        // Editors write in several steps; let them finish, then look once.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        while rx.try_recv().is_ok() {}
+        let Ok(now) = std::fs::read(&path) else { continue };
+        if now == last {
+            continue;
+        }
+        last = now;
+        let _ = reload(&state);
+    }
+}

@@ -1,0 +1,23 @@
+//! Connections to upstreams: TCP connect with a deadline, HTTP/1.1 and HTTP/2 client
+//! handshakes, and the per-worker pool that reuses them.
+
+mod pool;
+
+pub use pool::{checkout, sweep_idle, Conn, ConnectError, Pooled};
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+
+/// Opens a TCP connection within `timeout`, with Nagle off (requests are written whole).
+pub async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
+    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
+        }
+        Ok(Err(source)) => Err(ConnectError::Io { addr, source }),
+        Err(_) => Err(ConnectError::Timeout { addr, timeout }),
+    }
+}

@@ -1,0 +1,173 @@
+//! The per-worker connection pool. Each worker thread runs its own single-threaded runtime, so
+//! the pool is thread-local: checkout and return take no lock and share no cache line.
+//!
+//! HTTP/1.1 connections return to the pool only once their response body was read to the end
+//! (see `http::body::BodyEnd`), so a pooled connection is always free for the next request.
+//! HTTP/2 connections are shared: one per endpoint per worker, multiplexing every request.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use super::connect_tcp;
+use crate::http::body::ReqBody;
+
+/// Idle HTTP/1.1 connections kept per endpoint per worker.
+const MAX_IDLE_PER_ENDPOINT: usize = 128;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect to {addr} timed out after {timeout:?}")]
+    Timeout { addr: SocketAddr, timeout: Duration },
+    #[error("connect to {addr} failed: {source}")]
+    Io { addr: SocketAddr, source: std::io::Error },
+    #[error("HTTP handshake with {addr} failed: {source}")]
+    Handshake { addr: SocketAddr, source: hyper::Error },
+}
+
+/// A connection ready for one request.
+pub enum Conn {
+    Http1 { tx: http1::SendRequest<ReqBody>, reused: bool },
+    Http2 { tx: http2::SendRequest<ReqBody>, reused: bool },
+}
+
+impl Conn {
+    pub fn reused(&self) -> bool {
+        match self {
+            Conn::Http1 { reused, .. } | Conn::Http2 { reused, .. } => *reused,
+        }
+    }
+}
+
+/// An HTTP/1.1 connection lent to one request; `release` gives it back.
+pub struct Pooled {
+    addr: SocketAddr,
+    tx: http1::SendRequest<ReqBody>,
+    idle_timeout: Duration,
+}
+
+impl Pooled {
+    pub fn new(addr: SocketAddr, tx: http1::SendRequest<ReqBody>, idle_timeout: Duration) -> Pooled {
+        Pooled { addr, tx, idle_timeout }
+    }
+
+    /// Returns the connection to this worker's pool (dropping it closes it instead).
+    pub fn release(self) {
+        if self.tx.is_closed() {
+            return;
+        }
+        POOL.with(|p| p.borrow_mut().put_h1(self.addr, self.tx, self.idle_timeout));
+    }
+}
+
+struct IdleH1 {
+    tx: http1::SendRequest<ReqBody>,
+    expires: Instant,
+}
+
+#[derive(Default)]
+struct Pool {
+    h1: HashMap<SocketAddr, Vec<IdleH1>>,
+    h2: HashMap<SocketAddr, http2::SendRequest<ReqBody>>,
+}
+
+impl Pool {
+    fn put_h1(&mut self, addr: SocketAddr, tx: http1::SendRequest<ReqBody>, idle_timeout: Duration) {
+        let list = self.h1.entry(addr).or_default();
+        if list.len() < MAX_IDLE_PER_ENDPOINT {
+            list.push(IdleH1 { tx, expires: Instant::now() + idle_timeout });
+        }
+    }
+
+    /// The most recently used live connection (warm caches, and older ones expire first).
+    fn take_h1(&mut self, addr: SocketAddr, now: Instant) -> Option<http1::SendRequest<ReqBody>> {
+        let list = self.h1.get_mut(&addr)?;
+        while let Some(idle) = list.pop() {
+            if idle.expires > now && !idle.tx.is_closed() {
+                return Some(idle.tx);
+            }
+        }
+        None
+    }
+}
+
+thread_local! {
+    static POOL: RefCell<Pool> = RefCell::new(Pool::default());
+}
+
+/// Closes this worker's idle connections whose idle timeout passed, so the proxy closes them
+/// before the app's own keep-alive timeout would (the app closing first races with reuse).
+pub fn sweep_idle() {
+    let now = Instant::now();
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        p.h1.retain(|_, list| {
+            list.retain(|idle| idle.expires > now && !idle.tx.is_closed());
+            !list.is_empty()
+        });
+        p.h2.retain(|_, tx| !tx.is_closed());
+    });
+}
+
+/// A connection to `addr`: pooled when one is free (unless `fresh`), else a new one.
+pub async fn checkout(
+    addr: SocketAddr,
+    h2: bool,
+    connect_timeout: Duration,
+    fresh: bool,
+) -> Result<Conn, ConnectError> {
+    if h2 {
+        if !fresh && let Some(tx) = POOL.with(|p| p.borrow().h2.get(&addr).filter(|tx| !tx.is_closed()).cloned()) {
+            return Ok(Conn::Http2 { tx, reused: true });
+        }
+        let tx = connect_h2(addr, connect_timeout).await?;
+        POOL.with(|p| p.borrow_mut().h2.insert(addr, tx.clone()));
+        return Ok(Conn::Http2 { tx, reused: false });
+    }
+    if !fresh {
+        let now = Instant::now();
+        while let Some(mut tx) = POOL.with(|p| p.borrow_mut().take_h1(addr, now)) {
+            // Normally ready at once; a connection that broke while idle is dropped here.
+            if tx.ready().await.is_ok() {
+                return Ok(Conn::Http1 { tx, reused: true });
+            }
+        }
+    }
+    let tx = connect_h1(addr, connect_timeout).await?;
+    Ok(Conn::Http1 { tx, reused: false })
+}
+
+async fn connect_h1(addr: SocketAddr, timeout: Duration) -> Result<http1::SendRequest<ReqBody>, ConnectError> {
+    let stream = connect_tcp(addr, timeout).await?;
+    let (tx, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|source| ConnectError::Handshake { addr, source })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(%addr, error = %e, "upstream HTTP/1.1 connection ended with an error");
+        }
+    });
+    Ok(tx)
+}
+
+async fn connect_h2(addr: SocketAddr, timeout: Duration) -> Result<http2::SendRequest<ReqBody>, ConnectError> {
+    let stream = connect_tcp(addr, timeout).await?;
+    let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|source| ConnectError::Handshake { addr, source })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended with an error");
+        }
+    });
+    Ok(tx)
+}

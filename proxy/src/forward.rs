@@ -1,0 +1,422 @@
+//! Forwards one request to a backend service: concurrency limit, replayable body, tries with
+//! load balancing, outlier reporting, retries within the budget, and the route timeout.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header;
+use http::{Request, Response, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::balance::{InFlight, PickError};
+use crate::connect::{self, Conn, Pooled};
+use crate::http::body::{BodyEnd, ReqBody, RespBody, MAX_REPLAY_BYTES};
+use crate::http::errors::ProxyError;
+use crate::http::headers;
+use crate::metrics::RouteMetrics;
+use crate::routing::Rule;
+use crate::target::Cluster;
+
+/// Records a gRPC call's outcome once its trailers (and so its `grpc-status`) arrive.
+pub struct GrpcRecord {
+    rule: Arc<Rule>,
+    status: u16,
+    started: Instant,
+}
+
+impl GrpcRecord {
+    pub fn finish(self, complete: bool, trailers: Option<&http::HeaderMap>) {
+        let ok = complete && trailers.and_then(|t| t.get("grpc-status")).is_none_or(|s| s.as_bytes() == b"0");
+        record(&self.rule.metrics, self.status, !ok, self.started);
+    }
+}
+
+fn record(metrics: &RouteMetrics, status: u16, grpc_failed: bool, started: Instant) {
+    metrics.record(status, grpc_failed, started.elapsed().as_secs_f64());
+}
+
+/// Connect failures are retried on other endpoints at least this often, whatever the route
+/// says: nothing reached the upstream, so a retry cannot duplicate anything.
+const CONNECT_RETRIES: u32 = 2;
+
+/// What one try produced when it did not produce a response.
+enum TryFailure {
+    /// No connection could be made; the request is intact.
+    Connect(Request<ReqBody>, connect::ConnectError),
+    /// The request was (maybe partly) sent and the connection broke.
+    Reset(hyper::Error),
+    /// The per-try timeout fired.
+    Timeout,
+    /// Too many requests are already waiting for connections to this service.
+    PendingLimit,
+}
+
+/// Forwards `req` according to `rule` and returns the response to send to the client.
+/// `started` is when the proxy received the request (for the duration metric).
+pub async fn forward(rule: Arc<Rule>, req: Request<Incoming>, started: Instant, max_body: u64) -> Response<RespBody> {
+    let cluster = rule.pick_backend().clone();
+    let Some(permit) = cluster.shared.limit.try_acquire() else {
+        tracing::warn!(service = %cluster.name, limit = cluster.policy.limits.max_concurrent_requests,
+            "rejected: too many requests in flight to the service; raise limits.maxConcurrentRequests or add capacity");
+        return finish_error(&rule, ProxyError::ConcurrencyLimit, started);
+    };
+    let result = match rule.timeout {
+        Some(t) => match tokio::time::timeout(t, forward_inner(&rule, &cluster, req, max_body)).await {
+            Ok(r) => r,
+            Err(_) => Err(ProxyError::Timeout),
+        },
+        None => forward_inner(&rule, &cluster, req, max_body).await,
+    };
+    match result {
+        Ok((resp, pooled)) => {
+            let status = resp.status().as_u16();
+            let is_grpc = is_grpc_response(&resp);
+            let (parts, body) = resp.into_parts();
+            let grpc = if is_grpc {
+                // Trailers-only gRPC responses carry the status in the headers.
+                match parts.headers.get("grpc-status") {
+                    Some(s) => {
+                        record(&rule.metrics, status, s.as_bytes() != b"0", started);
+                        None
+                    }
+                    None => Some(GrpcRecord { rule: rule.clone(), status, started }),
+                }
+            } else {
+                record(&rule.metrics, status, false, started);
+                None
+            };
+            let end = BodyEnd { pooled, permit: Some(permit), grpc };
+            Response::from_parts(parts, RespBody::upstream(body, Some(end)))
+        }
+        Err(e) => finish_error(&rule, e, started),
+    }
+}
+
+fn is_grpc_response(resp: &Response<Incoming>) -> bool {
+    resp.headers().get(header::CONTENT_TYPE).is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
+}
+
+fn finish_error(rule: &Rule, e: ProxyError, started: Instant) -> Response<RespBody> {
+    record(&rule.metrics, e.status().as_u16(), false, started);
+    e.response()
+}
+
+/// Turns the client's request into one the upstream accepts, buffering the body when a retry
+/// may need it again. Returns the request and a copy of its head for replays.
+async fn prepare(
+    rule: &Rule,
+    cluster: &Cluster,
+    req: Request<Incoming>,
+    max_body: u64,
+) -> Result<(Request<ReqBody>, Option<ReplayHead>), ProxyError> {
+    let (mut parts, body) = req.into_parts();
+    let declared_len = body.size_hint().exact();
+    if max_body > 0 && body.size_hint().lower() > max_body {
+        return Err(ProxyError::BodyTooLarge);
+    }
+    headers::strip_hop_by_hop(&mut parts.headers);
+    let replay = rule.retry.needs_replay()
+        && headers::is_idempotent(&parts.method)
+        && declared_len.is_some_and(|n| n <= MAX_REPLAY_BYTES);
+    let body = if body.is_end_stream() {
+        ReqBody::Buffered(None)
+    } else if replay {
+        let bytes = body.collect().await.map_err(|_| ProxyError::BadRequest)?.to_bytes();
+        ReqBody::Buffered(Some(bytes))
+    } else if max_body > 0 {
+        ReqBody::Limited { inner: body, remaining: max_body }
+    } else {
+        ReqBody::Streaming(body)
+    };
+    let mut req = Request::from_parts(parts, body);
+    if cluster.protocol.is_h2() {
+        headers::to_http2(&mut req, &cluster.authority);
+    } else {
+        headers::to_http1(&mut req);
+    }
+    let head = if replay { Some(ReplayHead::of(&req)) } else { None };
+    Ok((req, head))
+}
+
+/// What is needed to send the same request again.
+struct ReplayHead {
+    method: http::Method,
+    uri: http::Uri,
+    version: Version,
+    headers: http::HeaderMap,
+    body: Option<Bytes>,
+}
+
+impl ReplayHead {
+    fn of(req: &Request<ReqBody>) -> ReplayHead {
+        let body = match req.body() {
+            ReqBody::Buffered(b) => b.clone(),
+            _ => None,
+        };
+        ReplayHead {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+            body,
+        }
+    }
+
+    fn build(&self) -> Request<ReqBody> {
+        let mut req = Request::new(ReqBody::Buffered(self.body.clone()));
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+async fn forward_inner(
+    rule: &Rule,
+    cluster: &Cluster,
+    req: Request<Incoming>,
+    max_body: u64,
+) -> Result<(Response<Incoming>, Option<Pooled>), ProxyError> {
+    let shared = &cluster.shared;
+    shared.budget.deposit();
+    let (req, replay) = prepare(rule, cluster, req, max_body).await?;
+    let mut pending: Option<Request<ReqBody>> = Some(req);
+    let mut tried = [usize::MAX; 8];
+    let mut tries = 0usize;
+    let mut retries = 0u32;
+    let max_retries = rule.retry.attempts;
+    let mut last_error = ProxyError::ConnectFailed;
+    loop {
+        let req = match pending.take() {
+            Some(r) => r,
+            None => match &replay {
+                Some(head) => head.build(),
+                None => return Err(last_error),
+            },
+        };
+        let idx = match cluster.set.pick(&tried[..tries.min(tried.len())]) {
+            Ok(i) => i,
+            Err(PickError::NoEndpoints) => return Err(ProxyError::NoEndpoints),
+            Err(PickError::AllEjected) => return Err(ProxyError::CircuitOpen),
+        };
+        if tries < tried.len() {
+            tried[tries] = idx;
+        }
+        tries += 1;
+        let endpoint = &cluster.set.endpoints()[idx];
+        let guard = endpoint.start();
+        let outcome = try_endpoint(cluster, endpoint.addr, req, rule.retry.per_try_timeout).await;
+        let mut limit = max_retries;
+        let retry_reason = match outcome {
+            Ok((resp, pooled)) => {
+                let status = resp.status().as_u16();
+                if status < 500 {
+                    cluster.set.on_success(idx, guard);
+                    return Ok((resp, pooled));
+                }
+                report_failure(cluster, idx, guard);
+                if !(rule.retry.on_status(status) && replay.is_some()) || retries >= max_retries {
+                    return Ok((resp, pooled));
+                }
+                // Dropping the response closes its connection rather than reading a body we discard.
+                last_error = ProxyError::UpstreamReset;
+                &shared.metrics.retries_5xx
+            }
+            Err(TryFailure::Connect(req, e)) => {
+                tracing::warn!(service = %cluster.name, endpoint = %endpoint.addr, error = %e, "connect failed; trying another endpoint");
+                report_failure(cluster, idx, guard);
+                last_error = ProxyError::ConnectFailed;
+                pending = Some(req);
+                // Nothing was sent, so any method may go to another endpoint.
+                limit = max_retries.max(CONNECT_RETRIES);
+                &shared.metrics.retries_connect
+            }
+            Err(TryFailure::Reset(e)) => {
+                tracing::debug!(service = %cluster.name, endpoint = %endpoint.addr, error = %e, "upstream connection broke");
+                report_failure(cluster, idx, guard);
+                last_error = ProxyError::UpstreamReset;
+                if !(rule.retry.on_reset && replay.is_some()) {
+                    return Err(last_error);
+                }
+                &shared.metrics.retries_reset
+            }
+            Err(TryFailure::PendingLimit) => {
+                drop(guard);
+                tracing::warn!(service = %cluster.name, limit = cluster.policy.limits.max_pending_requests,
+                    "rejected: too many requests waiting for connections; raise limits.maxPendingRequests or add capacity");
+                return Err(ProxyError::PendingLimit);
+            }
+            Err(TryFailure::Timeout) => {
+                report_failure(cluster, idx, guard);
+                last_error = ProxyError::Timeout;
+                if !(rule.retry.on_timeout && replay.is_some()) {
+                    return Err(last_error);
+                }
+                &shared.metrics.retries_timeout
+            }
+        };
+        if retries >= limit {
+            return Err(last_error);
+        }
+        if !shared.budget.try_withdraw() {
+            shared.metrics.budget_exhausted.inc();
+            tracing::debug!(service = %cluster.name, "retry budget exhausted; not retrying");
+            return Err(last_error);
+        }
+        retries += 1;
+        retry_reason.inc();
+        let wait = crate::retry::backoff(retries, rule.retry.backoff_base, rule.retry.backoff_max);
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// One try on one endpoint. A reused HTTP/1.1 connection that closed before the request was
+/// written (the keep-alive race) is replaced by a fresh one at once: nothing was sent, so this
+/// is safe for any method and is not counted as a retry.
+async fn try_endpoint(
+    cluster: &Cluster,
+    addr: std::net::SocketAddr,
+    req: Request<ReqBody>,
+    per_try: Option<Duration>,
+) -> Result<(Response<Incoming>, Option<Pooled>), TryFailure> {
+    match per_try {
+        Some(t) => tokio::time::timeout(t, try_endpoint_inner(cluster, addr, req)).await.unwrap_or(Err(TryFailure::Timeout)),
+        None => try_endpoint_inner(cluster, addr, req).await,
+    }
+}
+
+async fn try_endpoint_inner(
+    cluster: &Cluster,
+    addr: std::net::SocketAddr,
+    req: Request<ReqBody>,
+) -> Result<(Response<Incoming>, Option<Pooled>), TryFailure> {
+    let h2 = cluster.protocol.is_h2();
+    let connect_timeout = cluster.policy.connect_timeout;
+    let mut req = req;
+    let mut fresh = false;
+    loop {
+        let Some(pending) = cluster.shared.pending.try_acquire() else {
+            return Err(TryFailure::PendingLimit);
+        };
+        let conn = connect::checkout(addr, h2, connect_timeout, fresh).await;
+        drop(pending);
+        let conn = match conn {
+            Ok(c) => c,
+            Err(e) => return Err(TryFailure::Connect(req, e)),
+        };
+        let reused = conn.reused();
+        let result = match conn {
+            Conn::Http1 { mut tx, .. } => match tx.try_send_request(req).await {
+                Ok(resp) => {
+                    let pooled = (resp.status() != http::StatusCode::SWITCHING_PROTOCOLS)
+                        .then(|| Pooled::new(addr, tx, cluster.policy.idle_timeout));
+                    return Ok((resp, pooled));
+                }
+                Err(e) => e,
+            },
+            Conn::Http2 { mut tx, .. } => match tx.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, None)),
+                Err(e) => e,
+            },
+        };
+        let mut err = result;
+        match err.take_message() {
+            Some(back) if reused && !fresh => {
+                tracing::debug!(endpoint = %addr, "pooled connection closed before use; retrying on a fresh one");
+                req = back;
+                fresh = true;
+            }
+            Some(back) => {
+                let e = connect::ConnectError::Handshake { addr, source: err.into_error() };
+                return Err(TryFailure::Connect(back, e));
+            }
+            None => return Err(TryFailure::Reset(err.into_error())),
+        }
+    }
+}
+
+fn report_failure(cluster: &Cluster, idx: usize, guard: InFlight) {
+    if cluster.set.on_failure(idx, guard) {
+        cluster.shared.metrics.ejections.inc();
+        let ep = &cluster.set.endpoints()[idx];
+        tracing::warn!(service = %cluster.name, endpoint = %ep.addr,
+            "endpoint ejected after consecutive failures (outlierDetection); it is probed again when the ejection ends");
+    }
+}
+
+/// An HTTP/1.1 request asking to switch protocols (WebSocket and the like).
+pub fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get(header::CONNECTION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+/// Forwards an Upgrade request on a dedicated HTTP/1.1 connection; after `101 Switching
+/// Protocols` both sides are spliced byte for byte until either closes.
+pub async fn forward_upgrade(rule: Arc<Rule>, mut req: Request<Incoming>, started: Instant) -> Response<RespBody> {
+    let cluster = rule.pick_backend().clone();
+    if cluster.protocol.is_h2() {
+        return finish_error(&rule, ProxyError::BadRequest, started);
+    }
+    let idx = match cluster.set.pick(&[]) {
+        Ok(i) => i,
+        Err(PickError::NoEndpoints) => return finish_error(&rule, ProxyError::NoEndpoints, started),
+        Err(PickError::AllEjected) => return finish_error(&rule, ProxyError::CircuitOpen, started),
+    };
+    let endpoint = cluster.set.endpoints()[idx].clone();
+    let guard = endpoint.start();
+    let client_upgrade = hyper::upgrade::on(&mut req);
+    let (mut parts, body) = req.into_parts();
+    parts.headers.remove("keep-alive");
+    parts.headers.remove("proxy-connection");
+    let mut up_req = Request::from_parts(parts, ReqBody::Streaming(body));
+    headers::to_http1(&mut up_req);
+    let mut tx = match connect::checkout(endpoint.addr, false, cluster.policy.connect_timeout, true).await {
+        Ok(Conn::Http1 { tx, .. }) => tx,
+        Ok(Conn::Http2 { .. }) => return finish_error(&rule, ProxyError::BadRequest, started),
+        Err(e) => {
+            tracing::warn!(service = %cluster.name, endpoint = %endpoint.addr, error = %e, "connect failed for upgrade");
+            report_failure(&cluster, idx, guard);
+            return finish_error(&rule, ProxyError::ConnectFailed, started);
+        }
+    };
+    let mut resp = match tx.send_request(up_req).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(service = %cluster.name, error = %e, "upgrade request failed");
+            report_failure(&cluster, idx, guard);
+            return finish_error(&rule, ProxyError::UpstreamReset, started);
+        }
+    };
+    cluster.set.on_success(idx, guard);
+    record(&rule.metrics, resp.status().as_u16(), false, started);
+    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::debug!(error = %e, "upgrade did not complete");
+                    return;
+                }
+            };
+            let mut client = hyper_util::rt::TokioIo::new(client);
+            let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+            if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                tracing::debug!(error = %e, "upgraded connection ended with an error");
+            }
+        });
+    }
+    let (parts, body) = resp.into_parts();
+    Response::from_parts(parts, RespBody::upstream(body, None))
+}

@@ -1,0 +1,165 @@
+//! Request and response body types that flow through the proxy without boxing.
+//!
+//! Bodies stream straight through (hyper's `Incoming` on both sides) except where a retry needs
+//! a replayable copy: then a small body (≤ 64 KiB) is buffered once and cloned per try.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Largest request body the proxy buffers so that a request can be retried.
+pub const MAX_REPLAY_BYTES: u64 = 64 * 1024;
+
+/// A request body on its way to an upstream.
+pub enum ReqBody {
+    /// Streams from the client as it arrives; usable for one try only.
+    Streaming(Incoming),
+    /// A streamed body with a size limit; exceeding it aborts the stream.
+    Limited { inner: Incoming, remaining: u64 },
+    /// Fully buffered (replayable).
+    Buffered(Option<Bytes>),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds the proxy's maxBodyBytes limit")]
+pub struct BodyTooLarge;
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ReqBody::Streaming(inner) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
+            ReqBody::Limited { inner, remaining } => match Pin::new(inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        let len = data.len() as u64;
+                        if len > *remaining {
+                            return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                        }
+                        *remaining -= len;
+                    }
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                other => other.map_err(Into::into),
+            },
+            ReqBody::Buffered(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ReqBody::Streaming(inner) | ReqBody::Limited { inner, .. } => inner.is_end_stream(),
+            ReqBody::Buffered(data) => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ReqBody::Streaming(inner) | ReqBody::Limited { inner, .. } => inner.size_hint(),
+            ReqBody::Buffered(Some(d)) => SizeHint::with_exact(d.len() as u64),
+            ReqBody::Buffered(None) => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// Work to do once an upstream response body is finished or dropped: return the connection
+/// to the pool (only when the body was read to the end), release the concurrency permit, and
+/// record a gRPC call's outcome (its status arrives in the trailers).
+pub struct BodyEnd {
+    pub pooled: Option<crate::connect::Pooled>,
+    pub permit: Option<crate::balance::Permit>,
+    pub grpc: Option<crate::forward::GrpcRecord>,
+}
+
+impl BodyEnd {
+    fn finish(self, complete: bool, trailers: Option<&http::HeaderMap>) {
+        if complete && let Some(pooled) = self.pooled {
+            pooled.release();
+        }
+        if let Some(grpc) = self.grpc {
+            grpc.finish(complete, trailers);
+        }
+        drop(self.permit);
+    }
+}
+
+/// A response body on its way back to the client.
+pub enum RespBody {
+    /// A proxy-made response (errors, admin pages).
+    Full(Option<Bytes>),
+    /// Streams from the upstream.
+    Upstream { inner: Incoming, end: Option<BodyEnd>, done: bool, trailers: Option<http::HeaderMap> },
+}
+
+impl RespBody {
+    pub fn full(data: impl Into<Bytes>) -> RespBody {
+        let data = data.into();
+        RespBody::Full(if data.is_empty() { None } else { Some(data) })
+    }
+
+    pub fn empty() -> RespBody {
+        RespBody::Full(None)
+    }
+
+    pub fn upstream(inner: Incoming, end: Option<BodyEnd>) -> RespBody {
+        RespBody::Upstream { inner, end, done: false, trailers: None }
+    }
+}
+
+impl Body for RespBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            RespBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            RespBody::Upstream { inner, end, done, trailers } => {
+                let polled = Pin::new(inner).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(None) => *done = true,
+                    Poll::Ready(Some(Ok(frame))) if end.is_some() => {
+                        if let Some(t) = frame.trailers_ref() {
+                            *trailers = Some(t.clone());
+                            *done = true;
+                        }
+                    }
+                    _ => {}
+                }
+                polled
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RespBody::Full(data) => data.is_none(),
+            RespBody::Upstream { inner, done, .. } => *done || inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RespBody::Full(Some(d)) => SizeHint::with_exact(d.len() as u64),
+            RespBody::Full(None) => SizeHint::with_exact(0),
+            RespBody::Upstream { inner, .. } => inner.size_hint(),
+        }
+    }
+}
+
+impl Drop for RespBody {
+    fn drop(&mut self) {
+        if let RespBody::Upstream { inner, end, done, trailers } = self
+            && let Some(end) = end.take()
+        {
+            let complete = *done || inner.is_end_stream();
+            end.finish(complete, trailers.as_ref());
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! Responses the proxy makes itself: one status and one `weft-proxy-error` reason per failure,
+//! so a caller (and an operator reading logs) always knows the proxy answered, and why.
+
+use http::{HeaderValue, Response, StatusCode};
+
+use super::body::RespBody;
+
+pub const ERROR_HEADER: &str = "weft-proxy-error";
+
+/// Every failure the proxy reports to a client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyError {
+    /// No service is known under the request's host.
+    UnknownService,
+    /// The service is known but no route rule matches the request.
+    NoRoute,
+    /// The service has no endpoints at all.
+    NoEndpoints,
+    /// Every endpoint is ejected by outlier detection.
+    CircuitOpen,
+    /// Too many requests in flight to the service (`limits.maxConcurrentRequests`).
+    ConcurrencyLimit,
+    /// Too many requests waiting for a connection (`limits.maxPendingRequests`).
+    PendingLimit,
+    /// The route's timeout passed before a response arrived.
+    Timeout,
+    /// No connection could be made to any endpoint tried.
+    ConnectFailed,
+    /// The upstream closed or reset the connection before answering.
+    UpstreamReset,
+    /// The request body exceeds `http.maxBodyBytes`.
+    BodyTooLarge,
+    /// The request could not be turned into a valid upstream request.
+    BadRequest,
+    /// The proxy is shutting down and will not open new upstream work.
+    ShuttingDown,
+    /// The caller's identity is not allowed by the AuthorizationPolicy.
+    Unauthorized,
+}
+
+impl ProxyError {
+    pub fn status(self) -> StatusCode {
+        match self {
+            ProxyError::UnknownService | ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::NoEndpoints
+            | ProxyError::CircuitOpen
+            | ProxyError::ConcurrencyLimit
+            | ProxyError::PendingLimit
+            | ProxyError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::ConnectFailed | ProxyError::UpstreamReset => StatusCode::BAD_GATEWAY,
+            ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BadRequest => StatusCode::BAD_REQUEST,
+            ProxyError::Unauthorized => StatusCode::FORBIDDEN,
+        }
+    }
+
+    /// The value of the `weft-proxy-error` header.
+    pub fn reason(self) -> &'static str {
+        match self {
+            ProxyError::UnknownService => "unknown-service",
+            ProxyError::NoRoute => "no-route",
+            ProxyError::NoEndpoints => "no-endpoints",
+            ProxyError::CircuitOpen => "circuit-open",
+            ProxyError::ConcurrencyLimit => "concurrency-limit",
+            ProxyError::PendingLimit => "pending-limit",
+            ProxyError::Timeout => "timeout",
+            ProxyError::ConnectFailed => "connect-failed",
+            ProxyError::UpstreamReset => "upstream-reset",
+            ProxyError::BodyTooLarge => "body-too-large",
+            ProxyError::BadRequest => "bad-request",
+            ProxyError::ShuttingDown => "shutting-down",
+            ProxyError::Unauthorized => "unauthorized",
+        }
+    }
+
+    /// What an operator should change, for the body and the log line.
+    pub fn hint(self) -> &'static str {
+        match self {
+            ProxyError::UnknownService => "no Service with this name; check the Host header or add a Service document",
+            ProxyError::NoRoute => "no rule of the service's Route matches; check /explain for this request",
+            ProxyError::NoEndpoints => "the service has no endpoints; check its registrations or spec.endpoints",
+            ProxyError::CircuitOpen => "every endpoint is ejected after consecutive failures; check the backends",
+            ProxyError::ConcurrencyLimit => "raise TrafficPolicy limits.maxConcurrentRequests or add capacity",
+            ProxyError::PendingLimit => "raise TrafficPolicy limits.maxPendingRequests or add capacity",
+            ProxyError::Timeout => "the backend did not answer within the route's timeout",
+            ProxyError::ConnectFailed => "no endpoint accepted a connection within connectTimeout",
+            ProxyError::UpstreamReset => "the backend closed the connection before answering",
+            ProxyError::BodyTooLarge => "the request body is larger than the proxy's http.maxBodyBytes",
+            ProxyError::BadRequest => "the request cannot be forwarded as written",
+            ProxyError::ShuttingDown => "this proxy is shutting down",
+            ProxyError::Unauthorized => "the caller is not allowed by the service's AuthorizationPolicy",
+        }
+    }
+
+    pub fn response(self) -> Response<RespBody> {
+        let body = format!("{}: {}\n", self.reason(), self.hint());
+        let mut resp = Response::new(RespBody::full(body));
+        *resp.status_mut() = self.status();
+        let headers = resp.headers_mut();
+        headers.insert(ERROR_HEADER, HeaderValue::from_static(self.reason()));
+        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        resp
+    }
+}

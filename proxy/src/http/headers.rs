@@ -1,0 +1,172 @@
+//! Header hygiene between hops: hop-by-hop headers stay on their own connection, and the
+//! request target is rewritten into the form the upstream protocol expects.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, Scheme, Uri};
+use http::{Method, Request, Version};
+
+/// Headers that describe one connection (RFC 9110 §7.6.1) and must not be forwarded.
+const HOP_BY_HOP: [HeaderName; 5] = [
+    header::CONNECTION,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
+
+/// Removes hop-by-hop headers (and any named in `Connection`). `TE: trailers` is kept because
+/// gRPC needs it end to end. Returns whether the request asked for a protocol upgrade.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
+    let mut upgrade = false;
+    if let Some(conn) = headers.get(header::CONNECTION) {
+        // Rare path: only requests that carry a Connection header pay for parsing it.
+        let listed: Vec<HeaderName> = conn
+            .to_str()
+            .unwrap_or("")
+            .split(',')
+            .filter_map(|t| {
+                let t = t.trim();
+                if t.eq_ignore_ascii_case("upgrade") {
+                    upgrade = true;
+                }
+                HeaderName::from_bytes(t.as_bytes()).ok()
+            })
+            .collect();
+        for name in listed {
+            if name != header::TE {
+                headers.remove(&name);
+            }
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if let Some(te) = headers.get(header::TE)
+        && !te.as_bytes().eq_ignore_ascii_case(b"trailers")
+    {
+        headers.remove(header::TE);
+    }
+    upgrade
+}
+
+/// Whether a retry of this method cannot change the outcome (RFC 9110 §9.2.2).
+pub fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// The host the client addressed: the URI authority (absolute-form, h2 `:authority`) or the
+/// Host header, without the port.
+pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    let raw = match req.uri().authority() {
+        Some(a) => a.as_str(),
+        None => req.headers().get(header::HOST)?.to_str().ok()?,
+    };
+    Some(strip_port(raw))
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.split(']').next().map(|h| &h[1..]).unwrap_or(host);
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+/// Rewrites the request for an HTTP/1.1 upstream: origin-form target and a Host header.
+pub fn to_http1<B>(req: &mut Request<B>) {
+    if req.headers().get(header::HOST).is_none()
+        && let Some(auth) = req.uri().authority()
+        && let Ok(v) = HeaderValue::from_str(auth.as_str())
+    {
+        req.headers_mut().insert(header::HOST, v);
+    }
+    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+        let pq = req.uri().path_and_query().cloned();
+        let mut parts = http::uri::Parts::default();
+        parts.path_and_query = pq.or_else(|| Some(http::uri::PathAndQuery::from_static("/")));
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
+    *req.version_mut() = Version::HTTP_11;
+}
+
+/// Rewrites the request for an HTTP/2 upstream: absolute target (scheme + authority) and no Host.
+pub fn to_http2<B>(req: &mut Request<B>, fallback_authority: &Authority) {
+    let authority = req
+        .uri()
+        .authority()
+        .cloned()
+        .or_else(|| req.headers().get(header::HOST).and_then(|h| Authority::try_from(h.as_bytes()).ok()))
+        .unwrap_or_else(|| fallback_authority.clone());
+    req.headers_mut().remove(header::HOST);
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(authority);
+    parts.path_and_query =
+        req.uri().path_and_query().cloned().or_else(|| Some(http::uri::PathAndQuery::from_static("/")));
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
+    *req.version_mut() = Version::HTTP_2;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_listed_headers_but_keeps_te_trailers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret, Upgrade"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        assert!(strip_hop_by_hop(&mut h));
+        assert!(h.get("x-secret").is_none());
+        assert!(h.get("keep-alive").is_none());
+        assert!(h.get(header::CONNECTION).is_none());
+        assert_eq!(h.get(header::TE).unwrap(), "trailers");
+        assert_eq!(h.get("x-kept").unwrap(), "1");
+    }
+
+    #[test]
+    fn host_comes_from_authority_or_header_without_port() {
+        let req = Request::get("http://payments.shop:8080/x").body(()).unwrap();
+        assert_eq!(request_host(&req), Some("payments.shop"));
+        let req = Request::get("/x").header("host", "payments:80").body(()).unwrap();
+        assert_eq!(request_host(&req), Some("payments"));
+        let req = Request::get("/x").header("host", "[::1]:80").body(()).unwrap();
+        assert_eq!(request_host(&req), Some("::1"));
+    }
+
+    #[test]
+    fn absolute_form_becomes_origin_form_with_host_for_http1() {
+        let mut req = Request::get("http://payments/v1/a?b=c").body(()).unwrap();
+        to_http1(&mut req);
+        assert_eq!(req.uri().to_string(), "/v1/a?b=c");
+        assert_eq!(req.headers().get(header::HOST).unwrap(), "payments");
+    }
+
+    #[test]
+    fn origin_form_becomes_absolute_for_http2() {
+        let mut req = Request::get("/v1/a").header("host", "payments:8080").body(()).unwrap();
+        to_http2(&mut req, &Authority::from_static("127.0.0.1:1"));
+        assert_eq!(req.uri().to_string(), "http://payments:8080/v1/a");
+        assert!(req.headers().get(header::HOST).is_none());
+    }
+
+    #[test]
+    fn idempotency_follows_rfc() {
+        assert!(is_idempotent(&Method::GET));
+        assert!(is_idempotent(&Method::PUT));
+        assert!(!is_idempotent(&Method::POST));
+        assert!(!is_idempotent(&Method::PATCH));
+    }
+}

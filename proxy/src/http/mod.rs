@@ -1,0 +1,7 @@
+//! HTTP plumbing shared by the inbound and outbound sides: bodies, proxy-made errors, the
+//! server loop for client connections, and header hygiene.
+
+pub mod body;
+pub mod errors;
+pub mod headers;
+pub mod server;

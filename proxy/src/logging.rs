@@ -1,0 +1,42 @@
+//! Structured logs through `tracing`, text or JSON, with a filter that can change at run time
+//! (`PUT /log-level`) and an optional access log.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::reload;
+use tracing_subscriber::util::SubscriberInitExt;
+use weft_api::LogFormat;
+
+/// Whether one line per request is logged (checked per request: one relaxed load).
+pub static ACCESS_LOG: AtomicBool = AtomicBool::new(false);
+
+pub fn access_log_enabled() -> bool {
+    ACCESS_LOG.load(Ordering::Relaxed)
+}
+
+/// Changes the active log filter.
+pub struct LogHandle(reload::Handle<Targets, tracing_subscriber::Registry>);
+
+impl LogHandle {
+    pub fn set(&self, filter: &str) -> Result<(), String> {
+        let targets: Targets = filter.trim().parse().map_err(|e| format!("invalid log filter {filter:?}: {e}"))?;
+        self.0.reload(targets).map_err(|e| e.to_string())
+    }
+}
+
+/// Installs the global subscriber. `level` is a filter such as `info` or `weft_proxy=debug,info`.
+pub fn init(format: LogFormat, level: &str) -> Result<LogHandle, String> {
+    let targets: Targets = level.parse().map_err(|e| format!("invalid log level {level:?}: {e}"))?;
+    let (filter, handle) = reload::Layer::new(targets);
+    let registry = tracing_subscriber::registry().with(filter);
+    let result = match format {
+        LogFormat::Json => registry
+            .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).with_current_span(false))
+            .try_init(),
+        LogFormat::Text => registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(false)).try_init(),
+    };
+    result.map_err(|e| e.to_string())?;
+    Ok(LogHandle(handle))
+}

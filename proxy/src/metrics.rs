@@ -1,0 +1,215 @@
+//! Prometheus metrics (names from DESIGN.md), with handles resolved once per route or service
+//! so the request path never looks labels up.
+
+use std::sync::{Arc, LazyLock, OnceLock};
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Every metric the proxy exports, registered once per process.
+pub struct Metrics {
+    pub registry: Registry,
+    requests: IntCounterVec,
+    durations: HistogramVec,
+    retries: IntCounterVec,
+    budget_exhausted: IntCounterVec,
+    ejections: IntCounterVec,
+    pub endpoints: IntGaugeVec,
+    pub open_connections: IntGaugeVec,
+    pub tls_handshake_errors: IntCounterVec,
+    pub config_version: IntGauge,
+    pub config_reload_errors: IntCounter,
+    pub cert_expiry: IntGauge,
+    pub protocol_errors: IntCounterVec,
+}
+
+/// Buckets from 100 µs to 30 s: a sidecar hop is sub-millisecond, a slow backend is seconds.
+const DURATION_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let v = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    registry.register(Box::new(v.clone())).expect("metric registered once");
+    v
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let v = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    registry.register(Box::new(v.clone())).expect("metric registered once");
+    v
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let registry = Registry::new();
+        let requests = counter_vec(
+            &registry,
+            "weft_requests_total",
+            "Requests handled, by direction, service, route, status code and classification.",
+            &["direction", "service", "route", "code", "classification"],
+        );
+        let durations = HistogramVec::new(
+            HistogramOpts::new(
+                "weft_request_duration_seconds",
+                "Time from request received to response headers sent.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["direction", "service", "route"],
+        )
+        .expect("valid histogram");
+        registry.register(Box::new(durations.clone())).expect("metric registered once");
+        let retries = counter_vec(&registry, "weft_retries_total", "Retries sent.", &["service", "reason"]);
+        let budget_exhausted = counter_vec(
+            &registry,
+            "weft_retry_budget_exhausted_total",
+            "Retries not sent because the service's retry budget was spent.",
+            &["service"],
+        );
+        let ejections = counter_vec(
+            &registry,
+            "weft_endpoint_ejections_total",
+            "Endpoints ejected by outlier detection.",
+            &["service"],
+        );
+        let endpoints = gauge_vec(&registry, "weft_endpoints", "Endpoints per service and state.", &["service", "state"]);
+        let open_connections =
+            gauge_vec(&registry, "weft_open_connections", "Open client connections.", &["direction"]);
+        let tls_handshake_errors = counter_vec(
+            &registry,
+            "weft_tls_handshake_errors_total",
+            "Failed TLS handshakes by direction and reason.",
+            &["direction", "reason"],
+        );
+        let protocol_errors = counter_vec(
+            &registry,
+            "weft_protocol_errors_total",
+            "Client connections closed for a protocol violation (malformed HTTP, header timeout).",
+            &["direction"],
+        );
+        let config_version = IntGauge::new("weft_config_version", "Version of the applied configuration.")
+            .expect("valid metric");
+        registry.register(Box::new(config_version.clone())).expect("metric registered once");
+        let config_reload_errors =
+            IntCounter::new("weft_config_reload_errors_total", "Configuration updates rejected as invalid.")
+                .expect("valid metric");
+        registry.register(Box::new(config_reload_errors.clone())).expect("metric registered once");
+        let cert_expiry = IntGauge::new(
+            "weft_cert_expiry_timestamp_seconds",
+            "Unix time at which the proxy's certificate expires (0 without one).",
+        )
+        .expect("valid metric");
+        registry.register(Box::new(cert_expiry.clone())).expect("metric registered once");
+        let build_info = IntGaugeVec::new(Opts::new("weft_build_info", "Build information."), &["version"])
+            .expect("valid metric");
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        registry.register(Box::new(build_info)).expect("metric registered once");
+        #[cfg(target_os = "linux")]
+        {
+            let pc = prometheus::process_collector::ProcessCollector::for_self();
+            registry.register(Box::new(pc)).expect("process collector registered once");
+        }
+        Metrics {
+            registry,
+            requests,
+            durations,
+            retries,
+            budget_exhausted,
+            ejections,
+            endpoints,
+            open_connections,
+            tls_handshake_errors,
+            config_version,
+            config_reload_errors,
+            cert_expiry,
+            protocol_errors,
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        let families = self.registry.gather();
+        if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+}
+
+/// Per-route request metrics: the histogram is resolved at config build time, the counters for
+/// each status code on first use (then one atomic increment per request).
+pub struct RouteMetrics {
+    direction: &'static str,
+    service: Arc<str>,
+    route: Arc<str>,
+    duration: Histogram,
+    /// Indexed by status code − 100; classification follows the status (5xx = failure).
+    by_code: Box<[OnceLock<IntCounter>]>,
+    /// gRPC calls that failed (grpc-status ≠ 0) under an HTTP 200.
+    grpc_failures: OnceLock<IntCounter>,
+}
+
+impl RouteMetrics {
+    pub fn new(direction: &'static str, service: &str, route: &str) -> RouteMetrics {
+        let duration = METRICS.durations.with_label_values(&[direction, service, route]);
+        RouteMetrics {
+            direction,
+            service: service.into(),
+            route: route.into(),
+            duration,
+            by_code: (100..600).map(|_| OnceLock::new()).collect(),
+            grpc_failures: OnceLock::new(),
+        }
+    }
+
+    fn counter(&self, code: u16, failure: bool) -> IntCounter {
+        let class = if failure { "failure" } else { "success" };
+        // Runs once per (route, code): the allocation here is off the steady-state path.
+        let code = code.to_string();
+        METRICS.requests.with_label_values(&[self.direction, &self.service, &self.route, &code, class])
+    }
+
+    /// Counts one finished request. `grpc_failed` is true when a gRPC call's status said failure.
+    pub fn record(&self, status: u16, grpc_failed: bool, elapsed_secs: f64) {
+        self.duration.observe(elapsed_secs);
+        if grpc_failed && status < 500 {
+            self.grpc_failures.get_or_init(|| self.counter(status, true)).inc();
+            return;
+        }
+        let idx = status.clamp(100, 599) as usize - 100;
+        self.by_code[idx].get_or_init(|| self.counter(status, status >= 500)).inc();
+    }
+}
+
+/// Per-service counters for retries, budget and ejections, resolved once per service.
+pub struct ServiceMetrics {
+    pub retries_5xx: IntCounter,
+    pub retries_connect: IntCounter,
+    pub retries_reset: IntCounter,
+    pub retries_timeout: IntCounter,
+    pub budget_exhausted: IntCounter,
+    pub ejections: IntCounter,
+    pub endpoints_available: IntGauge,
+    pub endpoints_ejected: IntGauge,
+}
+
+impl ServiceMetrics {
+    pub fn new(service: &str) -> ServiceMetrics {
+        let m = &*METRICS;
+        ServiceMetrics {
+            retries_5xx: m.retries.with_label_values(&[service, "5xx"]),
+            retries_connect: m.retries.with_label_values(&[service, "connect-failure"]),
+            retries_reset: m.retries.with_label_values(&[service, "reset"]),
+            retries_timeout: m.retries.with_label_values(&[service, "timeout"]),
+            budget_exhausted: m.budget_exhausted.with_label_values(&[service]),
+            ejections: m.ejections.with_label_values(&[service]),
+            endpoints_available: m.endpoints.with_label_values(&[service, "available"]),
+            endpoints_ejected: m.endpoints.with_label_values(&[service, "ejected"]),
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! Process-wide proxy state shared by the listeners, the admin server and the config watcher.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+use crate::config::Snapshot;
+use crate::logging::LogHandle;
+
+pub struct ProxyState {
+    pub config: ArcSwap<Snapshot>,
+    pub config_path: PathBuf,
+    /// Set at SIGTERM or `POST /shutdown`: `/ready` turns 503 and connections start closing.
+    draining: AtomicBool,
+    drain_tx: watch::Sender<bool>,
+    /// Open data-plane client connections (inbound + outbound), for the idle-exit check.
+    pub open_connections: AtomicI64,
+    /// Clock reading of the last request start, for the drain's quiet period.
+    pub last_request: AtomicU64,
+    pub started: Instant,
+    pub log: Option<LogHandle>,
+}
+
+impl ProxyState {
+    pub fn new(snapshot: Snapshot, config_path: PathBuf, log: Option<LogHandle>) -> Arc<ProxyState> {
+        let (drain_tx, _) = watch::channel(false);
+        Arc::new(ProxyState {
+            config: ArcSwap::from_pointee(snapshot),
+            config_path,
+            draining: AtomicBool::new(false),
+            drain_tx,
+            open_connections: AtomicI64::new(0),
+            last_request: AtomicU64::new(0),
+            started: Instant::now(),
+            log,
+        })
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Starts draining (idempotent).
+    pub fn start_drain(&self) {
+        if !self.draining.swap(true, Ordering::AcqRel) {
+            self.drain_tx.send_replace(true);
+        }
+    }
+
+    /// Resolves when draining starts.
+    pub fn drain_signal(&self) -> watch::Receiver<bool> {
+        self.drain_tx.subscribe()
+    }
+}

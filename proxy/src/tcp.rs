@@ -1,0 +1,57 @@
+//! Opaque TCP forwarding for `protocol: tcp` ports: pick an endpoint, connect (trying others on
+//! failure), then copy bytes both ways until either side closes.
+
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+
+use crate::connect::connect_tcp;
+use crate::listeners::Side;
+use crate::state::ProxyState;
+use crate::target::Cluster;
+
+const CONNECT_TRIES: usize = 3;
+
+pub async fn serve(mut client: TcpStream, side: Side, state: &ProxyState) {
+    let cluster: Option<Arc<Cluster>> = {
+        let snap = state.config.load();
+        match &side {
+            Side::Upstream(svc) => snap.service(svc, snap.proxy_namespace()).and_then(|s| snap.clusters.get(&s.key)).cloned(),
+            Side::Inbound => snap.inbound.as_ref().map(|i| i.cluster.clone()),
+            Side::Outbound => None,
+        }
+    };
+    let Some(cluster) = cluster else {
+        tracing::warn!(?side, "no service for this TCP listener; closing the connection");
+        return;
+    };
+    let Some(_permit) = cluster.shared.limit.try_acquire() else {
+        tracing::warn!(service = %cluster.name, "TCP connection refused: limits.maxConcurrentRequests reached");
+        return;
+    };
+    let mut tried = Vec::with_capacity(CONNECT_TRIES);
+    for _ in 0..CONNECT_TRIES {
+        let Ok(idx) = cluster.set.pick(&tried) else {
+            tracing::warn!(service = %cluster.name, "no available endpoint for TCP connection");
+            return;
+        };
+        tried.push(idx);
+        let endpoint = &cluster.set.endpoints()[idx];
+        let guard = endpoint.start();
+        match connect_tcp(endpoint.addr, cluster.policy.connect_timeout).await {
+            Ok(mut upstream) => {
+                cluster.set.on_success(idx, guard);
+                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                    tracing::debug!(service = %cluster.name, error = %e, "TCP stream ended with an error");
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(service = %cluster.name, endpoint = %endpoint.addr, error = %e, "TCP connect failed");
+                if cluster.set.on_failure(idx, guard) {
+                    cluster.shared.metrics.ejections.inc();
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! Loopback address helpers: free ports and raw-socket exchanges for hand-written HTTP.
+
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A loopback address whose port was free a moment ago (bound to port 0, then released).
+///
+/// Another socket can take the port before the proxy binds it; `Proxy::start` retries with
+/// fresh ports when that happens.
+pub fn free_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr")
+}
+
+/// Sends `bytes` on a fresh connection and reads until the peer closes or `limit` passes.
+///
+/// Returns what was read. Used for malformed requests that no HTTP client library would send.
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], limit: Duration) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(bytes).await.expect("write request");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(limit, read_until_close(&mut stream, &mut out)).await;
+    out
+}
+
+/// Reads into `out` until EOF or an error (a reset counts as the end).
+pub async fn read_until_close(stream: &mut TcpStream, out: &mut Vec<u8>) {
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Reads a response head (up to the blank line) from a raw stream, with a deadline.
+///
+/// Returns the head as text and any bytes read past it.
+pub async fn read_head(stream: &mut TcpStream, limit: Duration) -> (String, Vec<u8>) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(end) = find(&got, b"\r\n\r\n") {
+            let rest = got.split_off(end + 4);
+            return (String::from_utf8_lossy(&got).into_owned(), rest);
+        }
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut buf))
+            .await
+            .expect("response head within the deadline")
+            .expect("read response head");
+        assert!(n > 0, "connection closed before a full response head: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Position of `needle` in `hay`.
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The status code on the first line of a raw HTTP/1.x response, if there is one.
+pub fn status_of(raw: &[u8]) -> Option<u16> {
+    let text = String::from_utf8_lossy(raw);
+    let line = text.lines().next()?;
+    let mut parts = line.split_whitespace();
+    let version = parts.next()?;
+    if !version.starts_with("HTTP/1.") {
+        return None;
+    }
+    parts.next()?.parse().ok()
+}

@@ -1,0 +1,57 @@
+//! A TCP echo server: writes back every byte it reads, then closes its side after the peer's EOF.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::task::{JoinHandle, JoinSet};
+
+pub struct TcpEcho {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl TcpEcho {
+    pub async fn start() -> TcpEcho {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind tcp echo");
+        let addr = listener.local_addr().expect("tcp echo addr");
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counter = connections.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((mut stream, _)) = accepted else { continue };
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        conns.spawn(async move {
+                            let (mut reader, mut writer) = stream.split();
+                            let _ = tokio::io::copy(&mut reader, &mut writer).await;
+                            let _ = writer.shutdown().await;
+                        });
+                    }
+                    Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                }
+            }
+        });
+        TcpEcho { addr, connections, task }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for TcpEcho {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
