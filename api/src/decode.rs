@@ -26,41 +26,18 @@ pub fn decode_documents(file: &str, text: &str) -> Result<Vec<Document>, Diagnos
 /// declares (a Route elsewhere naming that Service must not be reported as dangling).
 pub fn decode_best_effort(file: &str, text: &str) -> (Vec<Document>, Diagnostics) {
     let stream = yaml::parse_stream(text);
-    let mut d = Decoder {
-        file,
-        out: Vec::new(),
-    };
-    let docs = stream
-        .documents
-        .iter()
-        .filter(|n| !n.is_null())
-        .filter_map(|n| d.document(n))
-        .collect();
+    let mut d = Decoder { file, out: Vec::new() };
+    let docs = stream.documents.iter().filter(|n| !n.is_null()).filter_map(|n| d.document(n)).collect();
     if let Some(e) = stream.error {
-        d.error(
-            (e.line, e.column),
-            "",
-            format!("invalid YAML: {} (column {})", e.message, e.column),
-        );
+        d.error((e.line, e.column), "", format!("invalid YAML: {} (column {})", e.message, e.column));
     }
     // Fields are decoded in the order the code reads them; users read the file top to bottom.
     d.out.sort_by_key(|(at, _)| *at);
-    let problems = d
-        .out
-        .into_iter()
-        .map(|(_, diagnostic)| diagnostic)
-        .collect();
+    let problems = d.out.into_iter().map(|(_, diagnostic)| diagnostic).collect();
     (docs, Diagnostics(problems))
 }
 
-const KINDS: &[&str] = &[
-    "Service",
-    "Route",
-    "TrafficPolicy",
-    "AuthorizationPolicy",
-    "Mesh",
-    "Proxy",
-];
+const KINDS: &[&str] = &["Service", "Route", "TrafficPolicy", "AuthorizationPolicy", "Mesh", "Proxy"];
 
 /// The candidate closest to `word` by edit distance (ignoring case), if it is close enough to be
 /// a plausible typo rather than a different word.
@@ -92,20 +69,12 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 fn join(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_string()
-    } else {
-        format!("{path}.{key}")
-    }
+    if path.is_empty() { key.to_string() } else { format!("{path}.{key}") }
 }
 
 impl Decoder<'_> {
     fn document(&mut self, root: &Node) -> Option<Document> {
-        let top = self.mapping(
-            root,
-            String::new(),
-            &["apiVersion", "kind", "metadata", "spec"],
-        )?;
+        let top = self.mapping(root, String::new(), &["apiVersion", "kind", "metadata", "spec"])?;
         let line = top.entries.first().map_or(root.line, |(k, _)| k.line);
         // apiVersion may be left out (DESIGN.md's own examples do); a different one is refused so
         // that a future v1 file is not silently read with v1alpha1 meanings.
@@ -113,41 +82,21 @@ impl Decoder<'_> {
             && version != API_VERSION
         {
             let at = top.get("apiVersion").map_or(top.pos, Node::pos);
-            self.error(
-                at,
-                "apiVersion",
-                format!("unsupported apiVersion {version:?}; expected {API_VERSION:?}"),
-            );
+            self.error(at, "apiVersion", format!("unsupported apiVersion {version:?}; expected {API_VERSION:?}"));
         }
         let kind = self.kind(&top);
         let metadata = self.metadata(&top, line);
         let kind = kind?;
         let spec = self.sub_or_empty(&top, "spec", spec_fields(kind))?;
         Some(match kind {
-            "Service" => Document::Service(Service {
-                metadata,
-                spec: self.service(&spec),
-            }),
-            "Route" => Document::Route(Route {
-                metadata,
-                spec: self.route(&spec),
-            }),
-            "TrafficPolicy" => Document::TrafficPolicy(TrafficPolicy {
-                metadata,
-                spec: self.traffic_policy(&spec),
-            }),
-            "AuthorizationPolicy" => Document::AuthorizationPolicy(AuthorizationPolicy {
-                metadata,
-                spec: self.authorization(&spec),
-            }),
-            "Mesh" => Document::Mesh(Mesh {
-                metadata,
-                spec: self.mesh(&spec),
-            }),
-            _ => Document::Proxy(Proxy {
-                metadata,
-                spec: self.proxy(&spec),
-            }),
+            "Service" => Document::Service(Service { metadata, spec: self.service(&spec) }),
+            "Route" => Document::Route(Route { metadata, spec: self.route(&spec) }),
+            "TrafficPolicy" => Document::TrafficPolicy(TrafficPolicy { metadata, spec: self.traffic_policy(&spec) }),
+            "AuthorizationPolicy" => {
+                Document::AuthorizationPolicy(AuthorizationPolicy { metadata, spec: self.authorization(&spec) })
+            }
+            "Mesh" => Document::Mesh(Mesh { metadata, spec: self.mesh(&spec) }),
+            _ => Document::Proxy(Proxy { metadata, spec: self.proxy(&spec) }),
         })
     }
 
@@ -166,21 +115,14 @@ impl Decoder<'_> {
     }
 
     fn metadata(&mut self, top: &Map, line: usize) -> Metadata {
-        let Some(m) = self
-            .required(top, "metadata")
-            .and_then(|n| self.mapping(n, "metadata".into(), &["name", "namespace"]))
+        let Some(m) =
+            self.required(top, "metadata").and_then(|n| self.mapping(n, "metadata".into(), &["name", "namespace"]))
         else {
-            return Metadata {
-                name: String::new(),
-                namespace: DEFAULT_NAMESPACE.to_string(),
-                line,
-            };
+            return Metadata { name: String::new(), namespace: DEFAULT_NAMESPACE.to_string(), line };
         };
         Metadata {
             name: self.required_string(&m, "name", check_name),
-            namespace: self
-                .string(&m, "namespace", check_name)
-                .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string()),
+            namespace: self.string(&m, "namespace", check_name).unwrap_or_else(|| DEFAULT_NAMESPACE.to_string()),
             line,
         }
     }
@@ -190,15 +132,9 @@ fn spec_fields(kind: &str) -> &'static [&'static str] {
     match kind {
         "Service" => &["ports", "endpoints"],
         "Route" => &["service", "rules"],
-        "TrafficPolicy" => &[
-            "service",
-            "loadBalancer",
-            "connectTimeout",
-            "idleTimeout",
-            "limits",
-            "outlierDetection",
-            "retryBudget",
-        ],
+        "TrafficPolicy" => {
+            &["service", "loadBalancer", "connectTimeout", "idleTimeout", "limits", "outlierDetection", "retryBudget"]
+        }
         "AuthorizationPolicy" => &["service", "default", "rules"],
         "Mesh" => &["trustDomain", "mtls", "certTTL"],
         _ => &[
@@ -236,11 +172,7 @@ mod tests {
     }
 
     pub(super) fn meta(name: &str, namespace: &str, line: usize) -> Metadata {
-        Metadata {
-            name: name.to_string(),
-            namespace: namespace.to_string(),
-            line,
-        }
+        Metadata { name: name.to_string(), namespace: namespace.to_string(), line }
     }
 
     pub(super) fn addr(s: &str) -> SocketAddr {
@@ -299,10 +231,7 @@ metadata: {name: x}
         assert_eq!(docs[0].metadata(), &meta("m", "default", 3));
         assert_eq!(
             problems("spec: {}\n"),
-            [
-                "f.yaml:1: kind: required field is missing",
-                "f.yaml:1: metadata: required field is missing"
-            ]
+            ["f.yaml:1: kind: required field is missing", "f.yaml:1: metadata: required field is missing"]
         );
         assert_eq!(
             problems("kind: Widget\nmetadata: {name: Bad_Name, labels: {}}\n"),
@@ -356,26 +285,17 @@ spec:
     #[test]
     fn empty_documents_are_skipped_and_syntax_errors_reported() {
         assert_eq!(decode("---\n---\n# nothing\n").len(), 0);
-        let text =
-            "kind: Mesh\nmetadata: {name: m, bogus: 1}\n---\nkind: Mesh\nmetadata: {name: [m\n";
+        let text = "kind: Mesh\nmetadata: {name: m, bogus: 1}\n---\nkind: Mesh\nmetadata: {name: [m\n";
         let found = problems(text);
-        assert_eq!(
-            found[0],
-            "f.yaml:2: metadata.bogus: unknown field; expected one of: name, namespace"
-        );
-        assert!(
-            found[1].starts_with("f.yaml:6: invalid YAML: "),
-            "{found:?}"
-        );
+        assert_eq!(found[0], "f.yaml:2: metadata.bogus: unknown field; expected one of: name, namespace");
+        assert!(found[1].starts_with("f.yaml:6: invalid YAML: "), "{found:?}");
         assert_eq!(found.len(), 2);
     }
 
     #[test]
     fn best_effort_keeps_documents_with_defaults() {
-        let (docs, problems) = decode_best_effort(
-            "f.yaml",
-            "kind: Service\nmetadata: {name: s}\nspec: {ports: [{port: 0}], nope: 1}\n",
-        );
+        let (docs, problems) =
+            decode_best_effort("f.yaml", "kind: Service\nmetadata: {name: s}\nspec: {ports: [{port: 0}], nope: 1}\n");
         assert_eq!(problems.0.len(), 2);
         assert_eq!(docs.len(), 1);
         assert_eq!(docs[0].metadata().name, "s");
@@ -384,10 +304,7 @@ spec:
     #[test]
     fn nearest_names() {
         assert_eq!(nearest("timout", &["timeout", "retry"]), Some("timeout"));
-        assert_eq!(
-            nearest("pathprefix", &["path", "pathPrefix"]),
-            Some("pathPrefix")
-        );
+        assert_eq!(nearest("pathprefix", &["path", "pathPrefix"]), Some("pathPrefix"));
         assert_eq!(nearest("xyz", &["timeout", "retry"]), None);
         assert_eq!(edit_distance("kitten", "sitting"), 3);
     }

@@ -4,12 +4,12 @@
 //! problem found, each with the line and field path that caused it.
 #![forbid(unsafe_code)]
 
+pub mod decode;
 pub mod diagnostic;
 pub mod duration;
 pub mod policy;
-pub mod yaml;
-pub mod decode;
 pub mod validate;
+pub mod yaml;
 
 pub use diagnostic::{Diagnostic, Diagnostics};
 pub use policy::*;

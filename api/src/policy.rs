@@ -213,8 +213,7 @@ pub enum RetryOn {
 }
 
 impl RetryOn {
-    pub const NAMES: &'static [&'static str] =
-        &["5xx", "gateway-error", "connect-failure", "reset", "timeout"];
+    pub const NAMES: &'static [&'static str] = &["5xx", "gateway-error", "connect-failure", "reset", "timeout"];
 
     pub fn from_name(s: &str) -> Option<RetryOn> {
         Some(match s {

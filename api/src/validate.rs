@@ -10,10 +10,7 @@ use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use crate::decode::nearest;
-use crate::{
-    AuthorizationPolicy, Diagnostics, Document, Mesh, Proxy, Route, RouteMatch, Service,
-    TrafficPolicy,
-};
+use crate::{AuthorizationPolicy, Diagnostics, Document, Mesh, Proxy, Route, RouteMatch, Service, TrafficPolicy};
 
 /// Backend and endpoint weights. Zero is refused: "no traffic" is said by removing the entry.
 pub(crate) const WEIGHT: RangeInclusive<i128> = 1..=u32::MAX as i128;
@@ -33,9 +30,11 @@ pub(crate) fn check_range(value: i128, range: &RangeInclusive<i128>) -> Result<(
         return Ok(());
     }
     let (min, max) = (*range.start(), *range.end());
-    Err(if max >= u32::MAX as i128 {
+    // Ranges that only exist to fit the integer type read better as a one-sided bound.
+    let unbounded_above = max >= i128::from(u32::MAX);
+    Err(if value < min && unbounded_above {
         format!("must be at least {min}, found {value}")
-    } else if min == 0 {
+    } else if value > max && min == 0 {
         format!("must be at most {max}, found {value}")
     } else {
         format!("must be between {min} and {max}, found {value}")
@@ -43,26 +42,16 @@ pub(crate) fn check_range(value: i128, range: &RangeInclusive<i128>) -> Result<(
 }
 
 pub(crate) fn check_ratio(value: f64) -> Result<(), String> {
-    if (0.0..=1.0).contains(&value) {
-        Ok(())
-    } else {
-        Err(format!("must be between 0 and 1, found {value}"))
-    }
+    if (0.0..=1.0).contains(&value) { Ok(()) } else { Err(format!("must be between 0 and 1, found {value}")) }
 }
 
 pub(crate) fn check_positive(d: Duration) -> Result<(), String> {
-    if d.is_zero() {
-        Err("must be longer than 0s".to_string())
-    } else {
-        Ok(())
-    }
+    if d.is_zero() { Err("must be longer than 0s".to_string()) } else { Ok(()) }
 }
 
 /// Names become DNS labels and `Host: <service>.<namespace>` parts, so they follow RFC 1123.
 pub(crate) fn check_name(s: &str) -> Result<(), String> {
-    let ok_chars = s
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let ok_chars = s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if s.is_empty() {
         Err("must not be empty".to_string())
     } else if s.len() > 63 || !ok_chars || s.starts_with('-') || s.ends_with('-') {
@@ -74,20 +63,32 @@ pub(crate) fn check_name(s: &str) -> Result<(), String> {
     }
 }
 
-pub(crate) fn check_http_path(s: &str) -> Result<(), String> {
-    if s.starts_with('/') {
-        Ok(())
-    } else {
-        Err(format!("path {s:?} must start with '/'"))
+/// A reference to a service: `name` (in the referring document's namespace) or
+/// `name.namespace`, the form callers use in `Host:`.
+pub(crate) fn check_service_ref(s: &str) -> Result<(), String> {
+    match s.split_once('.') {
+        Some((name, ns)) => check_name(name)
+            .and(check_name(ns))
+            .map_err(|_| format!("invalid service reference {s:?}; write NAME or NAME.NAMESPACE in lower case")),
+        None => check_name(s),
     }
+}
+
+/// (namespace, name) that a service reference written in `namespace` points at.
+fn resolve<'a>(reference: &'a str, namespace: &'a str) -> (&'a str, &'a str) {
+    match reference.split_once('.') {
+        Some((name, ns)) => (ns, name),
+        None => (namespace, reference),
+    }
+}
+
+pub(crate) fn check_http_path(s: &str) -> Result<(), String> {
+    if s.starts_with('/') { Ok(()) } else { Err(format!("path {s:?} must start with '/'")) }
 }
 
 /// A method is an HTTP token; the decoder upper-cases it first.
 pub(crate) fn check_method(s: &str) -> Result<(), String> {
-    if !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
-    {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_') {
         Ok(())
     } else {
         Err(format!("invalid method {s:?}; write e.g. GET or POST"))
@@ -97,11 +98,7 @@ pub(crate) fn check_method(s: &str) -> Result<(), String> {
 /// Header names are HTTP tokens; the decoder lower-cases them first.
 pub(crate) fn check_header_name(s: &str) -> Result<(), String> {
     let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-    if !s.is_empty() && s.bytes().all(tchar) {
-        Ok(())
-    } else {
-        Err(format!("invalid header name {s:?}"))
-    }
+    if !s.is_empty() && s.bytes().all(tchar) { Ok(()) } else { Err(format!("invalid header name {s:?}")) }
 }
 
 pub(crate) fn check_trust_domain(s: &str) -> Result<(), String> {
@@ -109,19 +106,13 @@ pub(crate) fn check_trust_domain(s: &str) -> Result<(), String> {
     if !s.is_empty() && s.bytes().all(ok) {
         Ok(())
     } else {
-        Err(format!(
-            "invalid trust domain {s:?}; use lower-case letters, digits, '-', '.' and '_'"
-        ))
+        Err(format!("invalid trust domain {s:?}; use lower-case letters, digits, '-', '.' and '_'"))
     }
 }
 
 /// `spiffe://<trust-domain>/<path>`, as the mesh CA issues them.
 pub(crate) fn check_spiffe_id(s: &str) -> Result<(), String> {
-    let shape = || {
-        format!(
-            "invalid SPIFFE id {s:?}; write spiffe://<trust-domain>/ns/<namespace>/sa/<account>"
-        )
-    };
+    let shape = || format!("invalid SPIFFE id {s:?}; write spiffe://<trust-domain>/ns/<namespace>/sa/<account>");
     let rest = s.strip_prefix("spiffe://").ok_or_else(shape)?;
     let (domain, path) = rest.split_once('/').ok_or_else(shape)?;
     if path.is_empty() || check_trust_domain(domain).is_err() {
@@ -131,32 +122,21 @@ pub(crate) fn check_spiffe_id(s: &str) -> Result<(), String> {
 }
 
 pub(crate) fn check_url(s: &str) -> Result<(), String> {
-    let host = s
-        .strip_prefix("https://")
-        .or_else(|| s.strip_prefix("http://"));
+    let host = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://"));
     match host {
         Some(h) if !h.is_empty() => Ok(()),
-        _ => Err(format!(
-            "invalid address {s:?}; write http://HOST:PORT or https://HOST:PORT"
-        )),
+        _ => Err(format!("invalid address {s:?}; write http://HOST:PORT or https://HOST:PORT")),
     }
 }
 
 pub(crate) fn check_not_empty(s: &str) -> Result<(), String> {
-    if s.is_empty() {
-        Err("must not be empty".to_string())
-    } else {
-        Ok(())
-    }
+    if s.is_empty() { Err("must not be empty".to_string()) } else { Ok(()) }
 }
 
 /// Checks one file's documents: every value rule, fields that depend on each other, at most one
 /// Proxy and one Mesh, and no two documents with the same kind, namespace and name.
 pub fn validate_documents(file: &str, docs: &[Document]) -> Result<(), Diagnostics> {
-    let mut c = Checker {
-        file,
-        out: Diagnostics::default(),
-    };
+    let mut c = Checker { file, out: Diagnostics::default() };
     let mut first_of_kind: HashMap<&str, usize> = HashMap::new();
     let mut seen: HashMap<(&str, &str, &str), usize> = HashMap::new();
     for doc in docs {
@@ -164,10 +144,7 @@ pub fn validate_documents(file: &str, docs: &[Document]) -> Result<(), Diagnosti
         c.document(doc);
         if matches!(doc, Document::Proxy(_) | Document::Mesh(_)) {
             if let Some(first) = first_of_kind.get(doc.kind()) {
-                let msg = format!(
-                    "a file may hold only one {} document (the first is at line {first})",
-                    doc.kind()
-                );
+                let msg = format!("a file may hold only one {} document (the first is at line {first})", doc.kind());
                 c.error(meta.line, "kind", msg);
             } else {
                 first_of_kind.insert(doc.kind(), meta.line);
@@ -176,11 +153,7 @@ pub fn validate_documents(file: &str, docs: &[Document]) -> Result<(), Diagnosti
         let key = (doc.kind(), meta.namespace.as_str(), meta.name.as_str());
         match seen.get(&key) {
             Some(first) => {
-                let msg = format!(
-                    "{} {} is declared twice (first at line {first})",
-                    doc.kind(),
-                    qualified(doc)
-                );
+                let msg = format!("{} {} is declared twice (first at line {first})", doc.kind(), qualified(doc));
                 c.error(meta.line, "metadata.name", msg);
             }
             None => {
@@ -210,11 +183,8 @@ pub fn validate_set(files: &[(String, Vec<Document>)]) -> Result<(), Diagnostics
             let key = (doc.kind(), meta.namespace.as_str(), meta.name.as_str());
             match seen.get(&key) {
                 Some((first_file, first_line)) if first_file != file => {
-                    let msg = format!(
-                        "{} {} is also declared in {first_file}:{first_line}",
-                        doc.kind(),
-                        qualified(doc)
-                    );
+                    let msg =
+                        format!("{} {} is also declared in {first_file}:{first_line}", doc.kind(), qualified(doc));
                     out.push(file, meta.line, "metadata.name", msg);
                 }
                 Some(_) => {}
@@ -236,19 +206,15 @@ pub fn validate_set(files: &[(String, Vec<Document>)]) -> Result<(), Diagnostics
     if !services.is_empty() {
         for (file, docs) in files {
             for doc in docs {
-                for (line, path, service) in service_references(doc) {
-                    let ns = doc.metadata().namespace.as_str();
-                    if service.is_empty() || services.contains(&(ns, service)) {
+                for (line, path, reference) in service_references(doc) {
+                    let (ns, name) = resolve(reference, &doc.metadata().namespace);
+                    if reference.is_empty() || services.contains(&(ns, name)) {
                         continue;
                     }
-                    let mut msg =
-                        format!("service {service:?} is not declared in namespace {ns:?}");
-                    let in_ns: Vec<&str> = services
-                        .iter()
-                        .filter(|(n, _)| *n == ns)
-                        .map(|(_, s)| *s)
-                        .collect();
-                    if let Some(near) = nearest(service, &in_ns) {
+                    let mut msg = format!("service {name:?} is not declared in namespace {ns:?}");
+                    let mut in_ns: Vec<&str> = services.iter().filter(|(n, _)| *n == ns).map(|(_, s)| *s).collect();
+                    in_ns.sort_unstable(); // ties in `nearest` go the same way every run
+                    if let Some(near) = nearest(name, &in_ns) {
                         msg.push_str(&format!("; did you mean {near:?}?"));
                     }
                     out.push(file, line, path, msg);
@@ -267,11 +233,7 @@ fn service_references(doc: &Document) -> Vec<(usize, String, &str)> {
             let mut refs = vec![(line, "spec.service".to_string(), r.spec.service.as_str())];
             for (i, rule) in r.spec.rules.iter().enumerate() {
                 for (j, b) in rule.backends.iter().enumerate() {
-                    refs.push((
-                        rule.line,
-                        format!("spec.rules[{i}].backends[{j}].service"),
-                        b.service.as_str(),
-                    ));
+                    refs.push((rule.line, format!("spec.rules[{i}].backends[{j}].service"), b.service.as_str()));
                 }
             }
             refs
@@ -325,43 +287,27 @@ impl Checker<'_> {
         let line = s.metadata.line;
         let mut ports = HashSet::new();
         for (i, p) in s.spec.ports.iter().enumerate() {
-            self.rule(
-                line,
-                format!("spec.ports[{i}].port"),
-                check_range(p.port.into(), &PORT),
-            );
+            self.rule(line, format!("spec.ports[{i}].port"), check_range(p.port.into(), &PORT));
             if !ports.insert(p.port) {
-                self.error(
-                    line,
-                    format!("spec.ports[{i}].port"),
-                    format!("port {} is listed twice", p.port),
-                );
+                self.error(line, format!("spec.ports[{i}].port"), format!("port {} is listed twice", p.port));
             }
         }
         let mut addresses = HashSet::new();
         for (i, e) in s.spec.endpoints.iter().enumerate() {
             let path = format!("spec.endpoints[{i}]");
-            self.rule(
-                line,
-                format!("{path}.weight"),
-                check_range(e.weight.into(), &WEIGHT),
-            );
+            self.rule(line, format!("{path}.weight"), check_range(e.weight.into(), &WEIGHT));
             if let Some(id) = &e.identity {
                 self.rule(line, format!("{path}.identity"), check_spiffe_id(id));
             }
             if !addresses.insert(e.address) {
-                self.error(
-                    line,
-                    format!("{path}.address"),
-                    format!("endpoint {} is listed twice", e.address),
-                );
+                self.error(line, format!("{path}.address"), format!("endpoint {} is listed twice", e.address));
             }
         }
     }
 
     fn route(&mut self, r: &Route) {
         let line = r.metadata.line;
-        self.rule(line, "spec.service", check_name(&r.spec.service));
+        self.rule(line, "spec.service", check_service_ref(&r.spec.service));
         if r.spec.rules.is_empty() {
             self.error(line, "spec.rules", "a Route needs at least one rule");
         }
@@ -369,40 +315,20 @@ impl Checker<'_> {
             let path = format!("spec.rules[{i}]");
             self.route_match(rule.line, &format!("{path}.match"), &rule.matches);
             for (j, b) in rule.backends.iter().enumerate() {
-                self.rule(
-                    rule.line,
-                    format!("{path}.backends[{j}].service"),
-                    check_name(&b.service),
-                );
-                self.rule(
-                    rule.line,
-                    format!("{path}.backends[{j}].weight"),
-                    check_range(b.weight.into(), &WEIGHT),
-                );
+                self.rule(rule.line, format!("{path}.backends[{j}].service"), check_service_ref(&b.service));
+                self.rule(rule.line, format!("{path}.backends[{j}].weight"), check_range(b.weight.into(), &WEIGHT));
             }
             if let Some(t) = rule.timeout {
                 self.rule(rule.line, format!("{path}.timeout"), check_positive(t));
             }
             if let Some(retry) = &rule.retry {
                 let path = format!("{path}.retry");
-                self.rule(
-                    rule.line,
-                    format!("{path}.attempts"),
-                    check_range(retry.attempts.into(), &RETRY_ATTEMPTS),
-                );
+                self.rule(rule.line, format!("{path}.attempts"), check_range(retry.attempts.into(), &RETRY_ATTEMPTS));
                 if let Some(t) = retry.per_try_timeout {
-                    self.rule(
-                        rule.line,
-                        format!("{path}.perTryTimeout"),
-                        check_positive(t),
-                    );
+                    self.rule(rule.line, format!("{path}.perTryTimeout"), check_positive(t));
                 }
                 if retry.backoff_base > retry.backoff_max {
-                    self.error(
-                        rule.line,
-                        format!("{path}.backoffMax"),
-                        "must not be shorter than backoffBase",
-                    );
+                    self.error(rule.line, format!("{path}.backoffMax"), "must not be shorter than backoffBase");
                 }
             }
         }
@@ -416,32 +342,20 @@ impl Checker<'_> {
             self.rule(line, format!("{path}.path"), check_http_path(p));
         }
         if m.path.is_some() && m.path_prefix.is_some() {
-            self.error(
-                line,
-                path,
-                "set either path (exact) or pathPrefix, not both",
-            );
+            self.error(line, path, "set either path (exact) or pathPrefix, not both");
         }
         for (i, method) in m.methods.iter().enumerate() {
             self.rule(line, format!("{path}.methods[{i}]"), check_method(method));
         }
         for name in m.headers.keys() {
-            self.rule(
-                line,
-                format!("{path}.headers.{name}"),
-                check_header_name(name),
-            );
+            self.rule(line, format!("{path}.headers.{name}"), check_header_name(name));
         }
     }
 
     fn traffic_policy(&mut self, t: &TrafficPolicy) {
         let (line, s) = (t.metadata.line, &t.spec);
-        self.rule(line, "spec.service", check_name(&s.service));
-        self.rule(
-            line,
-            "spec.connectTimeout",
-            check_positive(s.connect_timeout),
-        );
+        self.rule(line, "spec.service", check_service_ref(&s.service));
+        self.rule(line, "spec.connectTimeout", check_positive(s.connect_timeout));
         self.rule(line, "spec.idleTimeout", check_positive(s.idle_timeout));
         let limits = &s.limits;
         let max_concurrent = check_range(limits.max_concurrent_requests.into(), &AT_LEAST_ONE_U32);
@@ -451,106 +365,54 @@ impl Checker<'_> {
         let od = &s.outlier_detection;
         let failures = check_range(od.consecutive_failures.into(), &AT_LEAST_ONE_U32);
         self.rule(line, "spec.outlierDetection.consecutiveFailures", failures);
-        self.rule(
-            line,
-            "spec.outlierDetection.baseEjection",
-            check_positive(od.base_ejection),
-        );
+        self.rule(line, "spec.outlierDetection.baseEjection", check_positive(od.base_ejection));
         let percent = check_range(od.max_ejection_percent.into(), &PERCENT);
         self.rule(line, "spec.outlierDetection.maxEjectionPercent", percent);
         if od.base_ejection > od.max_ejection {
-            self.error(
-                line,
-                "spec.outlierDetection.maxEjection",
-                "must not be shorter than baseEjection",
-            );
+            self.error(line, "spec.outlierDetection.maxEjection", "must not be shorter than baseEjection");
         }
-        self.rule(
-            line,
-            "spec.retryBudget.ratio",
-            check_ratio(s.retry_budget.ratio),
-        );
+        self.rule(line, "spec.retryBudget.ratio", check_ratio(s.retry_budget.ratio));
     }
 
     fn authorization(&mut self, a: &AuthorizationPolicy) {
-        self.rule(a.metadata.line, "spec.service", check_name(&a.spec.service));
+        self.rule(a.metadata.line, "spec.service", check_service_ref(&a.spec.service));
         for (i, rule) in a.spec.rules.iter().enumerate() {
             for (j, id) in rule.from.iter().enumerate() {
-                self.rule(
-                    rule.line,
-                    format!("spec.rules[{i}].from[{j}]"),
-                    check_spiffe_id(id),
-                );
+                self.rule(rule.line, format!("spec.rules[{i}].from[{j}]"), check_spiffe_id(id));
             }
             for (j, p) in rule.paths.iter().enumerate() {
-                self.rule(
-                    rule.line,
-                    format!("spec.rules[{i}].paths[{j}]"),
-                    check_http_path(p),
-                );
+                self.rule(rule.line, format!("spec.rules[{i}].paths[{j}]"), check_http_path(p));
             }
             for (j, m) in rule.methods.iter().enumerate() {
-                self.rule(
-                    rule.line,
-                    format!("spec.rules[{i}].methods[{j}]"),
-                    check_method(m),
-                );
+                self.rule(rule.line, format!("spec.rules[{i}].methods[{j}]"), check_method(m));
             }
         }
     }
 
     fn mesh(&mut self, m: &Mesh) {
-        self.rule(
-            m.metadata.line,
-            "spec.trustDomain",
-            check_trust_domain(&m.spec.trust_domain),
-        );
-        self.rule(
-            m.metadata.line,
-            "spec.certTTL",
-            check_positive(m.spec.cert_ttl),
-        );
+        self.rule(m.metadata.line, "spec.trustDomain", check_trust_domain(&m.spec.trust_domain));
+        self.rule(m.metadata.line, "spec.certTTL", check_positive(m.spec.cert_ttl));
     }
 
     fn proxy(&mut self, p: &Proxy) {
         let (line, s) = (p.metadata.line, &p.spec);
         self.rule(line, "spec.service", check_name(&s.service));
         for (i, u) in s.upstreams.iter().enumerate() {
-            self.rule(
-                line,
-                format!("spec.upstreams[{i}].service"),
-                check_name(&u.service),
-            );
+            self.rule(line, format!("spec.upstreams[{i}].service"), check_service_ref(&u.service));
         }
         if let Some(tls) = &s.tls {
             self.rule(line, "spec.tls.certFile", check_not_empty(&tls.cert_file));
             self.rule(line, "spec.tls.keyFile", check_not_empty(&tls.key_file));
-            self.rule(
-                line,
-                "spec.tls.bundleFile",
-                check_not_empty(&tls.bundle_file),
-            );
+            self.rule(line, "spec.tls.bundleFile", check_not_empty(&tls.bundle_file));
         }
         if let Some(cp) = &s.control_plane {
             self.rule(line, "spec.controlPlane.address", check_url(&cp.address));
         }
-        self.rule(
-            line,
-            "spec.workers",
-            check_range(s.workers.into(), &WORKERS),
-        );
+        self.rule(line, "spec.workers", check_range(s.workers.into(), &WORKERS));
         let header_bytes = check_range(s.http.max_header_bytes.into(), &AT_LEAST_ONE_U32);
         self.rule(line, "spec.http.maxHeaderBytes", header_bytes);
-        self.rule(
-            line,
-            "spec.http.headerReadTimeout",
-            check_positive(s.http.header_read_timeout),
-        );
-        self.rule(
-            line,
-            "spec.http.clientIdleTimeout",
-            check_positive(s.http.client_idle_timeout),
-        );
+        self.rule(line, "spec.http.headerReadTimeout", check_positive(s.http.header_read_timeout));
+        self.rule(line, "spec.http.clientIdleTimeout", check_positive(s.http.client_idle_timeout));
         self.rule(line, "spec.log.level", check_not_empty(&s.log.level));
 
         // Port 0 asks the OS for a free port, so several such listeners never collide.
@@ -566,15 +428,9 @@ impl Checker<'_> {
             listeners.push((format!("spec.upstreams[{i}].listen"), u.listen));
         }
         for (i, (path, addr)) in listeners.iter().enumerate() {
-            let earlier = listeners[..i]
-                .iter()
-                .find(|(_, a)| a == addr && a.port() != 0);
+            let earlier = listeners[..i].iter().find(|(_, a)| a == addr && a.port() != 0);
             if let Some((first, _)) = earlier {
-                self.error(
-                    line,
-                    path.as_str(),
-                    format!("{addr} is already used by {first}"),
-                );
+                self.error(line, path.as_str(), format!("{addr} is already used by {first}"));
             }
         }
     }
@@ -587,8 +443,7 @@ mod tests {
 
     /// Decodes (which must succeed) and validates, returning the problems as printed.
     fn problems(text: &str) -> Vec<String> {
-        let docs =
-            decode_documents("f.yaml", text).unwrap_or_else(|e| panic!("decode failed:\n{e}"));
+        let docs = decode_documents("f.yaml", text).unwrap_or_else(|e| panic!("decode failed:\n{e}"));
         match validate_documents("f.yaml", &docs) {
             Ok(()) => Vec::new(),
             Err(d) => d.0.iter().map(ToString::to_string).collect(),
@@ -596,58 +451,40 @@ mod tests {
     }
 
     fn set(files: &[(&str, &str)]) -> Vec<String> {
-        let files: Vec<(String, Vec<Document>)> = files
-            .iter()
-            .map(|(f, t)| (f.to_string(), decode_documents(f, t).unwrap()))
-            .collect();
+        let files: Vec<(String, Vec<Document>)> =
+            files.iter().map(|(f, t)| (f.to_string(), decode_documents(f, t).unwrap())).collect();
         match validate_set(&files) {
             Ok(()) => Vec::new(),
             Err(d) => d.0.iter().map(ToString::to_string).collect(),
         }
     }
 
-    const SERVICE: &str =
-        "kind: Service\nmetadata: {name: payments, namespace: shop}\nspec: {ports: [{port: 80}]}\n";
+    const SERVICE: &str = "kind: Service\nmetadata: {name: payments, namespace: shop}\nspec: {ports: [{port: 80}]}\n";
 
     #[test]
     fn value_rules() {
         assert!(check_range(0, &WEIGHT).unwrap_err().contains("at least 1"));
-        assert!(
-            check_range(11, &RETRY_ATTEMPTS)
-                .unwrap_err()
-                .contains("at most 10")
-        );
-        assert!(
-            check_range(0, &PORT)
-                .unwrap_err()
-                .contains("between 1 and 65535")
-        );
+        assert!(check_range(11, &RETRY_ATTEMPTS).unwrap_err().contains("at most 10"));
+        assert!(check_range(0, &PORT).unwrap_err().contains("between 1 and 65535"));
         assert!(check_ratio(1.5).is_err() && check_ratio(0.0).is_ok());
         assert!(check_name("payments-v2").is_ok());
         for bad in ["", "Payments", "-a", "a.b", "a_b", &"x".repeat(64)] {
             assert!(check_name(bad).is_err(), "{bad:?}");
         }
         assert!(check_spiffe_id("spiffe://cluster.local/ns/shop/sa/web").is_ok());
-        for bad in [
-            "spiffe://cluster.local",
-            "spiffe:///ns",
-            "http://x/y",
-            "spiffe://UP/x",
-            "spiffe://d/",
-        ] {
+        for bad in ["spiffe://cluster.local", "spiffe:///ns", "http://x/y", "spiffe://UP/x", "spiffe://d/"] {
             assert!(check_spiffe_id(bad).is_err(), "{bad:?}");
         }
         assert!(check_http_path("v1").is_err());
+        assert!(check_service_ref("payments.shop").is_ok() && check_service_ref("payments").is_ok());
+        assert!(check_service_ref("a.b.c").is_err() && check_service_ref("A.b").is_err());
         assert!(check_url("https://weft-control:8086").is_ok() && check_url("weft:8086").is_err());
     }
 
     #[test]
     fn path_and_prefix_are_exclusive() {
         let text = "kind: Route\nmetadata: {name: r}\nspec:\n  service: s\n  rules:\n    - match: {path: /a, pathPrefix: /b}\n";
-        assert_eq!(
-            problems(text),
-            ["f.yaml:6: spec.rules[0].match: set either path (exact) or pathPrefix, not both"]
-        );
+        assert_eq!(problems(text), ["f.yaml:6: spec.rules[0].match: set either path (exact) or pathPrefix, not both"]);
     }
 
     #[test]
@@ -664,8 +501,7 @@ mod tests {
 
     #[test]
     fn one_proxy_and_one_mesh_per_file_and_no_duplicates() {
-        let text = "kind: Mesh\nmetadata: {name: a}\n---\nkind: Mesh\nmetadata: {name: b}\n---\n"
-            .to_string()
+        let text = "kind: Mesh\nmetadata: {name: a}\n---\nkind: Mesh\nmetadata: {name: b}\n---\n".to_string()
             + SERVICE
             + "---\n"
             + SERVICE;
@@ -707,14 +543,8 @@ mod tests {
             s.metadata.name = "Bad".to_string();
         }
         let err = validate_documents("f.yaml", &docs).unwrap_err().to_string();
-        assert!(
-            err.contains("f.yaml:1: metadata.name: invalid name \"Bad\""),
-            "{err}"
-        );
-        assert!(
-            err.contains("f.yaml:1: spec.ports[0].port: must be between 1 and 65535, found 0"),
-            "{err}"
-        );
+        assert!(err.contains("f.yaml:1: metadata.name: invalid name \"Bad\""), "{err}");
+        assert!(err.contains("f.yaml:1: spec.ports[0].port: must be between 1 and 65535, found 0"), "{err}");
     }
 
     #[test]
@@ -725,6 +555,17 @@ mod tests {
             [
                 "b.yaml:1: metadata.name: Service \"shop/payments\" is also declared in a.yaml:1",
                 "c.yaml:6: spec.rules[0].backends[0].service: service \"paymnts\" is not declared in namespace \"shop\"; did you mean \"payments\"?",
+            ]
+        );
+    }
+
+    #[test]
+    fn set_resolves_name_dot_namespace_references() {
+        let route = "kind: Route\nmetadata: {name: r}\nspec:\n  service: payments.shop\n  rules: [{backends: [{service: payments.other}]}]\n";
+        assert_eq!(
+            set(&[("a.yaml", SERVICE), ("b.yaml", route)]),
+            [
+                "b.yaml:5: spec.rules[0].backends[0].service: service \"payments\" is not declared in namespace \"other\""
             ]
         );
     }

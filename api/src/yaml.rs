@@ -110,17 +110,8 @@ pub fn parse_stream(text: &str) -> Stream {
 
 /// A collection whose children are still arriving.
 enum Open {
-    Sequence {
-        start: Node,
-        anchor: usize,
-        items: Vec<Node>,
-    },
-    Mapping {
-        start: Node,
-        anchor: usize,
-        entries: Vec<(Node, Node)>,
-        key: Option<Node>,
-    },
+    Sequence { start: Node, anchor: usize, items: Vec<Node> },
+    Mapping { start: Node, anchor: usize, entries: Vec<(Node, Node)>, key: Option<Node> },
 }
 
 #[derive(Default)]
@@ -132,18 +123,9 @@ struct Builder {
 }
 
 impl Builder {
-    fn on_event(
-        &mut self,
-        event: Event<'_>,
-        span: Span,
-        documents: &mut Vec<Node>,
-    ) -> Result<(), SyntaxError> {
+    fn on_event(&mut self, event: Event<'_>, span: Span, documents: &mut Vec<Node>) -> Result<(), SyntaxError> {
         let (line, column) = (span.start.line(), span.start.col() + 1);
-        let at = |value| Node {
-            line,
-            column,
-            value,
-        };
+        let at = |value| Node { line, column, value };
         match event {
             Event::DocumentStart(_) => {
                 self.root = None;
@@ -153,17 +135,12 @@ impl Builder {
             Event::DocumentEnd => documents.extend(self.root.take()),
             Event::Scalar(text, style, anchor, tag) => {
                 let quoted = style != ScalarStyle::Plain || is_str_tag(tag.as_ref());
-                let node = at(Value::Scalar(Scalar {
-                    text: text.into_owned(),
-                    quoted,
-                }));
+                let node = at(Value::Scalar(Scalar { text: text.into_owned(), quoted }));
                 self.complete(node, anchor, line, column)?;
             }
-            Event::SequenceStart(anchor, _) => self.open.push(Open::Sequence {
-                start: at(Value::Sequence(Vec::new())),
-                anchor,
-                items: Vec::new(),
-            }),
+            Event::SequenceStart(anchor, _) => {
+                self.open.push(Open::Sequence { start: at(Value::Sequence(Vec::new())), anchor, items: Vec::new() })
+            }
             Event::MappingStart(anchor, _) => self.open.push(Open::Mapping {
                 start: at(Value::Mapping(Vec::new())),
                 anchor,
@@ -172,20 +149,11 @@ impl Builder {
             }),
             Event::SequenceEnd | Event::MappingEnd => {
                 let (node, anchor) = match self.open.pop() {
-                    Some(Open::Sequence {
-                        mut start,
-                        anchor,
-                        items,
-                    }) => {
+                    Some(Open::Sequence { mut start, anchor, items }) => {
                         start.value = Value::Sequence(items);
                         (start, anchor)
                     }
-                    Some(Open::Mapping {
-                        mut start,
-                        anchor,
-                        entries,
-                        ..
-                    }) => {
+                    Some(Open::Mapping { mut start, anchor, entries, .. }) => {
                         start.value = Value::Mapping(entries);
                         (start, anchor)
                     }
@@ -194,13 +162,11 @@ impl Builder {
                 self.complete(node, anchor, line, column)?;
             }
             Event::Alias(id) => {
-                let node = self.anchors.get(&id).cloned().ok_or_else(|| {
-                    syntax(
-                        line,
-                        column,
-                        "alias refers to an anchor that is not complete yet",
-                    )
-                })?;
+                let node = self
+                    .anchors
+                    .get(&id)
+                    .cloned()
+                    .ok_or_else(|| syntax(line, column, "alias refers to an anchor that is not complete yet"))?;
                 self.complete(node, 0, line, column)?;
             }
             Event::StreamStart | Event::StreamEnd | Event::Nothing => {}
@@ -209,20 +175,10 @@ impl Builder {
     }
 
     /// Attaches a finished node to its parent (or makes it the document root).
-    fn complete(
-        &mut self,
-        node: Node,
-        anchor: usize,
-        line: usize,
-        column: usize,
-    ) -> Result<(), SyntaxError> {
+    fn complete(&mut self, node: Node, anchor: usize, line: usize, column: usize) -> Result<(), SyntaxError> {
         self.nodes += count(&node);
         if self.nodes > MAX_NODES {
-            return Err(syntax(
-                line,
-                column,
-                "document too large (aliases expand to over 100000 nodes)",
-            ));
+            return Err(syntax(line, column, "document too large (aliases expand to over 100000 nodes)"));
         }
         if anchor != 0 {
             self.anchors.insert(anchor, node.clone());
@@ -252,11 +208,7 @@ fn is_str_tag(tag: Option<&Cow<'_, Tag>>) -> bool {
 }
 
 fn syntax(line: usize, column: usize, message: &str) -> SyntaxError {
-    SyntaxError {
-        line,
-        column,
-        message: message.to_string(),
-    }
+    SyntaxError { line, column, message: message.to_string() }
 }
 
 #[cfg(test)]
@@ -287,9 +239,7 @@ mod tests {
         assert_eq!((e[0].0.line, scalar(&e[0].1)), (1, ("1", false)));
         let inner = entries(&e[1].1);
         assert_eq!((inner[0].0.line, inner[0].0.column), (3, 3));
-        let Value::Sequence(items) = &inner[0].1.value else {
-            panic!("not a list")
-        };
+        let Value::Sequence(items) = &inner[0].1.value else { panic!("not a list") };
         assert_eq!(scalar(&items[0]), ("x", false));
         assert_eq!(scalar(&items[1]), ("true", true));
         assert_eq!((items[1].line, items[1].column), (3, 10));
@@ -299,9 +249,7 @@ mod tests {
     fn block_sequence_items_start_on_their_dash_line() {
         let s = parse_stream("rules:\n  - match: {}\n    timeout: 1s\n  - timeout: 2s\n");
         let e = entries(&s.documents[0]);
-        let Value::Sequence(items) = &e[0].1.value else {
-            panic!("not a list")
-        };
+        let Value::Sequence(items) = &e[0].1.value else { panic!("not a list") };
         assert_eq!(items.iter().map(|n| n.line).collect::<Vec<_>>(), [2, 4]);
     }
 
@@ -335,9 +283,7 @@ mod tests {
         let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
         for i in 1..8 {
             let p = i - 1;
-            text.push_str(&format!(
-                "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
-            ));
+            text.push_str(&format!("a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"));
         }
         let s = parse_stream(&text);
         assert!(s.error.unwrap().message.contains("too large"));

@@ -55,7 +55,7 @@ def stacked_hbars(title: str, subtitle: str, groups: list[tuple[str, list[tuple[
         v = vmax * i / 5
         x = sx(v)
         out.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{y_end}" stroke="#ddd"/>')
-        out.append(_text(x, y_end + 14, _fmt(v), 10, "middle", fill="#555"))
+        out.append(_text(x, y_end + 14, f"{v:g}", 10, "middle", fill="#555"))
     out.append(_text(left + plot_w / 2, y_end + 30, unit, 11, "middle", fill="#333"))
     y = top + 6
     for glabel, bars in groups:

@@ -37,7 +37,7 @@ http {{
     access_log off;
     client_body_temp_path {t}/body; proxy_temp_path {t}/proxy; fastcgi_temp_path {t}/fcgi;
     uwsgi_temp_path {t}/uwsgi; scgi_temp_path {t}/scgi;
-    sendfile on; tcp_nopush on; tcp_nodelay on;
+    sendfile on; tcp_nodelay on;
     keepalive_requests 100000000; keepalive_timeout 600s;
     types {{ text/plain txt; application/octet-stream bin; }}
     default_type application/octet-stream;

@@ -55,44 +55,24 @@ pub fn check_paths(paths: &[PathBuf]) -> Report {
         // Per-file checks run only on files that decoded cleanly: decoding swaps bad values
         // for defaults, and checking those would report what the user did not write.
         if problems.is_empty() {
-            report.problems.extend(
-                validate::validate_documents(&name, &docs)
-                    .err()
-                    .map(|d| d.0)
-                    .unwrap_or_default(),
-            );
+            report.problems.extend(validate::validate_documents(&name, &docs).err().map(|d| d.0).unwrap_or_default());
         } else {
             report.problems.extend(problems.0);
         }
         report.documents += docs.len();
         set.push((name, docs));
     }
-    report.problems.extend(
-        validate::validate_set(&set)
-            .err()
-            .map(|d| d.0)
-            .unwrap_or_default(),
-    );
+    report.problems.extend(validate::validate_set(&set).err().map(|d| d.0).unwrap_or_default());
 
     // File order as given (folders sorted), then line: the order people fix things in.
-    let order: Vec<String> = set.iter().map(|(name, _)| name.clone()).collect();
-    let rank = |d: &Diagnostic| {
-        order
-            .iter()
-            .position(|f| *f == d.file)
-            .unwrap_or(usize::MAX)
-    };
+    let order: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    let rank = |d: &Diagnostic| order.iter().position(|f| *f == d.file).unwrap_or(usize::MAX);
     report.problems.sort_by_key(|d| (rank(d), d.line));
     report
 }
 
 fn unreadable(path: &Path, e: &io::Error) -> Diagnostic {
-    Diagnostic {
-        file: path.display().to_string(),
-        line: 0,
-        path: String::new(),
-        message: format!("cannot read: {e}"),
-    }
+    Diagnostic { file: path.display().to_string(), line: 0, path: String::new(), message: format!("cannot read: {e}") }
 }
 
 /// A named file is taken whatever its extension; folders contribute their *.yaml and *.yml.
@@ -122,10 +102,7 @@ fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
 }
 
 fn is_yaml(path: &Path) -> bool {
-    matches!(
-        path.extension().and_then(|e| e.to_str()),
-        Some("yaml" | "yml")
-    )
+    matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
 }
 
 /// Runs `weft check` with the arguments after `check`; returns the exit status.
@@ -157,11 +134,7 @@ pub fn run(args: &[String]) -> u8 {
         return 1;
     }
     if report.problems.is_empty() {
-        println!(
-            "ok: {} in {}",
-            plural(report.documents, "document"),
-            plural(report.files, "file")
-        );
+        println!("ok: {} in {}", plural(report.documents, "document"), plural(report.files, "file"));
         return 0;
     }
     for problem in &report.problems {
@@ -172,18 +145,10 @@ pub fn run(args: &[String]) -> u8 {
         names.dedup();
         names.len()
     };
-    eprintln!(
-        "{} in {}",
-        plural(report.problems.len(), "problem"),
-        plural(files, "file")
-    );
+    eprintln!("{} in {}", plural(report.problems.len(), "problem"), plural(files, "file"));
     1
 }
 
 fn plural(n: usize, word: &str) -> String {
-    if n == 1 {
-        format!("1 {word}")
-    } else {
-        format!("{n} {word}s")
-    }
+    if n == 1 { format!("1 {word}") } else { format!("{n} {word}s") }
 }

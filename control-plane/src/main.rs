@@ -7,6 +7,8 @@ Usage: weft COMMAND [ARGS...]
 
 Commands:
   check PATH...   validate policy files or folders; every problem as FILE:LINE: field.path: message
+  demo            a local mesh on loopback: demo services behind a sidecar, load, a failure absorbed
+  proxy ARGS...   run the sidecar proxy (the same as `weft-proxy ARGS...`)
 
 Run `weft COMMAND --help` for a command's options.
 ";
@@ -15,6 +17,8 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let status = match args.first().map(String::as_str) {
         Some("check") => weft_control::check::run(&args[1..]),
+        Some("demo") => weft_control::demo::run(&args[1..]),
+        Some("proxy") => return proxy(&args[1..]),
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
             0
@@ -33,4 +37,26 @@ fn main() -> ExitCode {
         }
     };
     ExitCode::from(status)
+}
+
+/// `weft proxy --config FILE`: the sidecar from the same binary, so the demo needs one build.
+fn proxy(args: &[String]) -> ExitCode {
+    let (config, workers) = match args {
+        [flag, file] if flag == "--config" => (file, None),
+        [flag, file, w, n] if flag == "--config" && w == "--workers" => match n.parse() {
+            Ok(n) => (file, Some(n)),
+            Err(_) => {
+                eprintln!("weft proxy: --workers needs a number");
+                return ExitCode::from(2);
+            }
+        },
+        _ => {
+            eprintln!("usage: weft proxy --config FILE [--workers N]");
+            return ExitCode::from(2);
+        }
+    };
+    match weft_proxy::runtime::run(config.into(), workers) {
+        0 => ExitCode::SUCCESS,
+        code => ExitCode::from(code.clamp(1, 255) as u8),
+    }
 }

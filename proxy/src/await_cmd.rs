@@ -51,7 +51,10 @@ pub fn run(args: &[String]) -> ExitCode {
             break;
         }
         if Instant::now() >= deadline {
-            eprintln!("weft-proxy await: the proxy at {admin} was not ready within {timeout:?}; not running {}", cmd[0]);
+            eprintln!(
+                "weft-proxy await: the proxy at {admin} was not ready within {timeout:?}; not running {}",
+                cmd[0]
+            );
             return ExitCode::from(1);
         }
         std::thread::sleep(Duration::from_millis(100));

@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 
 use crate::balance::{InFlight, PickError};
 use crate::connect::{self, Conn, Pooled};
-use crate::http::body::{BodyEnd, ReqBody, RespBody, MAX_REPLAY_BYTES};
+use crate::http::body::{BodyEnd, MAX_REPLAY_BYTES, ReqBody, RespBody};
 use crate::http::errors::ProxyError;
 use crate::http::headers;
 use crate::metrics::RouteMetrics;
@@ -286,7 +286,9 @@ async fn try_endpoint(
     per_try: Option<Duration>,
 ) -> Result<(Response<Incoming>, Option<Pooled>), TryFailure> {
     match per_try {
-        Some(t) => tokio::time::timeout(t, try_endpoint_inner(cluster, addr, req)).await.unwrap_or(Err(TryFailure::Timeout)),
+        Some(t) => {
+            tokio::time::timeout(t, try_endpoint_inner(cluster, addr, req)).await.unwrap_or(Err(TryFailure::Timeout))
+        }
         None => try_endpoint_inner(cluster, addr, req).await,
     }
 }

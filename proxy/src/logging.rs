@@ -35,7 +35,9 @@ pub fn init(format: LogFormat, level: &str) -> Result<LogHandle, String> {
         LogFormat::Json => registry
             .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).with_current_span(false))
             .try_init(),
-        LogFormat::Text => registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(false)).try_init(),
+        LogFormat::Text => {
+            registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(false)).try_init()
+        }
     };
     result.map_err(|e| e.to_string())?;
     Ok(LogHandle(handle))

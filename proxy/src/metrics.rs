@@ -4,8 +4,8 @@
 use std::sync::{Arc, LazyLock, OnceLock};
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Every metric the proxy exports, registered once per process.
@@ -26,9 +26,8 @@ pub struct Metrics {
 }
 
 /// Buckets from 100 µs to 30 s: a sidecar hop is sub-millisecond, a slow backend is seconds.
-const DURATION_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
+const DURATION_BUCKETS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
@@ -54,11 +53,8 @@ impl Metrics {
             &["direction", "service", "route", "code", "classification"],
         );
         let durations = HistogramVec::new(
-            HistogramOpts::new(
-                "weft_request_duration_seconds",
-                "Time from request received to response headers sent.",
-            )
-            .buckets(DURATION_BUCKETS.to_vec()),
+            HistogramOpts::new("weft_request_duration_seconds", "Time from request received to response headers sent.")
+                .buckets(DURATION_BUCKETS.to_vec()),
             &["direction", "service", "route"],
         )
         .expect("valid histogram");
@@ -76,7 +72,8 @@ impl Metrics {
             "Endpoints ejected by outlier detection.",
             &["service"],
         );
-        let endpoints = gauge_vec(&registry, "weft_endpoints", "Endpoints per service and state.", &["service", "state"]);
+        let endpoints =
+            gauge_vec(&registry, "weft_endpoints", "Endpoints per service and state.", &["service", "state"]);
         let open_connections =
             gauge_vec(&registry, "weft_open_connections", "Open client connections.", &["direction"]);
         let tls_handshake_errors = counter_vec(
@@ -91,8 +88,8 @@ impl Metrics {
             "Client connections closed for a protocol violation (malformed HTTP, header timeout).",
             &["direction"],
         );
-        let config_version = IntGauge::new("weft_config_version", "Version of the applied configuration.")
-            .expect("valid metric");
+        let config_version =
+            IntGauge::new("weft_config_version", "Version of the applied configuration.").expect("valid metric");
         registry.register(Box::new(config_version.clone())).expect("metric registered once");
         let config_reload_errors =
             IntCounter::new("weft_config_reload_errors_total", "Configuration updates rejected as invalid.")
@@ -104,8 +101,8 @@ impl Metrics {
         )
         .expect("valid metric");
         registry.register(Box::new(cert_expiry.clone())).expect("metric registered once");
-        let build_info = IntGaugeVec::new(Opts::new("weft_build_info", "Build information."), &["version"])
-            .expect("valid metric");
+        let build_info =
+            IntGaugeVec::new(Opts::new("weft_build_info", "Build information."), &["version"]).expect("valid metric");
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         registry.register(Box::new(build_info)).expect("metric registered once");
         #[cfg(target_os = "linux")]

@@ -78,7 +78,8 @@ pub fn run(config_path: PathBuf, workers_override: Option<usize>) -> i32 {
 
 fn spawn_workers(workers: usize, mut bound: Vec<Bound>, state: &Arc<ProxyState>) {
     for w in 0..workers {
-        let mine: Vec<_> = bound.iter_mut().map(|b| (b.sockets.pop().expect("one socket per worker"), b.side.clone())).collect();
+        let mine: Vec<_> =
+            bound.iter_mut().map(|b| (b.sockets.pop().expect("one socket per worker"), b.side.clone())).collect();
         let state = state.clone();
         std::thread::Builder::new()
             .name(format!("weft-worker-{w}"))
@@ -104,7 +105,12 @@ fn spawn_workers(workers: usize, mut bound: Vec<Bound>, state: &Arc<ProxyState>)
     }
 }
 
-async fn control_loop(state: Arc<ProxyState>, admin: std::net::TcpListener, config_bytes: Vec<u8>, grace: Duration) -> i32 {
+async fn control_loop(
+    state: Arc<ProxyState>,
+    admin: std::net::TcpListener,
+    config_bytes: Vec<u8>,
+    grace: Duration,
+) -> i32 {
     match tokio::net::TcpListener::from_std(admin) {
         Ok(l) => {
             tokio::spawn(crate::admin::serve(l, state.clone()));
@@ -128,7 +134,10 @@ async fn control_loop(state: Arc<ProxyState>, admin: std::net::TcpListener, conf
     loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
         if began.elapsed() >= grace {
-            tracing::warn!(open = state.open_connections.load(Ordering::Relaxed), "grace period over; exiting with connections open");
+            tracing::warn!(
+                open = state.open_connections.load(Ordering::Relaxed),
+                "grace period over; exiting with connections open"
+            );
             return 0;
         }
         if state.open_connections.load(Ordering::Relaxed) > 0 {

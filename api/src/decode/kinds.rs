@@ -6,19 +6,13 @@ use std::net::SocketAddr;
 use super::join;
 use super::reader::{Decoder, Map, key_text};
 use crate::validate::{
-    self, check_header_name, check_http_path, check_method, check_name, check_spiffe_id,
+    self, check_header_name, check_http_path, check_method, check_name, check_service_ref, check_spiffe_id,
 };
 use crate::yaml::{Node, Value};
 use crate::*;
 
 const MATCH_FIELDS: &[&str] = &["pathPrefix", "path", "methods", "headers"];
-const RETRY_FIELDS: &[&str] = &[
-    "attempts",
-    "on",
-    "perTryTimeout",
-    "backoffBase",
-    "backoffMax",
-];
+const RETRY_FIELDS: &[&str] = &["attempts", "on", "perTryTimeout", "backoffBase", "backoffMax"];
 
 impl Decoder<'_> {
     pub(super) fn service(&mut self, spec: &Map) -> ServiceSpec {
@@ -27,12 +21,8 @@ impl Decoder<'_> {
             let Some(m) = self.mapping(node, path, &["port", "protocol"]) else {
                 continue;
             };
-            let port = self
-                .required(&m, "port")
-                .and_then(|_| self.integer(&m, "port", validate::PORT));
-            let protocol = self
-                .choice(&m, "protocol", Protocol::NAMES, Protocol::from_name)
-                .unwrap_or_default();
+            let port = self.required(&m, "port").and_then(|_| self.integer(&m, "port", validate::PORT));
+            let protocol = self.choice(&m, "protocol", Protocol::NAMES, Protocol::from_name).unwrap_or_default();
             ports.extend(port.map(|port| ServicePort { port, protocol }));
         }
         let mut endpoints = Vec::new();
@@ -43,21 +33,16 @@ impl Decoder<'_> {
             let address = self.required_address(&m, "address");
             let weight = self.integer(&m, "weight", validate::WEIGHT).unwrap_or(1);
             let identity = self.string(&m, "identity", check_spiffe_id);
-            endpoints.extend(address.map(|address| EndpointSpec {
-                address,
-                weight,
-                identity,
-            }));
+            endpoints.extend(address.map(|address| EndpointSpec { address, weight, identity }));
         }
         ServiceSpec { ports, endpoints }
     }
 
     pub(super) fn route(&mut self, spec: &Map) -> RouteSpec {
-        let service = self.required_string(spec, "service", check_name);
+        let service = self.required_string(spec, "service", check_service_ref);
         let mut rules = Vec::new();
         for (path, node) in self.list(spec, "rules") {
-            let Some(m) = self.mapping(node, path, &["match", "backends", "timeout", "retry"])
-            else {
+            let Some(m) = self.mapping(node, path, &["match", "backends", "timeout", "retry"]) else {
                 continue;
             };
             let matches = match self.sub(&m, "match", MATCH_FIELDS) {
@@ -69,19 +54,13 @@ impl Decoder<'_> {
                 let Some(b) = self.mapping(node, path, &["service", "weight"]) else {
                     continue;
                 };
-                let service = self.required_string(&b, "service", check_name);
+                let service = self.required_string(&b, "service", check_service_ref);
                 let weight = self.integer(&b, "weight", validate::WEIGHT).unwrap_or(1);
                 backends.push(BackendRef { service, weight });
             }
             let timeout = self.duration(&m, "timeout", true);
             let retry = self.sub(&m, "retry", RETRY_FIELDS).map(|r| self.retry(&r));
-            rules.push(RouteRule {
-                matches,
-                backends,
-                timeout,
-                retry,
-                line: node.line,
-            });
+            rules.push(RouteRule { matches, backends, timeout, retry, line: node.line });
         }
         RouteSpec { service, rules }
     }
@@ -106,20 +85,13 @@ impl Decoder<'_> {
             self.error(
                 node.pos(),
                 path,
-                format!(
-                    "expected a mapping of header names to values, found {}",
-                    node.describe()
-                ),
+                format!("expected a mapping of header names to values, found {}", node.describe()),
             );
             return headers;
         };
         for (key, value) in entries {
             let Some(name) = key_text(key).map(str::to_ascii_lowercase) else {
-                self.error(
-                    key.pos(),
-                    path,
-                    format!("header names must be plain words, found {}", key.describe()),
-                );
+                self.error(key.pos(), path, format!("header names must be plain words, found {}", key.describe()));
                 continue;
             };
             let value_path = join(path, &name);
@@ -131,20 +103,14 @@ impl Decoder<'_> {
             let text = match &value.value {
                 Value::Scalar(s) if !value.is_null() => s.text.clone(),
                 _ => {
-                    let message = format!(
-                        "expected the header's exact value (write \"\" for empty), found {}",
-                        value.describe()
-                    );
+                    let message =
+                        format!("expected the header's exact value (write \"\" for empty), found {}", value.describe());
                     self.error(value.pos(), &value_path, message);
                     continue;
                 }
             };
             if headers.insert(name, text).is_some() {
-                self.error(
-                    key.pos(),
-                    &value_path,
-                    "header is listed twice (names ignore case)",
-                );
+                self.error(key.pos(), &value_path, "header is listed twice (names ignore case)");
             }
         }
         headers
@@ -163,28 +129,18 @@ impl Decoder<'_> {
             None => d.on,
         };
         RetryPolicy {
-            attempts: self
-                .integer(m, "attempts", validate::RETRY_ATTEMPTS)
-                .unwrap_or(d.attempts),
+            attempts: self.integer(m, "attempts", validate::RETRY_ATTEMPTS).unwrap_or(d.attempts),
             on,
             per_try_timeout: self.duration(m, "perTryTimeout", true),
-            backoff_base: self
-                .duration(m, "backoffBase", false)
-                .unwrap_or(d.backoff_base),
-            backoff_max: self
-                .duration(m, "backoffMax", false)
-                .unwrap_or(d.backoff_max),
+            backoff_base: self.duration(m, "backoffBase", false).unwrap_or(d.backoff_base),
+            backoff_max: self.duration(m, "backoffMax", false).unwrap_or(d.backoff_max),
         }
     }
 
     pub(super) fn traffic_policy(&mut self, spec: &Map) -> TrafficPolicySpec {
-        let service = self.required_string(spec, "service", check_name);
+        let service = self.required_string(spec, "service", check_service_ref);
         let d = TrafficPolicySpec::defaults_for(&service);
-        let limits = match self.sub(
-            spec,
-            "limits",
-            &["maxConcurrentRequests", "maxPendingRequests"],
-        ) {
+        let limits = match self.sub(spec, "limits", &["maxConcurrentRequests", "maxPendingRequests"]) {
             Some(m) => Limits {
                 max_concurrent_requests: self
                     .integer(&m, "maxConcurrentRequests", validate::AT_LEAST_ONE_U32)
@@ -195,12 +151,7 @@ impl Decoder<'_> {
             },
             None => d.limits,
         };
-        let od_fields = [
-            "consecutiveFailures",
-            "baseEjection",
-            "maxEjection",
-            "maxEjectionPercent",
-        ];
+        let od_fields = ["consecutiveFailures", "baseEjection", "maxEjection", "maxEjectionPercent"];
         let outlier_detection = match self.sub(spec, "outlierDetection", &od_fields) {
             Some(m) => {
                 let od = d.outlier_detection;
@@ -208,12 +159,8 @@ impl Decoder<'_> {
                     consecutive_failures: self
                         .integer(&m, "consecutiveFailures", validate::AT_LEAST_ONE_U32)
                         .unwrap_or(od.consecutive_failures),
-                    base_ejection: self
-                        .duration(&m, "baseEjection", true)
-                        .unwrap_or(od.base_ejection),
-                    max_ejection: self
-                        .duration(&m, "maxEjection", false)
-                        .unwrap_or(od.max_ejection),
+                    base_ejection: self.duration(&m, "baseEjection", true).unwrap_or(od.base_ejection),
+                    max_ejection: self.duration(&m, "maxEjection", false).unwrap_or(od.max_ejection),
                     max_ejection_percent: self
                         .integer(&m, "maxEjectionPercent", validate::PERCENT)
                         .unwrap_or(od.max_ejection_percent),
@@ -232,19 +179,10 @@ impl Decoder<'_> {
         };
         TrafficPolicySpec {
             load_balancer: self
-                .choice(
-                    spec,
-                    "loadBalancer",
-                    LoadBalancer::NAMES,
-                    LoadBalancer::from_name,
-                )
+                .choice(spec, "loadBalancer", LoadBalancer::NAMES, LoadBalancer::from_name)
                 .unwrap_or(d.load_balancer),
-            connect_timeout: self
-                .duration(spec, "connectTimeout", true)
-                .unwrap_or(d.connect_timeout),
-            idle_timeout: self
-                .duration(spec, "idleTimeout", true)
-                .unwrap_or(d.idle_timeout),
+            connect_timeout: self.duration(spec, "connectTimeout", true).unwrap_or(d.connect_timeout),
+            idle_timeout: self.duration(spec, "idleTimeout", true).unwrap_or(d.idle_timeout),
             limits,
             outlier_detection,
             retry_budget,
@@ -253,10 +191,8 @@ impl Decoder<'_> {
     }
 
     pub(super) fn authorization(&mut self, spec: &Map) -> AuthorizationSpec {
-        let service = self.required_string(spec, "service", check_name);
-        let default = self
-            .choice(spec, "default", AUTHZ_ACTIONS, authz_action)
-            .unwrap_or_default();
+        let service = self.required_string(spec, "service", check_service_ref);
+        let default = self.choice(spec, "default", AUTHZ_ACTIONS, authz_action).unwrap_or_default();
         let mut rules = Vec::new();
         for (path, node) in self.list(spec, "rules") {
             let Some(m) = self.mapping(node, path, &["from", "paths", "methods"]) else {
@@ -269,22 +205,14 @@ impl Decoder<'_> {
                 line: node.line,
             });
         }
-        AuthorizationSpec {
-            service,
-            default,
-            rules,
-        }
+        AuthorizationSpec { service, default, rules }
     }
 
     pub(super) fn mesh(&mut self, spec: &Map) -> MeshSpec {
         let d = MeshSpec::default();
         MeshSpec {
-            trust_domain: self
-                .string(spec, "trustDomain", validate::check_trust_domain)
-                .unwrap_or(d.trust_domain),
-            mtls: self
-                .choice(spec, "mtls", MTLS_MODES, mtls_mode)
-                .unwrap_or(d.mtls),
+            trust_domain: self.string(spec, "trustDomain", validate::check_trust_domain).unwrap_or(d.trust_domain),
+            mtls: self.choice(spec, "mtls", MTLS_MODES, mtls_mode).unwrap_or(d.mtls),
             cert_ttl: self.duration(spec, "certTTL", true).unwrap_or(d.cert_ttl),
         }
     }
@@ -292,88 +220,52 @@ impl Decoder<'_> {
     pub(super) fn proxy(&mut self, spec: &Map) -> ProxySpec {
         let service = self.required_string(spec, "service", check_name);
         let d = ProxySpec::defaults_for(&service);
-        let inbound = self
-            .sub(spec, "inbound", &["listen", "app", "protocol"])
-            .and_then(|m| {
-                let listen = self
-                    .address(&m, "listen")
-                    .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 4143)));
-                let protocol = self.choice(&m, "protocol", Protocol::NAMES, Protocol::from_name);
-                let app = self.required_address(&m, "app")?;
-                Some(InboundSpec {
-                    listen,
-                    app,
-                    protocol,
-                })
-            });
-        let outbound = self
-            .sub(spec, "outbound", &["listen"])
-            .map(|m| OutboundSpec {
-                listen: self
-                    .address(&m, "listen")
-                    .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 4140))),
-            });
+        let inbound = self.sub(spec, "inbound", &["listen", "app", "protocol"]).and_then(|m| {
+            let listen = self.address(&m, "listen").unwrap_or(SocketAddr::from(([0, 0, 0, 0], 4143)));
+            let protocol = self.choice(&m, "protocol", Protocol::NAMES, Protocol::from_name);
+            let app = self.required_address(&m, "app")?;
+            Some(InboundSpec { listen, app, protocol })
+        });
+        let outbound = self.sub(spec, "outbound", &["listen"]).map(|m| OutboundSpec {
+            listen: self.address(&m, "listen").unwrap_or(SocketAddr::from(([127, 0, 0, 1], 4140))),
+        });
         let mut upstreams = Vec::new();
         for (path, node) in self.list(spec, "upstreams") {
             let Some(m) = self.mapping(node, path, &["service", "listen"]) else {
                 continue;
             };
-            let service = self.required_string(&m, "service", check_name);
-            upstreams.extend(
-                self.required_address(&m, "listen")
-                    .map(|listen| UpstreamSpec { service, listen }),
-            );
+            let service = self.required_string(&m, "service", check_service_ref);
+            upstreams.extend(self.required_address(&m, "listen").map(|listen| UpstreamSpec { service, listen }));
         }
         let admin = match self.sub(spec, "admin", &["listen"]) {
-            Some(m) => AdminSpec {
-                listen: self.address(&m, "listen").unwrap_or(d.admin.listen),
-            },
+            Some(m) => AdminSpec { listen: self.address(&m, "listen").unwrap_or(d.admin.listen) },
             None => d.admin,
         };
-        let tls = self
-            .sub(spec, "tls", &["certFile", "keyFile", "bundleFile"])
-            .map(|m| TlsFiles {
-                cert_file: self.required_string(&m, "certFile", validate::check_not_empty),
-                key_file: self.required_string(&m, "keyFile", validate::check_not_empty),
-                bundle_file: self.required_string(&m, "bundleFile", validate::check_not_empty),
-            });
-        let control_plane = self
-            .sub(spec, "controlPlane", &["address", "joinTokenFile"])
-            .map(|m| ControlPlaneSpec {
-                address: self.required_string(&m, "address", validate::check_url),
-                join_token_file: self.string(&m, "joinTokenFile", validate::check_not_empty),
-            });
-        let http_fields = [
-            "maxHeaderBytes",
-            "maxBodyBytes",
-            "headerReadTimeout",
-            "clientIdleTimeout",
-        ];
+        let tls = self.sub(spec, "tls", &["certFile", "keyFile", "bundleFile"]).map(|m| TlsFiles {
+            cert_file: self.required_string(&m, "certFile", validate::check_not_empty),
+            key_file: self.required_string(&m, "keyFile", validate::check_not_empty),
+            bundle_file: self.required_string(&m, "bundleFile", validate::check_not_empty),
+        });
+        let control_plane = self.sub(spec, "controlPlane", &["address", "joinTokenFile"]).map(|m| ControlPlaneSpec {
+            address: self.required_string(&m, "address", validate::check_url),
+            join_token_file: self.string(&m, "joinTokenFile", validate::check_not_empty),
+        });
+        let http_fields = ["maxHeaderBytes", "maxBodyBytes", "headerReadTimeout", "clientIdleTimeout"];
         let http = match self.sub(spec, "http", &http_fields) {
             Some(m) => HttpLimits {
                 max_header_bytes: self
                     .integer(&m, "maxHeaderBytes", validate::AT_LEAST_ONE_U32)
                     .unwrap_or(d.http.max_header_bytes),
-                max_body_bytes: self
-                    .integer(&m, "maxBodyBytes", validate::ANY_U64)
-                    .unwrap_or(d.http.max_body_bytes),
-                header_read_timeout: self
-                    .duration(&m, "headerReadTimeout", true)
-                    .unwrap_or(d.http.header_read_timeout),
-                client_idle_timeout: self
-                    .duration(&m, "clientIdleTimeout", true)
-                    .unwrap_or(d.http.client_idle_timeout),
+                max_body_bytes: self.integer(&m, "maxBodyBytes", validate::ANY_U64).unwrap_or(d.http.max_body_bytes),
+                header_read_timeout: self.duration(&m, "headerReadTimeout", true).unwrap_or(d.http.header_read_timeout),
+                client_idle_timeout: self.duration(&m, "clientIdleTimeout", true).unwrap_or(d.http.client_idle_timeout),
             },
             None => d.http,
         };
         let log = match self.sub(spec, "log", &["format", "level", "accessLog"]) {
             Some(m) => LogSpec {
-                format: self
-                    .choice(&m, "format", LOG_FORMATS, log_format)
-                    .unwrap_or(d.log.format),
-                level: self
-                    .string(&m, "level", validate::check_not_empty)
-                    .unwrap_or(d.log.level),
+                format: self.choice(&m, "format", LOG_FORMATS, log_format).unwrap_or(d.log.format),
+                level: self.string(&m, "level", validate::check_not_empty).unwrap_or(d.log.level),
                 access_log: self.boolean(&m, "accessLog").unwrap_or(d.log.access_log),
             },
             None => d.log,
@@ -386,12 +278,8 @@ impl Decoder<'_> {
             tls,
             control_plane,
             state_dir: self.string(spec, "stateDir", validate::check_not_empty),
-            workers: self
-                .integer(spec, "workers", validate::WORKERS)
-                .unwrap_or(d.workers),
-            shutdown_grace: self
-                .duration(spec, "shutdownGrace", false)
-                .unwrap_or(d.shutdown_grace),
+            workers: self.integer(spec, "workers", validate::WORKERS).unwrap_or(d.workers),
+            shutdown_grace: self.duration(spec, "shutdownGrace", false).unwrap_or(d.shutdown_grace),
             http,
             log,
             service,
@@ -455,26 +343,12 @@ spec:
             metadata: meta("payments", "shop", 1),
             spec: ServiceSpec {
                 ports: vec![
-                    ServicePort {
-                        port: 8080,
-                        protocol: Protocol::Http,
-                    },
-                    ServicePort {
-                        port: 9090,
-                        protocol: Protocol::Grpc,
-                    },
+                    ServicePort { port: 8080, protocol: Protocol::Http },
+                    ServicePort { port: 9090, protocol: Protocol::Grpc },
                 ],
                 endpoints: vec![
-                    EndpointSpec {
-                        address: addr("127.0.0.1:9001"),
-                        weight: 1,
-                        identity: None,
-                    },
-                    EndpointSpec {
-                        address: addr("127.0.0.1:9002"),
-                        weight: 2,
-                        identity: None,
-                    },
+                    EndpointSpec { address: addr("127.0.0.1:9001"), weight: 1, identity: None },
+                    EndpointSpec { address: addr("127.0.0.1:9002"), weight: 2, identity: None },
                     EndpointSpec {
                         address: addr("[::1]:4143"),
                         weight: 1,
@@ -515,14 +389,8 @@ spec:
                                 .collect(),
                         },
                         backends: vec![
-                            BackendRef {
-                                service: "payments".to_string(),
-                                weight: 90,
-                            },
-                            BackendRef {
-                                service: "payments-v2".to_string(),
-                                weight: 10,
-                            },
+                            BackendRef { service: "payments".to_string(), weight: 90 },
+                            BackendRef { service: "payments-v2".to_string(), weight: 10 },
                         ],
                         timeout: Some(Duration::from_secs(2)),
                         retry: Some(RetryPolicy {
@@ -535,10 +403,7 @@ spec:
                         line: 6,
                     },
                     RouteRule {
-                        matches: RouteMatch {
-                            path: Some("/health".to_string()),
-                            ..RouteMatch::default()
-                        },
+                        matches: RouteMatch { path: Some("/health".to_string()), ..RouteMatch::default() },
                         backends: Vec::new(),
                         timeout: None,
                         retry: None,
@@ -573,36 +438,24 @@ spec: {service: other, outlierDetection: {consecutiveFailures: 7}}
             load_balancer: LoadBalancer::RoundRobin,
             connect_timeout: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(3),
-            limits: Limits {
-                max_concurrent_requests: 100,
-                max_pending_requests: 10,
-            },
+            limits: Limits { max_concurrent_requests: 100, max_pending_requests: 10 },
             outlier_detection: OutlierDetection {
                 consecutive_failures: 3,
                 base_ejection: Duration::from_secs(10),
                 max_ejection: Duration::from_secs(60),
                 max_ejection_percent: 30,
             },
-            retry_budget: RetryBudgetSpec {
-                ratio: 0.1,
-                min_per_second: 5,
-            },
+            retry_budget: RetryBudgetSpec { ratio: 0.1, min_per_second: 5 },
         };
         assert_eq!(
             docs[0],
-            Document::TrafficPolicy(TrafficPolicy {
-                metadata: meta("payments", "shop", 1),
-                spec: full
-            })
+            Document::TrafficPolicy(TrafficPolicy { metadata: meta("payments", "shop", 1), spec: full })
         );
         let mut defaults = TrafficPolicySpec::defaults_for("other");
         defaults.outlier_detection.consecutive_failures = 7;
         assert_eq!(
             docs[1],
-            Document::TrafficPolicy(TrafficPolicy {
-                metadata: meta("other", "default", 12),
-                spec: defaults
-            })
+            Document::TrafficPolicy(TrafficPolicy { metadata: meta("other", "default", 12), spec: defaults })
         );
     }
 
@@ -629,21 +482,13 @@ spec:
                         methods: vec!["GET".to_string()],
                         line: 7,
                     },
-                    AuthzRule {
-                        from: Vec::new(),
-                        paths: Vec::new(),
-                        methods: Vec::new(),
-                        line: 8,
-                    },
+                    AuthzRule { from: Vec::new(), paths: Vec::new(), methods: Vec::new(), line: 8 },
                 ],
             },
         });
         assert_eq!(decode(text), [expected]);
-        let minimal =
-            decode("kind: AuthorizationPolicy\nmetadata: {name: a}\nspec: {service: a}\n");
-        let Document::AuthorizationPolicy(a) = &minimal[0] else {
-            panic!("wrong kind")
-        };
+        let minimal = decode("kind: AuthorizationPolicy\nmetadata: {name: a}\nspec: {service: a}\n");
+        let Document::AuthorizationPolicy(a) = &minimal[0] else { panic!("wrong kind") };
         assert_eq!((a.spec.default, a.spec.rules.len()), (AuthzAction::Deny, 0));
     }
 
@@ -657,20 +502,8 @@ spec:
             mtls: MtlsMode::Permissive,
             cert_ttl: Duration::from_secs(3600),
         };
-        assert_eq!(
-            docs[0],
-            Document::Mesh(Mesh {
-                metadata: meta("default", "default", 1),
-                spec
-            })
-        );
-        assert_eq!(
-            docs[1],
-            Document::Mesh(Mesh {
-                metadata: meta("other", "default", 5),
-                spec: MeshSpec::default()
-            })
-        );
+        assert_eq!(docs[0], Document::Mesh(Mesh { metadata: meta("default", "default", 1), spec }));
+        assert_eq!(docs[1], Document::Mesh(Mesh { metadata: meta("other", "default", 5), spec: MeshSpec::default() }));
     }
 
     #[test]
@@ -698,16 +531,9 @@ spec:
                 app: addr("127.0.0.1:8080"),
                 protocol: Some(Protocol::Http2),
             }),
-            outbound: Some(OutboundSpec {
-                listen: addr("127.0.0.1:4140"),
-            }),
-            upstreams: vec![UpstreamSpec {
-                service: "payments".to_string(),
-                listen: addr("127.0.0.1:9101"),
-            }],
-            admin: AdminSpec {
-                listen: addr("127.0.0.1:4191"),
-            },
+            outbound: Some(OutboundSpec { listen: addr("127.0.0.1:4140") }),
+            upstreams: vec![UpstreamSpec { service: "payments".to_string(), listen: addr("127.0.0.1:9101") }],
+            admin: AdminSpec { listen: addr("127.0.0.1:4191") },
             tls: Some(TlsFiles {
                 cert_file: "id.pem".to_string(),
                 key_file: "id-key.pem".to_string(),
@@ -726,56 +552,25 @@ spec:
                 header_read_timeout: Duration::from_secs(5),
                 client_idle_timeout: Duration::from_secs(60),
             },
-            log: LogSpec {
-                format: LogFormat::Json,
-                level: "debug".to_string(),
-                access_log: true,
-            },
+            log: LogSpec { format: LogFormat::Json, level: "debug".to_string(), access_log: true },
         };
-        assert_eq!(
-            decode(text),
-            [Document::Proxy(Proxy {
-                metadata: meta("frontend", "shop", 1),
-                spec: expected
-            })]
-        );
+        assert_eq!(decode(text), [Document::Proxy(Proxy { metadata: meta("frontend", "shop", 1), spec: expected })]);
 
         let minimal = decode(
             "kind: Proxy\nmetadata: {name: p}\nspec: {service: p, inbound: {app: 127.0.0.1:80}, outbound: {}}\n",
         );
         let mut defaults = ProxySpec::defaults_for("p");
-        defaults.inbound = Some(InboundSpec {
-            listen: addr("0.0.0.0:4143"),
-            app: addr("127.0.0.1:80"),
-            protocol: None,
-        });
-        defaults.outbound = Some(OutboundSpec {
-            listen: addr("127.0.0.1:4140"),
-        });
-        assert_eq!(
-            minimal,
-            [Document::Proxy(Proxy {
-                metadata: meta("p", "default", 1),
-                spec: defaults
-            })]
-        );
+        defaults.inbound =
+            Some(InboundSpec { listen: addr("0.0.0.0:4143"), app: addr("127.0.0.1:80"), protocol: None });
+        defaults.outbound = Some(OutboundSpec { listen: addr("127.0.0.1:4140") });
+        assert_eq!(minimal, [Document::Proxy(Proxy { metadata: meta("p", "default", 1), spec: defaults })]);
     }
 
     #[test]
     fn retry_defaults_apply_field_by_field() {
-        let docs = decode(
-            "kind: Route\nmetadata: {name: r}\nspec:\n  service: s\n  rules: [{retry: {attempts: 1}}]\n",
-        );
-        let Document::Route(r) = &docs[0] else {
-            panic!("wrong kind")
-        };
+        let docs = decode("kind: Route\nmetadata: {name: r}\nspec:\n  service: s\n  rules: [{retry: {attempts: 1}}]\n");
+        let Document::Route(r) = &docs[0] else { panic!("wrong kind") };
         let retry = r.spec.rules[0].retry.clone().unwrap();
-        assert_eq!(
-            retry,
-            RetryPolicy {
-                attempts: 1,
-                ..RetryPolicy::default()
-            }
-        );
+        assert_eq!(retry, RetryPolicy { attempts: 1, ..RetryPolicy::default() });
     }
 }

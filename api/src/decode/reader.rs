@@ -22,11 +22,7 @@ impl<'n> Map<'n> {
     /// A field's value; an explicit null (`key:` or `key: ~`) reads as absent, so it takes the
     /// default like an omitted field does.
     pub(super) fn get(&self, key: &str) -> Option<&'n Node> {
-        let value = self
-            .entries
-            .iter()
-            .find(|(k, _)| key_text(k) == Some(key))
-            .map(|(_, v)| v);
+        let value = self.entries.iter().find(|(k, _)| key_text(k) == Some(key)).map(|(_, v)| v);
         value.filter(|v| !v.is_null())
     }
 
@@ -52,37 +48,20 @@ pub(super) struct Decoder<'f> {
 
 impl Decoder<'_> {
     pub(super) fn error(&mut self, at: (usize, usize), path: &str, message: impl Into<String>) {
-        let diagnostic = Diagnostic {
-            file: self.file.to_string(),
-            line: at.0,
-            path: path.to_string(),
-            message: message.into(),
-        };
+        let diagnostic =
+            Diagnostic { file: self.file.to_string(), line: at.0, path: path.to_string(), message: message.into() };
         self.out.push((at, diagnostic));
     }
 
     /// Checks that `node` is a mapping holding only `fields`, each at most once.
-    pub(super) fn mapping<'n>(
-        &mut self,
-        node: &'n Node,
-        path: String,
-        fields: &[&str],
-    ) -> Option<Map<'n>> {
+    pub(super) fn mapping<'n>(&mut self, node: &'n Node, path: String, fields: &[&str]) -> Option<Map<'n>> {
         let Value::Mapping(entries) = &node.value else {
-            self.error(
-                node.pos(),
-                &path,
-                format!("expected a mapping, found {}", node.describe()),
-            );
+            self.error(node.pos(), &path, format!("expected a mapping, found {}", node.describe()));
             return None;
         };
         for (i, (key, _)) in entries.iter().enumerate() {
             let Some(name) = key_text(key) else {
-                self.error(
-                    key.pos(),
-                    &path,
-                    format!("field names must be plain words, found {}", key.describe()),
-                );
+                self.error(key.pos(), &path, format!("field names must be plain words, found {}", key.describe()));
                 continue;
             };
             let key_path = join(&path, name);
@@ -96,11 +75,7 @@ impl Decoder<'_> {
                 self.error(key.pos(), &key_path, "field is set twice");
             }
         }
-        Some(Map {
-            path,
-            pos: node.pos(),
-            entries,
-        })
+        Some(Map { path, pos: node.pos(), entries })
     }
 
     /// An optional nested mapping.
@@ -109,19 +84,10 @@ impl Decoder<'_> {
     }
 
     /// A nested mapping that may be left out entirely, so its own defaults apply.
-    pub(super) fn sub_or_empty<'n>(
-        &mut self,
-        m: &Map<'n>,
-        key: &str,
-        fields: &[&str],
-    ) -> Option<Map<'n>> {
+    pub(super) fn sub_or_empty<'n>(&mut self, m: &Map<'n>, key: &str, fields: &[&str]) -> Option<Map<'n>> {
         match m.get(key) {
             Some(node) => self.mapping(node, m.path(key), fields),
-            None => Some(Map {
-                path: m.path(key),
-                pos: m.pos,
-                entries: &[],
-            }),
+            None => Some(Map { path: m.path(key), pos: m.pos, entries: &[] }),
         }
     }
 
@@ -139,11 +105,7 @@ impl Decoder<'_> {
         match &node.value {
             Value::Scalar(s) => Some(&s.text),
             _ => {
-                self.error(
-                    node.pos(),
-                    path,
-                    format!("expected a string, found {}", node.describe()),
-                );
+                self.error(node.pos(), path, format!("expected a string, found {}", node.describe()));
                 None
             }
         }
@@ -165,41 +127,20 @@ impl Decoder<'_> {
         }
     }
 
-    pub(super) fn string(
-        &mut self,
-        m: &Map,
-        key: &str,
-        rule: fn(&str) -> Result<(), String>,
-    ) -> Option<String> {
+    pub(super) fn string(&mut self, m: &Map, key: &str, rule: fn(&str) -> Result<(), String>) -> Option<String> {
         self.checked_text(m.get(key)?, &m.path(key), rule)
     }
 
     /// A required string; "" when missing or invalid (already reported).
-    pub(super) fn required_string(
-        &mut self,
-        m: &Map,
-        key: &str,
-        rule: fn(&str) -> Result<(), String>,
-    ) -> String {
-        self.required(m, key)
-            .and_then(|n| self.checked_text(n, &m.path(key), rule))
-            .unwrap_or_default()
+    pub(super) fn required_string(&mut self, m: &Map, key: &str, rule: fn(&str) -> Result<(), String>) -> String {
+        self.required(m, key).and_then(|n| self.checked_text(n, &m.path(key), rule)).unwrap_or_default()
     }
 
-    pub(super) fn integer<T: TryFrom<i128>>(
-        &mut self,
-        m: &Map,
-        key: &str,
-        range: RangeInclusive<i128>,
-    ) -> Option<T> {
+    pub(super) fn integer<T: TryFrom<i128>>(&mut self, m: &Map, key: &str, range: RangeInclusive<i128>) -> Option<T> {
         let node = m.get(key)?;
         let path = m.path(key);
         let Some(value) = node.plain().and_then(|t| t.parse::<i128>().ok()) else {
-            self.error(
-                node.pos(),
-                &path,
-                format!("expected a whole number, found {}", node.describe()),
-            );
+            self.error(node.pos(), &path, format!("expected a whole number, found {}", node.describe()));
             return None;
         };
         if let Err(message) = validate::check_range(value, &range) {
@@ -212,16 +153,8 @@ impl Decoder<'_> {
     pub(super) fn ratio(&mut self, m: &Map, key: &str) -> Option<f64> {
         let node = m.get(key)?;
         let path = m.path(key);
-        let Some(value) = node
-            .plain()
-            .and_then(|t| t.parse::<f64>().ok())
-            .filter(|v| v.is_finite())
-        else {
-            self.error(
-                node.pos(),
-                &path,
-                format!("expected a number, found {}", node.describe()),
-            );
+        let Some(value) = node.plain().and_then(|t| t.parse::<f64>().ok()).filter(|v| v.is_finite()) else {
+            self.error(node.pos(), &path, format!("expected a number, found {}", node.describe()));
             return None;
         };
         match validate::check_ratio(value) {
@@ -239,11 +172,7 @@ impl Decoder<'_> {
             Some("true" | "True" | "TRUE") => Some(true),
             Some("false" | "False" | "FALSE") => Some(false),
             _ => {
-                self.error(
-                    node.pos(),
-                    &m.path(key),
-                    format!("expected true or false, found {}", node.describe()),
-                );
+                self.error(node.pos(), &m.path(key), format!("expected true or false, found {}", node.describe()));
                 None
             }
         }
@@ -254,13 +183,8 @@ impl Decoder<'_> {
         let node = m.get(key)?;
         let path = m.path(key);
         let text = self.text(node, &path)?;
-        let checked = parse_duration(text).and_then(|d| {
-            if positive {
-                validate::check_positive(d).map(|()| d)
-            } else {
-                Ok(d)
-            }
-        });
+        let checked =
+            parse_duration(text).and_then(|d| if positive { validate::check_positive(d).map(|()| d) } else { Ok(d) });
         match checked {
             Ok(d) => Some(d),
             Err(message) => {
@@ -277,9 +201,7 @@ impl Decoder<'_> {
         match text.parse() {
             Ok(addr) => Some(addr),
             Err(_) => {
-                let message = format!(
-                    "invalid address {text:?}; write IP:PORT such as 127.0.0.1:8080 or [::1]:8080"
-                );
+                let message = format!("invalid address {text:?}; write IP:PORT such as 127.0.0.1:8080 or [::1]:8080");
                 self.error(node.pos(), &path, message);
                 None
             }
@@ -315,17 +237,8 @@ impl Decoder<'_> {
         if let Some(value) = parse(text) {
             return Some(value);
         }
-        let hint = nearest(text, names)
-            .map(|n| format!("did you mean {n:?}? "))
-            .unwrap_or_default();
-        self.error(
-            node.pos(),
-            path,
-            format!(
-                "invalid value {text:?}; {hint}valid values: {}",
-                names.join(", ")
-            ),
-        );
+        let hint = nearest(text, names).map(|n| format!("did you mean {n:?}? ")).unwrap_or_default();
+        self.error(node.pos(), path, format!("invalid value {text:?}; {hint}valid values: {}", names.join(", ")));
         None
     }
 
@@ -336,17 +249,9 @@ impl Decoder<'_> {
         };
         let path = m.path(key);
         match &node.value {
-            Value::Sequence(items) => items
-                .iter()
-                .enumerate()
-                .map(|(i, n)| (format!("{path}[{i}]"), n))
-                .collect(),
+            Value::Sequence(items) => items.iter().enumerate().map(|(i, n)| (format!("{path}[{i}]"), n)).collect(),
             _ => {
-                self.error(
-                    node.pos(),
-                    &path,
-                    format!("expected a list, found {}", node.describe()),
-                );
+                self.error(node.pos(), &path, format!("expected a list, found {}", node.describe()));
                 Vec::new()
             }
         }

@@ -32,7 +32,14 @@ pub struct Endpoint {
 impl Endpoint {
     pub fn new(addr: SocketAddr, weight: u32, identity: Option<Arc<str>>) -> Endpoint {
         let now = now_nanos();
-        Endpoint { addr, weight, identity, in_flight: AtomicU32::new(0), latency: PeakEwma::new(now), health: Health::new(now) }
+        Endpoint {
+            addr,
+            weight,
+            identity,
+            in_flight: AtomicU32::new(0),
+            latency: PeakEwma::new(now),
+            health: Health::new(now),
+        }
     }
 
     /// Requests sent and not yet answered (or abandoned).
@@ -64,7 +71,7 @@ impl Endpoint {
                 State::Ejected { until } => Some((until - now).div_ceil(1_000_000)),
                 _ => None,
             },
-            ewma_ms: self.latency.get(now) / 1e6,
+            ewma_ms: self.latency.estimate() / 1e6,
             in_flight: self.in_flight(),
             consecutive_failures: self.health.consecutive_failures(),
             ejections: self.health.ejections(),
@@ -108,7 +115,7 @@ pub struct EndpointStatus {
     pub state: &'static str,
     /// Remaining ejection time, while ejected.
     pub ejected_for_ms: Option<u64>,
-    /// Latency estimate the balancer uses (idle time fades it; see `ewma.rs`).
+    /// Peak-EWMA latency estimate as of the last answer (30 ms until the first).
     pub ewma_ms: f64,
     pub in_flight: u32,
     pub consecutive_failures: u32,
@@ -121,7 +128,11 @@ mod tests {
     use super::*;
 
     fn endpoint() -> Arc<Endpoint> {
-        Arc::new(Endpoint::new(SocketAddr::from(([10, 0, 0, 7], 4143)), 2, Some("spiffe://cluster.local/ns/a/sa/b".into())))
+        Arc::new(Endpoint::new(
+            SocketAddr::from(([10, 0, 0, 7], 4143)),
+            2,
+            Some("spiffe://cluster.local/ns/a/sa/b".into()),
+        ))
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Peak-EWMA latency estimate of one endpoint, kept in two atomics so every worker can update it.
 
-use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 
 /// Decay time constant (τ): a sample's weight falls to 1/e after 10 s. Long enough that one
 /// fast response does not erase a slowdown, short enough that a recovered endpoint wins its
@@ -11,8 +11,8 @@ const DECAY_NANOS: f64 = 10e9;
 /// Estimate of an endpoint that has not answered yet: 30 ms. In-cluster calls usually take
 /// well under that, so a new endpoint looks a little worse than proven ones and is not flooded
 /// on arrival; it still wins as soon as a proven endpoint has a few requests queued, and the
-/// idle decay (see [`PeakEwma::get`]) brings it into play within seconds at low load. Its first
-/// real answer replaces the guess (a higher sample at once, a lower one by decay).
+/// idle fade (see [`PeakEwma::faded`]) brings it into play within tens of seconds at low load. Its first
+/// real answer replaces the guess outright.
 pub(crate) const DEFAULT_RTT_NANOS: f64 = 30e6;
 
 /// A latency estimate that jumps up to a new peak at once and decays toward lower samples
@@ -25,22 +25,41 @@ pub(crate) const DEFAULT_RTT_NANOS: f64 = 30e6;
 pub(crate) struct PeakEwma {
     /// Estimate in nanoseconds, as `f64` bits.
     estimate: AtomicU64,
-    /// `clock::now_nanos()` of the last sample.
+    /// `clock::now_nanos()` of the last sample (of creation, before the first).
     stamp: AtomicU64,
+    /// False while the estimate is still [`DEFAULT_RTT_NANOS`], a guess that the first sample
+    /// must replace rather than be averaged with as if it were ten seconds of evidence.
+    measured: AtomicBool,
 }
 
 impl PeakEwma {
     pub(crate) fn new(now: u64) -> PeakEwma {
-        PeakEwma { estimate: AtomicU64::new(DEFAULT_RTT_NANOS.to_bits()), stamp: AtomicU64::new(now) }
+        PeakEwma {
+            estimate: AtomicU64::new(DEFAULT_RTT_NANOS.to_bits()),
+            stamp: AtomicU64::new(now),
+            measured: AtomicBool::new(false),
+        }
     }
 
-    /// The estimate as seen at `now`, in nanoseconds. Time without samples decays it toward
-    /// zero: under power-of-two-choices the worst endpoint loses every comparison and so would
-    /// never be measured again; fading its old estimate lets it be retried now and then
-    /// (about once per τ·ln(its cost ratio) at low load) and so found again once it recovers.
-    pub(crate) fn get(&self, now: u64) -> f64 {
-        let estimate = f64::from_bits(self.estimate.load(Relaxed));
-        estimate * weight_of_old(now.saturating_sub(self.stamp.load(Relaxed)))
+    /// False until the first sample: the estimate is only the default guess.
+    pub(crate) fn measured(&self) -> bool {
+        self.measured.load(Relaxed)
+    }
+
+    /// The estimate in nanoseconds, as the last sample left it.
+    pub(crate) fn estimate(&self) -> f64 {
+        f64::from_bits(self.estimate.load(Relaxed))
+    }
+
+    /// The estimate faded by the time since the last sample (toward zero, with the same τ).
+    /// The balancer uses this for an endpoint with nothing in flight: under power of two
+    /// choices the worst endpoint loses every comparison and so would never be measured
+    /// again; fading lets it be retried now and then (about once per τ·ln(its cost ratio) at
+    /// low load) and found again once it recovers. While requests are in flight a sample is
+    /// on its way, so the unfaded [`estimate`](Self::estimate) applies: otherwise an endpoint
+    /// whose requests hang would fade to zero and draw all the traffic.
+    pub(crate) fn faded(&self, now: u64) -> f64 {
+        self.estimate() * weight_of_old(now.saturating_sub(self.stamp.load(Relaxed)))
     }
 
     /// Folds a latency sample (nanoseconds) into the estimate.
@@ -49,6 +68,12 @@ impl PeakEwma {
         // elapsed time (the later ones see almost none, so their samples weigh little, as a
         // time-weighted average wants) and the stamp never moves backwards.
         let previous = self.stamp.fetch_max(now, Relaxed);
+        if !self.measured.load(Relaxed) {
+            // Two first samples racing both store; either is a fine start.
+            self.estimate.store(sample.to_bits(), Relaxed);
+            self.measured.store(true, Relaxed);
+            return;
+        }
         let w = weight_of_old(now.saturating_sub(previous));
         let _ = self.estimate.fetch_update(Relaxed, Relaxed, |bits| {
             let old = f64::from_bits(bits);
@@ -66,6 +91,7 @@ impl PeakEwma {
             .fetch_update(Relaxed, Relaxed, |bits| (sample > f64::from_bits(bits)).then_some(sample.to_bits()));
         if raised.is_ok() {
             self.stamp.fetch_max(now, Relaxed);
+            self.measured.store(true, Relaxed);
         }
     }
 }
@@ -88,7 +114,8 @@ mod tests {
     #[test]
     fn starts_at_the_default_rtt() {
         let e = PeakEwma::new(SEC);
-        assert_eq!(e.get(SEC), DEFAULT_RTT_NANOS);
+        assert_eq!(e.estimate(), DEFAULT_RTT_NANOS);
+        assert_eq!(e.faded(SEC), DEFAULT_RTT_NANOS);
     }
 
     #[test]
@@ -96,7 +123,7 @@ mod tests {
         let e = PeakEwma::new(SEC);
         e.observe(5.0 * MS, SEC + 1);
         e.observe(200.0 * MS, SEC + 2);
-        assert_eq!(e.get(SEC + 2), 200.0 * MS);
+        assert_eq!(e.faded(SEC + 2), 200.0 * MS);
     }
 
     #[test]
@@ -105,32 +132,49 @@ mod tests {
         e.observe(100.0 * MS, 1);
         // A lower sample 1 ms later barely moves it: the average is weighted by time, not count.
         e.observe(10.0 * MS, 1 + 1_000_000);
-        let after_1ms = e.get(1 + 1_000_000);
+        let after_1ms = e.faded(1 + 1_000_000);
         assert!(after_1ms > 99.0 * MS, "{after_1ms}");
         // One τ later the old value keeps weight 1/e.
         e.observe(10.0 * MS, 1 + 1_000_000 + 10 * SEC);
-        let after_tau = e.get(1 + 1_000_000 + 10 * SEC);
+        let after_tau = e.faded(1 + 1_000_000 + 10 * SEC);
         let expected = after_1ms / std::f64::consts::E + 10.0 * MS * (1.0 - 1.0 / std::f64::consts::E);
         assert!((after_tau - expected).abs() < 0.01 * MS, "{after_tau} vs {expected}");
     }
 
     #[test]
-    fn idle_time_decays_the_reading_toward_zero() {
+    fn idle_time_fades_the_reading_toward_zero() {
         let e = PeakEwma::new(0);
         e.observe(50.0 * MS, SEC);
-        let later = e.get(SEC + 10 * SEC);
+        let later = e.faded(SEC + 10 * SEC);
         assert!((later - 50.0 * MS / std::f64::consts::E).abs() < 0.01 * MS, "{later}");
         // Reading does not write: the stored estimate is unchanged.
-        assert_eq!(e.get(SEC), 50.0 * MS);
+        assert_eq!(e.estimate(), 50.0 * MS);
+    }
+
+    #[test]
+    fn the_first_sample_replaces_the_default() {
+        let e = PeakEwma::new(SEC);
+        e.observe(2.0 * MS, SEC + 1);
+        assert_eq!(e.estimate(), 2.0 * MS);
+        // From then on lower samples are averaged in by time.
+        e.observe(1.0 * MS, SEC + 2);
+        assert!(e.estimate() > 1.99 * MS, "{}", e.estimate());
     }
 
     #[test]
     fn raise_only_moves_up() {
         let e = PeakEwma::new(0);
-        e.observe(20.0 * MS, 1);
-        e.raise(1.0 * MS, 2);
-        assert_eq!(e.get(2), 20.0 * MS);
-        e.raise(500.0 * MS, 3);
-        assert_eq!(e.get(3), 500.0 * MS);
+        e.raise(1.0 * MS, 1);
+        assert_eq!(e.estimate(), DEFAULT_RTT_NANOS, "a fast failure is no measurement");
+        e.observe(20.0 * MS, 2);
+        e.raise(1.0 * MS, 3);
+        assert_eq!(e.estimate(), 20.0 * MS);
+        e.raise(500.0 * MS, 4);
+        assert_eq!(e.estimate(), 500.0 * MS);
+        // A slow failure counts as the first measurement.
+        let fresh = PeakEwma::new(0);
+        fresh.raise(2_000.0 * MS, 5);
+        fresh.observe(10.0 * MS, 6);
+        assert!(fresh.estimate() > 1_999.0 * MS);
     }
 }

@@ -44,7 +44,9 @@ const MAX_LEVEL: u32 = 32;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum State {
     Healthy,
-    Ejected { until: u64 },
+    Ejected {
+        until: u64,
+    },
     /// Ejection time is over: it takes traffic again, and its next outcome decides.
     Probing,
 }
@@ -140,7 +142,10 @@ impl Ejector {
 
     fn enabled(&self) -> bool {
         let c = &self.config;
-        c.consecutive_failures > 0 && c.max_ejection_percent > 0 && !c.max_ejection.is_zero() && !c.base_ejection.is_zero()
+        c.consecutive_failures > 0
+            && c.max_ejection_percent > 0
+            && !c.max_ejection.is_zero()
+            && !c.base_ejection.is_zero()
     }
 
     /// How many of `n` endpoints may be ejected at once: the configured share, but at least one
@@ -268,9 +273,7 @@ mod tests {
     }
 
     fn endpoints(n: usize) -> Vec<Arc<Endpoint>> {
-        (0..n)
-            .map(|i| Arc::new(Endpoint::new(SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)), 1, None)))
-            .collect()
+        (0..n).map(|i| Arc::new(Endpoint::new(SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)), 1, None))).collect()
     }
 
     /// Fails endpoint `i` `times` times at `now`; returns how many of those failures ejected it.

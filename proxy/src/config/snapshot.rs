@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use http::Method;
 use http::header::{HeaderName, HeaderValue};
 use http::uri::Authority;
-use http::Method;
 use weft_api::{
     Diagnostics, Document, EndpointSpec, MeshSpec, Protocol, ProxySpec, RetryPolicy, RouteRule, TrafficPolicySpec,
 };
@@ -140,7 +140,8 @@ impl Snapshot {
 
         let inbound = proxy.inbound.as_ref().map(|ib| {
             let own_key = key(&proxy.service, &proxy_ns);
-            let protocol = ib.protocol.unwrap_or_else(|| clusters.get(own_key.as_str()).map(|c| c.protocol).unwrap_or_default());
+            let protocol =
+                ib.protocol.unwrap_or_else(|| clusters.get(own_key.as_str()).map(|c| c.protocol).unwrap_or_default());
             let endpoints = [EndpointSpec { address: ib.app, weight: 1, identity: None }];
             let policy = TrafficPolicySpec::defaults_for(&proxy.service);
             let cluster = Arc::new(build_cluster(INBOUND_KEY, &proxy.service, protocol, &endpoints, policy, prev));
@@ -159,7 +160,17 @@ impl Snapshot {
 
         diags.into_result()?;
         let hosts = host_aliases(&services, &proxy_ns, &mesh.trust_domain);
-        Ok(Snapshot { version, source: source.to_string(), proxy, mesh, documents: docs, clusters, services, hosts, inbound })
+        Ok(Snapshot {
+            version,
+            source: source.to_string(),
+            proxy,
+            mesh,
+            documents: docs,
+            clusters,
+            services,
+            hosts,
+            inbound,
+        })
     }
 
     /// The service a client means by `host` (`name`, `name.ns`, `name.ns.svc[.cluster.local]`).
@@ -206,9 +217,8 @@ fn build_cluster(
     policy: TrafficPolicySpec,
     prev: Option<&Snapshot>,
 ) -> Cluster {
-    let old = prev.and_then(|p| {
-        if k == INBOUND_KEY { p.inbound.as_ref().map(|i| &i.cluster) } else { p.clusters.get(k) }
-    });
+    let old =
+        prev.and_then(|p| if k == INBOUND_KEY { p.inbound.as_ref().map(|i| &i.cluster) } else { p.clusters.get(k) });
     let endpoints = specs
         .iter()
         .map(|spec| {
@@ -260,7 +270,9 @@ fn compile_rule(
     let methods = m
         .methods
         .iter()
-        .map(|s| Method::from_bytes(s.as_bytes()).map_err(|_| ("match.methods".to_string(), format!("invalid method {s:?}"))))
+        .map(|s| {
+            Method::from_bytes(s.as_bytes()).map_err(|_| ("match.methods".to_string(), format!("invalid method {s:?}")))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let headers = m
         .headers
@@ -281,7 +293,10 @@ fn compile_rule(
         for (i, b) in rule.backends.iter().enumerate() {
             let k = resolve_ref(&b.service, ns);
             let Some(cluster) = clusters.get(k.as_str()) else {
-                return Err((format!("backends[{i}].service"), format!("unknown service {k}: add a Service document for it")));
+                return Err((
+                    format!("backends[{i}].service"),
+                    format!("unknown service {k}: add a Service document for it"),
+                ));
             };
             out.push(Backend { cluster: cluster.clone(), weight: b.weight });
         }
@@ -320,7 +335,11 @@ fn host_aliases(
         bare.entry(name).or_default().push((ns, svc));
     }
     for (name, candidates) in bare {
-        let chosen = candidates.iter().find(|(ns, _)| *ns == proxy_ns).or(if candidates.len() == 1 { candidates.first() } else { None });
+        let chosen = candidates.iter().find(|(ns, _)| *ns == proxy_ns).or(if candidates.len() == 1 {
+            candidates.first()
+        } else {
+            None
+        });
         if let Some((_, svc)) = chosen {
             hosts.insert(name.to_string(), (*svc).clone());
         }

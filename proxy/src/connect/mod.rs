@@ -3,7 +3,7 @@
 
 mod pool;
 
-pub use pool::{checkout, sweep_idle, Conn, ConnectError, Pooled};
+pub use pool::{Conn, ConnectError, Pooled, checkout, sweep_idle};
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -51,10 +51,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
 
 /// Whether a retry of this method cannot change the outcome (RFC 9110 §9.2.2).
 pub fn is_idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    )
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
 }
 
 /// The host the client addressed: the URI authority (absolute-form, h2 `:authority`) or the

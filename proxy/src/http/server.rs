@@ -31,11 +31,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, side: Side, state: Arc<P
         // Once draining, each new connection serves one request and closes, so the app's late
         // calls still work but nothing lingers.
         .keep_alive(!state.is_draining());
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(limits.max_header_bytes)
-        .max_concurrent_streams(1024);
+    builder.http2().timer(TokioTimer::new()).max_header_list_size(limits.max_header_bytes).max_concurrent_streams(1024);
 
     let svc_state = state.clone();
     let svc_side = side.clone();

@@ -15,7 +15,12 @@ use crate::state::ProxyState;
 /// under this name is removed first, so the app can trust it.
 pub const CLIENT_ID_HEADER: &str = "weft-client-id";
 
-pub async fn handle(state: &ProxyState, _peer: SocketAddr, mut req: Request<Incoming>, started: Instant) -> Response<RespBody> {
+pub async fn handle(
+    state: &ProxyState,
+    _peer: SocketAddr,
+    mut req: Request<Incoming>,
+    started: Instant,
+) -> Response<RespBody> {
     let (rule, max_body) = {
         let snap = state.config.load();
         let Some(inbound) = &snap.inbound else {

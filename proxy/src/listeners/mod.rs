@@ -72,8 +72,8 @@ pub fn bind_all(spec: &weft_api::ProxySpec, workers: usize) -> Result<Vec<Bound>
     wanted
         .into_iter()
         .map(|(addr, side)| {
-            let sockets = bind(addr, workers)
-                .map_err(|e| format!("cannot listen on {addr} ({} side): {e}", side.direction()))?;
+            let sockets =
+                bind(addr, workers).map_err(|e| format!("cannot listen on {addr} ({} side): {e}", side.direction()))?;
             Ok(Bound { addr, side, sockets })
         })
         .collect()

@@ -3,7 +3,7 @@
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// A loopback address whose port was free a moment ago (bound to port 0, then released).
@@ -27,7 +27,7 @@ pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], limit: Duration) -> Ve
 }
 
 /// Reads into `out` until EOF or an error (a reset counts as the end).
-pub async fn read_until_close(stream: &mut TcpStream, out: &mut Vec<u8>) {
+pub async fn read_until_close(stream: &mut (impl AsyncRead + Unpin), out: &mut Vec<u8>) {
     let mut buf = [0u8; 4096];
     loop {
         match stream.read(&mut buf).await {

@@ -1,0 +1,164 @@
+//! The admin listener: readiness, metrics that match the traffic, config, endpoints, explain,
+//! log level and shutdown.
+
+use std::time::Duration;
+
+use weft_integration::client::must;
+use weft_integration::metrics::{has_metric, metric_sum};
+use weft_integration::net::free_addr;
+use weft_integration::{Backend, Proxy, ProxyConfig, Req, document, eventually, service};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_match_the_traffic_sent() {
+    let api = Backend::start("api").await;
+    let app = Backend::start("app").await;
+    let proxy = Proxy::start(ProxyConfig {
+        inbound_app: Some(app.addr()),
+        policy: service("api", "http", &[api.addr()]),
+        ..Default::default()
+    })
+    .await;
+
+    for i in 0..37 {
+        let resp = must(proxy.outbound(), &Req::get(&format!("/ok/{i}")).host("api")).await;
+        assert_eq!(resp.status, 200);
+    }
+    for _ in 0..5 {
+        let resp = must(proxy.outbound(), &Req::get("/status/500").host("api")).await;
+        assert_eq!(resp.status, 500);
+    }
+    for _ in 0..3 {
+        let resp = must(proxy.inbound(), &Req::get("/in").host("client")).await;
+        assert_eq!(resp.status, 200);
+    }
+    assert_eq!((api.hits(), app.hits()), (42, 3));
+
+    let metrics = eventually("request counters to match the traffic", Duration::from_secs(10), || async {
+        let metrics = proxy.metrics().await;
+        let outbound = |code| {
+            metric_sum(&metrics, "weft_requests_total", &[("direction", "outbound"), ("service", "api"), ("code", code)])
+        };
+        let inbound = metric_sum(&metrics, "weft_requests_total", &[("direction", "inbound")]);
+        (outbound("200") == 37.0 && outbound("500") == 5.0 && inbound == 3.0).then_some(metrics)
+    })
+    .await;
+    let out = [("direction", "outbound"), ("service", "api")];
+    let classified = |class| {
+        let mut filters = out.to_vec();
+        filters.push(("classification", class));
+        metric_sum(&metrics, "weft_requests_total", &filters)
+    };
+    assert_eq!(classified("success"), 37.0, "{metrics}");
+    assert_eq!(classified("failure"), 5.0, "a 500 is a failure:\n{metrics}");
+    assert_eq!(metric_sum(&metrics, "weft_requests_total", &[]), 45.0, "{metrics}");
+    assert_eq!(metric_sum(&metrics, "weft_request_duration_seconds_count", &[]), 45.0, "{metrics}");
+    assert_eq!(metric_sum(&metrics, "weft_endpoints", &[("service", "api")]), 1.0, "one endpoint:\n{metrics}");
+    assert_eq!(metric_sum(&metrics, "weft_retries_total", &[("service", "api")]), 0.0, "{metrics}");
+    let version = proxy.config_version().await;
+    assert_eq!(metric_sum(&metrics, "weft_config_version", &[]), version as f64, "{metrics}");
+    for name in ["weft_build_info", "weft_open_connections"] {
+        assert!(has_metric(&metrics, name), "{name} missing:\n{metrics}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_live_config_and_endpoints() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let proxy = Proxy::start(ProxyConfig {
+        policy: service("payments", "http", &[a.addr(), b.addr()]),
+        ..Default::default()
+    })
+    .await;
+
+    assert_eq!(proxy.admin_get("/ready").await.status, 200);
+    assert_eq!(proxy.admin_get("/live").await.status, 200);
+
+    let config = proxy.config_json().await;
+    assert!(config["version"].is_u64(), "{config}");
+    assert!(config.to_string().contains("payments"), "the effective config names the service: {config}");
+
+    let resp = proxy.admin_get("/endpoints").await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let endpoints: serde_json::Value = serde_json::from_slice(&resp.body).expect("/endpoints is JSON");
+    let text = endpoints.to_string();
+    for addr in [a.addr(), b.addr()] {
+        assert!(text.contains(&addr.to_string()), "{addr} missing from /endpoints: {text}");
+    }
+    assert!(text.contains("payments"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_names_the_route_that_matches() {
+    let api = Backend::start("api").await;
+    let v1 = Backend::start("v1").await;
+    let route = document(
+        "Route",
+        "api-routes",
+        r#"
+        service: api
+        rules:
+          - match: {pathPrefix: /v1/, methods: [GET]}
+            backends: [{service: api-v1, weight: 1}]
+          - match: {pathPrefix: /}
+            backends: [{service: api, weight: 1}]
+        "#,
+    );
+    let policy = service("api", "http", &[api.addr()]) + &service("api-v1", "http", &[v1.addr()]) + &route;
+    let proxy = Proxy::start(ProxyConfig { policy, ..Default::default() }).await;
+
+    let resp = proxy.admin_get("/explain?host=api&path=/v1/users&method=GET").await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let json: serde_json::Value = serde_json::from_slice(&resp.body).expect("/explain is JSON");
+    let text = json.to_string();
+    assert!(text.contains("api-routes"), "the route is named: {text}");
+    assert!(text.contains("api-v1"), "the backend is named: {text}");
+    // The explanation agrees with real routing.
+    let real = must(proxy.outbound(), &Req::get("/v1/users").host("api")).await;
+    assert_eq!(real.backend(), Some("v1"));
+
+    let resp = proxy.admin_get("/explain?host=api&path=/v1/users&method=POST").await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let post: serde_json::Value = serde_json::from_slice(&resp.body).expect("/explain is JSON");
+    assert_ne!(post, json, "a POST takes the other rule, so the explanation differs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_level_can_be_changed_at_runtime() {
+    let dead = free_addr();
+    let proxy = Proxy::start(ProxyConfig {
+        proxy_spec: "log: {format: text, level: error}".to_string(),
+        policy: service("api", "http", &[dead]),
+        ..Default::default()
+    })
+    .await;
+    let verbose = |logs: String| logs.lines().filter(|l| l.contains("WARN") || l.contains("DEBUG")).count();
+
+    // A connect failure is worth a warning, which the `error` level hides.
+    let resp = must(proxy.outbound(), &Req::get("/").host("api")).await;
+    assert_eq!(resp.status, 502);
+    assert_eq!(verbose(proxy.logs()), 0, "level error shows no warnings:\n{}", proxy.logs());
+
+    let resp = proxy.admin_send(&Req::new("PUT", "/log-level").body("debug")).await;
+    assert!((200..300).contains(&resp.status), "PUT /log-level debug: {resp:?}");
+    eventually("warnings or debug lines after raising the level", Duration::from_secs(10), || async {
+        let resp = must(proxy.outbound(), &Req::get("/").host("api")).await;
+        assert_eq!(resp.status, 502);
+        (verbose(proxy.logs()) > 0).then_some(())
+    })
+    .await;
+
+    let resp = proxy.admin_send(&Req::new("PUT", "/log-level").body("weft_proxy=notalevel")).await;
+    assert_eq!(resp.status, 400, "an unparsable filter is refused: {resp:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_needs_post() {
+    let api = Backend::start("api").await;
+    let mut proxy = Proxy::start(ProxyConfig { policy: service("api", "http", &[api.addr()]), ..Default::default() }).await;
+
+    let resp = proxy.admin_get("/shutdown").await;
+    assert!(!(200..300).contains(&resp.status), "GET /shutdown must not shut down: {resp:?}");
+    assert_eq!(proxy.wait_exit(Duration::from_millis(300)).await, None, "the proxy exited after GET /shutdown");
+    assert_eq!(proxy.admin_get("/ready").await.status, 200);
+}

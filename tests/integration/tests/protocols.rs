@@ -1,0 +1,233 @@
+//! Protocols: HTTP/1.1 ↔ h2c translation, gRPC status and trailers, Upgrade and opaque TCP.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use weft_integration::client::{H2Conn, must, send_h2};
+use weft_integration::metrics::metric_sum;
+use weft_integration::net::read_head;
+use weft_integration::{Backend, Proxy, ProxyConfig, Req, TcpEcho, eventually, service};
+
+const IO_DEADLINE: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_client_reaches_h2_backend() {
+    let api = Backend::start("api").await;
+    let proxy = Proxy::start(ProxyConfig { policy: service("api", "http2", &[api.addr()]), ..Default::default() }).await;
+
+    let resp = must(proxy.outbound(), &Req::get("/hello").host("api")).await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(resp.version, http::Version::HTTP_11);
+    assert_eq!(resp.header("x-echo-version"), Some("HTTP/2.0"), "the proxy spoke h2 to the backend");
+    assert_eq!(resp.text(), "api\n");
+
+    let body = vec![b'z'; 200_000];
+    let resp = must(proxy.outbound(), &Req::post("/echo", body.clone()).host("api")).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body.as_ref(), body.as_slice(), "a 200 KB body crosses h1 → h2 intact");
+
+    let resp = must(proxy.outbound(), &Req::get("/status/404").host("api")).await;
+    assert_eq!(resp.status, 404);
+    assert_eq!(resp.proxy_error(), None, "the backend's 404 is not a proxy error");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_client_reaches_http1_backend_multiplexed() {
+    let api = Backend::start("api").await;
+    let proxy = Proxy::start(ProxyConfig {
+        upstreams: vec!["api".to_string()],
+        policy: service("api", "http", &[api.addr()]),
+        ..Default::default()
+    })
+    .await;
+
+    let resp = send_h2(proxy.outbound(), &Req::get("/h2").host("api")).await.expect("h2 request");
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(resp.version, http::Version::HTTP_2);
+    assert_eq!(resp.header("x-echo-version"), Some("HTTP/1.1"), "the proxy spoke HTTP/1.1 to the backend");
+    assert_eq!(resp.header("x-echo-path"), Some("/h2"));
+
+    // Twenty concurrent streams on one client connection, some slow, all answered.
+    let conn = H2Conn::connect(proxy.outbound()).await.expect("h2 connect");
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                let path = format!("/delay/{}/n{i}", (i % 4) * 50);
+                (path.clone(), conn.send(&Req::post(&path, format!("body {i}")).host("api")).await)
+            })
+        })
+        .collect();
+    for task in tasks {
+        let (path, resp) = task.await.unwrap();
+        let resp = resp.unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(resp.status, 200, "{path}: {resp:?}");
+        assert_eq!(resp.header("x-echo-path"), Some(path.as_str()));
+    }
+
+    let resp = send_h2(proxy.upstream("api"), &Req::get("/via-upstream")).await.expect("h2 to upstream port");
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(resp.backend(), Some("api"));
+    assert_eq!(api.hits(), 22);
+}
+
+fn grpc_frame(message: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(message);
+    frame
+}
+
+fn grpc_call(status: &str) -> Req {
+    Req::post("/weft.test.Echo/Say", grpc_frame(b"hello"))
+        .host("echo")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("x-grpc-status", status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_status_and_trailers_pass_through() {
+    let echo = Backend::start("echo").await;
+    let proxy = Proxy::start(ProxyConfig { policy: service("echo", "grpc", &[echo.addr()]), ..Default::default() }).await;
+    let conn = H2Conn::connect(proxy.outbound()).await.expect("h2 connect");
+
+    let ok = conn.send(&grpc_call("0")).await.expect("grpc call");
+    assert_eq!(ok.status, 200, "{ok:?}");
+    assert_eq!(ok.header("content-type"), Some("application/grpc"));
+    assert_eq!(ok.body.as_ref(), grpc_frame(b"hello").as_slice());
+    assert_eq!(ok.trailer("grpc-status"), Some("0"), "trailers: {:?}", ok.trailers);
+    assert_eq!(ok.header("x-echo-version"), Some("HTTP/2.0"));
+
+    let failed = conn.send(&grpc_call("14")).await.expect("grpc call");
+    assert_eq!(failed.status, 200, "gRPC errors travel in trailers, not the HTTP status");
+    assert_eq!(failed.trailer("grpc-status"), Some("14"), "trailers: {:?}", failed.trailers);
+    assert_eq!(failed.trailer("grpc-message"), Some("from echo"));
+
+    // grpc-status 14 is a failure even though the HTTP status was 200.
+    eventually("gRPC calls classified in metrics", Duration::from_secs(10), || async {
+        let metrics = proxy.metrics().await;
+        let count = |class| {
+            metric_sum(&metrics, "weft_requests_total", &[("service", "echo"), ("classification", class)])
+        };
+        (count("success") == 1.0 && count("failure") == 1.0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_passes_through() {
+    let api = Backend::start("api").await;
+    let proxy = Proxy::start(ProxyConfig { policy: service("api", "http", &[api.addr()]), ..Default::default() }).await;
+
+    let mut stream = TcpStream::connect(proxy.outbound()).await.unwrap();
+    stream
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nHost: api\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let (head, rest) = read_head(&mut stream, IO_DEADLINE).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "expected 101 Switching Protocols, got:\n{head}");
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.contains("upgrade: websocket"), "{head}");
+    assert!(lower.contains("x-backend: api"), "{head}");
+    assert!(rest.is_empty(), "no bytes before the client speaks: {rest:?}");
+
+    for round in 0..5 {
+        let message = format!("frame {round} \u{0}\u{1}\u{ff}");
+        stream.write_all(message.as_bytes()).await.unwrap();
+        let mut back = vec![0u8; message.len()];
+        tokio::time::timeout(IO_DEADLINE, stream.read_exact(&mut back)).await.expect("echo in time").unwrap();
+        assert_eq!(back, message.as_bytes());
+    }
+    let big: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+    let (mut reader, mut writer) = stream.into_split();
+    let to_send = big.clone();
+    let write = tokio::spawn(async move {
+        writer.write_all(&to_send).await.unwrap();
+        writer
+    });
+    let mut back = vec![0u8; big.len()];
+    tokio::time::timeout(IO_DEADLINE, reader.read_exact(&mut back)).await.expect("echo in time").unwrap();
+    assert_eq!(back, big);
+    drop(write.await.unwrap());
+    assert_eq!(api.hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opaque_tcp_through_upstream_port() {
+    let echo = TcpEcho::start().await;
+    let proxy = Proxy::start(ProxyConfig {
+        upstreams: vec!["db".to_string()],
+        policy: service("db", "tcp", &[echo.addr()]),
+        ..Default::default()
+    })
+    .await;
+
+    // Bytes that are not HTTP at all.
+    let mut stream = TcpStream::connect(proxy.upstream("db")).await.unwrap();
+    let hello = b"\x00\x01\x02PING\r\n";
+    stream.write_all(hello).await.unwrap();
+    let mut back = [0u8; 9];
+    tokio::time::timeout(IO_DEADLINE, stream.read_exact(&mut back)).await.expect("echo in time").unwrap();
+    assert_eq!(&back, hello);
+
+    // A large stream both ways at once, then a half-close: the peer's close comes back as EOF.
+    let big: Vec<u8> = (0..512 * 1024).map(|i| (i * 7 % 256) as u8).collect();
+    let (mut reader, mut writer) = stream.into_split();
+    let to_send = big.clone();
+    let write = tokio::spawn(async move {
+        writer.write_all(&to_send).await.unwrap();
+        writer.shutdown().await.unwrap();
+        writer
+    });
+    let mut received = Vec::new();
+    tokio::time::timeout(IO_DEADLINE, reader.read_to_end(&mut received)).await.expect("EOF in time").unwrap();
+    assert_eq!(received.len(), big.len());
+    assert!(received == big, "bytes changed on the way");
+    drop(write.await.unwrap());
+
+    let mut second = TcpStream::connect(proxy.upstream("db")).await.unwrap();
+    second.write_all(b"again").await.unwrap();
+    let mut back = [0u8; 5];
+    tokio::time::timeout(IO_DEADLINE, second.read_exact(&mut back)).await.expect("echo in time").unwrap();
+    assert_eq!(&back, b"again");
+    assert_eq!(echo.connections(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_server_that_speaks_first_is_not_stalled() {
+    // Like SMTP or MySQL: the server greets before the client sends a byte, so a declared tcp
+    // port must not wait to sniff the client's first bytes.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        socket.write_all(b"220 ready\r\n").await.unwrap();
+        let mut buf = [0u8; 4];
+        socket.read_exact(&mut buf).await.unwrap();
+        socket.write_all(&buf).await.unwrap();
+    });
+    let proxy = Proxy::start(ProxyConfig {
+        upstreams: vec!["mail".to_string()],
+        policy: service("mail", "tcp", &[addr]),
+        ..Default::default()
+    })
+    .await;
+
+    let mut stream = TcpStream::connect(proxy.upstream("mail")).await.unwrap();
+    let mut greeting = [0u8; 11];
+    tokio::time::timeout(Duration::from_secs(3), stream.read_exact(&mut greeting))
+        .await
+        .expect("greeting within 3 s without the client sending anything")
+        .unwrap();
+    assert_eq!(&greeting, b"220 ready\r\n");
+    stream.write_all(b"QUIT").await.unwrap();
+    let mut back = [0u8; 4];
+    tokio::time::timeout(IO_DEADLINE, stream.read_exact(&mut back)).await.expect("echo in time").unwrap();
+    assert_eq!(&back, b"QUIT");
+    server.await.unwrap();
+}
