@@ -142,7 +142,7 @@ def run_oha(oha: str, flags: dict, port: int, w: Workload, duration: int) -> dic
     total = sum(codes.values())
     p = j.get("latencyPercentiles") or {}
     summ = j.get("summary") or {}
-    secs = duration
+    secs = float(summ.get("total") or duration)
     lat = {"p50": p.get("p50"), "p90": p.get("p90"), "p99": p.get("p99"), "p999": p.get("p99.9"),
            "mean": summ.get("average"), "max": summ.get("slowest")}
     lat = {k: (float(v) * 1e6 if v is not None else None) for k, v in lat.items()}

@@ -49,7 +49,8 @@ impl DemoServer {
                         let handler = handler.clone();
                         async move { Ok::<_, Infallible>(handler(req).await) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                    let _ =
+                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
                 });
                 while conns.try_join_next().is_some() {}
             }
@@ -80,7 +81,8 @@ async fn start_payments(name: &'static str, addr: &str) -> std::io::Result<DemoS
 /// One GET over a fresh HTTP/1.1 connection; returns status and body.
 async fn get(addr: &str, path: &str, host: &str) -> Result<(StatusCode, Bytes), String> {
     let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+    let (mut tx, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
     tokio::spawn(conn);
     let req = Request::get(path).header("host", host).body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
     let resp = tx.send_request(req).await.map_err(|e| e.to_string())?;
@@ -178,7 +180,10 @@ async fn demo() -> u8 {
     println!("  explain:  curl 'http://{ADMIN}/explain?host=payments&path=/v1/charge'");
     println!("  log:      {}", dir.join("proxy.log").display());
     println!("  payments-2 is killed at 8s and restarted at 20s; Ctrl-C stops everything.\n");
-    println!("{:>5} {:>7} {:>7} {:>7} {:>8} {:>8} {:>10} {:>10} {:>8} {:>9}", "time", "req/s", "ok", "failed", "p50", "p99", "payments-1", "payments-2", "retries", "ejections");
+    println!(
+        "{:>5} {:>7} {:>7} {:>7} {:>8} {:>8} {:>10} {:>10} {:>8} {:>9}",
+        "time", "req/s", "ok", "failed", "p50", "p99", "payments-1", "payments-2", "retries", "ejections"
+    );
 
     let tally = Arc::new(Tally::default());
     for _ in 0..4 {
@@ -194,7 +199,9 @@ async fn demo() -> u8 {
             _ = tokio::signal::ctrl_c() => break,
         }
         let t = started.elapsed().as_secs();
-        if (8..10).contains(&t) && let Some(s) = payments[1].take() {
+        if (8..10).contains(&t)
+            && let Some(s) = payments[1].take()
+        {
             s.stop();
             println!("  -- payments-2 killed");
         }
@@ -212,7 +219,11 @@ async fn demo() -> u8 {
     let _ = proxy.start_kill();
     let _ = proxy.wait().await;
     let _ = std::fs::remove_dir_all(&dir);
-    println!("\nweft demo: stopped; {} ok, {} failed", tally.ok.load(Ordering::Relaxed), tally.failed.load(Ordering::Relaxed));
+    println!(
+        "\nweft demo: stopped; {} ok, {} failed",
+        tally.ok.load(Ordering::Relaxed),
+        tally.failed.load(Ordering::Relaxed)
+    );
     0
 }
 
@@ -237,9 +248,13 @@ async fn load_worker(tally: Arc<Tally>) {
 async fn print_summary(tally: &Tally, t: u64, last_ok: &mut u64) {
     let mut lat = std::mem::take(&mut *tally.latencies_us.lock().await);
     lat.sort_unstable();
-    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0);
+    let pct =
+        |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0);
     let ok = tally.ok.load(Ordering::Relaxed);
-    let metrics = get(ADMIN, "/metrics", "admin").await.map(|(_, b)| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let metrics = get(ADMIN, "/metrics", "admin")
+        .await
+        .map(|(_, b)| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     println!(
         "{:>4}s {:>7} {:>7} {:>7} {:>6}µs {:>6}µs {:>10} {:>10} {:>8} {:>9}",
         t,

@@ -25,24 +25,12 @@ fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
 fn every_example_in_config_is_valid_alone_and_as_a_set() {
     let mut files = Vec::new();
     yaml_files(&config_dir(), &mut files);
-    assert!(
-        files.len() >= 7,
-        "expected the example files, found {files:?}"
-    );
+    assert!(files.len() >= 7, "expected the example files, found {files:?}");
     for file in &files {
         let report = check_paths(std::slice::from_ref(file));
         let problems: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
-        assert!(
-            problems.is_empty(),
-            "{}:\n{}",
-            file.display(),
-            problems.join("\n")
-        );
-        assert!(
-            report.documents > 0,
-            "{} holds no documents",
-            file.display()
-        );
+        assert!(problems.is_empty(), "{}:\n{}", file.display(), problems.join("\n"));
+        assert!(report.documents > 0, "{} holds no documents", file.display());
     }
     let all = check_paths(&[config_dir()]);
     let problems: Vec<String> = all.problems.iter().map(ToString::to_string).collect();
@@ -75,16 +63,9 @@ fn broken_fixture_reports_every_problem_with_file_line_and_path() {
 }
 
 fn weft(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args(args)
-        .output()
-        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_weft")).args(args).output().unwrap();
     let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
-    (
-        out.status.code().unwrap(),
-        text(out.stdout),
-        text(out.stderr),
-    )
+    (out.status.code().unwrap(), text(out.stdout), text(out.stderr))
 }
 
 #[test]
@@ -92,28 +73,17 @@ fn exit_status_and_output_follow_the_cli_contract() {
     let config = config_dir();
     let (code, stdout, _) = weft(&["check", config.to_str().unwrap()]);
     assert_eq!(code, 0);
-    assert!(
-        stdout.starts_with("ok: 11 documents in 7 files"),
-        "{stdout}"
-    );
+    assert!(stdout.starts_with("ok: 11 documents in 7 files"), "{stdout}");
 
     let (code, stdout, stderr) = weft(&["check", "tests/fixtures/broken"]);
     assert_eq!(code, 1);
     assert_eq!(stdout.lines().count(), 7, "{stdout}");
-    assert!(
-        stdout
-            .lines()
-            .all(|l| l.starts_with("tests/fixtures/broken/")),
-        "{stdout}"
-    );
+    assert!(stdout.lines().all(|l| l.starts_with("tests/fixtures/broken/")), "{stdout}");
     assert_eq!(stderr.trim(), "7 problems in 2 files");
 
     let (code, stdout, _) = weft(&["check", "tests/fixtures/no-such-file.yaml"]);
     assert_eq!(code, 1);
-    assert!(
-        stdout.starts_with("tests/fixtures/no-such-file.yaml:0: cannot read: "),
-        "{stdout}"
-    );
+    assert!(stdout.starts_with("tests/fixtures/no-such-file.yaml:0: cannot read: "), "{stdout}");
 
     assert_eq!(weft(&["check"]).0, 2);
     assert_eq!(weft(&["check", "--bogus", "x.yaml"]).0, 2);

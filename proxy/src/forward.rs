@@ -219,12 +219,16 @@ async fn forward_inner(
                     return Ok((resp, pooled));
                 }
                 report_failure(cluster, idx, guard);
-                if !(rule.retry.on_status(status) && replay.is_some()) || retries >= max_retries {
+                // Without a retry left, the backend's own answer is the client's answer.
+                if !(rule.retry.on_status(status) && replay.is_some() && may_retry(cluster, retries, max_retries)) {
                     return Ok((resp, pooled));
                 }
                 // Dropping the response closes its connection rather than reading a body we discard.
-                last_error = ProxyError::UpstreamReset;
-                &shared.metrics.retries_5xx
+                drop((resp, pooled));
+                retries += 1;
+                shared.metrics.retries_5xx.inc();
+                backoff(rule, retries).await;
+                continue;
             }
             Err(TryFailure::Connect(req, e)) => {
                 tracing::warn!(service = %cluster.name, endpoint = %endpoint.addr, error = %e, "connect failed; trying another endpoint");
@@ -237,6 +241,11 @@ async fn forward_inner(
             }
             Err(TryFailure::Reset(e)) => {
                 tracing::debug!(service = %cluster.name, endpoint = %endpoint.addr, error = %e, "upstream connection broke");
+                if is_body_too_large(&e) {
+                    // The client's body broke the limit mid-stream; the upstream is not to blame.
+                    drop(guard);
+                    return Err(ProxyError::BodyTooLarge);
+                }
                 report_failure(cluster, idx, guard);
                 last_error = ProxyError::UpstreamReset;
                 if !(rule.retry.on_reset && replay.is_some()) {
@@ -259,20 +268,45 @@ async fn forward_inner(
                 &shared.metrics.retries_timeout
             }
         };
-        if retries >= limit {
-            return Err(last_error);
-        }
-        if !shared.budget.try_withdraw() {
-            shared.metrics.budget_exhausted.inc();
-            tracing::debug!(service = %cluster.name, "retry budget exhausted; not retrying");
+        if !may_retry(cluster, retries, limit) {
             return Err(last_error);
         }
         retries += 1;
         retry_reason.inc();
-        let wait = crate::retry::backoff(retries, rule.retry.backoff_base, rule.retry.backoff_max);
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
+        backoff(rule, retries).await;
+    }
+}
+
+/// Whether a send failed because the request body exceeded `maxBodyBytes` while streaming.
+fn is_body_too_large(e: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = source {
+        if err.is::<crate::http::body::BodyTooLarge>() {
+            return true;
         }
+        source = err.source();
+    }
+    false
+}
+
+/// Whether one more retry is allowed: under the route's attempt limit and within the
+/// service's retry budget (which a successful check spends).
+fn may_retry(cluster: &Cluster, retries: u32, limit: u32) -> bool {
+    if retries >= limit {
+        return false;
+    }
+    if !cluster.shared.budget.try_withdraw() {
+        cluster.shared.metrics.budget_exhausted.inc();
+        tracing::debug!(service = %cluster.name, "retry budget exhausted; not retrying");
+        return false;
+    }
+    true
+}
+
+async fn backoff(rule: &Rule, retries: u32) {
+    let wait = crate::retry::backoff(retries, rule.retry.backoff_base, rule.retry.backoff_max);
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
     }
 }
 

@@ -85,12 +85,19 @@ pub struct Backend {
     pub weight: u32,
 }
 
-/// A compiled route rule.
-pub struct Rule {
-    /// Route name for metrics and `/explain` (`default` when the service has no Route).
+/// Where a rule came from, for metrics and `/explain`.
+pub struct RuleOrigin {
+    /// Route name (`default` when the service has no Route, `inbound` for the local app).
     pub route: Arc<str>,
     pub index: usize,
     /// Line of the rule in its file (0 for built-in rules).
+    pub line: usize,
+}
+
+/// A compiled route rule.
+pub struct Rule {
+    pub route: Arc<str>,
+    pub index: usize,
     pub line: usize,
     pub matcher: Matcher,
     pub backends: Vec<Backend>,
@@ -102,9 +109,7 @@ pub struct Rule {
 
 impl Rule {
     pub fn new(
-        route: Arc<str>,
-        index: usize,
-        line: usize,
+        origin: RuleOrigin,
         matcher: Matcher,
         backends: Vec<Backend>,
         timeout: Option<Duration>,
@@ -112,6 +117,7 @@ impl Rule {
         metrics: RouteMetrics,
     ) -> Rule {
         let total_weight = backends.iter().map(|b| b.weight).sum();
+        let RuleOrigin { route, index, line } = origin;
         Rule { route, index, line, matcher, backends, total_weight, timeout, retry, metrics }
     }
 

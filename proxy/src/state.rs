@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -19,8 +19,6 @@ pub struct ProxyState {
     drain_tx: watch::Sender<bool>,
     /// Open data-plane client connections (inbound + outbound), for the idle-exit check.
     pub open_connections: AtomicI64,
-    /// Clock reading of the last request start, for the drain's quiet period.
-    pub last_request: AtomicU64,
     pub started: Instant,
     pub log: Option<LogHandle>,
 }
@@ -34,7 +32,6 @@ impl ProxyState {
             draining: AtomicBool::new(false),
             drain_tx,
             open_connections: AtomicI64::new(0),
-            last_request: AtomicU64::new(0),
             started: Instant::now(),
             log,
         })

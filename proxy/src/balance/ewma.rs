@@ -1,4 +1,4 @@
-//! Peak-EWMA latency estimate of one endpoint, kept in two atomics so every worker can update it.
+//! Peak-EWMA latency estimate of one endpoint, kept in atomics so every worker can update it.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -8,18 +8,20 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 /// traffic back within tens of seconds.
 const DECAY_NANOS: f64 = 10e9;
 
-/// Estimate of an endpoint that has not answered yet: 30 ms. In-cluster calls usually take
-/// well under that, so a new endpoint looks a little worse than proven ones and is not flooded
-/// on arrival; it still wins as soon as a proven endpoint has a few requests queued, and the
-/// idle fade (see [`PeakEwma::faded`]) brings it into play within tens of seconds at low load. Its first
-/// real answer replaces the guess outright.
+/// Starting estimate, before the first answer: 30 ms, a plausible upper end for in-cluster
+/// calls, so the admin page shows something sane. The balancer does not pit this guess
+/// against real measurements: any fixed guess is wrong one way or the other (below the real
+/// latency it floods the new endpoint, above it starves it: with a 30 ms guess against
+/// endpoints measured at 5 ms, a new endpoint would wait ~20 s for the guess to fade).
+/// Instead an unanswered endpoint borrows the estimate of the endpoint it is compared with
+/// (see `pick.rs`), and its first real answer replaces the guess outright.
 pub(crate) const DEFAULT_RTT_NANOS: f64 = 30e6;
 
 /// A latency estimate that jumps up to a new peak at once and decays toward lower samples
 /// with a weight that depends on the time between samples (w = exp(-elapsed/τ)), so it is
 /// quick to avoid a slow endpoint and cautious about trusting it again.
 ///
-/// The estimate and its time stamp are two separate atomics. Both use `Relaxed`: they publish
+/// The estimate, its time stamp and the flag are separate atomics, all `Relaxed`: they publish
 /// no other memory, and a reader that sees one updated before the other only makes one pick
 /// with a slightly stale estimate.
 pub(crate) struct PeakEwma {

@@ -149,13 +149,18 @@ impl Ejector {
     }
 
     /// How many of `n` endpoints may be ejected at once: the configured share, but at least one
-    /// when there are two or more (a 10 % cap on a 3-endpoint set would otherwise never eject),
-    /// and never all of them (the last available endpoint keeps serving).
+    /// when there are two or more (a 10 % cap on a 3-endpoint set would otherwise never eject).
+    /// Below 100 % the last available endpoint always keeps serving; at 100 % the operator asked
+    /// for every endpoint to be ejectable, and then requests fail fast with `circuit-open`.
     pub(super) fn max_ejected(&self, n: usize) -> usize {
-        if n < 2 || self.config.max_ejection_percent == 0 {
+        let percent = self.config.max_ejection_percent;
+        if percent >= 100 {
+            return n;
+        }
+        if n < 2 || percent == 0 {
             return 0;
         }
-        let share = (n as u64 * u64::from(self.config.max_ejection_percent) / 100) as usize;
+        let share = (n as u64 * u64::from(percent) / 100) as usize;
         share.clamp(1, n - 1)
     }
 
@@ -379,21 +384,31 @@ mod tests {
     }
 
     #[test]
-    fn cap_rounds_up_to_one_but_never_ejects_the_last() {
+    fn cap_rounds_up_to_one_but_below_100_percent_never_ejects_the_last() {
         let ej = Ejector::new(config(1, 10));
         assert_eq!(ej.max_ejected(0), 0);
         assert_eq!(ej.max_ejected(1), 0);
         assert_eq!(ej.max_ejected(2), 1);
         assert_eq!(ej.max_ejected(30), 3);
-        let all = Ejector::new(config(1, 100));
-        assert_eq!(all.max_ejected(3), 2);
+        let most = Ejector::new(config(1, 99));
+        assert_eq!(most.max_ejected(3), 2);
         assert_eq!(Ejector::new(config(1, 0)).max_ejected(10), 0);
 
         let eps = endpoints(1);
-        assert_eq!(fail(&all, &eps, 0, 10, T0), 0, "a lone endpoint is never ejected");
+        assert_eq!(fail(&most, &eps, 0, 10, T0), 0, "a lone endpoint is not ejected below 100 %");
+        let eps = endpoints(2);
+        assert!(most.on_failure(&eps[0], &eps, T0));
+        assert_eq!(fail(&most, &eps, 1, 10, T0), 0, "the last available one stays");
+    }
+
+    #[test]
+    fn at_100_percent_every_endpoint_may_go() {
+        let all = Ejector::new(config(1, 100));
+        assert_eq!(all.max_ejected(1), 1);
+        assert_eq!(all.max_ejected(3), 3);
         let eps = endpoints(2);
         assert!(all.on_failure(&eps[0], &eps, T0));
-        assert_eq!(fail(&all, &eps, 1, 10, T0), 0, "the last available one stays");
+        assert!(all.on_failure(&eps[1], &eps, T0), "the operator allowed the whole set out");
     }
 
     #[test]
@@ -419,8 +434,8 @@ mod tests {
 
     #[test]
     fn concurrent_failures_never_eject_past_the_cap() {
-        // Two endpoints, 100 %: at most one may be out. Many workers fail both at once.
-        let ej = Ejector::new(OutlierConfig { max_ejection: Duration::from_secs(3600), ..config(1, 100) });
+        // Two endpoints, 50 %: at most one may be out. Many workers fail both at once.
+        let ej = Ejector::new(OutlierConfig { max_ejection: Duration::from_secs(3600), ..config(1, 50) });
         let eps = endpoints(2);
         let ejections = AtomicU32::new(0);
         std::thread::scope(|s| {

@@ -13,10 +13,22 @@ use super::Endpoint;
 /// endpoints than that), so that odd weights like 997:3 cannot make a reload build a huge list.
 const MAX_SCHEDULE: u64 = 1024;
 
-/// Under peak EWMA, costs within 10 % count as equal and the first candidate (drawn in
-/// proportion to weight) keeps the request. Equally good endpoints never have exactly equal
-/// estimates, and without this band that noise, not the weights, would split their traffic.
-const EQUAL_COST_BAND: f64 = 0.10;
+/// The second candidate must be 20 % cheaper to displace the first (which was drawn in
+/// proportion to weight). Equally good endpoints never have exactly equal latency estimates,
+/// and at low concurrency their in-flight counts differ by a request now and then; without
+/// this band that noise, not the weights, would split their traffic. An endpoint that is
+/// clearly slower or clearly more loaded still loses.
+const EQUAL_COST_BAND: f64 = 0.20;
+
+/// The queue term of the cost is `in_flight / weight + 4`: a request or two in flight barely
+/// changes an endpoint's cost, while a real queue (several per unit of weight) dominates it.
+/// With the classic `in_flight + 1`, one extra request doubles a weight-1 endpoint's cost, and
+/// at the low concurrency most services run at (1–8 in flight) that noise overrode the
+/// weights: in a simulation (Poisson arrivals, steady latency, 0–32 in flight) a 1:9 split
+/// came out as low as 1:2 and 1:2 near 1:1.5. With 4 (and the band above) they stay within
+/// about 15 % of the weights at every concurrency tried, and a 5× slower endpoint still gets
+/// under 3 % of the traffic.
+const QUEUE_BASE: f64 = 4.0;
 
 /// Each consecutive failure doubles an endpoint's cost, up to 2^10, so a failing endpoint
 /// loses traffic before it is ejected. Keyed to *consecutive* failures so that a steady
@@ -62,28 +74,29 @@ impl Picker {
     }
 
     /// Two distinct candidates, each drawn in proportion to weight; the first keeps the request
-    /// unless the second is clearly cheaper. At equal cost this sends each endpoint exactly
-    /// its weight's share; under load the cost (queue per unit of weight) evens out in
-    /// proportion to weight too, so canaries get their share at any concurrency.
+    /// unless the second is clearly cheaper. At equal cost each endpoint gets exactly its
+    /// weight's share; under load the queue per unit of weight evens out, which again splits
+    /// traffic by weight.
     fn two_choices(&self, eps: &[Arc<Endpoint>], ok: impl Fn(usize) -> bool, now: u64) -> Option<usize> {
         let first = self.draw(eps, &ok)?;
         let Some(second) = self.draw(eps, |i| i != first && ok(i)) else {
             return Some(first);
         };
         let (a, b) = (&eps[first], &eps[second]);
-        let (latency_a, latency_b, margin) = match self.lb {
+        let (latency_a, latency_b) = match self.lb {
             LoadBalancer::PeakEwma => match (latency(a, now), latency(b, now)) {
-                (Some(x), Some(y)) => (x, y, 1.0 - band()),
+                (Some(x), Some(y)) => (x, y),
                 // Not answered yet: assume it is as fast as the endpoint it is compared with,
-                // so it gets its weight's share at once; the queue term keeps it from being
-                // flooded if it turns out slow, and its first answer replaces the assumption.
-                (Some(x), None) => (x, x, 1.0 - band()),
-                (None, Some(y)) => (y, y, 1.0 - band()),
-                (None, None) => (1.0, 1.0, 1.0 - band()),
+                // so a new endpoint gets its weight's share at once instead of waiting for a
+                // guess to fade; the queue term keeps it from being flooded if it is slow,
+                // and its first answer replaces the assumption.
+                (Some(x), None) => (x, x),
+                (None, Some(y)) => (y, y),
+                (None, None) => (1.0, 1.0),
             },
-            _ => (1.0, 1.0, 1.0),
+            LoadBalancer::LeastRequest | LoadBalancer::RoundRobin => (1.0, 1.0),
         };
-        if cost(b, latency_b) < cost(a, latency_a) * margin { Some(second) } else { Some(first) }
+        if cost(b, latency_b) < cost(a, latency_a) * (1.0 - EQUAL_COST_BAND) { Some(second) } else { Some(first) }
     }
 
     /// An index accepted by `ok`, drawn in proportion to weight.
@@ -118,37 +131,24 @@ impl Picker {
     }
 }
 
-/// Expected cost of sending one more request: latency × (in_flight + weight) / weight,
-/// doubled per consecutive failure. The queue is counted in units of weight (a weight-2
-/// endpoint is two servers' worth, so its own request costs it half a slot): then equal
-/// endpoints cost the same whatever their weights, and the weights decide, instead of the
-/// heavier endpoint winning every comparison when nothing is queued. Least-request is the
-/// same with latency 1.
+/// Expected cost of one more request: latency × (in_flight / weight + [`QUEUE_BASE`]), doubled
+/// per consecutive failure. Dividing the queue by weight (a weight-2 endpoint is worth two)
+/// makes equal endpoints cost the same whatever their weights, so the weighted first draw
+/// decides between them; the classic `(in_flight + 1) / weight` would instead hand every
+/// comparison to the heavier endpoint while nothing is queued. Least-request passes latency 1.
 fn cost(e: &Endpoint, latency: f64) -> f64 {
-    let weight = f64::from(e.weight.max(1));
-    let queue = (f64::from(e.in_flight()) + weight) / weight;
+    let queue = f64::from(e.in_flight()) / f64::from(e.weight.max(1)) + QUEUE_BASE;
     let doublings = e.health.consecutive_failures().min(MAX_PENALTY_DOUBLINGS);
     latency * queue * f64::from(1u32 << doublings)
 }
 
-/// The peak-EWMA estimate to use now, or None before the first answer. Faded by idle time
+/// The peak-EWMA estimate to compare, or None before the first answer. Faded by idle time
 /// only while nothing is in flight (see `PeakEwma::faded`).
 fn latency(e: &Endpoint, now: u64) -> Option<f64> {
     if !e.latency.measured() {
         return None;
     }
     Some(if e.in_flight() == 0 { e.latency.faded(now) } else { e.latency.estimate() })
-}
-
-#[cfg(not(test))]
-fn band() -> f64 {
-    EQUAL_COST_BAND
-}
-#[cfg(test)]
-thread_local!(pub(super) static BAND: std::cell::Cell<f64> = const { std::cell::Cell::new(EQUAL_COST_BAND) });
-#[cfg(test)]
-fn band() -> f64 {
-    BAND.with(|b| b.get())
 }
 
 /// The slow path of [`Picker::draw`], for when most endpoints are excluded or ejected: one
@@ -218,7 +218,7 @@ mod tests {
     use std::net::SocketAddr;
 
     use super::*;
-    use crate::balance::{EndpointSet, OutlierConfig};
+    use crate::balance::{EndpointSet, InFlight, OutlierConfig};
     use crate::clock::now_nanos;
 
     const MS: u64 = 1_000_000;
@@ -248,20 +248,22 @@ mod tests {
         counts
     }
 
-    /// Keeps `depth` requests outstanding, each taking `depth` ms (one completes per ms, first
-    /// in first out), so every endpoint shows the same latency; returns counts per endpoint.
-    fn concurrent(s: &EndpointSet, n: usize, depth: usize) -> Vec<usize> {
+    /// Poisson arrivals (one per ms on average), each answered after `latency_ms`: about
+    /// `latency_ms` requests in flight, varying as in real traffic. Returns counts per endpoint.
+    fn poisson(s: &EndpointSet, n: usize, latency_ms: u64) -> Vec<usize> {
         let mut counts = vec![0; s.endpoints().len()];
-        let mut queue = VecDeque::new();
-        let mut now = T0;
+        let mut running: VecDeque<(u64, InFlight)> = VecDeque::new();
+        let mut now = now_nanos();
         for _ in 0..n {
+            now += (-(1.0 - fastrand::f64()).ln() * MS as f64) as u64;
+            // Equal latencies: requests finish in the order they started.
+            while running.front().is_some_and(|(done, _)| *done <= now) {
+                let (done, guard) = running.pop_front().unwrap();
+                s.on_success_at(guard, done);
+            }
             let i = s.pick_at(&[], now).unwrap();
             counts[i] += 1;
-            queue.push_back(s.endpoints()[i].start_at(now));
-            if queue.len() == depth {
-                s.on_success_at(queue.pop_front().unwrap(), now);
-            }
-            now += MS;
+            running.push_back((now + latency_ms * MS, s.endpoints()[i].start_at(now)));
         }
         counts
     }
@@ -288,13 +290,19 @@ mod tests {
     }
 
     #[test]
-    fn p2c_honours_weights_under_load() {
+    fn p2c_honours_weights_at_any_concurrency() {
         fastrand::seed(11);
         for lb in [LoadBalancer::PeakEwma, LoadBalancer::LeastRequest] {
-            let s = set(&[1, 2], lb);
-            let c = concurrent(&s, 30_000, 30);
-            let r = ratio(&c, 1, 0);
-            assert!((1.8..2.2).contains(&r), "{lb:?}: weight 2 got {r:.2}× weight 1: {c:?}");
+            for in_flight in [1, 4, 16, 64] {
+                let s = set(&[1, 2], lb);
+                let c = poisson(&s, 30_000, in_flight);
+                let r = ratio(&c, 1, 0);
+                assert!((1.7..2.3).contains(&r), "{lb:?} at ~{in_flight} in flight: weight 2 got {r:.2}×: {c:?}");
+                let s = set(&[1, 9], lb);
+                let c = poisson(&s, 30_000, in_flight);
+                let r = ratio(&c, 1, 0);
+                assert!((7.0..11.0).contains(&r), "{lb:?} at ~{in_flight} in flight: weight 9 got {r:.2}×: {c:?}");
+            }
         }
     }
 
@@ -340,11 +348,11 @@ mod tests {
     }
 
     #[test]
-    fn a_new_endpoint_is_tried_under_load_but_not_flooded() {
+    fn a_new_endpoint_gets_its_share_at_once_but_is_not_flooded() {
         fastrand::seed(13);
         let s = set(&[1, 1, 1], LoadBalancer::PeakEwma);
         let t0 = now_nanos() + 5 * MS;
-        // Endpoints 0 and 1 are proven at 5 ms; endpoint 2 is new (30 ms assumed).
+        // Endpoints 0 and 1 are proven at 5 ms; endpoint 2 has not answered yet.
         for i in 0..2 {
             s.on_success_at(s.endpoints()[i].start_at(t0 - 5 * MS), t0);
         }
@@ -352,10 +360,10 @@ mod tests {
         for _ in 0..3_000 {
             c[s.pick_at(&[], t0).unwrap()] += 1;
         }
-        assert_eq!(c[2], 0, "idle proven endpoints beat an unmeasured one: {c:?}");
-        // With six requests queued on each proven endpoint, the new one is worth a try.
-        let _busy: Vec<_> = (0..12).map(|k| s.endpoints()[k % 2].start_at(t0)).collect();
-        assert!((0..100).any(|_| s.pick_at(&[], t0) == Ok(2)));
+        assert!((800..1_200).contains(&c[2]), "a new endpoint should get its share: {c:?}");
+        // Two requests to it still unanswered while the others are idle: it waits for news.
+        let _waiting: Vec<_> = (0..2).map(|_| s.endpoints()[2].start_at(t0)).collect();
+        assert!((0..1_000).all(|_| s.pick_at(&[], t0) != Ok(2)));
     }
 
     #[test]
@@ -401,55 +409,6 @@ mod tests {
             assert_eq!(s.pick_at(&[1], T0), Ok(0), "{lb:?}");
             let all_drained = set(&[0, 0], lb);
             assert!(all_drained.pick_at(&[], T0).is_ok(), "{lb:?}");
-        }
-    }
-}
-#[cfg(test)]
-mod dbg_tests {
-    use super::*;
-    use crate::balance::{EndpointSet, OutlierConfig};
-    use crate::clock::now_nanos;
-    fn run(band: f64, weights: &[u32], n: usize, depth: usize, noise: impl Fn() -> f64) -> Vec<usize> {
-        BAND.with(|b| b.set(band));
-        let eps: Vec<_> = weights.iter().map(|&w| Arc::new(Endpoint::new(std::net::SocketAddr::from(([127, 0, 0, 1], 1)), w, None))).collect();
-        let s = EndpointSet::new(eps, LoadBalancer::PeakEwma, OutlierConfig::default());
-        let mut now = now_nanos();
-        let mut c = vec![0; weights.len()];
-        let mut q: std::collections::VecDeque<(u64, InFlightLike)> = Default::default();
-        for _ in 0..n {
-            let i = s.pick_at(&[], now).unwrap();
-            c[i] += 1;
-            let g = s.endpoints()[i].start_at(now);
-            let lat = (noise() * 1_000_000.0 * depth.max(1) as f64) as u64;
-            q.push_back((now + lat, g));
-            // complete everything due, keep at most depth outstanding
-            q.make_contiguous().sort_by_key(|x| x.0);
-            while let Some(f) = q.front() {
-                if q.len() > depth || f.0 <= now { let (t, g) = q.pop_front().unwrap(); let t = t.max(now); s.on_success_at(g, t); if depth == 0 { now = t; } } else { break }
-            }
-            now += if depth == 0 { 0 } else { 1_000_000 };
-        }
-        c
-    }
-    type InFlightLike = crate::balance::InFlight;
-    fn noise() -> f64 {
-        let u = fastrand::f64();
-        let base = 1.0 + 0.5 * u;
-        if fastrand::u32(0..100) == 0 { base * 3.0 } else { base }
-    }
-    #[test]
-    fn dbg() {
-        for band in [0.1, 0.2, 0.25, 0.3, 0.4] {
-            let mut line = format!("band {band}:");
-            for w in [&[1u32, 2][..], &[1, 1, 2, 4][..]] {
-            for depth in [0usize, 1, 2, 3, 4, 6, 8, 16, 64] {
-                let c = run(band, w, 20_000, depth, noise);
-                let flat = run(band, w, 20_000, depth, || 1.0);
-                line += &format!(" d{depth} {:.2}/{:.2}", c[w.len()-1] as f64 / c[0] as f64, flat[w.len()-1] as f64 / flat[0] as f64);
-            }
-            line += " |";
-            }
-            println!("{line}");
         }
     }
 }

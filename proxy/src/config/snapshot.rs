@@ -14,7 +14,7 @@ use weft_api::{
 
 use crate::balance::{Endpoint, EndpointSet, OutlierConfig};
 use crate::metrics::RouteMetrics;
-use crate::routing::{Backend, Matcher, Retry, Rule, ServiceRoutes};
+use crate::routing::{Backend, Matcher, Retry, Rule, RuleOrigin, ServiceRoutes};
 use crate::target::{Cluster, ClusterShared};
 
 /// Key under which the local app's cluster is kept across reloads.
@@ -146,9 +146,7 @@ impl Snapshot {
             let policy = TrafficPolicySpec::defaults_for(&proxy.service);
             let cluster = Arc::new(build_cluster(INBOUND_KEY, &proxy.service, protocol, &endpoints, policy, prev));
             let rule = Rule::new(
-                "inbound".into(),
-                0,
-                0,
+                RuleOrigin { route: "inbound".into(), index: 0, line: 0 },
                 Matcher::default(),
                 vec![Backend { cluster: cluster.clone(), weight: 1 }],
                 None,
@@ -247,9 +245,7 @@ fn build_cluster(
 
 fn default_rule(cluster: &Arc<Cluster>) -> Rule {
     Rule::new(
-        "default".into(),
-        0,
-        0,
+        RuleOrigin { route: "default".into(), index: 0, line: 0 },
         Matcher::default(),
         vec![Backend { cluster: cluster.clone(), weight: 1 }],
         None,
@@ -304,9 +300,7 @@ fn compile_rule(
     };
     let retry = Retry::from_policy(rule.retry.as_ref().unwrap_or(&RetryPolicy::default()));
     Ok(Rule::new(
-        route_name.into(),
-        index,
-        rule.line,
+        RuleOrigin { route: route_name.into(), index, line: rule.line },
         matcher,
         backends,
         rule.timeout,
@@ -345,4 +339,139 @@ fn host_aliases(
         }
     }
     hosts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "
+kind: Proxy
+metadata: {name: frontend, namespace: shop}
+spec:
+  service: frontend
+  outbound: {listen: 127.0.0.1:4140}
+  inbound: {listen: 127.0.0.1:4143, app: 127.0.0.1:8080}
+  upstreams: [{service: payments, listen: 127.0.0.1:9101}]
+---
+kind: Service
+metadata: {name: payments, namespace: shop}
+spec:
+  endpoints: [{address: 127.0.0.1:9001}, {address: 127.0.0.1:9002, weight: 3}]
+---
+kind: Service
+metadata: {name: payments-v2, namespace: shop}
+spec:
+  ports: [{port: 80, protocol: grpc}]
+  endpoints: [{address: 127.0.0.1:9003}]
+---
+kind: Service
+metadata: {name: ledger, namespace: finance}
+spec:
+  endpoints: [{address: 127.0.0.1:9004}]
+";
+
+    fn build(text: &str, prev: Option<&Snapshot>) -> Result<Snapshot, Diagnostics> {
+        let docs = weft_api::parse_file("test.yaml", text)?;
+        Snapshot::build(docs, "test.yaml", prev.map_or(1, |p| p.version + 1), prev)
+    }
+
+    #[test]
+    fn hosts_resolve_by_every_accepted_name() {
+        let snap = build(BASE, None).unwrap();
+        for host in ["payments", "payments.shop", "payments.shop.svc", "payments.shop.svc.cluster.local", "PAYMENTS"] {
+            assert_eq!(snap.lookup_host(host).map(|s| s.key.as_ref()), Some("payments.shop"), "{host}");
+        }
+        // A bare name from another namespace resolves only because it is unique.
+        assert_eq!(snap.lookup_host("ledger").map(|s| s.key.as_ref()), Some("ledger.finance"));
+        assert!(snap.lookup_host("nope").is_none());
+        assert_eq!(snap.clusters["payments-v2.shop"].protocol, Protocol::Grpc);
+    }
+
+    #[test]
+    fn a_service_without_routes_gets_a_default_rule_to_itself() {
+        let snap = build(BASE, None).unwrap();
+        let svc = snap.lookup_host("payments").unwrap();
+        let rule = svc.find(&Method::DELETE, "/any", &http::HeaderMap::new()).unwrap();
+        assert_eq!(rule.route.as_ref(), "default");
+        assert_eq!(rule.backends[0].cluster.key.as_ref(), "payments.shop");
+    }
+
+    #[test]
+    fn routes_compile_in_order_with_weighted_backends() {
+        let text = format!(
+            "{BASE}---
+kind: Route
+metadata: {{name: payments-api, namespace: shop}}
+spec:
+  service: payments
+  rules:
+    - match: {{pathPrefix: /v1/, headers: {{x-canary: \"true\"}}}}
+      backends: [{{service: payments-v2, weight: 1}}]
+    - match: {{pathPrefix: /v1/}}
+      backends: [{{service: payments, weight: 90}}, {{service: payments-v2, weight: 10}}]
+      timeout: 2s
+"
+        );
+        let snap = build(&text, None).unwrap();
+        let svc = snap.lookup_host("payments").unwrap();
+        let mut canary = http::HeaderMap::new();
+        canary.insert("x-canary", HeaderValue::from_static("true"));
+        assert_eq!(svc.find(&Method::GET, "/v1/a", &canary).unwrap().index, 0);
+        let second = svc.find(&Method::GET, "/v1/a", &http::HeaderMap::new()).unwrap();
+        assert_eq!(second.index, 1);
+        assert_eq!(second.timeout, Some(std::time::Duration::from_secs(2)));
+        assert!(svc.find(&Method::GET, "/v2/a", &http::HeaderMap::new()).is_none(), "no rule: 404 no-route");
+        let v2 = (0..10_000).filter(|_| second.pick_backend().key.as_ref() == "payments-v2.shop").count();
+        assert!((700..1300).contains(&v2), "10% split, got {v2} of 10000");
+    }
+
+    #[test]
+    fn unknown_references_are_errors_with_lines() {
+        let text = format!(
+            "{BASE}---
+kind: Route
+metadata: {{name: bad, namespace: shop}}
+spec:
+  service: payments
+  rules:
+    - backends: [{{service: nowhere, weight: 1}}]
+"
+        );
+        let err = match build(&text, None) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("a backend naming an unknown service must be rejected"),
+        };
+        assert!(err.contains("spec.rules[0].backends[0].service"), "{err}");
+        assert!(err.contains("nowhere.shop"), "{err}");
+    }
+
+    #[test]
+    fn reload_keeps_endpoint_state_and_shared_counters() {
+        let first = build(BASE, None).unwrap();
+        let second = build(BASE, Some(&first)).unwrap();
+        let (a, b) = (&first.clusters["payments.shop"], &second.clusters["payments.shop"]);
+        assert!(Arc::ptr_eq(&a.shared, &b.shared), "limits and budgets survive a reload");
+        for (x, y) in a.set.endpoints().iter().zip(b.set.endpoints()) {
+            assert!(Arc::ptr_eq(x, y), "endpoint health and latency survive a reload");
+        }
+        assert!(Arc::ptr_eq(
+            &first.inbound.as_ref().unwrap().cluster.set.endpoints()[0],
+            &second.inbound.as_ref().unwrap().cluster.set.endpoints()[0]
+        ));
+        // A changed weight makes a new endpoint (its share changes); others are kept.
+        let changed = BASE.replace("weight: 3", "weight: 4");
+        let third = build(&changed, Some(&second)).unwrap();
+        let eps = third.clusters["payments.shop"].set.endpoints();
+        assert!(Arc::ptr_eq(&eps[0], &b.set.endpoints()[0]));
+        assert!(!Arc::ptr_eq(&eps[1], &b.set.endpoints()[1]));
+        assert_eq!(eps[1].weight, 4);
+    }
+
+    #[test]
+    fn a_file_without_proxy_document_is_rejected() {
+        let text = "kind: Service\nmetadata: {name: a}\nspec: {endpoints: [{address: 127.0.0.1:1}]}\n";
+        let err = build(text, None).err().expect("no Proxy document");
+        assert!(err.to_string().contains("no Proxy document"));
+    }
 }

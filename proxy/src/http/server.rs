@@ -4,7 +4,6 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use hyper::body::Incoming;
@@ -62,7 +61,6 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, side: Side, state: Arc<P
 
 async fn handle(state: Arc<ProxyState>, side: Side, peer: SocketAddr, req: Request<Incoming>) -> Response<RespBody> {
     let started = Instant::now();
-    state.last_request.store(crate::clock::now_nanos(), Ordering::Relaxed);
     if !crate::logging::access_log_enabled() {
         return dispatch(&state, &side, peer, req, started).await;
     }

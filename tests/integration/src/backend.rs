@@ -163,14 +163,10 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
     state.hits.fetch_add(1, Ordering::SeqCst);
     state.in_flight.fetch_add(1, Ordering::SeqCst);
     let _guard = InFlight(&state);
-    let is_upgrade = req
-        .headers()
-        .get(http::header::UPGRADE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
-    let is_grpc = req
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let is_upgrade =
+        req.headers().get(http::header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let is_grpc =
+        req.headers().get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     Ok(if is_upgrade {
         upgrade(&state, req)
     } else if is_grpc {
@@ -217,12 +213,7 @@ async fn plain(state: &State, req: Request<Incoming>) -> Response<Body> {
 }
 
 async fn grpc(state: &State, req: Request<Incoming>) -> Response<Body> {
-    let code = req
-        .headers()
-        .get("x-grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("0")
-        .to_string();
+    let code = req.headers().get("x-grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("0").to_string();
     let mut headers = echo_headers(state, &req);
     insert(&mut headers, "content-type", "application/grpc");
     let message = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();

@@ -136,9 +136,7 @@ async fn read_response(resp: http::Response<hyper::body::Incoming>) -> Result<Re
 }
 
 async fn bounded<T>(fut: impl Future<Output = Result<T, BoxError>>) -> Result<T, BoxError> {
-    tokio::time::timeout(REQUEST_DEADLINE, fut)
-        .await
-        .map_err(|_| format!("no response within {REQUEST_DEADLINE:?}"))?
+    tokio::time::timeout(REQUEST_DEADLINE, fut).await.map_err(|_| format!("no response within {REQUEST_DEADLINE:?}"))?
 }
 
 /// An HTTP/1.1 keep-alive connection.

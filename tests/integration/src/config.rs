@@ -45,16 +45,9 @@ pub fn service_weighted(name: &str, protocol: &str, endpoints: &[(SocketAddr, u3
 /// Removes the common leading indentation and surrounding blank lines of an indented literal.
 fn dedent(text: &str) -> String {
     let lines: Vec<&str> = text.lines().collect();
-    let indent = lines
-        .iter()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| l.len() - l.trim_start().len())
-        .min()
-        .unwrap_or(0);
-    let body: Vec<&str> = lines
-        .iter()
-        .map(|l| if l.len() >= indent { &l[indent..] } else { l.trim_start() })
-        .collect();
+    let indent =
+        lines.iter().filter(|l| !l.trim().is_empty()).map(|l| l.len() - l.trim_start().len()).min().unwrap_or(0);
+    let body: Vec<&str> = lines.iter().map(|l| if l.len() >= indent { &l[indent..] } else { l.trim_start() }).collect();
     let start = body.iter().position(|l| !l.trim().is_empty()).unwrap_or(body.len());
     let end = body.iter().rposition(|l| !l.trim().is_empty()).map_or(start, |i| i + 1);
     body[start..end].join("\n")

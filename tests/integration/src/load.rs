@@ -93,9 +93,8 @@ where
     let make = Arc::new(make);
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
-    let tasks: Vec<_> = (0..workers)
-        .map(|_| tokio::spawn(worker(addr, limit, start, next.clone(), make.clone())))
-        .collect();
+    let tasks: Vec<_> =
+        (0..workers).map(|_| tokio::spawn(worker(addr, limit, start, next.clone(), make.clone()))).collect();
     let mut report = LoadReport::default();
     for task in tasks {
         report.merge(task.await.expect("load worker panicked"));
@@ -104,13 +103,7 @@ where
     report
 }
 
-async fn worker<F>(
-    addr: SocketAddr,
-    limit: Limit,
-    start: Instant,
-    next: Arc<AtomicUsize>,
-    make: Arc<F>,
-) -> LoadReport
+async fn worker<F>(addr: SocketAddr, limit: Limit, start: Instant, next: Arc<AtomicUsize>, make: Arc<F>) -> LoadReport
 where
     F: Fn(usize) -> Req + Send + Sync + 'static,
 {

@@ -71,8 +71,7 @@ impl Proxy {
         let outbound = free_addr();
         let admin = free_addr();
         let inbound = cfg.inbound_app.map(|_| free_addr());
-        let upstreams: Vec<(String, SocketAddr)> =
-            cfg.upstreams.iter().map(|s| (s.clone(), free_addr())).collect();
+        let upstreams: Vec<(String, SocketAddr)> = cfg.upstreams.iter().map(|s| (s.clone(), free_addr())).collect();
         let proxy_doc = proxy_document(cfg, outbound, admin, inbound, &upstreams);
         write_atomically(&config_path, &format!("{proxy_doc}{}", cfg.policy));
         let child = Command::new(crate::bin("weft-proxy"))
@@ -185,11 +184,8 @@ impl Proxy {
     }
 
     fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("run kill");
+        let status =
+            Command::new("kill").arg(format!("-{name}")).arg(self.child.id().to_string()).status().expect("run kill");
         assert!(status.success(), "kill -{name} {} failed", self.child.id());
     }
 

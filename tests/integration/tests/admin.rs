@@ -36,7 +36,11 @@ async fn metrics_match_the_traffic_sent() {
     let metrics = eventually("request counters to match the traffic", Duration::from_secs(10), || async {
         let metrics = proxy.metrics().await;
         let outbound = |code| {
-            metric_sum(&metrics, "weft_requests_total", &[("direction", "outbound"), ("service", "api"), ("code", code)])
+            metric_sum(
+                &metrics,
+                "weft_requests_total",
+                &[("direction", "outbound"), ("service", "api"), ("code", code)],
+            )
         };
         let inbound = metric_sum(&metrics, "weft_requests_total", &[("direction", "inbound")]);
         (outbound("200") == 37.0 && outbound("500") == 5.0 && inbound == 3.0).then_some(metrics)
@@ -65,11 +69,9 @@ async fn metrics_match_the_traffic_sent() {
 async fn ready_live_config_and_endpoints() {
     let a = Backend::start("a").await;
     let b = Backend::start("b").await;
-    let proxy = Proxy::start(ProxyConfig {
-        policy: service("payments", "http", &[a.addr(), b.addr()]),
-        ..Default::default()
-    })
-    .await;
+    let proxy =
+        Proxy::start(ProxyConfig { policy: service("payments", "http", &[a.addr(), b.addr()]), ..Default::default() })
+            .await;
 
     assert_eq!(proxy.admin_get("/ready").await.status, 200);
     assert_eq!(proxy.admin_get("/live").await.status, 200);
@@ -155,7 +157,8 @@ async fn log_level_can_be_changed_at_runtime() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_needs_post() {
     let api = Backend::start("api").await;
-    let mut proxy = Proxy::start(ProxyConfig { policy: service("api", "http", &[api.addr()]), ..Default::default() }).await;
+    let mut proxy =
+        Proxy::start(ProxyConfig { policy: service("api", "http", &[api.addr()]), ..Default::default() }).await;
 
     let resp = proxy.admin_get("/shutdown").await;
     assert!(!(200..300).contains(&resp.status), "GET /shutdown must not shut down: {resp:?}");

@@ -121,7 +121,9 @@ async fn unknown_service_and_unmatched_path_get_404_with_reason() {
         "api",
         "service: api\nrules:\n  - match: {pathPrefix: /v1/}\n    backends: [{service: api, weight: 1}]\n",
     );
-    let proxy = Proxy::start(ProxyConfig { policy: service("api", "http", &[api.addr()]) + &route, ..Default::default() }).await;
+    let proxy =
+        Proxy::start(ProxyConfig { policy: service("api", "http", &[api.addr()]) + &route, ..Default::default() })
+            .await;
 
     for host in ["nosuch", "nosuch.default", "api.otherns", "example.com"] {
         let resp = must(proxy.outbound(), &Req::get("/v1/x").host(host)).await;
@@ -144,7 +146,8 @@ async fn invalid_config_at_start_exits_with_the_problem() {
         "api",
         "service: api\nrules:\n  - match: {pathPrefix: /}\n    backendz: [{service: api, weight: 1}]\n",
     );
-    let mut proxy = Proxy::spawn(&ProxyConfig { policy: service("api", "http", &[api.addr()]) + &route, ..Default::default() });
+    let mut proxy =
+        Proxy::spawn(&ProxyConfig { policy: service("api", "http", &[api.addr()]) + &route, ..Default::default() });
     let status = proxy.wait_exit(Duration::from_secs(20)).await;
     let status = status.expect("a proxy with an invalid config exits instead of serving");
     assert!(!status.success(), "exit status {status} for an invalid config");

@@ -14,7 +14,8 @@ const IO_DEADLINE: Duration = Duration::from_secs(10);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_client_reaches_h2_backend() {
     let api = Backend::start("api").await;
-    let proxy = Proxy::start(ProxyConfig { policy: service("api", "http2", &[api.addr()]), ..Default::default() }).await;
+    let proxy =
+        Proxy::start(ProxyConfig { policy: service("api", "http2", &[api.addr()]), ..Default::default() }).await;
 
     let resp = must(proxy.outbound(), &Req::get("/hello").host("api")).await;
     assert_eq!(resp.status, 200, "{resp:?}");
@@ -90,7 +91,8 @@ fn grpc_call(status: &str) -> Req {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_status_and_trailers_pass_through() {
     let echo = Backend::start("echo").await;
-    let proxy = Proxy::start(ProxyConfig { policy: service("echo", "grpc", &[echo.addr()]), ..Default::default() }).await;
+    let proxy =
+        Proxy::start(ProxyConfig { policy: service("echo", "grpc", &[echo.addr()]), ..Default::default() }).await;
     let conn = H2Conn::connect(proxy.outbound()).await.expect("h2 connect");
 
     let ok = conn.send(&grpc_call("0")).await.expect("grpc call");
@@ -108,9 +110,8 @@ async fn grpc_status_and_trailers_pass_through() {
     // grpc-status 14 is a failure even though the HTTP status was 200.
     eventually("gRPC calls classified in metrics", Duration::from_secs(10), || async {
         let metrics = proxy.metrics().await;
-        let count = |class| {
-            metric_sum(&metrics, "weft_requests_total", &[("service", "echo"), ("classification", class)])
-        };
+        let count =
+            |class| metric_sum(&metrics, "weft_requests_total", &[("service", "echo"), ("classification", class)]);
         (count("success") == 1.0 && count("failure") == 1.0).then_some(())
     })
     .await;

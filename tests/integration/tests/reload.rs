@@ -41,19 +41,15 @@ async fn file_swap_under_load_changes_routes_with_zero_failures() {
     let load = tokio::spawn(run_load(proxy.outbound(), 4, Limit::For(Duration::from_secs(4)), |i| {
         Req::get(&format!("/r/{i}")).host("api")
     }));
-    eventually("load to reach the old backend", Duration::from_secs(10), || async {
-        (old.hits() >= 50).then_some(())
-    })
-    .await;
+    eventually("load to reach the old backend", Duration::from_secs(10), || async { (old.hits() >= 50).then_some(()) })
+        .await;
     proxy.rewrite_config(&policy(&old, &new, "api-v2"));
     eventually("the config version to move on", Duration::from_secs(10), || async {
         (proxy.config_version().await > v0).then_some(())
     })
     .await;
-    eventually("the new route to take traffic", Duration::from_secs(10), || async {
-        (new.hits() > 0).then_some(())
-    })
-    .await;
+    eventually("the new route to take traffic", Duration::from_secs(10), || async { (new.hits() > 0).then_some(()) })
+        .await;
     let report = load.await.unwrap();
 
     assert_eq!(report.failures(), 0, "{}", report.summary());

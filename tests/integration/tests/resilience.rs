@@ -5,9 +5,7 @@ use std::time::{Duration, Instant};
 use weft_integration::client::{must, send};
 use weft_integration::metrics::metric_sum;
 use weft_integration::net::free_addr;
-use weft_integration::{
-    Backend, Limit, Proxy, ProxyConfig, Req, document, eventually, run_load, service,
-};
+use weft_integration::{Backend, Limit, Proxy, ProxyConfig, Req, document, eventually, run_load, service};
 
 fn retry_route(retry: &str) -> String {
     document(
@@ -29,9 +27,7 @@ async fn backend_killed_during_load_fails_no_idempotent_request() {
     let mut b = Backend::start("b").await;
     let c = Backend::start("c").await;
     let policy = service("api", "http", &[a.addr(), b.addr(), c.addr()])
-        + &retry_route(
-            "{attempts: 3, on: [connect-failure, reset, 5xx], backoffBase: 5ms, backoffMax: 50ms}",
-        )
+        + &retry_route("{attempts: 3, on: [connect-failure, reset, 5xx], backoffBase: 5ms, backoffMax: 50ms}")
         + &traffic_policy(
             "connectTimeout: 1s\noutlierDetection: {consecutiveFailures: 2, baseEjection: 1s, maxEjection: 5s, maxEjectionPercent: 50}",
         );
@@ -62,8 +58,12 @@ async fn ejected_endpoint_is_probed_back_after_it_recovers() {
     let mut b = Backend::start("b").await;
     let policy = service("api", "http", &[a.addr(), b.addr()])
         + &retry_route("{attempts: 2, on: [connect-failure], backoffBase: 5ms, backoffMax: 20ms}")
+        // Round-robin keeps sending b its share until it is ejected. (Under the default peak
+        // EWMA, b's first failure doubles its cost and it loses every comparison with a, so its
+        // second consecutive failure only comes once its estimate has faded, seconds later.)
         + &traffic_policy(
-            "outlierDetection: {consecutiveFailures: 2, baseEjection: 500ms, maxEjection: 1s, maxEjectionPercent: 50}",
+            "loadBalancer: round-robin\n\
+             outlierDetection: {consecutiveFailures: 2, baseEjection: 500ms, maxEjection: 1s, maxEjectionPercent: 50}",
         );
     let proxy = Proxy::start(ProxyConfig { policy, ..Default::default() }).await;
 
@@ -179,10 +179,7 @@ async fn retry_budget_caps_retries_when_every_backend_fails() {
 
     let metrics = proxy.metrics().await;
     assert_eq!(metric_sum(&metrics, "weft_retries_total", &[("service", "api")]), retries, "{metrics}");
-    assert!(
-        metric_sum(&metrics, "weft_retry_budget_exhausted_total", &[("service", "api")]) >= 1.0,
-        "{metrics}"
-    );
+    assert!(metric_sum(&metrics, "weft_retry_budget_exhausted_total", &[("service", "api")]) >= 1.0, "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,7 +222,9 @@ async fn route_timeout_returns_504_within_the_deadline() {
         "api",
         "service: api\nrules:\n  - match: {pathPrefix: /}\n    backends: [{service: api, weight: 1}]\n    timeout: 300ms\n",
     );
-    let proxy = Proxy::start(ProxyConfig { policy: service("api", "http", &[api.addr()]) + &route, ..Default::default() }).await;
+    let proxy =
+        Proxy::start(ProxyConfig { policy: service("api", "http", &[api.addr()]) + &route, ..Default::default() })
+            .await;
 
     let resp = must(proxy.outbound(), &Req::get("/delay/20").host("api")).await;
     assert_eq!(resp.status, 200, "a fast request is not cut: {resp:?}");

@@ -1,9 +1,7 @@
 //! Routing: which backend gets a request, by host form, path, method, header, weight and port.
 
 use weft_integration::client::must;
-use weft_integration::{
-    Backend, Limit, Proxy, ProxyConfig, Req, document, run_load, service,
-};
+use weft_integration::{Backend, Limit, Proxy, ProxyConfig, Req, document, run_load, service};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_host_form_reaches_the_named_service() {
@@ -183,11 +181,7 @@ async fn upstream_port_sends_everything_to_its_service() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inbound_forwards_to_the_local_app() {
     let app = Backend::start("app").await;
-    let proxy = Proxy::start(ProxyConfig {
-        inbound_app: Some(app.addr()),
-        ..Default::default()
-    })
-    .await;
+    let proxy = Proxy::start(ProxyConfig { inbound_app: Some(app.addr()), ..Default::default() }).await;
 
     for i in 0..3 {
         let path = format!("/inbound/{i}");
