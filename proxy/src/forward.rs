@@ -124,7 +124,7 @@ async fn prepare(
     let body = if body.is_end_stream() {
         ReqBody::Buffered(None)
     } else if replay {
-        let bytes = body.collect().await.map_err(|_| ProxyError::BadRequest)?.to_bytes();
+        let bytes = Box::pin(body.collect()).await.map_err(|_| ProxyError::BadRequest)?.to_bytes();
         ReqBody::Buffered(Some(bytes))
     } else if max_body > 0 {
         ReqBody::Limited { inner: body, remaining: max_body }

@@ -41,9 +41,17 @@ pub fn reload(state: &ProxyState) -> Result<u64, Diagnostics> {
 pub async fn watch(state: Arc<ProxyState>, mut last: Vec<u8>) {
     let path = state.config_path.clone();
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    let name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        // Only the config file itself, or Kubernetes' `..data` symlink swap, can change it: logs
+        // or other files written next to it must not cost a read per write.
+        let relevant = event.is_ok_and(|e| {
+            e.paths.iter().any(|p| {
+                p.file_name().is_some_and(|f| f == name.as_os_str() || f.as_encoded_bytes().starts_with(b".."))
+            })
+        });
+        if relevant {
             let _ = tx.send(());
         }
     });

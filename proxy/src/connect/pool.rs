@@ -124,7 +124,9 @@ pub async fn checkout(
         if !fresh && let Some(tx) = POOL.with(|p| p.borrow().h2.get(&addr).filter(|tx| !tx.is_closed()).cloned()) {
             return Ok(Conn::Http2 { tx, reused: true });
         }
-        let tx = connect_h2(addr, connect_timeout).await?;
+        // Boxed: the handshake futures are large and rare; inline they would be copied with
+        // every request's future (see `http::server`).
+        let tx = Box::pin(connect_h2(addr, connect_timeout)).await?;
         POOL.with(|p| p.borrow_mut().h2.insert(addr, tx.clone()));
         return Ok(Conn::Http2 { tx, reused: false });
     }
@@ -137,7 +139,7 @@ pub async fn checkout(
             }
         }
     }
-    let tx = connect_h1(addr, connect_timeout).await?;
+    let tx = Box::pin(connect_h1(addr, connect_timeout)).await?;
     Ok(Conn::Http1 { tx, reused: false })
 }
 

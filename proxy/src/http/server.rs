@@ -35,9 +35,11 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, side: Side, state: Arc<P
     let svc_state = state.clone();
     let svc_side = side.clone();
     let service = service_fn(move |req: Request<Incoming>| {
-        let state = svc_state.clone();
-        let side = svc_side.clone();
-        async move { Ok::<_, Infallible>(handle(state, side, peer, req).await) }
+        // Boxed once per request: the request's future holds every layer down to the upstream
+        // send (kilobytes), and hyper moves the future it gets from the service; moving a box
+        // costs a pointer.
+        let fut = Box::pin(handle(svc_state.clone(), svc_side.clone(), peer, req));
+        async move { Ok::<_, Infallible>(fut.await) }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
@@ -64,9 +66,20 @@ async fn handle(state: Arc<ProxyState>, side: Side, peer: SocketAddr, req: Reque
     if !crate::logging::access_log_enabled() {
         return dispatch(&state, &side, peer, req, started).await;
     }
+    // Boxed so the access-log path does not add a second copy of the request future's layout.
+    Box::pin(handle_logged(&state, &side, peer, req, started)).await
+}
+
+async fn handle_logged(
+    state: &ProxyState,
+    side: &Side,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    started: Instant,
+) -> Response<RespBody> {
     let method = req.method().clone();
     let uri = req.uri().clone();
-    let resp = dispatch(&state, &side, peer, req, started).await;
+    let resp = dispatch(state, side, peer, req, started).await;
     tracing::info!(
         target: "access",
         direction = side.direction(),

@@ -30,7 +30,7 @@ pub async fn handle(
     };
     req.headers_mut().remove(CLIENT_ID_HEADER);
     if forward::is_upgrade(&req) {
-        return forward::forward_upgrade(rule, req, started).await;
+        return Box::pin(forward::forward_upgrade(rule, req, started)).await;
     }
     forward::forward(rule, req, started, max_body).await
 }

@@ -36,7 +36,8 @@ pub async fn handle(
         (rule.clone(), snap.proxy.http.max_body_bytes)
     };
     if forward::is_upgrade(&req) {
-        return forward::forward_upgrade(rule, req, started).await;
+        // Boxed: rare, and its future would otherwise enlarge every request's.
+        return Box::pin(forward::forward_upgrade(rule, req, started)).await;
     }
     forward::forward(rule, req, started, max_body).await
 }
