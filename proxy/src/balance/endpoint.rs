@@ -71,6 +71,16 @@ impl Endpoint {
                 State::Ejected { until } => Some((until - now).div_ceil(1_000_000)),
                 _ => None,
             },
+            ejected_until: match state {
+                State::Ejected { until } => {
+                    let left = Duration::from_nanos(until - now);
+                    std::time::SystemTime::now()
+                        .checked_add(left)
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map(|d| d.as_millis() as u64)
+                }
+                _ => None,
+            },
             ewma_ms: self.latency.estimate() / 1e6,
             in_flight: self.in_flight(),
             consecutive_failures: self.health.consecutive_failures(),
@@ -108,6 +118,7 @@ impl Drop for InFlight {
 
 /// What the admin `/endpoints` page shows for one endpoint.
 #[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct EndpointStatus {
     pub address: String,
     pub weight: u32,
@@ -115,6 +126,8 @@ pub struct EndpointStatus {
     pub state: &'static str,
     /// Remaining ejection time, while ejected.
     pub ejected_for_ms: Option<u64>,
+    /// When the ejection ends, in Unix milliseconds (wall clock), while ejected.
+    pub ejected_until: Option<u64>,
     /// Peak-EWMA latency estimate as of the last answer (30 ms until the first).
     pub ewma_ms: f64,
     pub in_flight: u32,
@@ -167,6 +180,9 @@ mod tests {
         assert_eq!((s.state, s.ejected_for_ms), ("ejected", Some(1_500)));
         assert_eq!(e.status(now + 2_000_000_000).state, "probing");
         let json = serde_json::to_value(e.status(now)).unwrap();
-        assert_eq!(json["ejected_for_ms"], 1_500);
+        assert_eq!(json["ejectedForMs"], 1_500);
+        let until = json["ejectedUntil"].as_u64().expect("ejectedUntil while ejected");
+        let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        assert!(until > wall && until <= wall + 1_600, "{until} vs now {wall}");
     }
 }

@@ -5,9 +5,9 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, Scheme, Uri};
 use http::{Method, Request, Version};
 
-/// Headers that describe one connection (RFC 9110 §7.6.1) and must not be forwarded.
-const HOP_BY_HOP: [HeaderName; 5] = [
-    header::CONNECTION,
+/// Headers that describe one connection (RFC 9110 §7.6.1) and must not be forwarded, besides
+/// `Connection` itself and the headers it names.
+const HOP_BY_HOP: [HeaderName; 4] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
     HeaderName::from_static("keep-alive"),
@@ -16,27 +16,30 @@ const HOP_BY_HOP: [HeaderName; 5] = [
 
 /// Removes hop-by-hop headers (and any named in `Connection`). `TE: trailers` is kept because
 /// gRPC needs it end to end. Returns whether the request asked for a protocol upgrade.
+///
+/// Runs on every request, so it allocates nothing and hashes only what is present: one scan
+/// of the (few) headers decides whether anything needs removing at all.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
     let mut upgrade = false;
-    if let Some(conn) = headers.get(header::CONNECTION) {
-        // Rare path: only requests that carry a Connection header pay for parsing it.
-        let listed: Vec<HeaderName> = conn
-            .to_str()
-            .unwrap_or("")
-            .split(',')
-            .filter_map(|t| {
-                let t = t.trim();
-                if t.eq_ignore_ascii_case("upgrade") {
-                    upgrade = true;
-                }
-                HeaderName::from_bytes(t.as_bytes()).ok()
-            })
-            .collect();
-        for name in listed {
-            if name != header::TE {
-                headers.remove(&name);
+    if let Some(conn) = headers.remove(header::CONNECTION) {
+        for token in conn.as_bytes().split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            if token.eq_ignore_ascii_case(b"upgrade") {
+                upgrade = true;
+            }
+            // `close` and `keep-alive` are the usual values; neither names a header left to remove.
+            let usual = token.is_empty()
+                || token.eq_ignore_ascii_case(b"close")
+                || token.eq_ignore_ascii_case(b"keep-alive")
+                || token.eq_ignore_ascii_case(b"te");
+            if !usual && let Ok(name) = HeaderName::from_bytes(token) {
+                headers.remove(name);
             }
         }
+    }
+    let present = headers.keys().any(|name| HOP_BY_HOP.contains(name) || name == header::TE);
+    if !present {
+        return upgrade;
     }
     for name in &HOP_BY_HOP {
         headers.remove(name);
@@ -131,6 +134,30 @@ mod tests {
         assert!(h.get(header::CONNECTION).is_none());
         assert_eq!(h.get(header::TE).unwrap(), "trailers");
         assert_eq!(h.get("x-kept").unwrap(), "1");
+    }
+
+    #[test]
+    fn te_other_than_trailers_and_bare_hop_headers_go_without_a_connection_header() {
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, HeaderValue::from_static("gzip"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        assert!(!strip_hop_by_hop(&mut h));
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h.get("x-kept").unwrap(), "1");
+    }
+
+    #[test]
+    fn ordinary_headers_are_left_alone() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("payments"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        let mut expected = h.clone();
+        expected.remove(header::CONNECTION);
+        assert!(!strip_hop_by_hop(&mut h));
+        assert_eq!(h, expected);
     }
 
     #[test]
