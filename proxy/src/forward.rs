@@ -2,7 +2,7 @@
 //! load balancing, outlier reporting, retries within the budget, and the route timeout.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header;
@@ -63,12 +63,16 @@ pub async fn forward(rule: Arc<Rule>, req: Request<Incoming>, started: Instant, 
             "rejected: too many requests in flight to the service; raise limits.maxConcurrentRequests or add capacity");
         return finish_error(&rule, ProxyError::ConcurrencyLimit, started);
     };
+    // Boxed: the tries' state (request, replay copy, connection checkout, send) is a few KiB,
+    // and every async layer above would otherwise copy all of it when it is created and again
+    // when hyper stores it. One allocation here keeps the layers above small.
+    let inner = Box::pin(forward_inner(&rule, &cluster, req, max_body));
     let result = match rule.timeout {
-        Some(t) => match tokio::time::timeout(t, forward_inner(&rule, &cluster, req, max_body)).await {
+        Some(t) => match tokio::time::timeout(t, inner).await {
             Ok(r) => r,
             Err(_) => Err(ProxyError::Timeout),
         },
-        None => forward_inner(&rule, &cluster, req, max_body).await,
+        None => inner.await,
     };
     match result {
         Ok((resp, pooled)) => {
@@ -209,7 +213,13 @@ async fn forward_inner(
         tries += 1;
         let endpoint = &cluster.set.endpoints()[idx];
         let guard = endpoint.start();
-        let outcome = try_endpoint(cluster, endpoint.addr, req, rule.retry.per_try_timeout).await;
+        let outcome = match rule.retry.per_try_timeout {
+            None => try_endpoint(cluster, endpoint.addr, req).await,
+            // Boxed: only routes with a per-try timeout pay for the timer's larger future.
+            Some(t) => Box::pin(tokio::time::timeout(t, try_endpoint(cluster, endpoint.addr, req)))
+                .await
+                .unwrap_or(Err(TryFailure::Timeout)),
+        };
         let mut limit = max_retries;
         let retry_reason = match outcome {
             Ok((resp, pooled)) => {
@@ -314,20 +324,6 @@ async fn backoff(rule: &Rule, retries: u32) {
 /// written (the keep-alive race) is replaced by a fresh one at once: nothing was sent, so this
 /// is safe for any method and is not counted as a retry.
 async fn try_endpoint(
-    cluster: &Cluster,
-    addr: std::net::SocketAddr,
-    req: Request<ReqBody>,
-    per_try: Option<Duration>,
-) -> Result<(Response<Incoming>, Option<Pooled>), TryFailure> {
-    match per_try {
-        Some(t) => {
-            tokio::time::timeout(t, try_endpoint_inner(cluster, addr, req)).await.unwrap_or(Err(TryFailure::Timeout))
-        }
-        None => try_endpoint_inner(cluster, addr, req).await,
-    }
-}
-
-async fn try_endpoint_inner(
     cluster: &Cluster,
     addr: std::net::SocketAddr,
     req: Request<ReqBody>,

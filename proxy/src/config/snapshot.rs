@@ -184,7 +184,19 @@ impl Snapshot {
 
     /// A service by `name.namespace` or (in the proxy's namespace) by bare name.
     pub fn service(&self, reference: &str, proxy_ns: &str) -> Option<&Arc<ServiceRoutes>> {
-        self.services.get(resolve_ref(reference, proxy_ns).as_str())
+        if reference.contains('.') {
+            return self.services.get(reference);
+        }
+        // `name.namespace` on the stack: upstream ports look their service up per request.
+        let mut buf = [0u8; 256];
+        let len = reference.len() + 1 + proxy_ns.len();
+        if len > buf.len() {
+            return self.services.get(key(reference, proxy_ns).as_str());
+        }
+        buf[..reference.len()].copy_from_slice(reference.as_bytes());
+        buf[reference.len()] = b'.';
+        buf[reference.len() + 1..len].copy_from_slice(proxy_ns.as_bytes());
+        self.services.get(std::str::from_utf8(&buf[..len]).ok()?)
     }
 
     pub fn proxy_namespace(&self) -> &str {
@@ -386,6 +398,15 @@ spec:
         assert_eq!(snap.lookup_host("ledger").map(|s| s.key.as_ref()), Some("ledger.finance"));
         assert!(snap.lookup_host("nope").is_none());
         assert_eq!(snap.clusters["payments-v2.shop"].protocol, Protocol::Grpc);
+    }
+
+    #[test]
+    fn services_resolve_by_name_in_the_proxy_namespace_or_by_full_name() {
+        let snap = build(BASE, None).unwrap();
+        assert_eq!(&*snap.service("payments", "shop").unwrap().key, "payments.shop");
+        assert_eq!(&*snap.service("payments.shop", "other").unwrap().key, "payments.shop");
+        assert!(snap.service("payments", "other").is_none());
+        assert!(snap.service(&"x".repeat(300), "shop").is_none(), "long names take the allocating path");
     }
 
     #[test]

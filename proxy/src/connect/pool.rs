@@ -7,6 +7,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -69,10 +70,55 @@ struct IdleH1 {
     expires: Instant,
 }
 
+/// The pool is keyed by endpoint address, looked up twice per request (checkout and return).
+/// Its keys come from the config, never from clients, so a keyed (DoS-resistant) hash buys
+/// nothing here; a folded multiply per word costs a few instructions instead of SipHash's rounds.
+#[derive(Default)]
+struct AddrHasher(u64);
+
+impl Hasher for AddrHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        // Folded multiply: the high half of the 128-bit product mixes every input bit into
+        // the low half, so words differing in any bits do not cancel out.
+        let product = u128::from(self.0 ^ n) * 0x9e37_79b9_7f4a_7c15_u128;
+        self.0 = (product as u64) ^ ((product >> 64) as u64);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type AddrMap<V> = HashMap<SocketAddr, V, BuildHasherDefault<AddrHasher>>;
+
 #[derive(Default)]
 struct Pool {
-    h1: HashMap<SocketAddr, Vec<IdleH1>>,
-    h2: HashMap<SocketAddr, http2::SendRequest<ReqBody>>,
+    h1: AddrMap<Vec<IdleH1>>,
+    h2: AddrMap<http2::SendRequest<ReqBody>>,
 }
 
 impl Pool {
@@ -172,4 +218,31 @@ async fn connect_h2(addr: SocketAddr, timeout: Duration) -> Result<http2::SendRe
         }
     });
     Ok(tx)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::hash::BuildHasher;
+
+    use super::*;
+
+    #[test]
+    fn addresses_that_differ_in_ip_or_port_hash_apart() {
+        let build = BuildHasherDefault::<AddrHasher>::default();
+        let mut seen = HashSet::new();
+        for ip in 0..32u8 {
+            for port in [80u16, 8080, 8081, 9001] {
+                let v4 = SocketAddr::from(([10, 0, 0, ip], port));
+                let v6 = SocketAddr::from(([0xfd00, 0, 0, 0, 0, 0, 0, u16::from(ip)], port));
+                assert!(seen.insert(build.hash_one(v4)), "collision for {v4}");
+                assert!(seen.insert(build.hash_one(v6)), "collision for {v6}");
+            }
+        }
+        let mut map: AddrMap<u32> = AddrMap::default();
+        map.insert(SocketAddr::from(([127, 0, 0, 1], 1)), 1);
+        map.insert(SocketAddr::from(([127, 0, 0, 1], 2)), 2);
+        assert_eq!(map.get(&SocketAddr::from(([127, 0, 0, 1], 2))), Some(&2));
+        assert_eq!(map.get(&SocketAddr::from(([127, 0, 0, 2], 1))), None);
+    }
 }

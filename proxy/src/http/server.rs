@@ -35,10 +35,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, side: Side, state: Arc<P
     let svc_state = state.clone();
     let svc_side = side.clone();
     let service = service_fn(move |req: Request<Incoming>| {
-        // Boxed once per request: the request's future holds every layer down to the upstream
-        // send (kilobytes), and hyper moves the future it gets from the service; moving a box
-        // costs a pointer.
-        let fut = Box::pin(handle(svc_state.clone(), svc_side.clone(), peer, req));
+        let fut = handle(svc_state.clone(), svc_side.clone(), peer, req);
         async move { Ok::<_, Infallible>(fut.await) }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
