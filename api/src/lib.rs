@@ -8,11 +8,13 @@ pub mod decode;
 pub mod diagnostic;
 pub mod duration;
 pub mod policy;
+pub mod spiffe;
 pub mod validate;
 pub mod yaml;
 
 pub use diagnostic::{Diagnostic, Diagnostics};
 pub use policy::*;
+pub use spiffe::{SpiffeId, SpiffeIdError};
 
 /// Parses and validates every document in `text` (one file). `file` is only used in diagnostics.
 pub fn parse_file(file: &str, text: &str) -> Result<Vec<Document>, Diagnostics> {

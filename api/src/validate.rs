@@ -110,15 +110,9 @@ pub(crate) fn check_trust_domain(s: &str) -> Result<(), String> {
     }
 }
 
-/// `spiffe://<trust-domain>/<path>`, as the mesh CA issues them.
+/// `spiffe://<trust-domain>/ns/<namespace>/sa/<account>`, the only shape the mesh CA issues.
 pub(crate) fn check_spiffe_id(s: &str) -> Result<(), String> {
-    let shape = || format!("invalid SPIFFE id {s:?}; write spiffe://<trust-domain>/ns/<namespace>/sa/<account>");
-    let rest = s.strip_prefix("spiffe://").ok_or_else(shape)?;
-    let (domain, path) = rest.split_once('/').ok_or_else(shape)?;
-    if path.is_empty() || check_trust_domain(domain).is_err() {
-        return Err(shape());
-    }
-    Ok(())
+    crate::SpiffeId::parse(s).map(drop).map_err(|e| e.to_string())
 }
 
 pub(crate) fn check_url(s: &str) -> Result<(), String> {

@@ -1,5 +1,6 @@
 //! weft-control: the control plane (registry, policy, discovery, CA) and the `weft` CLI.
 #![forbid(unsafe_code)]
 
+pub mod ca;
 pub mod check;
 pub mod demo;

@@ -6,6 +6,7 @@ const USAGE: &str = "\
 Usage: weft COMMAND [ARGS...]
 
 Commands:
+  ca init|issue   make a root CA, or issue a certificate by hand
   check PATH...   validate policy files or folders; every problem as FILE:LINE: field.path: message
   demo            a local mesh on loopback: demo services behind a sidecar, load, a failure absorbed
   proxy ARGS...   run the sidecar proxy (the same as `weft-proxy ARGS...`)
@@ -16,6 +17,7 @@ Run `weft COMMAND --help` for a command's options.
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let status = match args.first().map(String::as_str) {
+        Some("ca") => weft_control::ca::cli::run(&args[1..]),
         Some("check") => weft_control::check::run(&args[1..]),
         Some("demo") => weft_control::demo::run(&args[1..]),
         Some("proxy") => return proxy(&args[1..]),

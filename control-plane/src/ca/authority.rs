@@ -1,0 +1,185 @@
+//! The CA's own certificate and key: made by `weft ca init`, or an operator's root or
+//! intermediate loaded from a folder, and the leaf certificates it signs for SPIFFE ids.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
+};
+use time::OffsetDateTime;
+use weft_api::SpiffeId;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use super::CaError;
+
+/// File names inside a CA folder (DESIGN.md "Command-line contracts").
+pub const CA_CERT_FILE: &str = "ca.pem";
+pub const CA_KEY_FILE: &str = "ca-key.pem";
+
+/// Lifetime of a root made by `weft ca init`.
+const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// Leaves start this far in the past, so a peer whose clock is a little behind accepts them.
+const CLOCK_SKEW: Duration = Duration::from_secs(60);
+
+/// A loaded CA: it signs leaves, and knows the chain and trust bundle that go with them.
+pub struct Authority {
+    signer: rcgen::Issuer<'static, KeyPair>,
+    /// PEM of the certificates between a leaf and the root (empty when the CA is the root).
+    intermediates_pem: String,
+    /// PEM of the roots that peers must trust.
+    bundle_pem: String,
+    not_after: SystemTime,
+}
+
+/// A signed leaf: the chain to hand to its owner, and when it stops being valid.
+pub struct Issued {
+    /// The leaf first, then any intermediates.
+    pub chain_pem: String,
+    pub not_after: SystemTime,
+}
+
+impl Authority {
+    /// A new self-signed root for `trust_domain`, returned with its certificate and key as PEM.
+    pub fn generate_root(trust_domain: &str) -> Result<(String, String), CaError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "Weft");
+        dn.push(DnType::CommonName, format!("Weft root CA ({trust_domain})"));
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let now = SystemTime::now();
+        params.not_before = to_offset(now - CLOCK_SKEW);
+        params.not_after = to_offset(now + ROOT_LIFETIME);
+        params.serial_number = Some(random_serial()?);
+        let cert = params.self_signed(&key)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
+    /// Loads `DIR/ca.pem` (the CA certificate first, then its issuers up to the root) and
+    /// `DIR/ca-key.pem` (the CA's PKCS#8 key).
+    pub fn load(dir: &Path) -> Result<Authority, CaError> {
+        let cert_path = dir.join(CA_CERT_FILE);
+        let key_path = dir.join(CA_KEY_FILE);
+        let hint = " (make one with `weft ca init --out DIR`)";
+        let cert_text = read(&cert_path, hint)?;
+        let key_text = read(&key_path, hint)?;
+        Authority::from_pem(&cert_text, &cert_path.display().to_string(), &key_text, &key_path.display().to_string())
+    }
+
+    /// Like [`Authority::load`], from PEM text; `cert_what`/`key_what` name the sources in errors.
+    pub fn from_pem(cert_text: &str, cert_what: &str, key_text: &str, key_what: &str) -> Result<Authority, CaError> {
+        let blocks = pem_certificates(cert_text, cert_what)?;
+        let key = KeyPair::from_pem(key_text)
+            .map_err(|e| CaError::Key { what: key_what.to_string(), reason: e.to_string() })?;
+        let first = &blocks[0];
+        let (_, cert) = X509Certificate::from_der(first)
+            .map_err(|e| CaError::Pem { what: cert_what.to_string(), reason: e.to_string() })?;
+        let not_a_ca = |reason: &str| CaError::NotACa { what: cert_what.to_string(), reason: reason.to_string() };
+        if !cert.is_ca() {
+            return Err(not_a_ca("its basic constraints do not say CA:TRUE"));
+        }
+        if let Ok(Some(ku)) = cert.key_usage()
+            && !ku.value.key_cert_sign()
+        {
+            return Err(not_a_ca("its key usage does not allow signing certificates (keyCertSign)"));
+        }
+        if cert.public_key().raw != key.subject_public_key_info().as_slice() {
+            return Err(CaError::KeyMismatch { what: cert_what.to_string() });
+        }
+        let not_after =
+            SystemTime::UNIX_EPOCH + Duration::from_secs(cert.validity().not_after.timestamp().max(0) as u64);
+        if not_after <= SystemTime::now() {
+            return Err(CaError::CaExpired { not_after: cert.validity().not_after.to_string() });
+        }
+        let first_pem = pem_block(first);
+        let signer = rcgen::Issuer::from_ca_cert_pem(&first_pem, key)?;
+        // The last certificate is the root peers trust; anything between it and the CA
+        // certificate travels with each leaf.
+        let bundle_pem = pem_block(blocks.last().expect("at least one certificate"));
+        let intermediates_pem = if blocks.len() > 1 {
+            blocks[..blocks.len() - 1].iter().map(|b| pem_block(b)).collect()
+        } else {
+            String::new()
+        };
+        Ok(Authority { signer, intermediates_pem, bundle_pem, not_after })
+    }
+
+    /// The PEM roots a peer needs to verify what this CA signs.
+    pub fn bundle_pem(&self) -> &str {
+        &self.bundle_pem
+    }
+
+    /// Signs a leaf for `id` over `public_key`, valid for `ttl` (cut at the CA's own expiry).
+    /// The leaf carries only the URI SAN and may serve as client and server of mutual TLS.
+    pub fn sign(&self, id: &SpiffeId, public_key: &impl PublicKeyData, ttl: Duration) -> Result<Issued, CaError> {
+        if ttl.is_zero() {
+            return Err(CaError::ZeroTtl);
+        }
+        let now = SystemTime::now();
+        self.sign_with_validity(id, public_key, now - CLOCK_SKEW, (now + ttl).min(self.not_after))
+    }
+
+    /// Signs a leaf whose validity is given outright (tests use it to make expired ones).
+    pub fn sign_with_validity(
+        &self,
+        id: &SpiffeId,
+        public_key: &impl PublicKeyData,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<Issued, CaError> {
+        let mut params = CertificateParams::default();
+        // The identity is the URI SAN alone (no subject name to be confused with it).
+        params.distinguished_name = DistinguishedName::new();
+        let uri = id.to_string().try_into().map_err(|_| CaError::BadCsr { reason: format!("{id} is not ASCII") })?;
+        params.subject_alt_names = vec![SanType::URI(uri)];
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.not_before = to_offset(not_before);
+        params.not_after = to_offset(not_after);
+        params.serial_number = Some(random_serial()?);
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(public_key, &self.signer)?;
+        Ok(Issued { chain_pem: format!("{}{}", cert.pem(), self.intermediates_pem), not_after })
+    }
+}
+
+fn read(path: &Path, hint: &'static str) -> Result<String, CaError> {
+    std::fs::read_to_string(path).map_err(|source| CaError::Read { path: PathBuf::from(path), source, hint })
+}
+
+/// The DER of every CERTIFICATE block in `text`, in order; an error when there is none.
+pub fn pem_certificates(text: &str, what: &str) -> Result<Vec<Vec<u8>>, CaError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let certs = CertificateDer::pem_slice_iter(text.as_bytes())
+        .map(|c| c.map(|c| c.to_vec()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CaError::Pem { what: what.to_string(), reason: e.to_string() })?;
+    if certs.is_empty() {
+        return Err(CaError::NoCertificate { what: what.to_string() });
+    }
+    Ok(certs)
+}
+
+/// One certificate as a PEM block.
+pub fn pem_block(der: &[u8]) -> String {
+    pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()))
+}
+
+fn to_offset(t: SystemTime) -> OffsetDateTime {
+    OffsetDateTime::from(t)
+}
+
+/// 16 random bytes with the top bit clear (a positive serial, RFC 5280 §4.1.2.2).
+fn random_serial() -> Result<SerialNumber, CaError> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 16];
+    ring::rand::SystemRandom::new().fill(&mut bytes).map_err(|_| CaError::Random)?;
+    bytes[0] &= 0x7f;
+    Ok(SerialNumber::from_slice(&bytes))
+}

@@ -1,0 +1,88 @@
+//! `POST /v1/certificates`: the CSR-signing route that `weft serve` mounts (see
+//! docs/certificates.md for the exchange).
+
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use serde::{Deserialize, Serialize};
+
+use super::{CaError, Issuer};
+
+pub const CERTIFICATES_PATH: &str = "/v1/certificates";
+/// A CSR is well under 2 KiB; anything this large is not one.
+const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+#[derive(Deserialize)]
+struct CsrRequest {
+    /// PEM `CERTIFICATE REQUEST`.
+    csr: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CsrResponse<'a> {
+    /// The leaf first, then any intermediates.
+    certificate: &'a str,
+    /// The roots to trust for peers.
+    bundle: &'a str,
+    /// Unix seconds.
+    not_after: u64,
+}
+
+/// Answers one `POST /v1/certificates`. The join token comes as `Authorization: Bearer <token>`.
+pub async fn handle<B>(issuer: &Issuer, req: Request<B>) -> Response<Full<Bytes>>
+where
+    B: http_body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if req.method() != http::Method::POST {
+        return error(StatusCode::METHOD_NOT_ALLOWED, "use POST with a JSON body {\"csr\": \"<PEM>\"}");
+    }
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
+    let Some(token) = token else {
+        return error(StatusCode::UNAUTHORIZED, "send the join token as `Authorization: Bearer <token>`");
+    };
+    let body = match Limited::new(req.into_body(), MAX_REQUEST_BYTES).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("cannot read the request body: {e}")),
+    };
+    let request: CsrRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("the body must be {{\"csr\": \"<PEM>\"}}: {e}")),
+    };
+    match issuer.sign_csr(&token, &request.csr) {
+        Ok(issued) => {
+            let not_after =
+                issued.not_after.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
+            let body = CsrResponse { certificate: &issued.chain_pem, bundle: issuer.bundle_pem(), not_after };
+            json(StatusCode::OK, serde_json::to_vec(&body).unwrap_or_default())
+        }
+        Err(e) => {
+            let status = match e {
+                CaError::UnknownToken => StatusCode::UNAUTHORIZED,
+                CaError::CsrIdentityMismatch { .. } => StatusCode::FORBIDDEN,
+                CaError::BadCsr { .. } => StatusCode::BAD_REQUEST,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            error(status, &e.to_string())
+        }
+    }
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    json(status, serde_json::to_vec(&serde_json::json!({ "error": message })).unwrap_or_default())
+}
+
+fn json(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
