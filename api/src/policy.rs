@@ -367,7 +367,11 @@ pub enum AuthzAction {
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct AuthzRule {
-    /// SPIFFE ids allowed; empty means any authenticated caller.
+    /// What a matching call gets; `allow` when omitted. The first matching rule decides, and a
+    /// call no rule matches gets the policy's `default`.
+    pub action: AuthzAction,
+    /// Caller SPIFFE ids. Empty means, in an allow rule, any caller with a verified identity;
+    /// in a deny rule, any caller at all (plaintext ones too).
     pub from: Vec<String>,
     /// Path prefixes; empty means any path.
     pub paths: Vec<String>,

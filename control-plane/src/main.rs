@@ -15,6 +15,7 @@ Run `weft COMMAND --help` for a command's options.
 ";
 
 fn main() -> ExitCode {
+    weft_proxy::tls::install_default_provider();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let status = match args.first().map(String::as_str) {
         Some("ca") => weft_control::ca::cli::run(&args[1..]),

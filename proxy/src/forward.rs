@@ -213,10 +213,11 @@ async fn forward_inner(
         tries += 1;
         let endpoint = &cluster.set.endpoints()[idx];
         let guard = endpoint.start();
+        let identity = endpoint.identity.as_ref();
         let outcome = match rule.retry.per_try_timeout {
-            None => try_endpoint(cluster, endpoint.addr, req).await,
+            None => try_endpoint(cluster, endpoint.addr, identity, req).await,
             // Boxed: only routes with a per-try timeout pay for the timer's larger future.
-            Some(t) => Box::pin(tokio::time::timeout(t, try_endpoint(cluster, endpoint.addr, req)))
+            Some(t) => Box::pin(tokio::time::timeout(t, try_endpoint(cluster, endpoint.addr, identity, req)))
                 .await
                 .unwrap_or(Err(TryFailure::Timeout)),
         };
@@ -243,7 +244,10 @@ async fn forward_inner(
             Err(TryFailure::Connect(req, e)) => {
                 tracing::warn!(service = %cluster.name, endpoint = %endpoint.addr, error = %e, "connect failed; trying another endpoint");
                 report_failure(cluster, idx, guard);
-                last_error = ProxyError::ConnectFailed;
+                last_error = match e {
+                    connect::ConnectError::Tls { .. } => ProxyError::TlsFailed,
+                    _ => ProxyError::ConnectFailed,
+                };
                 pending = Some(req);
                 // Nothing was sent, so any method may go to another endpoint.
                 limit = max_retries.max(CONNECT_RETRIES);
@@ -323,9 +327,11 @@ async fn backoff(rule: &Rule, retries: u32) {
 /// One try on one endpoint. A reused HTTP/1.1 connection that closed before the request was
 /// written (the keep-alive race) is replaced by a fresh one at once: nothing was sent, so this
 /// is safe for any method and is not counted as a retry.
+/// `identity` set means a meshed peer proxy: mTLS + HTTP/2 whatever the service's protocol.
 async fn try_endpoint(
     cluster: &Cluster,
     addr: std::net::SocketAddr,
+    identity: Option<&Arc<str>>,
     req: Request<ReqBody>,
 ) -> Result<(Response<Incoming>, Option<Pooled>), TryFailure> {
     let h2 = cluster.protocol.is_h2();
@@ -336,7 +342,12 @@ async fn try_endpoint(
         let Some(pending) = cluster.shared.pending.try_acquire() else {
             return Err(TryFailure::PendingLimit);
         };
-        let conn = connect::checkout(addr, h2, connect_timeout, fresh).await;
+        let conn = match identity {
+            Some(id) => crate::tls::connect::checkout(addr, id, connect_timeout, fresh)
+                .await
+                .map(|(tx, reused)| Conn::Http2 { tx, reused }),
+            None => connect::checkout(addr, h2, connect_timeout, fresh).await,
+        };
         drop(pending);
         let conn = match conn {
             Ok(c) => c,
@@ -352,7 +363,7 @@ async fn try_endpoint(
                 }
                 Err(e) => e,
             },
-            Conn::Http2 { mut tx, .. } => match tx.try_send_request(req).await {
+            Conn::Http2 { mut tx, .. } => match tx.try_send_request(as_http2(req, cluster)).await {
                 Ok(resp) => return Ok((resp, None)),
                 Err(e) => e,
             },
@@ -371,6 +382,14 @@ async fn try_endpoint(
             None => return Err(TryFailure::Reset(err.into_error())),
         }
     }
+}
+
+/// HTTP/1 requests to a meshed peer travel as HTTP/2; the peer's proxy restores HTTP/1.
+fn as_http2(mut req: Request<ReqBody>, cluster: &Cluster) -> Request<ReqBody> {
+    if req.version() != Version::HTTP_2 {
+        headers::to_http2(&mut req, &cluster.authority);
+    }
+    req
 }
 
 fn report_failure(cluster: &Cluster, idx: usize, guard: InFlight) {

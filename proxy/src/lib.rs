@@ -22,3 +22,4 @@ pub mod runtime;
 pub mod state;
 pub mod target;
 pub mod tcp;
+pub mod tls;

@@ -19,6 +19,7 @@ USAGE:
 ";
 
 fn main() -> ExitCode {
+    weft_proxy::tls::install_default_provider();
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("await") => return await_cmd::run(&args[1..]),

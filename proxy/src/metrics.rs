@@ -23,6 +23,10 @@ pub struct Metrics {
     pub config_reload_errors: IntCounter,
     pub cert_expiry: IntGauge,
     pub protocol_errors: IntCounterVec,
+    /// Inbound connections by `transport` (`mtls` or `plaintext`), so permissive mode shows
+    /// who still calls without TLS.
+    pub inbound_connections: IntCounterVec,
+    pub authz_decisions: IntCounterVec,
 }
 
 /// Buckets from 100 µs to 30 s: a sidecar hop is sub-millisecond, a slow backend is seconds.
@@ -88,6 +92,18 @@ impl Metrics {
             "Client connections closed for a protocol violation (malformed HTTP, header timeout).",
             &["direction"],
         );
+        let inbound_connections = counter_vec(
+            &registry,
+            "weft_inbound_connections_total",
+            "Inbound connections accepted, by transport (mtls or plaintext).",
+            &["transport"],
+        );
+        let authz_decisions = counter_vec(
+            &registry,
+            "weft_authz_decisions_total",
+            "AuthorizationPolicy decisions on inbound calls, by service and decision (allow or deny).",
+            &["service", "decision"],
+        );
         let config_version =
             IntGauge::new("weft_config_version", "Version of the applied configuration.").expect("valid metric");
         registry.register(Box::new(config_version.clone())).expect("metric registered once");
@@ -124,6 +140,8 @@ impl Metrics {
             config_reload_errors,
             cert_expiry,
             protocol_errors,
+            inbound_connections,
+            authz_decisions,
         }
     }
 

@@ -18,6 +18,7 @@ const DRAIN_QUIET: Duration = Duration::from_millis(500);
 
 /// Runs the proxy from `config_path` until it is told to stop. Returns the process exit code.
 pub fn run(config_path: PathBuf, workers_override: Option<usize>) -> i32 {
+    crate::tls::install_default_provider();
     let (snapshot, bytes) = match config::load(&config_path, 1, None) {
         Ok(pair) => pair,
         Err(diags) => {
@@ -98,6 +99,7 @@ fn spawn_workers(workers: usize, mut bound: Vec<Bound>, state: &Arc<ProxyState>)
                     loop {
                         tick.tick().await;
                         crate::connect::sweep_idle();
+                        crate::tls::connect::sweep();
                     }
                 });
             })
@@ -121,6 +123,7 @@ async fn control_loop(
         }
     }
     tokio::spawn(config::watch::watch(state.clone(), config_bytes));
+    crate::tls::start(&state);
     tokio::spawn(signals(state.clone()));
     let mut drain = state.drain_signal();
     while !*drain.borrow_and_update() {

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::connect::connect_tcp;
 use crate::listeners::Side;
@@ -12,7 +12,30 @@ use crate::target::Cluster;
 
 const CONNECT_TRIES: usize = 3;
 
-pub async fn serve(mut client: TcpStream, side: Side, state: &ProxyState) {
+/// Inbound TCP from a peer: the AuthorizationPolicy decides on the caller's identity alone.
+pub async fn serve_inbound<S>(client: S, caller: Option<Arc<str>>, state: &ProxyState)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let authz = state.config.load().authz.clone();
+    if let Some(authz) = authz {
+        let decision = authz.check(caller.as_deref(), None, None);
+        if !decision.allowed {
+            tracing::info!(
+                caller = caller.as_deref().unwrap_or("(none)"),
+                rule = decision.rule.unwrap_or("default"),
+                "TCP connection denied by AuthorizationPolicy"
+            );
+            return;
+        }
+    }
+    serve(client, Side::Inbound, state).await;
+}
+
+pub async fn serve<S>(mut client: S, side: Side, state: &ProxyState)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let cluster: Option<Arc<Cluster>> = {
         let snap = state.config.load();
         match &side {

@@ -195,10 +195,11 @@ impl Decoder<'_> {
         let default = self.choice(spec, "default", AUTHZ_ACTIONS, authz_action).unwrap_or_default();
         let mut rules = Vec::new();
         for (path, node) in self.list(spec, "rules") {
-            let Some(m) = self.mapping(node, path, &["from", "paths", "methods"]) else {
+            let Some(m) = self.mapping(node, path, &["action", "from", "paths", "methods"]) else {
                 continue;
             };
             rules.push(AuthzRule {
+                action: self.choice(&m, "action", AUTHZ_ACTIONS, authz_action).unwrap_or(AuthzAction::Allow),
                 from: self.strings(&m, "from", str::to_string, check_spiffe_id),
                 paths: self.strings(&m, "paths", str::to_string, check_http_path),
                 methods: self.strings(&m, "methods", str::to_ascii_uppercase, check_method),
@@ -468,7 +469,7 @@ spec:
   default: allow
   rules:
     - {from: ["spiffe://cluster.local/ns/shop/sa/frontend"], paths: [/v1/], methods: [get]}
-    - {}
+    - {action: deny, methods: [delete]}
 "#;
         let expected = Document::AuthorizationPolicy(AuthorizationPolicy {
             metadata: meta("payments", "shop", 1),
@@ -477,12 +478,19 @@ spec:
                 default: AuthzAction::Allow,
                 rules: vec![
                     AuthzRule {
+                        action: AuthzAction::Allow,
                         from: vec!["spiffe://cluster.local/ns/shop/sa/frontend".to_string()],
                         paths: vec!["/v1/".to_string()],
                         methods: vec!["GET".to_string()],
                         line: 7,
                     },
-                    AuthzRule { from: Vec::new(), paths: Vec::new(), methods: Vec::new(), line: 8 },
+                    AuthzRule {
+                        action: AuthzAction::Deny,
+                        from: Vec::new(),
+                        paths: Vec::new(),
+                        methods: vec!["DELETE".to_string()],
+                        line: 8,
+                    },
                 ],
             },
         });

@@ -63,6 +63,8 @@ async fn route(state: &ProxyState, peer: SocketAddr, req: Request<Incoming>) -> 
         (Method::GET, "/ready") => {
             if state.is_draining() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else if !crate::tls::ready(state) {
+                text(StatusCode::SERVICE_UNAVAILABLE, "no certificate yet\n")
             } else {
                 text(StatusCode::OK, "ready\n")
             }

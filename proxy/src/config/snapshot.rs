@@ -13,6 +13,7 @@ use weft_api::{
 };
 
 use crate::balance::{Endpoint, EndpointSet, OutlierConfig};
+use crate::inbound::authz::Authz;
 use crate::metrics::RouteMetrics;
 use crate::routing::{Backend, Matcher, Retry, Rule, RuleOrigin, ServiceRoutes};
 use crate::target::{Cluster, ClusterShared};
@@ -31,6 +32,8 @@ pub struct Snapshot {
     pub services: HashMap<Arc<str>, Arc<ServiceRoutes>>,
     hosts: HashMap<String, Arc<ServiceRoutes>>,
     pub inbound: Option<Inbound>,
+    /// AuthorizationPolicy for calls into the local app; `None` allows every call.
+    pub authz: Option<Arc<Authz>>,
 }
 
 /// The local app behind the inbound listener.
@@ -156,6 +159,29 @@ impl Snapshot {
             Inbound { cluster, rule: Arc::new(rule) }
         });
 
+        let own_key = key(&proxy.service, &proxy_ns);
+        let policies: Vec<&weft_api::AuthorizationPolicy> = docs
+            .iter()
+            .filter_map(|d| match d {
+                Document::AuthorizationPolicy(a) if resolve_ref(&a.spec.service, &a.metadata.namespace) == own_key => {
+                    Some(a)
+                }
+                _ => None,
+            })
+            .collect();
+        let authz = Authz::compile(&proxy.service, &policies).map(Arc::new);
+        let explicit_mtls =
+            docs.iter().any(|d| matches!(d, Document::Mesh(m) if m.spec.mtls != weft_api::MtlsMode::Off));
+        if explicit_mtls && !crate::tls::has_identity_source(&proxy) {
+            diags.push(
+                source,
+                proxy_doc.metadata.line,
+                "spec.tls",
+                "the Mesh asks for mtls but this proxy has no identity: set spec.tls (cert, key and bundle files) \
+                 or spec.controlPlane, or set the Mesh's mtls: off",
+            );
+        }
+
         diags.into_result()?;
         let hosts = host_aliases(&services, &proxy_ns, &mesh.trust_domain);
         Ok(Snapshot {
@@ -168,6 +194,7 @@ impl Snapshot {
             services,
             hosts,
             inbound,
+            authz,
         })
     }
 

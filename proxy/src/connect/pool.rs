@@ -28,6 +28,9 @@ pub enum ConnectError {
     Io { addr: SocketAddr, source: std::io::Error },
     #[error("HTTP handshake with {addr} failed: {source}")]
     Handshake { addr: SocketAddr, source: hyper::Error },
+    /// mTLS toward a peer proxy failed; `reason` is the metric label.
+    #[error("mTLS with {addr} failed ({reason}): {detail}")]
+    Tls { addr: SocketAddr, reason: &'static str, detail: String },
 }
 
 /// A connection ready for one request.

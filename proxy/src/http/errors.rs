@@ -28,6 +28,8 @@ pub enum ProxyError {
     ConnectFailed,
     /// The upstream closed or reset the connection before answering.
     UpstreamReset,
+    /// The mTLS handshake with a peer proxy failed (its identity, its CA, or ours).
+    TlsFailed,
     /// The request body exceeds `http.maxBodyBytes`.
     BodyTooLarge,
     /// The request could not be turned into a valid upstream request.
@@ -48,7 +50,7 @@ impl ProxyError {
             | ProxyError::PendingLimit
             | ProxyError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::ConnectFailed | ProxyError::UpstreamReset => StatusCode::BAD_GATEWAY,
+            ProxyError::ConnectFailed | ProxyError::UpstreamReset | ProxyError::TlsFailed => StatusCode::BAD_GATEWAY,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadRequest => StatusCode::BAD_REQUEST,
             ProxyError::Unauthorized => StatusCode::FORBIDDEN,
@@ -67,6 +69,7 @@ impl ProxyError {
             ProxyError::Timeout => "timeout",
             ProxyError::ConnectFailed => "connect-failed",
             ProxyError::UpstreamReset => "upstream-reset",
+            ProxyError::TlsFailed => "tls-failed",
             ProxyError::BodyTooLarge => "body-too-large",
             ProxyError::BadRequest => "bad-request",
             ProxyError::ShuttingDown => "shutting-down",
@@ -86,6 +89,9 @@ impl ProxyError {
             ProxyError::Timeout => "the backend did not answer within the route's timeout",
             ProxyError::ConnectFailed => "no endpoint accepted a connection within connectTimeout",
             ProxyError::UpstreamReset => "the backend closed the connection before answering",
+            ProxyError::TlsFailed => {
+                "mTLS with the peer proxy failed; the proxy log and weft_tls_handshake_errors_total say why"
+            }
             ProxyError::BodyTooLarge => "the request body is larger than the proxy's http.maxBodyBytes",
             ProxyError::BadRequest => "the request cannot be forwarded as written",
             ProxyError::ShuttingDown => "this proxy is shutting down",

@@ -11,7 +11,6 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpStream;
 
 use super::body::RespBody;
 use crate::listeners::Side;
@@ -19,7 +18,11 @@ use crate::metrics::METRICS;
 use crate::state::ProxyState;
 
 /// Serves `stream` until the client closes it, it idles out, or draining closes it.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, side: Side, state: Arc<ProxyState>) {
+/// `caller` is the peer's verified SPIFFE id when the connection is mutual TLS.
+pub async fn serve<S>(stream: S, peer: SocketAddr, side: Side, state: Arc<ProxyState>, caller: Option<Arc<str>>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let limits = state.config.load().proxy.http.clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -35,7 +38,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, side: Side, state: Arc<P
     let svc_state = state.clone();
     let svc_side = side.clone();
     let service = service_fn(move |req: Request<Incoming>| {
-        let fut = handle(svc_state.clone(), svc_side.clone(), peer, req);
+        let fut = handle(svc_state.clone(), svc_side.clone(), peer, caller.clone(), req);
         async move { Ok::<_, Infallible>(fut.await) }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
@@ -58,25 +61,32 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, side: Side, state: Arc<P
     }
 }
 
-async fn handle(state: Arc<ProxyState>, side: Side, peer: SocketAddr, req: Request<Incoming>) -> Response<RespBody> {
+async fn handle(
+    state: Arc<ProxyState>,
+    side: Side,
+    peer: SocketAddr,
+    caller: Option<Arc<str>>,
+    req: Request<Incoming>,
+) -> Response<RespBody> {
     let started = Instant::now();
     if !crate::logging::access_log_enabled() {
-        return dispatch(&state, &side, peer, req, started).await;
+        return dispatch(&state, &side, peer, caller, req, started).await;
     }
     // Boxed so the access-log path does not add a second copy of the request future's layout.
-    Box::pin(handle_logged(&state, &side, peer, req, started)).await
+    Box::pin(handle_logged(&state, &side, peer, caller, req, started)).await
 }
 
 async fn handle_logged(
     state: &ProxyState,
     side: &Side,
     peer: SocketAddr,
+    caller: Option<Arc<str>>,
     req: Request<Incoming>,
     started: Instant,
 ) -> Response<RespBody> {
     let method = req.method().clone();
     let uri = req.uri().clone();
-    let resp = dispatch(state, side, peer, req, started).await;
+    let resp = dispatch(state, side, peer, caller, req, started).await;
     tracing::info!(
         target: "access",
         direction = side.direction(),
@@ -94,12 +104,13 @@ async fn dispatch(
     state: &ProxyState,
     side: &Side,
     peer: SocketAddr,
+    caller: Option<Arc<str>>,
     req: Request<Incoming>,
     started: Instant,
 ) -> Response<RespBody> {
     match side {
         Side::Outbound => crate::outbound::handle(state, None, req, started).await,
         Side::Upstream(service) => crate::outbound::handle(state, Some(service), req, started).await,
-        Side::Inbound => crate::inbound::handle(state, peer, req, started).await,
+        Side::Inbound => crate::inbound::handle(state, peer, caller, req, started).await,
     }
 }

@@ -1,6 +1,10 @@
-//! Calls from other services to the local app: forwarded to the app address of the Proxy spec.
+//! Calls from other services to the local app: authorized, then forwarded to the app address
+//! of the Proxy spec with the caller's verified identity in `weft-client-id`.
+
+pub mod authz;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use http::{Request, Response};
@@ -15,9 +19,11 @@ use crate::state::ProxyState;
 /// under this name is removed first, so the app can trust it.
 pub const CLIENT_ID_HEADER: &str = "weft-client-id";
 
+/// `caller` is the verified SPIFFE id of the peer proxy (`None` for plaintext).
 pub async fn handle(
     state: &ProxyState,
-    _peer: SocketAddr,
+    peer: SocketAddr,
+    caller: Option<Arc<str>>,
     mut req: Request<Incoming>,
     started: Instant,
 ) -> Response<RespBody> {
@@ -26,9 +32,21 @@ pub async fn handle(
         let Some(inbound) = &snap.inbound else {
             return ProxyError::NoEndpoints.response();
         };
+        if let Some(authz) = &snap.authz {
+            let decision = authz.check(caller.as_deref(), Some(req.method()), Some(req.uri().path()));
+            if !decision.allowed {
+                tracing::info!(%peer, caller = caller.as_deref().unwrap_or("(none: plaintext)"), method = %req.method(),
+                    path = req.uri().path(), rule = decision.rule.unwrap_or("default"), "denied by AuthorizationPolicy");
+                return ProxyError::Unauthorized.response();
+            }
+        }
         (inbound.rule.clone(), snap.proxy.http.max_body_bytes)
     };
-    req.headers_mut().remove(CLIENT_ID_HEADER);
+    let headers = req.headers_mut();
+    headers.remove(CLIENT_ID_HEADER);
+    if let Some(id) = caller.as_deref().and_then(|id| http::HeaderValue::from_str(id).ok()) {
+        headers.insert(CLIENT_ID_HEADER, id);
+    }
     if forward::is_upgrade(&req) {
         return Box::pin(forward::forward_upgrade(rule, req, started)).await;
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol as SockProto, Socket, Type};
 use tokio::net::TcpListener;
-use weft_api::Protocol;
+use weft_api::{MtlsMode, Protocol};
 
 use crate::metrics::METRICS;
 use crate::state::ProxyState;
@@ -99,10 +99,20 @@ pub async fn accept_loop(listener: TcpListener, side: Side, state: Arc<ProxyStat
         tokio::spawn(async move {
             gauge.inc();
             state.open_connections.fetch_add(1, Ordering::Relaxed);
-            if is_tcp(&state, &side) {
-                crate::tcp::serve(stream, side, &state).await;
+            let mtls = match side {
+                Side::Inbound => crate::tls::inbound_mode(&state),
+                Side::Outbound | Side::Upstream(_) => MtlsMode::Off,
+            };
+            if mtls != MtlsMode::Off {
+                crate::tls::inbound::serve(stream, peer, state.clone(), mtls).await;
+            } else if is_tcp(&state, &side) {
+                if matches!(side, Side::Inbound) {
+                    crate::tcp::serve_inbound(stream, None, &state).await;
+                } else {
+                    crate::tcp::serve(stream, side, &state).await;
+                }
             } else {
-                crate::http::server::serve(stream, peer, side, state.clone()).await;
+                crate::http::server::serve(stream, peer, side, state.clone(), None).await;
             }
             state.open_connections.fetch_sub(1, Ordering::Relaxed);
             gauge.dec();

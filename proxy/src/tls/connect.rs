@@ -1,0 +1,118 @@
+//! Outbound connections to peer proxies: TCP, then TLS 1.3 presenting this proxy's certificate
+//! and verifying the peer's SPIFFE id, then one HTTP/2 connection per peer and worker that
+//! multiplexes every request. A rotated identity makes the next request open a new connection;
+//! requests already on the old one finish there.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
+use tokio_rustls::TlsConnector;
+use weft_api::SpiffeId;
+
+use super::MeshTls;
+use super::identity::{ALPN_H2, FixedKey};
+use super::verify::SpiffeServerVerifier;
+use crate::connect::{ConnectError, connect_tcp};
+use crate::http::body::ReqBody;
+
+struct MeshConn {
+    tx: http2::SendRequest<ReqBody>,
+    /// The identity the connection was made with, to notice rotation.
+    tls: Arc<MeshTls>,
+}
+
+thread_local! {
+    static POOL: RefCell<HashMap<(SocketAddr, Arc<str>), MeshConn>> = RefCell::new(HashMap::new());
+}
+
+/// An HTTP/2 connection to the peer proxy at `addr` that proved it is `identity`, and whether
+/// it was reused.
+pub async fn checkout(
+    addr: SocketAddr,
+    identity: &Arc<str>,
+    connect_timeout: Duration,
+    fresh: bool,
+) -> Result<(http2::SendRequest<ReqBody>, bool), ConnectError> {
+    let Some(tls) = super::current() else {
+        return Err(ConnectError::Tls {
+            addr,
+            reason: "no-identity",
+            detail: "this proxy has no certificate yet, so it cannot call a meshed endpoint".to_string(),
+        });
+    };
+    let key = (addr, identity.clone());
+    if !fresh {
+        let pooled = POOL.with(|p| {
+            p.borrow().get(&key).filter(|c| !c.tx.is_closed() && Arc::ptr_eq(&c.tls, &tls)).map(|c| c.tx.clone())
+        });
+        if let Some(tx) = pooled {
+            return Ok((tx, true));
+        }
+    }
+    let tx = connect(addr, identity, &tls, connect_timeout).await?;
+    POOL.with(|p| p.borrow_mut().insert(key, MeshConn { tx: tx.clone(), tls }));
+    Ok((tx, false))
+}
+
+/// Drops closed connections (run by each worker's idle sweep).
+pub fn sweep() {
+    POOL.with(|p| p.borrow_mut().retain(|_, c| !c.tx.is_closed()));
+}
+
+async fn connect(
+    addr: SocketAddr,
+    identity: &str,
+    tls: &Arc<MeshTls>,
+    timeout: Duration,
+) -> Result<http2::SendRequest<ReqBody>, ConnectError> {
+    let tls_err = |reason: &'static str, detail: String| ConnectError::Tls { addr, reason, detail };
+    let expected = SpiffeId::parse(identity).map_err(|e| tls_err("bad-identity", e.to_string()))?;
+    let config = client_config(tls, expected).map_err(|e| tls_err("config", e.to_string()))?;
+    let tcp = connect_tcp(addr, timeout).await?;
+    let handshake = TlsConnector::from(Arc::new(config)).connect(ServerName::IpAddress(addr.ip().into()), tcp);
+    let stream = match tokio::time::timeout(timeout, handshake).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            super::handshake_failed("outbound", addr, &e);
+            return Err(tls_err(super::verify::failure_reason(&e), e.to_string()));
+        }
+        Err(_) => {
+            let e =
+                std::io::Error::new(std::io::ErrorKind::TimedOut, format!("handshake not finished within {timeout:?}"));
+            super::handshake_failed("outbound", addr, &e);
+            return Err(tls_err("timeout", e.to_string()));
+        }
+    };
+    let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|source| ConnectError::Handshake { addr, source })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(%addr, error = %e, "mTLS HTTP/2 connection to a peer proxy ended with an error");
+        }
+    });
+    Ok(tx)
+}
+
+/// TLS 1.3 only, this proxy's certificate as client, the peer verified against `expected`.
+fn client_config(tls: &MeshTls, expected: SpiffeId) -> Result<ClientConfig, rustls::Error> {
+    let verifier = SpiffeServerVerifier { anchors: tls.anchors.clone(), expected, provider: tls.provider.clone() };
+    let mut config = ClientConfig::builder_with_provider(tls.provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_cert_resolver(Arc::new(FixedKey(tls.key.clone())));
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(config)
+}

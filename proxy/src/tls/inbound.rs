@@ -1,0 +1,102 @@
+//! The inbound listener's side of mTLS: peek at the first byte to tell TLS from plaintext,
+//! refuse plaintext in strict mode (permissive lets it through, counted), run the handshake
+//! that requires a client certificate from the bundle, and learn the caller's SPIFFE id.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use weft_api::MtlsMode;
+
+use super::identity::peer_id;
+use crate::metrics::METRICS;
+use crate::state::ProxyState;
+
+/// A peer that has not finished its handshake by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// First byte of every TLS connection (a handshake record).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// Serves one inbound connection under `mode` (strict or permissive).
+pub async fn serve(stream: TcpStream, peer: SocketAddr, state: Arc<ProxyState>, mode: MtlsMode) {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
+        Ok(Ok(1)) => {}
+        // Closed, broken or silent before sending anything: nothing to serve or count.
+        _ => return,
+    }
+    if first[0] != TLS_HANDSHAKE_RECORD {
+        if mode == MtlsMode::Permissive {
+            METRICS.inbound_connections.with_label_values(&["plaintext"]).inc();
+            serve_app(stream, peer, state, None).await;
+        } else {
+            refuse_plaintext(stream, peer).await;
+        }
+        return;
+    }
+    let Some(tls) = super::current() else {
+        METRICS.tls_handshake_errors.with_label_values(&["inbound", "no-identity"]).inc();
+        tracing::warn!(%peer, "mTLS connection refused: this proxy has no certificate yet");
+        return;
+    };
+    let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(tls.server.clone()).accept(stream)).await;
+    let stream = match accepted {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return super::handshake_failed("inbound", peer, &e),
+        Err(_) => {
+            let e = std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake not finished within 10s");
+            return super::handshake_failed("inbound", peer, &e);
+        }
+    };
+    // The verifier required a certificate chaining to the bundle; it must also name a workload.
+    let caller = match stream.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+        Some(cert) => peer_id(cert),
+        None => Err("no client certificate".to_string()),
+    };
+    let caller = match caller {
+        Ok(id) => id,
+        Err(reason) => {
+            METRICS.tls_handshake_errors.with_label_values(&["inbound", "no-spiffe-id"]).inc();
+            tracing::warn!(%peer, reason, "mTLS connection refused: the client certificate names no workload");
+            return;
+        }
+    };
+    METRICS.inbound_connections.with_label_values(&["mtls"]).inc();
+    serve_app(stream, peer, state, Some(Arc::from(caller.to_string()))).await;
+}
+
+async fn serve_app<S>(stream: S, peer: SocketAddr, state: Arc<ProxyState>, caller: Option<Arc<str>>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let is_tcp = state.config.load().inbound.as_ref().is_some_and(|i| i.cluster.protocol == weft_api::Protocol::Tcp);
+    if is_tcp {
+        crate::tcp::serve_inbound(stream, caller, &state).await;
+    } else {
+        crate::http::server::serve(stream, peer, crate::listeners::Side::Inbound, state, caller).await;
+    }
+}
+
+/// Strict mode: a plaintext client gets one HTTP answer saying why (most plaintext callers are
+/// HTTP clients that bypassed their sidecar), then the connection closes.
+async fn refuse_plaintext(mut stream: TcpStream, peer: SocketAddr) {
+    METRICS.tls_handshake_errors.with_label_values(&["inbound", "plaintext"]).inc();
+    tracing::warn!(%peer, reason = "plaintext", "plaintext connection refused: mtls is strict; call through a Weft proxy");
+    let body = "mtls-required: this service accepts only mutual TLS from Weft proxies (Mesh mtls: strict)\n";
+    let resp = format!(
+        "HTTP/1.1 403 Forbidden\r\nweft-proxy-error: mtls-required\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        // Read the request first: closing with unread bytes would reset the connection and
+        // lose the answer.
+        let mut buf = [0u8; 4096];
+        let _ = tokio::time::timeout(Duration::from_millis(100), stream.read(&mut buf)).await;
+        let _ = stream.write_all(resp.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}

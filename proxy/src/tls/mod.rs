@@ -1,0 +1,94 @@
+//! Mutual TLS between proxies: the proxy's identity (from files or the control plane's CA),
+//! the inbound handshake (strict or permissive), outbound connections that verify the peer's
+//! SPIFFE id, and the handshake-failure metrics.
+//!
+//! The identity is process-wide (one workload, one certificate), like the metrics: it is read
+//! with one atomic load when a connection starts, and replaced whole on rotation, so new
+//! handshakes get the new certificate while existing connections carry on.
+
+pub mod connect;
+pub mod csr;
+pub mod files;
+pub mod identity;
+pub mod inbound;
+pub mod verify;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwapOption;
+use weft_api::{MtlsMode, ProxySpec};
+
+pub use identity::MeshTls;
+
+use crate::metrics::METRICS;
+use crate::state::ProxyState;
+
+/// Why an identity could not be loaded or obtained; the message names the source.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot use the identity in {what}: {reason}")]
+    Identity { what: String, reason: String },
+    #[error("cannot read {what}: {source}")]
+    Read { what: String, source: std::io::Error },
+    #[error("the control plane refused the certificate request: {0}")]
+    Refused(String),
+    #[error("cannot reach the control plane at {address}: {reason}")]
+    ControlPlane { address: String, reason: String },
+}
+
+static CURRENT: ArcSwapOption<MeshTls> = ArcSwapOption::const_empty();
+
+/// Makes ring the process-wide rustls provider (both binaries call this first; aws-lc-rs is
+/// never built).
+pub fn install_default_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// The proxy's identity, if it has one yet.
+pub fn current() -> Option<Arc<MeshTls>> {
+    CURRENT.load_full()
+}
+
+/// Swaps in a new identity: handshakes from now on use it; open connections keep theirs.
+pub fn install(tls: MeshTls) {
+    let expiry = tls.not_after.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
+    METRICS.cert_expiry.set(expiry as i64);
+    tracing::info!(id = %tls.id, expires_in = ?tls.remaining(), "identity installed; new TLS handshakes use it");
+    CURRENT.store(Some(Arc::new(tls)));
+}
+
+/// Whether this proxy is configured to have an identity (files or the control plane's CA).
+pub fn has_identity_source(spec: &ProxySpec) -> bool {
+    spec.tls.is_some() || spec.control_plane.is_some()
+}
+
+/// How the inbound listener treats plaintext: the Mesh's `mtls` when the proxy has an identity
+/// source, else off (nothing to present).
+pub fn inbound_mode(state: &ProxyState) -> MtlsMode {
+    let snap = state.config.load();
+    if has_identity_source(&snap.proxy) { snap.mesh.mtls } else { MtlsMode::Off }
+}
+
+/// `/ready` waits for this: a proxy with an identity source needs its first certificate.
+pub fn ready(state: &ProxyState) -> bool {
+    !has_identity_source(&state.config.load().proxy) || CURRENT.load().is_some()
+}
+
+/// Starts keeping the identity fresh: files are loaded now and watched; with a control plane,
+/// a certificate is requested and renewed. Runs on the control runtime.
+pub fn start(state: &Arc<ProxyState>) {
+    let spec = state.config.load().proxy.clone();
+    if let Some(files) = spec.tls {
+        tokio::spawn(files::watch(files));
+    } else if let Some(cp) = spec.control_plane {
+        tokio::spawn(csr::run(state.clone(), cp));
+    }
+}
+
+/// Counts a failed handshake and says why in the log.
+pub fn handshake_failed(direction: &'static str, peer: std::net::SocketAddr, e: &std::io::Error) {
+    let reason = verify::failure_reason(e);
+    METRICS.tls_handshake_errors.with_label_values(&[direction, reason]).inc();
+    tracing::warn!(direction, %peer, reason, error = %e, "mTLS handshake failed");
+}
