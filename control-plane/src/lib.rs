@@ -4,3 +4,4 @@
 pub mod ca;
 pub mod check;
 pub mod demo;
+pub mod serve;

@@ -81,7 +81,7 @@ async fn connect(
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             super::handshake_failed("outbound", addr, &e);
-            return Err(tls_err(super::verify::failure_reason(&e), e.to_string()));
+            return Err(tls_err(super::verify::failure_reason(&e), super::verify::describe(&e)));
         }
         Err(_) => {
             let e =

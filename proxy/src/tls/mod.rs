@@ -90,5 +90,5 @@ pub fn start(state: &Arc<ProxyState>) {
 pub fn handshake_failed(direction: &'static str, peer: std::net::SocketAddr, e: &std::io::Error) {
     let reason = verify::failure_reason(e);
     METRICS.tls_handshake_errors.with_label_values(&[direction, reason]).inc();
-    tracing::warn!(direction, %peer, reason, error = %e, "mTLS handshake failed");
+    tracing::warn!(direction, %peer, reason, error = %verify::describe(e), "mTLS handshake failed");
 }

@@ -97,6 +97,17 @@ fn pki_error(e: webpki::Error) -> Error {
     })
 }
 
+/// A handshake failure in words: ours (identity mismatch, no SPIFFE id) by their own message,
+/// rustls's by its own.
+pub fn describe(e: &std::io::Error) -> String {
+    if let Some(Error::InvalidCertificate(CertificateError::Other(OtherError(inner)))) =
+        e.get_ref().and_then(|inner| inner.downcast_ref::<Error>())
+    {
+        return format!("invalid peer certificate: {inner}");
+    }
+    e.to_string()
+}
+
 /// The `reason` label of `weft_tls_handshake_errors_total` for a failed handshake.
 pub fn failure_reason(e: &std::io::Error) -> &'static str {
     let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<Error>()) else {

@@ -1,7 +1,7 @@
 //! An HTTP backend (HTTP/1.1 and h2c) that says who it is and does what each request asks.
 //!
 //! Responses carry `x-backend: <name>` and echo the method, path, host, HTTP version and body
-//! length in `x-echo-*` headers; request headers starting with `x-` come back as `x-seen-<name>`.
+//! length in `x-echo-*` headers; request headers starting with `x-` (and `weft-client-id`) come back as `x-seen-<name>`.
 //! Behaviour is picked by the request: a path segment pair `/status/<code>` or `/delay/<ms>`
 //! anywhere in the path (or headers `x-status`, `x-delay-ms`), a path starting with `/echo`
 //! returns the request body, `content-type: application/grpc` gets a gRPC-style answer whose
@@ -258,7 +258,7 @@ fn echo_headers(state: &State, req: &Request<Incoming>) -> HeaderMap {
     insert(&mut headers, "x-echo-host", host);
     insert(&mut headers, "x-echo-version", &format!("{:?}", req.version()));
     for (name, value) in req.headers() {
-        if name.as_str().starts_with("x-")
+        if (name.as_str().starts_with("x-") || name.as_str() == "weft-client-id")
             && let Ok(seen) = HeaderName::try_from(format!("x-seen-{}", name.as_str()))
         {
             headers.insert(seen, value.clone());

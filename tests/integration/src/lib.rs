@@ -9,6 +9,7 @@ pub mod binaries;
 pub mod client;
 pub mod config;
 pub mod load;
+pub mod mesh;
 pub mod metrics;
 pub mod net;
 pub mod proxy;

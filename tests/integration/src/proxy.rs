@@ -21,6 +21,8 @@ pub const READY_DEADLINE: Duration = Duration::from_secs(20);
 /// What to run the proxy with; listener ports are picked by [`Proxy`].
 #[derive(Clone, Debug, Default)]
 pub struct ProxyConfig {
+    /// The `service` the sidecar stands beside (its workload name); `client` when empty.
+    pub service: String,
     /// Services that get a Consul-style upstream port of their own.
     pub upstreams: Vec<String>,
     /// When set, an inbound listener forwarding to this local app.
@@ -241,7 +243,8 @@ fn proxy_document(
     inbound: Option<SocketAddr>,
     upstreams: &[(String, SocketAddr)],
 ) -> String {
-    let mut spec = String::from("service: client\n");
+    let service = if cfg.service.is_empty() { "client" } else { cfg.service.as_str() };
+    let mut spec = format!("service: {service}\n");
     if !cfg.proxy_spec.contains("workers:") {
         spec.push_str("workers: 1\n");
     }
