@@ -124,3 +124,37 @@ fn spiffe_id_of(cert: &X509Certificate<'_>) -> Result<SpiffeId, String> {
         _ => Err(format!("the certificate carries {} SPIFFE ids; a mesh identity has exactly one", uris.len())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rcgen::{CertificateParams, KeyPair, SanType};
+
+    use super::*;
+
+    fn self_signed(uri: &str) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::URI(uri.to_string().try_into().unwrap())];
+        (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn loads_an_identity_and_says_what_is_wrong_with_a_bad_one() {
+        let id = "spiffe://cluster.local/ns/shop/sa/web";
+        let (cert, key) = self_signed(id);
+        let tls = MeshTls::from_pem(cert.as_bytes(), key.as_bytes(), cert.as_bytes(), "files").unwrap();
+        assert_eq!(tls.id.to_string(), id);
+        assert!(tls.remaining() > Duration::ZERO);
+
+        let (_, other_key) = self_signed(id);
+        let err = MeshTls::from_pem(cert.as_bytes(), other_key.as_bytes(), cert.as_bytes(), "files").err().unwrap();
+        assert!(err.to_string().contains("the key must belong to the first certificate"), "{err}");
+        let err = MeshTls::from_pem(b"garbage", key.as_bytes(), cert.as_bytes(), "id.pem").err().unwrap();
+        assert!(err.to_string().starts_with("cannot use the identity in id.pem (certificate)"), "{err}");
+        let err = MeshTls::from_pem(cert.as_bytes(), key.as_bytes(), b"", "files").err().unwrap();
+        assert!(err.to_string().contains("(bundle): no CERTIFICATE block"), "{err}");
+        let (dns_cert, dns_key) = self_signed("https://example.com/");
+        let err = MeshTls::from_pem(dns_cert.as_bytes(), dns_key.as_bytes(), cert.as_bytes(), "f").err().unwrap();
+        assert!(err.to_string().contains("no spiffe:// URI SAN"), "{err}");
+    }
+}

@@ -135,3 +135,78 @@ pub fn failure_reason(e: &std::io::Error) -> &'static str {
         _ => "other",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose, SanType};
+    use rustls::pki_types::CertificateDer;
+
+    use super::*;
+
+    struct Ca {
+        issuer: rcgen::Issuer<'static, KeyPair>,
+        der: CertificateDer<'static>,
+    }
+
+    fn ca() -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let cert = params.self_signed(&key).unwrap();
+        Ca { der: cert.der().clone(), issuer: rcgen::Issuer::new(params, key) }
+    }
+
+    fn leaf(ca: &Ca, uris: &[&str], not_after: SystemTime) -> CertificateDer<'static> {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = uris.iter().map(|u| SanType::URI(u.to_string().try_into().unwrap())).collect();
+        params.extended_key_usages =
+            vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        params.not_before = (SystemTime::now() - Duration::from_secs(3600)).into();
+        params.not_after = not_after.into();
+        params.signed_by(&key, &ca.issuer).unwrap().der().clone()
+    }
+
+    fn verify(trusted: &Ca, cert: &CertificateDer<'_>, expected: &str) -> Result<(), Error> {
+        let anchor = webpki::anchor_from_trusted_cert(&trusted.der).unwrap().to_owned();
+        let verifier = SpiffeServerVerifier {
+            anchors: vec![anchor].into(),
+            expected: SpiffeId::parse(expected).unwrap(),
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+        };
+        let name = ServerName::try_from("127.0.0.1").unwrap();
+        verifier.verify_server_cert(cert, &[], &name, &[], UnixTime::now()).map(drop)
+    }
+
+    fn reason(e: Error) -> &'static str {
+        failure_reason(&std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    }
+
+    const PAYMENTS: &str = "spiffe://cluster.local/ns/shop/sa/payments";
+    const LATER: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn accepts_exactly_the_expected_identity_from_the_bundle() {
+        let ca = ca();
+        let good = leaf(&ca, &[PAYMENTS], SystemTime::now() + LATER);
+        verify(&ca, &good, PAYMENTS).unwrap();
+        let err = verify(&ca, &good, "spiffe://cluster.local/ns/shop/sa/ledger").unwrap_err();
+        assert_eq!(reason(err), "wrong-identity");
+    }
+
+    #[test]
+    fn rejects_other_cas_expired_certificates_and_missing_or_extra_ids() {
+        let (ca, other) = (ca(), ca());
+        let foreign = leaf(&other, &[PAYMENTS], SystemTime::now() + LATER);
+        assert_eq!(reason(verify(&ca, &foreign, PAYMENTS).unwrap_err()), "unknown-ca");
+        let expired = leaf(&ca, &[PAYMENTS], SystemTime::now() - Duration::from_secs(60));
+        assert_eq!(reason(verify(&ca, &expired, PAYMENTS).unwrap_err()), "expired");
+        let nameless = leaf(&ca, &[], SystemTime::now() + LATER);
+        assert_eq!(reason(verify(&ca, &nameless, PAYMENTS).unwrap_err()), "no-spiffe-id");
+        let two = leaf(&ca, &[PAYMENTS, "spiffe://cluster.local/ns/shop/sa/ledger"], SystemTime::now() + LATER);
+        assert_eq!(reason(verify(&ca, &two, PAYMENTS).unwrap_err()), "no-spiffe-id");
+    }
+}
