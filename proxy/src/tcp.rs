@@ -63,20 +63,38 @@ where
         tried.push(idx);
         let endpoint = &cluster.set.endpoints()[idx];
         let guard = endpoint.start();
-        match connect_tcp(endpoint.addr, cluster.policy.connect_timeout).await {
-            Ok(mut upstream) => {
-                cluster.set.on_success(idx, guard);
-                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                    tracing::debug!(service = %cluster.name, error = %e, "TCP stream ended with an error");
+        let timeout = cluster.policy.connect_timeout;
+        let failure = match &endpoint.identity {
+            // A meshed peer: the bytes travel inside mTLS, verified against its identity.
+            Some(id) => match crate::tls::connect::connect_stream(endpoint.addr, id, timeout).await {
+                Ok(mut upstream) => {
+                    cluster.set.on_success(idx, guard);
+                    return splice(&cluster, &mut client, &mut upstream).await;
                 }
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(service = %cluster.name, endpoint = %endpoint.addr, error = %e, "TCP connect failed");
-                if cluster.set.on_failure(idx, guard) {
-                    cluster.shared.metrics.ejections.inc();
+                Err(e) => e,
+            },
+            None => match connect_tcp(endpoint.addr, timeout).await {
+                Ok(mut upstream) => {
+                    cluster.set.on_success(idx, guard);
+                    return splice(&cluster, &mut client, &mut upstream).await;
                 }
-            }
+                Err(e) => e,
+            },
+        };
+        tracing::warn!(service = %cluster.name, endpoint = %endpoint.addr, error = %failure, "TCP connect failed");
+        if cluster.set.on_failure(idx, guard) {
+            cluster.shared.metrics.ejections.inc();
         }
+    }
+}
+
+/// Copies bytes both ways until either side closes.
+async fn splice<A, B>(cluster: &Cluster, client: &mut A, upstream: &mut B)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    if let Err(e) = tokio::io::copy_bidirectional(client, upstream).await {
+        tracing::debug!(service = %cluster.name, error = %e, "TCP stream ended with an error");
     }
 }

@@ -13,7 +13,9 @@ use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 use weft_api::SpiffeId;
 
 use super::MeshTls;
@@ -72,24 +74,7 @@ async fn connect(
     tls: &Arc<MeshTls>,
     timeout: Duration,
 ) -> Result<http2::SendRequest<ReqBody>, ConnectError> {
-    let tls_err = |reason: &'static str, detail: String| ConnectError::Tls { addr, reason, detail };
-    let expected = SpiffeId::parse(identity).map_err(|e| tls_err("bad-identity", e.to_string()))?;
-    let config = client_config(tls, expected).map_err(|e| tls_err("config", e.to_string()))?;
-    let tcp = connect_tcp(addr, timeout).await?;
-    let handshake = TlsConnector::from(Arc::new(config)).connect(ServerName::IpAddress(addr.ip().into()), tcp);
-    let stream = match tokio::time::timeout(timeout, handshake).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            super::handshake_failed("outbound", addr, &e);
-            return Err(tls_err(super::verify::failure_reason(&e), super::verify::describe(&e)));
-        }
-        Err(_) => {
-            let e =
-                std::io::Error::new(std::io::ErrorKind::TimedOut, format!("handshake not finished within {timeout:?}"));
-            super::handshake_failed("outbound", addr, &e);
-            return Err(tls_err("timeout", e.to_string()));
-        }
-    };
+    let stream = handshake(addr, identity, tls, timeout, vec![ALPN_H2.to_vec()]).await?;
     let (tx, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(20))
@@ -105,14 +90,58 @@ async fn connect(
     Ok(tx)
 }
 
+/// An mTLS stream to the peer proxy at `addr` that proved it is `identity`, for opaque TCP.
+pub async fn connect_stream(
+    addr: SocketAddr,
+    identity: &str,
+    timeout: Duration,
+) -> Result<TlsStream<TcpStream>, ConnectError> {
+    let Some(tls) = super::current() else {
+        return Err(ConnectError::Tls {
+            addr,
+            reason: "no-identity",
+            detail: "this proxy has no certificate yet, so it cannot call a meshed endpoint".to_string(),
+        });
+    };
+    handshake(addr, identity, &tls, timeout, Vec::new()).await
+}
+
+/// TCP connect and TLS handshake, each within `timeout`; failures counted and logged.
+async fn handshake(
+    addr: SocketAddr,
+    identity: &str,
+    tls: &MeshTls,
+    timeout: Duration,
+    alpn: Vec<Vec<u8>>,
+) -> Result<TlsStream<TcpStream>, ConnectError> {
+    let tls_err = |reason: &'static str, detail: String| ConnectError::Tls { addr, reason, detail };
+    let expected = SpiffeId::parse(identity).map_err(|e| tls_err("bad-identity", e.to_string()))?;
+    let config = client_config(tls, expected, alpn).map_err(|e| tls_err("config", e.to_string()))?;
+    let tcp = connect_tcp(addr, timeout).await?;
+    let handshake = TlsConnector::from(Arc::new(config)).connect(ServerName::IpAddress(addr.ip().into()), tcp);
+    match tokio::time::timeout(timeout, handshake).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => {
+            super::handshake_failed("outbound", addr, &e);
+            Err(tls_err(super::verify::failure_reason(&e), super::verify::describe(&e)))
+        }
+        Err(_) => {
+            let e =
+                std::io::Error::new(std::io::ErrorKind::TimedOut, format!("handshake not finished within {timeout:?}"));
+            super::handshake_failed("outbound", addr, &e);
+            Err(tls_err("timeout", e.to_string()))
+        }
+    }
+}
+
 /// TLS 1.3 only, this proxy's certificate as client, the peer verified against `expected`.
-fn client_config(tls: &MeshTls, expected: SpiffeId) -> Result<ClientConfig, rustls::Error> {
+fn client_config(tls: &MeshTls, expected: SpiffeId, alpn: Vec<Vec<u8>>) -> Result<ClientConfig, rustls::Error> {
     let verifier = SpiffeServerVerifier { anchors: tls.anchors.clone(), expected, provider: tls.provider.clone() };
     let mut config = ClientConfig::builder_with_provider(tls.provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_cert_resolver(Arc::new(FixedKey(tls.key.clone())));
-    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    config.alpn_protocols = alpn;
     Ok(config)
 }

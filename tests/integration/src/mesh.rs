@@ -79,15 +79,15 @@ fn weft(args: &[&str]) {
     assert!(out.status.success(), "weft {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// A Service whose one endpoint is a meshed peer proxy with `identity`.
+/// An HTTP Service whose one endpoint is a meshed peer proxy with `identity`.
 pub fn meshed_service(name: &str, addr: SocketAddr, identity: &str) -> String {
-    document(
-        "Service",
-        name,
-        &format!(
-            "ports: [{{port: 80, protocol: http}}]\nendpoints: [{{address: \"{addr}\", identity: \"{identity}\"}}]\n"
-        ),
-    )
+    meshed_service_speaking(name, "http", addr, identity)
+}
+
+/// Like [`meshed_service`], with the Service's `protocol` (`http`, `tcp`…).
+pub fn meshed_service_speaking(name: &str, protocol: &str, addr: SocketAddr, identity: &str) -> String {
+    let endpoints = format!("endpoints: [{{address: \"{addr}\", identity: \"{identity}\"}}]\n");
+    document("Service", name, &format!("ports: [{{port: 80, protocol: {protocol}}}]\n{endpoints}"))
 }
 
 /// The minimal control plane (`weft serve`) signing CSRs, killed on drop.

@@ -398,3 +398,59 @@ impl rustls::client::danger::ServerCertVerifier for AnyServer {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opaque_tcp_travels_inside_mtls_and_is_authorized_by_caller() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new("mtls-tcp");
+    let echo = weft_integration::TcpEcho::start().await;
+    let only_client = document(
+        "AuthorizationPolicy",
+        "server",
+        &format!("service: server\ndefault: deny\nrules: [{{from: [\"{}\"]}}]\n", spiffe("client")),
+    );
+    let server = Proxy::start(ProxyConfig {
+        service: "server".to_string(),
+        inbound_app: Some(echo.addr()),
+        proxy_spec: pki.issue("server", &spiffe("server"), "1h").tls_line(),
+        policy: format!("{}{only_client}", weft_integration::service("server", "tcp", &[])),
+        ..Default::default()
+    })
+    .await;
+    let meshed = |files: IdentityFiles| ProxyConfig {
+        service: "client".to_string(),
+        upstreams: vec!["server".to_string()],
+        proxy_spec: files.tls_line(),
+        policy: weft_integration::mesh::meshed_service_speaking("server", "tcp", server.inbound(), &spiffe("server")),
+        ..Default::default()
+    };
+    let client = Proxy::start(meshed(pki.issue("client", &spiffe("client"), "1h"))).await;
+    let intruder = Proxy::start(meshed(pki.issue("intruder", &spiffe("intruder"), "1h"))).await;
+
+    let big: Vec<u8> = (0..256 * 1024).map(|i| (i * 7 % 256) as u8).collect();
+    let stream = tokio::net::TcpStream::connect(client.upstream("server")).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let to_send = big.clone();
+    let write = tokio::spawn(async move {
+        writer.write_all(&to_send).await.unwrap();
+        writer.shutdown().await.unwrap();
+        writer
+    });
+    let mut received = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), reader.read_to_end(&mut received)).await.expect("EOF").unwrap();
+    assert!(received == big, "bytes changed on the way ({} of {} came back)", received.len(), big.len());
+    drop(write.await.unwrap());
+    assert_eq!(counter(&server, "weft_inbound_connections_total", &[("transport", "mtls")]).await, 1.0);
+
+    let mut denied = tokio::net::TcpStream::connect(intruder.upstream("server")).await.unwrap();
+    let _ = denied.write_all(b"hello").await;
+    let mut back = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), denied.read_to_end(&mut back)).await.expect("closed");
+    assert!(back.is_empty(), "the intruder got bytes back: {back:?}");
+    assert_eq!(echo.connections(), 1, "the denied caller never reached the app");
+    let decisions = |d: &'static str| {
+        let server = &server;
+        async move { counter(server, "weft_authz_decisions_total", &[("service", "server"), ("decision", d)]).await }
+    };
+    assert_eq!((decisions("allow").await, decisions("deny").await), (1.0, 1.0));
+}
