@@ -42,14 +42,40 @@ fn parse_query(query: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// An inbound call from `from` (a SPIFFE id; empty for a plaintext caller): what the
+/// AuthorizationPolicy decides, and which rule says so.
+fn explain_inbound(snap: &Snapshot, from: &str, path: &str, method: &Method) -> Value {
+    let caller = Some(from).filter(|f| !f.is_empty());
+    let Some(authz) = &snap.authz else {
+        return json!({
+            "direction": "inbound", "from": from, "decision": "allow",
+            "why": "no AuthorizationPolicy names this proxy's service", "configVersion": snap.version,
+        });
+    };
+    let d = authz.decide(caller, Some(method), Some(path));
+    json!({
+        "direction": "inbound", "from": from, "method": method.as_str(), "path": path,
+        "decision": if d.allowed { "allow" } else { "403 unauthorized" },
+        "rule": d.rule.unwrap_or("default"),
+        "why": match d.rule {
+            Some(_) => "the first AuthorizationPolicy rule that matches decides (rule = <policy>#<index>)",
+            None => "no rule matches, so the policy's default applies",
+        },
+        "configVersion": snap.version,
+    })
+}
+
 pub fn explain(snap: &Snapshot, query: &str) -> Value {
     let pairs = parse_query(query);
     let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-    let Some(host) = get("host") else {
-        return json!({"error": "give host= (and optionally path=, method=, header.<name>=)"});
-    };
     let path = get("path").unwrap_or("/");
     let method = Method::from_bytes(get("method").unwrap_or("GET").as_bytes()).unwrap_or(Method::GET);
+    if let Some(from) = get("from") {
+        return explain_inbound(snap, from, path, &method);
+    }
+    let Some(host) = get("host") else {
+        return json!({"error": "give host= (and optionally path=, method=, header.<name>=), or from=<caller SPIFFE id> for an inbound call"});
+    };
     let mut headers = HeaderMap::new();
     for (k, v) in &pairs {
         if let Some(name) = k.strip_prefix("header.")

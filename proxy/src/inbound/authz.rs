@@ -73,7 +73,8 @@ impl Authz {
         decision
     }
 
-    fn decide(&self, caller: Option<&str>, method: Option<&Method>, path: Option<&str>) -> Decision<'_> {
+    /// Like [`Authz::check`] without counting (for `/explain`).
+    pub fn decide(&self, caller: Option<&str>, method: Option<&Method>, path: Option<&str>) -> Decision<'_> {
         for rule in &self.rules {
             // An empty `from` allows any *verified* caller, but denies any caller at all, so
             // neither reading lets a plaintext caller (permissive mode) through.

@@ -161,6 +161,13 @@ impl Proxy {
         serde_json::from_slice(&resp.body).unwrap_or_else(|e| panic!("/config is not JSON ({e}): {}", resp.text()))
     }
 
+    /// An admin GET whose answer is JSON (`/config`, `/explain?…`), parsed.
+    pub async fn config_json_at(&self, path: &str) -> serde_json::Value {
+        let resp = self.admin_get(path).await;
+        assert_eq!(resp.status, 200, "GET {path}: {}", resp.text());
+        serde_json::from_slice(&resp.body).unwrap_or_else(|e| panic!("{path} is not JSON ({e}): {}", resp.text()))
+    }
+
     /// The top-level `version` of `/config`.
     pub async fn config_version(&self) -> u64 {
         let json = self.config_json().await;

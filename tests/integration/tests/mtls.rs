@@ -207,6 +207,22 @@ async fn authorization_allows_and_denies_exactly_as_written() {
         counter(server, "weft_authz_decisions_total", &[("service", "server"), ("decision", d)]).await
     };
     assert_eq!((decisions("allow").await, decisions("deny").await), (1.0, 4.0));
+
+    // `/explain` names the rule that decides an inbound call.
+    let explain = |from: String, path: &str| {
+        let q = format!("/explain?from={from}&path={path}&method=GET");
+        async move { server.config_json_at(&q).await }
+    };
+    let allowed = explain(spiffe("client"), "/v1/pay").await;
+    assert_eq!(
+        (allowed["decision"].as_str(), allowed["rule"].as_str()),
+        (Some("allow"), Some("server#1")),
+        "{allowed}"
+    );
+    let denied = explain(spiffe("intruder"), "/v1/pay").await;
+    assert_eq!((denied["decision"].as_str(), denied["rule"].as_str()), (Some("403 unauthorized"), Some("default")));
+    let admin = explain(spiffe("client"), "/v1/admin/x").await;
+    assert_eq!(admin["rule"].as_str(), Some("server#0"), "{admin}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
