@@ -17,6 +17,9 @@ use super::CaError;
 /// File names inside a CA folder (DESIGN.md "Command-line contracts").
 pub const CA_CERT_FILE: &str = "ca.pem";
 pub const CA_KEY_FILE: &str = "ca-key.pem";
+/// Optional: the roots proxies should trust, when that is more than this CA's own root (during
+/// a CA change, the old and the new root, so certificates of both keep working).
+pub const TRUST_BUNDLE_FILE: &str = "trust-bundle.pem";
 
 /// Lifetime of a root made by `weft ca init`.
 const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -30,6 +33,8 @@ pub struct Authority {
     intermediates_pem: String,
     /// PEM of the roots that peers must trust.
     bundle_pem: String,
+    /// DER of the root this CA chains to (always part of the bundle).
+    root: Vec<u8>,
     not_after: SystemTime,
 }
 
@@ -67,7 +72,33 @@ impl Authority {
         let hint = " (make one with `weft ca init --out DIR`)";
         let cert_text = read(&cert_path, hint)?;
         let key_text = read(&key_path, hint)?;
-        Authority::from_pem(&cert_text, &cert_path.display().to_string(), &key_text, &key_path.display().to_string())
+        let mut authority = Authority::from_pem(
+            &cert_text,
+            &cert_path.display().to_string(),
+            &key_text,
+            &key_path.display().to_string(),
+        )?;
+        let bundle_path = dir.join(TRUST_BUNDLE_FILE);
+        if bundle_path.exists() {
+            let bundle = read(&bundle_path, "")?;
+            authority.set_trust_bundle(&bundle, &bundle_path.display().to_string())?;
+        }
+        Ok(authority)
+    }
+
+    /// Replaces the roots handed out with leaves. They must include this CA's own root, or the
+    /// leaves it signs would not verify anywhere.
+    pub fn set_trust_bundle(&mut self, bundle_pem: &str, what: &str) -> Result<(), CaError> {
+        let roots = pem_certificates(bundle_pem, what)?;
+        if !roots.contains(&self.root) {
+            return Err(CaError::NotACa {
+                what: what.to_string(),
+                reason: "as a trust bundle it must include this CA's own root (the last certificate of ca.pem)"
+                    .to_string(),
+            });
+        }
+        self.bundle_pem = roots.iter().map(|r| pem_block(r)).collect();
+        Ok(())
     }
 
     /// Like [`Authority::load`], from PEM text; `cert_what`/`key_what` name the sources in errors.
@@ -105,10 +136,12 @@ impl Authority {
         } else {
             String::new()
         };
-        Ok(Authority { signer, intermediates_pem, bundle_pem, not_after })
+        let root = blocks.last().expect("at least one certificate").clone();
+        Ok(Authority { signer, intermediates_pem, bundle_pem, root, not_after })
     }
 
-    /// The PEM roots a peer needs to verify what this CA signs.
+    /// The PEM roots a peer needs to verify what this CA signs (and, during a CA change, what the
+    /// previous CA signed).
     pub fn bundle_pem(&self) -> &str {
         &self.bundle_pem
     }
@@ -182,4 +215,39 @@ fn random_serial() -> Result<SerialNumber, CaError> {
     ring::rand::SystemRandom::new().fill(&mut bytes).map_err(|_| CaError::Random)?;
     bytes[0] &= 0x7f;
     Ok(SerialNumber::from_slice(&bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn authority() -> Authority {
+        let (cert, key) = Authority::generate_root("cluster.local").unwrap();
+        Authority::from_pem(&cert, "ca.pem", &key, "ca-key.pem").unwrap()
+    }
+
+    #[test]
+    fn a_trust_bundle_may_add_roots_but_must_keep_its_own() {
+        let mut a = authority();
+        let (old_root, _) = Authority::generate_root("cluster.local").unwrap();
+        let both = format!("{old_root}{}", a.bundle_pem());
+        a.set_trust_bundle(&both, "trust-bundle.pem").unwrap();
+        assert_eq!(pem_certificates(a.bundle_pem(), "bundle").unwrap().len(), 2);
+        let err = a.set_trust_bundle(&old_root, "trust-bundle.pem").err().unwrap().to_string();
+        assert!(err.contains("must include this CA's own root"), "{err}");
+    }
+
+    #[test]
+    fn refuses_a_leaf_or_a_key_of_another_certificate_as_ca() {
+        let a = authority();
+        let key = KeyPair::generate().unwrap();
+        let id = SpiffeId::parse("spiffe://cluster.local/ns/a/sa/b").unwrap();
+        let leaf = a.sign(&id, &key, Duration::from_secs(60)).unwrap();
+        let err = Authority::from_pem(&leaf.chain_pem, "ca.pem", &key.serialize_pem(), "k").err().unwrap();
+        assert!(err.to_string().contains("not a usable CA certificate"), "{err}");
+        let (cert, _) = Authority::generate_root("cluster.local").unwrap();
+        let err = Authority::from_pem(&cert, "ca.pem", &key.serialize_pem(), "k").err().unwrap();
+        assert!(matches!(err, CaError::KeyMismatch { .. }), "{err}");
+        assert!(matches!(a.sign(&id, &key, Duration::ZERO), Err(CaError::ZeroTtl)));
+    }
 }

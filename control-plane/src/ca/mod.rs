@@ -7,6 +7,6 @@ mod error;
 pub mod http;
 mod issuer;
 
-pub use authority::{Authority, CA_CERT_FILE, CA_KEY_FILE, Issued, pem_block, pem_certificates};
+pub use authority::{Authority, CA_CERT_FILE, CA_KEY_FILE, Issued, TRUST_BUNDLE_FILE, pem_block, pem_certificates};
 pub use error::CaError;
 pub use issuer::{Issuer, JoinTokens};

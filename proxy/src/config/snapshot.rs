@@ -517,6 +517,39 @@ spec:
     }
 
     #[test]
+    fn a_mesh_asking_for_mtls_needs_an_identity_source() {
+        let strict = format!("{BASE}---\nkind: Mesh\nmetadata: {{name: default}}\nspec: {{mtls: strict}}\n");
+        let err = build(&strict, None).err().expect("strict without tls files or controlPlane");
+        assert!(err.to_string().contains("spec.tls: the Mesh asks for mtls but this proxy has no identity"), "{err}");
+        let off = strict.replace("mtls: strict", "mtls: off");
+        assert!(build(&off, None).is_ok());
+        let with_files = strict.replace(
+            "  service: frontend\n",
+            "  service: frontend\n  tls: {certFile: c.pem, keyFile: k.pem, bundleFile: b.pem}\n",
+        );
+        assert!(build(&with_files, None).is_ok());
+    }
+
+    #[test]
+    fn authorization_policies_of_the_own_service_only() {
+        let text = format!(
+            "{BASE}---
+kind: AuthorizationPolicy
+metadata: {{name: mine, namespace: shop}}
+spec: {{service: frontend, default: deny}}
+---
+kind: AuthorizationPolicy
+metadata: {{name: theirs, namespace: shop}}
+spec: {{service: payments, default: allow}}
+"
+        );
+        let snap = build(&text, None).unwrap();
+        let authz = snap.authz.as_ref().expect("frontend's policy compiled");
+        assert!(!authz.decide(Some("spiffe://cluster.local/ns/shop/sa/x"), Some(&Method::GET), Some("/")).allowed);
+        assert!(build(BASE, None).unwrap().authz.is_none(), "no policy: everything allowed");
+    }
+
+    #[test]
     fn a_file_without_proxy_document_is_rejected() {
         let text = "kind: Service\nmetadata: {name: a}\nspec: {endpoints: [{address: 127.0.0.1:1}]}\n";
         let err = build(text, None).err().expect("no Proxy document");
