@@ -470,3 +470,59 @@ async fn opaque_tcp_travels_inside_mtls_and_is_authorized_by_caller() {
     };
     assert_eq!((decisions("allow").await, decisions("deny").await), (1.0, 1.0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_change_with_overlapping_trust_loses_no_request() {
+    let old = Pki::new("mtls-old-ca");
+    let new = Pki::new("mtls-new-ca");
+    let app = Backend::start("app").await;
+    let server_files = old.issue("server", &spiffe("server"), "1h");
+    let client_files = old.issue("client", &spiffe("client"), "1h");
+    let server = server(&server_files, &app, "").await;
+    let client = client(&client_files, server.inbound(), &spiffe("server")).await;
+    let load = tokio::spawn(run_load(client.upstream("server"), 2, Limit::For(Duration::from_secs(6)), |i| {
+        Req::get(&format!("/{i}"))
+    }));
+    // 1. Both trust both roots. 2. The new CA (bundle: both roots) re-issues the server, then
+    // the client. 3. Only the new root is left.
+    let old_root = std::fs::read_to_string(old.ca_dir().join("ca.pem")).unwrap();
+    let new_root = std::fs::read_to_string(new.ca_dir().join("ca.pem")).unwrap();
+    std::fs::write(new.ca_dir().join("trust-bundle.pem"), format!("{old_root}{new_root}")).unwrap();
+    for files in [&server_files, &client_files] {
+        std::fs::write(files.path("bundle.pem"), format!("{old_root}{new_root}")).unwrap();
+    }
+    wait_installs(&server, 2).await;
+    wait_installs(&client, 2).await;
+    copy_identity(&new.issue("server-new", &spiffe("server"), "1h"), &server_files);
+    wait_installs(&server, 3).await;
+    copy_identity(&new.issue("client-new", &spiffe("client"), "1h"), &client_files);
+    wait_installs(&client, 3).await;
+    for files in [&server_files, &client_files] {
+        std::fs::write(files.path("bundle.pem"), &new_root).unwrap();
+    }
+    wait_installs(&server, 4).await;
+    wait_installs(&client, 4).await;
+
+    let report = load.await.unwrap();
+    assert_eq!(report.failures(), 0, "{}", report.summary());
+    let after = must(client.upstream("server"), &Req::get("/after")).await;
+    assert_eq!(after.status, 200, "only the new CA is trusted now, and both sides use it: {after:?}");
+    assert_eq!(handshake_errors(&server, "inbound", "unknown-ca").await, 0.0);
+}
+
+/// Waits until `proxy` installed its `n`th identity.
+async fn wait_installs(proxy: &Proxy, n: usize) {
+    eventually(&format!("identity #{n} installed"), Duration::from_secs(5), || async {
+        (proxy.logs().matches("identity installed").count() >= n).then_some(())
+    })
+    .await;
+}
+
+/// Replaces `to`'s certificate, key and bundle with `from`'s, each file atomically.
+fn copy_identity(from: &IdentityFiles, to: &IdentityFiles) {
+    for f in ["cert.pem", "key.pem", "bundle.pem"] {
+        let tmp = to.path(&format!(".{f}.tmp"));
+        std::fs::copy(from.path(f), &tmp).unwrap();
+        std::fs::rename(&tmp, to.path(f)).unwrap();
+    }
+}
