@@ -21,7 +21,9 @@ pub fn reload(state: &ProxyState) -> Result<u64, Diagnostics> {
                 tracing::warn!("listener addresses changed in the config; they take effect after a restart");
             }
             if snap.proxy.tls != current.proxy.tls || snap.proxy.control_plane != current.proxy.control_plane {
-                tracing::warn!("tls or controlPlane changed in the config; the identity source changes after a restart");
+                tracing::warn!(
+                    "tls or controlPlane changed in the config; the identity source changes after a restart"
+                );
             }
             crate::logging::ACCESS_LOG.store(snap.proxy.log.access_log, std::sync::atomic::Ordering::Relaxed);
             let version = snap.version;

@@ -20,15 +20,22 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// First byte of every TLS connection (a handshake record).
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
+/// In permissive mode a plaintext TCP client of a server-first protocol (SMTP, MySQL) sends
+/// nothing until the app greets it: after this long without a byte, it is served as plaintext.
+const SERVER_FIRST_WAIT: Duration = Duration::from_millis(300);
+
 /// Serves one inbound connection under `mode` (strict or permissive).
 pub async fn serve(stream: TcpStream, peer: SocketAddr, state: Arc<ProxyState>, mode: MtlsMode) {
+    let server_first = mode == MtlsMode::Permissive && app_is_tcp(&state);
+    let wait = if server_first { SERVER_FIRST_WAIT } else { HANDSHAKE_TIMEOUT };
     let mut first = [0u8; 1];
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
-        Ok(Ok(1)) => {}
+    let plaintext = match tokio::time::timeout(wait, stream.peek(&mut first)).await {
+        Ok(Ok(1)) => first[0] != TLS_HANDSHAKE_RECORD,
+        Err(_) if server_first => true,
         // Closed, broken or silent before sending anything: nothing to serve or count.
         _ => return,
-    }
-    if first[0] != TLS_HANDSHAKE_RECORD {
+    };
+    if plaintext {
         if mode == MtlsMode::Permissive {
             METRICS.inbound_connections.with_label_values(&["plaintext"]).inc();
             serve_app(stream, peer, state, None).await;
@@ -72,12 +79,15 @@ async fn serve_app<S>(stream: S, peer: SocketAddr, state: Arc<ProxyState>, calle
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let is_tcp = state.config.load().inbound.as_ref().is_some_and(|i| i.cluster.protocol == weft_api::Protocol::Tcp);
-    if is_tcp {
+    if app_is_tcp(&state) {
         crate::tcp::serve_inbound(stream, caller, &state).await;
     } else {
         crate::http::server::serve(stream, peer, crate::listeners::Side::Inbound, state, caller).await;
     }
+}
+
+fn app_is_tcp(state: &ProxyState) -> bool {
+    state.config.load().inbound.as_ref().is_some_and(|i| i.cluster.protocol == weft_api::Protocol::Tcp)
 }
 
 /// Strict mode: a plaintext client gets one HTTP answer saying why (most plaintext callers are

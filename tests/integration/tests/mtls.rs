@@ -526,3 +526,33 @@ fn copy_identity(from: &IdentityFiles, to: &IdentityFiles) {
         std::fs::rename(&tmp, to.path(f)).unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permissive_serves_a_plaintext_server_first_tcp_client_without_a_stall() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Like SMTP: the app greets first, so a plaintext client sends nothing the proxy could peek at.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_addr = listener.local_addr().unwrap();
+    let app = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        socket.write_all(b"220 ready\r\n").await.unwrap();
+    });
+    let pki = Pki::new("mtls-server-first");
+    let server = Proxy::start(ProxyConfig {
+        service: "server".to_string(),
+        inbound_app: Some(app_addr),
+        proxy_spec: pki.issue("server", &spiffe("server"), "1h").tls_line(),
+        policy: format!("{}{}", weft_integration::service("server", "tcp", &[]), mesh("permissive")),
+        ..Default::default()
+    })
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(server.inbound()).await.unwrap();
+    let mut greeting = [0u8; 11];
+    tokio::time::timeout(Duration::from_secs(3), stream.read_exact(&mut greeting))
+        .await
+        .expect("greeting within 3 s without the client sending anything")
+        .unwrap();
+    assert_eq!(&greeting, b"220 ready\r\n");
+    app.await.unwrap();
+    assert_eq!(counter(&server, "weft_inbound_connections_total", &[("transport", "plaintext")]).await, 1.0);
+}
