@@ -238,6 +238,27 @@ mod tests {
     }
 
     #[test]
+    fn an_operator_intermediate_signs_and_its_chain_travels_with_leaves() {
+        let (root_pem, root_key_pem) = Authority::generate_root("cluster.local").unwrap();
+        let root_key = KeyPair::from_pem(&root_key_pem).unwrap();
+        let root = rcgen::Issuer::from_ca_cert_pem(&root_pem, root_key).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let intermediate = params.signed_by(&key, &root).unwrap().pem();
+        let ca =
+            Authority::from_pem(&format!("{intermediate}{root_pem}"), "ca.pem", &key.serialize_pem(), "k").unwrap();
+        assert_eq!(ca.bundle_pem(), pem_block(&pem_certificates(&root_pem, "root").unwrap()[0]));
+        let leaf_key = KeyPair::generate().unwrap();
+        let id = SpiffeId::parse("spiffe://cluster.local/ns/a/sa/b").unwrap();
+        let issued = ca.sign(&id, &leaf_key, Duration::from_secs(60)).unwrap();
+        let chain = pem_certificates(&issued.chain_pem, "chain").unwrap();
+        assert_eq!(chain.len(), 2, "leaf, then the intermediate");
+        assert_eq!(chain[1], pem_certificates(&intermediate, "i").unwrap()[0]);
+    }
+
+    #[test]
     fn refuses_a_leaf_or_a_key_of_another_certificate_as_ca() {
         let a = authority();
         let key = KeyPair::generate().unwrap();
