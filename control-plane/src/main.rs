@@ -9,6 +9,7 @@ Commands:
   check PATH...   validate policy files or folders; every problem as FILE:LINE: field.path: message
   demo            a local mesh on loopback: demo services behind a sidecar, load, a failure absorbed
   proxy ARGS...   run the sidecar proxy (the same as `weft-proxy ARGS...`)
+  serve [OPTS]    run the control plane: policy, registry, discovery streams
 
 Run `weft COMMAND --help` for a command's options.
 ";
@@ -19,6 +20,7 @@ fn main() -> ExitCode {
         Some("check") => weft_control::check::run(&args[1..]),
         Some("demo") => weft_control::demo::run(&args[1..]),
         Some("proxy") => return proxy(&args[1..]),
+        Some("serve") => weft_control::serve::run(&args[1..]),
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
             0
