@@ -29,6 +29,8 @@ pub struct ProxyConfig {
     pub proxy_spec: String,
     /// The other documents (Service, Route, TrafficPolicy…).
     pub policy: String,
+    /// The proxy's own service (`client` when unset).
+    pub service: Option<String>,
 }
 
 pub struct Proxy {
@@ -241,7 +243,7 @@ fn proxy_document(
     inbound: Option<SocketAddr>,
     upstreams: &[(String, SocketAddr)],
 ) -> String {
-    let mut spec = String::from("service: client\n");
+    let mut spec = format!("service: {}\n", cfg.service.as_deref().unwrap_or("client"));
     if !cfg.proxy_spec.contains("workers:") {
         spec.push_str("workers: 1\n");
     }

@@ -1,0 +1,252 @@
+//! The watch stream to the control plane: one HTTP/2 (h2c) connection carrying the stream and
+//! the acks. Reconnects with jittered backoff; the proxy serves its current config throughout.
+//! Anything that does not parse or build is rejected (logged, counted, not acked) and the
+//! stream is reopened for a fresh snapshot.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+use weft_api::discovery::{Ack, Leave, WatchMessage, WatchRequest};
+
+use super::layer::ControlPlaneLayer;
+use super::{DISCOVERY, apply, persist};
+use crate::retry::backoff;
+use crate::state::ProxyState;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The control plane sends a heartbeat every 10 s on an idle stream.
+const SILENCE_LIMIT: Duration = Duration::from_secs(35);
+/// A single message larger than this is refused (a whole mesh of 100,000 endpoints is ~7 MB).
+const MAX_LINE_BYTES: usize = 128 * 1024 * 1024;
+const BACKOFF_BASE: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// `http://host:port` or `host:port` → `host:port`.
+fn authority(address: &str) -> Result<String, String> {
+    if address.starts_with("https://") {
+        return Err(format!(
+            "{address}: TLS to the control plane comes with mesh mTLS; use http:// (plaintext, loopback or a trusted network) for now"
+        ));
+    }
+    let rest = address.strip_prefix("http://").unwrap_or(address);
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.is_empty() || !authority.contains(':') {
+        return Err(format!(
+            "{address}: the control plane address needs a host and a port, e.g. http://127.0.0.1:8086"
+        ));
+    }
+    Ok(authority.to_string())
+}
+
+enum End {
+    /// The control plane closed the stream.
+    Closed,
+    Draining,
+}
+
+/// Keeps a watch stream open until the proxy drains.
+pub async fn run(state: Arc<ProxyState>, address: String, request: WatchRequest) {
+    let authority = match authority(&address) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!("{e}; serving without a control plane");
+            return;
+        }
+    };
+    let mut failures = 0u32;
+    let mut drain = state.drain_signal();
+    loop {
+        if state.is_draining() {
+            return;
+        }
+        let result = session(&state, &authority, &request, &mut failures).await;
+        DISCOVERY.connected.set(0);
+        match result {
+            Ok(End::Draining) => return,
+            Ok(End::Closed) => {
+                tracing::warn!(control_plane = %authority, "the control plane closed the stream; reconnecting")
+            }
+            Err(e) => {
+                failures += 1;
+                // Say it once loudly, then only now and then: an outage can last.
+                if failures == 1 || failures.is_multiple_of(20) {
+                    tracing::warn!(control_plane = %authority, failures, "control plane: {e}; serving the last good config and retrying");
+                } else {
+                    tracing::debug!(control_plane = %authority, "control plane: {e}");
+                }
+            }
+        }
+        let wait = backoff(failures.max(1), BACKOFF_BASE, BACKOFF_MAX);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = drain.changed() => return,
+        }
+    }
+}
+
+async fn session(
+    state: &ProxyState,
+    authority: &str,
+    request: &WatchRequest,
+    failures: &mut u32,
+) -> Result<End, String> {
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(authority))
+        .await
+        .map_err(|_| format!("connect to {authority} timed out"))?
+        .map_err(|e| format!("cannot connect to {authority}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("HTTP/2 handshake with {authority}: {e}"))?;
+    tokio::spawn(conn);
+    let uri = format!("http://{authority}/v1/watch?{}", request.to_query());
+    let req = Request::get(uri).body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(CONNECT_TIMEOUT * 5, send.send_request(req))
+        .await
+        .map_err(|_| "no answer to the watch request".to_string())?
+        .map_err(|e| format!("watch request: {e}"))?;
+    if resp.status() != StatusCode::OK {
+        let status = resp.status();
+        let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        return Err(format!("watch refused with {status}: {}", String::from_utf8_lossy(&body).trim()));
+    }
+    DISCOVERY.connected.set(1);
+    let mut body = resp.into_body();
+    let mut drain = state.drain_signal();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut session_id: Option<String> = None;
+    loop {
+        let frame = tokio::select! {
+            f = tokio::time::timeout(SILENCE_LIMIT, body.frame()) => f,
+            _ = drain.changed() => {
+                if let Some(s) = session_id {
+                    leave(&mut send, authority, s).await;
+                }
+                return Ok(End::Draining);
+            }
+        };
+        let data = match frame {
+            Err(_) => return Err(format!("nothing from the control plane for {SILENCE_LIMIT:?}")),
+            Ok(None) => return Ok(End::Closed),
+            Ok(Some(Err(e))) => return Err(format!("stream broke: {e}")),
+            Ok(Some(Ok(frame))) => match frame.into_data() {
+                Ok(d) => d,
+                Err(_) => continue,
+            },
+        };
+        buf.extend_from_slice(&data);
+        let mut start = 0;
+        while let Some(end) = buf[start..].iter().position(|b| *b == b'\n') {
+            let line = &buf[start..start + end];
+            start += end + 1;
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            if let Some(version) = handle_line(state, line, &mut session_id)? {
+                *failures = 0;
+                if let Some(s) = &session_id {
+                    spawn_ack(&send, authority, Ack { session: s.clone(), version });
+                }
+            }
+        }
+        buf.drain(..start);
+        if buf.len() > MAX_LINE_BYTES {
+            return Err(format!("a message longer than {MAX_LINE_BYTES} bytes"));
+        }
+    }
+}
+
+/// Applies one stream line; returns the control-plane version applied, if any.
+fn handle_line(state: &ProxyState, line: &[u8], session_id: &mut Option<String>) -> Result<Option<u64>, String> {
+    let msg: WatchMessage = match serde_json::from_slice(line) {
+        Ok(m) => m,
+        Err(e) => return Err(reject(format!("not a discovery message ({e})"))),
+    };
+    let layer = match msg {
+        WatchMessage::Heartbeat { .. } => return Ok(None),
+        WatchMessage::Snapshot(s) => {
+            *session_id = Some(s.session.clone());
+            ControlPlaneLayer::from_snapshot(s)
+        }
+        WatchMessage::Delta(d) => {
+            let Some(current) = state.layers.control_plane().filter(|_| session_id.is_some()) else {
+                return Err(reject("a delta before any snapshot".to_string()));
+            };
+            current.with_delta(&d).map_err(reject)?
+        }
+    };
+    let version = layer.version;
+    let to_save = state.config.load().proxy.state_dir.clone();
+    match apply(state, layer) {
+        Ok(local) => {
+            tracing::debug!(version, local, "control-plane version applied");
+            if let Some(dir) = to_save
+                && let Some(layer) = state.layers.control_plane()
+                && let Err(e) = persist::save(std::path::Path::new(&dir), &layer)
+            {
+                tracing::warn!(dir, error = %e, "cannot persist the control-plane config");
+            }
+            Ok(Some(version))
+        }
+        Err(diags) => {
+            for d in &diags.0 {
+                tracing::error!(problem = %d, "control-plane version {version} rejected; keeping the current config");
+            }
+            Err(format!("version {version} rejected ({} problems)", diags.0.len()))
+        }
+    }
+}
+
+fn reject(why: String) -> String {
+    DISCOVERY.updates.with_label_values(&["rejected"]).inc();
+    tracing::error!("control-plane update rejected: {why}; keeping the current config");
+    why
+}
+
+fn post<T: serde::Serialize>(authority: &str, path: &str, body: &T) -> Option<Request<Full<Bytes>>> {
+    let json = serde_json::to_vec(body).ok()?;
+    Request::post(format!("http://{authority}{path}"))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(json)))
+        .ok()
+}
+
+fn spawn_ack(send: &SendRequest<Full<Bytes>>, authority: &str, ack: Ack) {
+    let Some(req) = post(authority, "/v1/ack", &ack) else { return };
+    let mut send = send.clone();
+    tokio::spawn(async move {
+        match send.send_request(req).await {
+            Ok(resp) if resp.status().is_success() => {}
+            Ok(resp) => tracing::debug!(status = %resp.status(), version = ack.version, "ack not accepted"),
+            Err(e) => tracing::debug!(error = %e, version = ack.version, "ack not sent"),
+        }
+    });
+}
+
+/// Withdraws this proxy's registration (it is draining), waiting briefly for the answer.
+async fn leave(send: &mut SendRequest<Full<Bytes>>, authority: &str, session: String) {
+    let Some(req) = post(authority, "/v1/leave", &Leave { session }) else { return };
+    match tokio::time::timeout(Duration::from_secs(1), send.send_request(req)).await {
+        Ok(Ok(resp)) if resp.status().is_success() => tracing::info!("registration withdrawn from the control plane"),
+        _ => tracing::warn!("could not withdraw the registration; it expires with the control plane's TTL"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_take_a_scheme_or_none() {
+        assert_eq!(authority("http://127.0.0.1:8086").unwrap(), "127.0.0.1:8086");
+        assert_eq!(authority("weft-control:8086/").unwrap(), "weft-control:8086");
+        assert!(authority("https://weft-control.weft:8086").unwrap_err().contains("mTLS"));
+        assert!(authority("http://nohost").unwrap_err().contains("port"));
+    }
+}
