@@ -4,3 +4,4 @@
 pub mod check;
 pub mod demo;
 pub mod serve;
+pub mod status;

@@ -10,6 +10,7 @@ Commands:
   demo            a local mesh on loopback: demo services behind a sidecar, load, a failure absorbed
   proxy ARGS...   run the sidecar proxy (the same as `weft-proxy ARGS...`)
   serve [OPTS]    run the control plane: policy, registry, discovery streams
+  status [OPTS]   proxies connected, the version each applied and its lag, registrations
 
 Run `weft COMMAND --help` for a command's options.
 ";
@@ -21,6 +22,7 @@ fn main() -> ExitCode {
         Some("demo") => weft_control::demo::run(&args[1..]),
         Some("proxy") => return proxy(&args[1..]),
         Some("serve") => weft_control::serve::run(&args[1..]),
+        Some("status") => weft_control::status::run(&args[1..]),
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
             0

@@ -27,6 +27,13 @@ use weft_integration::{
 
 const SETTLE: Duration = Duration::from_secs(15);
 
+/// Runs the `weft` CLI and returns its stdout; panics unless it exits 0.
+fn weft(args: &[&str]) -> String {
+    let out = std::process::Command::new(weft_integration::bin("weft")).args(args).output().expect("run weft");
+    assert!(out.status.success(), "weft {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
 /// A proxy subscribed to `cp`, with no policy of its own.
 async fn subscribed_proxy(cp: &ControlPlane, extra: &str) -> Proxy {
     Proxy::start(ProxyConfig {
@@ -142,6 +149,15 @@ async fn self_registered_proxies_take_traffic_and_leave_when_draining() {
     let status = cp.status().await;
     let reg = status["services"].as_array().unwrap().iter().find(|s| s["service"] == "payments.default").cloned();
     assert_eq!(reg.map(|s| s["instances"]["self-registration"].clone()), Some(serde_json::json!(1)), "{status}");
+
+    // `weft status`, for people and for scripts.
+    let url = format!("http://{}", cp.admin());
+    let table = weft(&["status", "--control-plane", &url]);
+    assert!(table.contains("2 proxies connected"), "{table}");
+    assert!(table.contains("payments.default") && table.contains("self-registration=1"), "{table}");
+    let json: serde_json::Value =
+        serde_json::from_str(&weft(&["status", "--control-plane", &url, "-o", "json"])).unwrap();
+    assert_eq!(json["proxies"].as_array().map(Vec::len), Some(2), "{json}");
 
     payments.sigterm();
     eventually("the draining proxy's registration to be withdrawn", SETTLE, || async {
