@@ -379,3 +379,94 @@ async fn a_hundred_subscribers_converge_on_a_change() {
     let sum = metric_sum(&text, "weft_control_convergence_seconds_sum", &[]);
     println!("control plane publish -> ack: {count} samples, mean {:.2} ms", sum / count * 1000.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_policy_is_rejected_with_file_lines_and_the_last_good_keeps_serving() {
+    let a = Backend::start("a").await;
+    let good = service("api", "http", &[a.addr()]);
+    let cp = ControlPlane::start(&good).await;
+    let proxy = subscribed_proxy(&cp, "").await;
+    routes_only_to(&proxy, "api", &["a"], 3).await;
+    let version = cp.status().await["version"].as_u64().unwrap();
+
+    cp.write_policy(&good.replace("protocol: http", "protocol: htp"));
+    let status = eventually("the bad policy to be rejected", SETTLE, || async {
+        let s = cp.status().await;
+        (s["policyValid"] == false).then_some(s)
+    })
+    .await;
+    let errors = status["policyErrors"].to_string();
+    assert!(errors.contains("policy.yaml:") && errors.contains("spec.ports[0].protocol"), "{errors}");
+    assert_eq!(status["version"].as_u64(), Some(version), "nothing was published");
+    assert!(metric_sum(&cp.metrics().await, "weft_control_policy_errors", &[]) >= 1.0);
+    assert!(cp.logs().contains("spec.ports[0].protocol: invalid value \"htp\""), "{}", cp.logs());
+    routes_only_to(&proxy, "api", &["a"], 5).await;
+
+    cp.write_policy(&good);
+    eventually("the fixed policy to clear the errors", SETTLE, || async {
+        (metric_sum(&cp.metrics().await, "weft_control_policy_errors", &[]) == 0.0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_subscriber_gets_a_resync_and_blocks_no_one() {
+    let cp = ControlPlane::start(&service("api", "http", &["127.0.0.1:1".parse().unwrap()])).await;
+    // A subscriber that stops reading: a 1 KiB HTTP/2 window it never releases.
+    let stream = tokio::net::TcpStream::connect(cp.listen()).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(1024)
+        .handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get(format!("http://{}/v1/watch?service=stuck", cp.listen()))
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    let mut stuck = send.send_request(req).await.unwrap().into_body();
+    let (mut healthy, _) = Watcher::connect(cp.listen(), "service=healthy").await.unwrap();
+
+    // 150 instances register (150 deltas), more than a stream's queue holds.
+    let mut registrants = Vec::new();
+    for i in 0..150 {
+        let (w, _) =
+            Watcher::connect(cp.listen(), &format!("service=api&address=127.0.0.2:{}", 2000 + i)).await.unwrap();
+        registrants.push(w);
+    }
+    let last = "127.0.0.2:2149";
+    let mut seen = false;
+    while let Some((_, msg)) = healthy.next(SETTLE).await {
+        if mentions_endpoint(&msg, "api.default", last) {
+            seen = true;
+            break;
+        }
+    }
+    assert!(seen, "the healthy subscriber did not see every registration");
+    eventually("the stuck stream to be marked for a resync", SETTLE, || async {
+        let m = cp.metrics().await;
+        (metric_sum(&m, "weft_control_resyncs_total", &[("reason", "overflow")]) >= 1.0).then_some(())
+    })
+    .await;
+
+    // Reading again, it gets a fresh snapshot with everything instead of the backlog.
+    use http_body_util::BodyExt;
+    let mut buf = Vec::new();
+    let mut messages = 0;
+    let found = tokio::time::timeout(SETTLE, async {
+        while let Some(Ok(frame)) = stuck.frame().await {
+            buf.extend_from_slice(&frame.into_data().unwrap_or_default());
+            while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=pos).collect();
+                let msg: serde_json::Value = serde_json::from_slice(&line).unwrap();
+                messages += 1;
+                if msg["type"] == "snapshot" && mentions_endpoint(&msg, "api.default", last) {
+                    return true;
+                }
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(found, Ok(true), "no resync snapshot with the latest registration");
+    assert!(messages < 100, "the backlog was replayed ({messages} messages) instead of a resync");
+}
