@@ -22,8 +22,10 @@ use super::policy::Policy;
 
 /// Messages queued per stream before the stream is marked for a resync.
 pub const STREAM_BUFFER: usize = 64;
-/// Publish times kept for convergence measurement; acks of older versions are not timed.
+/// Publish times kept for the lag shown by `weft status`.
 const PUBLISHED_KEPT: usize = 16 * 1024;
+/// Unacked versions remembered per stream (a proxy that never acks costs at most this much).
+const UNACKED_KEPT: usize = 1024;
 
 /// One registered instance of a service.
 #[derive(Clone, Debug, PartialEq)]
@@ -57,6 +59,15 @@ pub struct Subscriber {
     connected_at: Instant,
 }
 
+impl Progress {
+    fn push(&mut self, version: u64, published: Option<Instant>) {
+        self.unacked.push_back((version, published));
+        while self.unacked.len() > UNACKED_KEPT {
+            self.unacked.pop_front();
+        }
+    }
+}
+
 #[derive(Default)]
 struct Progress {
     sent: u64,
@@ -81,10 +92,7 @@ impl Subscriber {
             return false;
         }
         p.sent = version;
-        p.unacked.push_back((version, published));
-        while p.unacked.len() > PUBLISHED_KEPT {
-            p.unacked.pop_front();
-        }
+        p.push(version, published);
         true
     }
 
@@ -398,7 +406,7 @@ impl Catalog {
         let version = snapshot.version;
         let mut p = lock(&sub.progress);
         p.sent = p.sent.max(version);
-        p.unacked.push_back((version, timed.then_some(published)));
+        p.push(version, timed.then_some(published));
         if timed {
             p.resyncs += 1;
         }
@@ -460,7 +468,8 @@ impl Catalog {
                 let p = lock(&sub.progress);
                 let oldest = p.unacked.front().map(|(v, _)| *v);
                 let lag = oldest
-                    .and_then(|v| inner.published.iter().find(|(pv, _)| *pv >= v).map(|(_, at)| *at))
+                    .and_then(|v| inner.published.get(inner.published.partition_point(|(pv, _)| *pv < v)))
+                    .map(|(_, at)| *at)
                     .map(|at| now.duration_since(at).as_secs_f64())
                     .unwrap_or(0.0);
                 ProxyStatus {

@@ -120,6 +120,9 @@ async fn session(
     let mut body = resp.into_body();
     let mut drain = state.drain_signal();
     let mut buf: Vec<u8> = Vec::new();
+    // Bytes at the front of `buf` already known to hold no newline (a large snapshot arrives
+    // in many frames; each byte is searched once).
+    let mut searched = 0;
     let mut session_id: Option<String> = None;
     loop {
         let frame = tokio::select! {
@@ -142,9 +145,11 @@ async fn session(
         };
         buf.extend_from_slice(&data);
         let mut start = 0;
-        while let Some(end) = buf[start..].iter().position(|b| *b == b'\n') {
-            let line = &buf[start..start + end];
-            start += end + 1;
+        while let Some(i) = buf[searched..].iter().position(|b| *b == b'\n') {
+            let end = searched + i;
+            let line = &buf[start..end];
+            start = end + 1;
+            searched = start;
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
@@ -156,6 +161,7 @@ async fn session(
             }
         }
         buf.drain(..start);
+        searched = buf.len();
         if buf.len() > MAX_LINE_BYTES {
             return Err(format!("a message longer than {MAX_LINE_BYTES} bytes"));
         }

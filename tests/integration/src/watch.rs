@@ -39,17 +39,21 @@ impl Watcher {
         let mut body = resp.into_body();
         tokio::spawn(async move {
             let mut buf: Vec<u8> = Vec::new();
+            // Bytes of `buf` known to hold no newline, so a large line is searched once.
+            let mut searched = 0;
             while let Some(Ok(frame)) = body.frame().await {
                 let Ok(data) = frame.into_data() else { continue };
                 let now = Instant::now();
                 buf.extend_from_slice(&data);
-                while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = buf.drain(..=pos).collect();
+                while let Some(i) = buf[searched..].iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=searched + i).collect();
+                    searched = 0;
                     let Ok(value) = serde_json::from_slice(&line) else { return };
                     if tx.send((now, value)).is_err() {
                         return;
                     }
                 }
+                searched = buf.len();
             }
         });
         let mut w = Watcher { lines: rx, send, addr, session: String::new() };
