@@ -4,7 +4,7 @@
 //! stream is reopened for a fresh snapshot.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
@@ -15,7 +15,8 @@ use tokio::net::TcpStream;
 use weft_api::discovery::{Ack, Leave, WatchMessage, WatchRequest};
 
 use super::layer::ControlPlaneLayer;
-use super::{DISCOVERY, apply, persist};
+use super::persist::Persister;
+use super::{DISCOVERY, apply};
 use crate::retry::backoff;
 use crate::state::ProxyState;
 
@@ -61,11 +62,13 @@ pub async fn run(state: Arc<ProxyState>, address: String, request: WatchRequest)
     };
     let mut failures = 0u32;
     let mut drain = state.drain_signal();
+    let mut persister = Persister::new(state.config.load().proxy.state_dir.as_deref());
     loop {
         if state.is_draining() {
             return;
         }
-        let result = session(&state, &authority, &request, &mut failures).await;
+        let result = session(&state, &authority, &request, &mut failures, &mut persister).await;
+        persister.flush(&state);
         DISCOVERY.connected.set(0);
         match result {
             Ok(End::Draining) => return,
@@ -95,6 +98,7 @@ async fn session(
     authority: &str,
     request: &WatchRequest,
     failures: &mut u32,
+    persister: &mut Persister,
 ) -> Result<End, String> {
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(authority))
         .await
@@ -124,9 +128,20 @@ async fn session(
     // in many frames; each byte is searched once).
     let mut searched = 0;
     let mut session_id: Option<String> = None;
+    let mut heard = Instant::now();
     loop {
+        let silence_at = heard + SILENCE_LIMIT;
+        let wake_at = persister.due().map_or(silence_at, |due| due.min(silence_at));
+        // `frame()` takes nothing until it is ready, so losing the race below loses no data.
         let frame = tokio::select! {
-            f = tokio::time::timeout(SILENCE_LIMIT, body.frame()) => f,
+            f = body.frame() => f,
+            _ = tokio::time::sleep_until(wake_at.into()) => {
+                persister.flush(state);
+                if Instant::now() >= silence_at {
+                    return Err(format!("nothing from the control plane for {SILENCE_LIMIT:?}"));
+                }
+                continue;
+            }
             _ = drain.changed() => {
                 if let Some(s) = session_id {
                     leave(&mut send, authority, s).await;
@@ -134,11 +149,11 @@ async fn session(
                 return Ok(End::Draining);
             }
         };
+        heard = Instant::now();
         let data = match frame {
-            Err(_) => return Err(format!("nothing from the control plane for {SILENCE_LIMIT:?}")),
-            Ok(None) => return Ok(End::Closed),
-            Ok(Some(Err(e))) => return Err(format!("stream broke: {e}")),
-            Ok(Some(Ok(frame))) => match frame.into_data() {
+            None => return Ok(End::Closed),
+            Some(Err(e)) => return Err(format!("stream broke: {e}")),
+            Some(Ok(frame)) => match frame.into_data() {
                 Ok(d) => d,
                 Err(_) => continue,
             },
@@ -153,8 +168,9 @@ async fn session(
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            if let Some(version) = handle_line(state, line, &mut session_id)? {
+            if let Some((version, snapshot)) = handle_line(state, line, &mut session_id)? {
                 *failures = 0;
+                persister.applied(state, snapshot);
                 if let Some(s) = &session_id {
                     spawn_ack(&send, authority, Ack { session: s.clone(), version });
                 }
@@ -168,12 +184,18 @@ async fn session(
     }
 }
 
-/// Applies one stream line; returns the control-plane version applied, if any.
-fn handle_line(state: &ProxyState, line: &[u8], session_id: &mut Option<String>) -> Result<Option<u64>, String> {
+/// Applies one stream line; returns the control-plane version applied, if any, and whether it
+/// came as a snapshot.
+fn handle_line(
+    state: &ProxyState,
+    line: &[u8],
+    session_id: &mut Option<String>,
+) -> Result<Option<(u64, bool)>, String> {
     let msg: WatchMessage = match serde_json::from_slice(line) {
         Ok(m) => m,
         Err(e) => return Err(reject(format!("not a discovery message ({e})"))),
     };
+    let snapshot = matches!(msg, WatchMessage::Snapshot(_));
     let layer = match msg {
         WatchMessage::Heartbeat { .. } => return Ok(None),
         WatchMessage::Snapshot(s) => {
@@ -188,17 +210,10 @@ fn handle_line(state: &ProxyState, line: &[u8], session_id: &mut Option<String>)
         }
     };
     let version = layer.version;
-    let to_save = state.config.load().proxy.state_dir.clone();
     match apply(state, layer) {
         Ok(local) => {
             tracing::debug!(version, local, "control-plane version applied");
-            if let Some(dir) = to_save
-                && let Some(layer) = state.layers.control_plane()
-                && let Err(e) = persist::save(std::path::Path::new(&dir), &layer)
-            {
-                tracing::warn!(dir, error = %e, "cannot persist the control-plane config");
-            }
-            Ok(Some(version))
+            Ok(Some((version, snapshot)))
         }
         Err(diags) => {
             for d in &diags.0 {

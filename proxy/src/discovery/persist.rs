@@ -3,10 +3,54 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use super::layer::ControlPlaneLayer;
+use crate::state::ProxyState;
 
 const FILE: &str = "control-plane.json";
+/// Deltas are written at most this often; snapshots at once.
+const DELTA_WRITE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Keeps `stateDir` in step with the applied layer without writing the whole layer for every
+/// endpoint change: snapshots are written at once, deltas at most once a second (the client
+/// calls [`Persister::flush`] when [`Persister::due`] comes and when a stream ends).
+pub struct Persister {
+    dir: Option<PathBuf>,
+    last_write: Option<Instant>,
+    dirty: bool,
+}
+
+impl Persister {
+    pub fn new(state_dir: Option<&str>) -> Persister {
+        Persister { dir: state_dir.map(PathBuf::from), last_write: None, dirty: false }
+    }
+
+    pub fn applied(&mut self, state: &ProxyState, snapshot: bool) {
+        self.dirty = self.dir.is_some();
+        if snapshot || self.last_write.is_none_or(|t| t.elapsed() >= DELTA_WRITE_INTERVAL) {
+            self.flush(state);
+        }
+    }
+
+    /// When unwritten changes should be written.
+    pub fn due(&self) -> Option<Instant> {
+        self.dirty.then(|| self.last_write.map_or_else(Instant::now, |t| t + DELTA_WRITE_INTERVAL))
+    }
+
+    pub fn flush(&mut self, state: &ProxyState) {
+        if !self.dirty {
+            return;
+        }
+        self.dirty = false;
+        self.last_write = Some(Instant::now());
+        if let (Some(dir), Some(layer)) = (&self.dir, state.layers.control_plane())
+            && let Err(e) = save(dir, &layer)
+        {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot persist the control-plane config");
+        }
+    }
+}
 
 pub fn path(state_dir: &Path) -> PathBuf {
     state_dir.join(FILE)
