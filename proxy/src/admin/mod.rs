@@ -63,6 +63,8 @@ async fn route(state: &ProxyState, peer: SocketAddr, req: Request<Incoming>) -> 
         (Method::GET, "/ready") => {
             if state.is_draining() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else if state.layers.awaiting_control_plane() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "waiting for the first config from the control plane\n")
             } else {
                 text(StatusCode::OK, "ready\n")
             }

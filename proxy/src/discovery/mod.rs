@@ -11,6 +11,7 @@ pub mod layer;
 pub mod persist;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 
 use prometheus::{IntCounterVec, IntGauge, Opts};
@@ -26,6 +27,10 @@ use layer::ControlPlaneLayer;
 #[derive(Default)]
 pub struct Layers {
     inner: Mutex<LayerState>,
+    /// Set while a control plane is configured and none of its versions (received or
+    /// persisted) is in effect yet: `/ready` stays 503, so an app gated on readiness does not
+    /// make its first calls into a proxy that knows no endpoints.
+    awaiting: AtomicBool,
 }
 
 #[derive(Default)]
@@ -37,6 +42,10 @@ struct LayerState {
 impl Layers {
     fn lock(&self) -> MutexGuard<'_, LayerState> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn awaiting_control_plane(&self) -> bool {
+        self.awaiting.load(Ordering::Acquire)
     }
 
     /// The control-plane layer in effect, if any.
@@ -108,6 +117,7 @@ pub fn apply(state: &ProxyState, cp: ControlPlaneLayer) -> Result<u64, Diagnosti
         METRICS.config_version.set(version as i64);
         DISCOVERY.version.set(cp.version as i64);
         layers.control_plane = Some(Arc::new(cp));
+        state.layers.awaiting.store(false, Ordering::Release);
         Ok(version)
     });
     DISCOVERY.updates.with_label_values(&[if result.is_ok() { "applied" } else { "rejected" }]).inc();
@@ -119,6 +129,7 @@ pub fn start(state: &Arc<ProxyState>) {
     LazyLock::force(&DISCOVERY);
     let snap = state.config.load_full();
     let Some(cp) = snap.proxy.control_plane.clone() else { return };
+    state.layers.awaiting.store(true, Ordering::Release);
     match crate::config::read_documents(&state.config_path) {
         Ok((docs, _)) => state.layers.lock().file = docs,
         Err(diags) => {

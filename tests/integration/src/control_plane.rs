@@ -27,9 +27,14 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Starts `weft serve` with `policy` as its only policy file and waits for `/ready`.
     pub async fn start(policy: &str) -> ControlPlane {
+        ControlPlane::start_at(policy, free_addr()).await
+    }
+
+    /// Like [`ControlPlane::start`], with the discovery listener on `listen`.
+    pub async fn start_at(policy: &str, listen: SocketAddr) -> ControlPlane {
         let dir = TempDir::new("control");
         std::fs::create_dir_all(dir.path().join("policy")).expect("create policy dir");
-        let mut cp = ControlPlane { child: None, dir, listen: free_addr(), admin: free_addr(), starts: 0 };
+        let mut cp = ControlPlane { child: None, dir, listen, admin: free_addr(), starts: 0 };
         cp.write_policy(policy);
         cp.restart().await;
         cp

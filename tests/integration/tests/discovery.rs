@@ -470,3 +470,23 @@ async fn a_stuck_subscriber_gets_a_resync_and_blocks_no_one() {
     assert_eq!(found, Ok(true), "no resync snapshot with the latest registration");
     assert!(messages < 100, "the backlog was replayed ({messages} messages) instead of a resync");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_is_not_ready_until_its_first_control_plane_config() {
+    let a = Backend::start("a").await;
+    let listen = weft_integration::net::free_addr();
+    let mut proxy = Proxy::spawn(&ProxyConfig {
+        proxy_spec: format!("controlPlane: {{address: \"http://{listen}\"}}\n"),
+        ..Default::default()
+    });
+    let resp = eventually("the admin listener to answer", SETTLE, || async {
+        weft_integration::client::send(proxy.admin(), &Req::get("/ready")).await.ok()
+    })
+    .await;
+    assert_eq!(resp.status, 503, "{}", resp.text());
+    assert!(resp.text().contains("control plane"), "{}", resp.text());
+
+    let _cp = ControlPlane::start_at(&service("api", "http", &[a.addr()]), listen).await;
+    proxy.wait_ready(SETTLE).await.unwrap();
+    routes_only_to(&proxy, "api", &["a"], 3).await;
+}
