@@ -142,11 +142,20 @@ pub struct Running {
 /// when the policy folder is invalid or a port is taken.
 pub async fn start(args: &ServeArgs) -> Result<Running, String> {
     let catalog = Catalog::new(args.registration_ttl);
+    // Without --registry the policy folder's Service endpoints are the YAML registry: one parse
+    // feeds both.
+    let shared_registry = match (&args.policy, &args.registry) {
+        (Some(dir), None) => Some(YamlDirRegistry::fed_by_policy(catalog.clone(), dir.clone())),
+        _ => None,
+    };
     if let Some(dir) = &args.policy {
-        let files = folder::load(dir).map_err(|problems| {
+        let mut files = folder::load(dir).map_err(|problems| {
             let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
             format!("{}\nthe policy folder {} is not valid; nothing was started", list.join("\n"), dir.display())
         })?;
+        if let Some(r) = &shared_registry {
+            r.take_instances(&mut files);
+        }
         catalog.set_policy(Policy::new(files));
     }
     let listener = TcpListener::bind(args.listen)
@@ -160,11 +169,12 @@ pub async fn start(args: &ServeArgs) -> Result<Running, String> {
     if let Some(dir) = &args.policy {
         let catalog = catalog.clone();
         let watched = dir.clone();
-        folder::watch(dir.clone(), move || reload_policy(&catalog, &watched))?;
+        let registry = shared_registry.clone();
+        folder::watch(dir.clone(), move || reload_policy(&catalog, &watched, registry.as_deref()))?;
     }
     let self_registration = SelfRegistration::new(catalog.clone(), args.registration_ttl);
     let mut registries: Vec<Arc<dyn Registry>> = vec![self_registration.clone()];
-    if let Some(dir) = args.registry.as_ref().or(args.policy.as_ref()) {
+    if let Some(dir) = &args.registry {
         registries.push(YamlDirRegistry::new(catalog.clone(), dir.clone()));
     }
     for r in registries {
@@ -185,9 +195,12 @@ pub async fn start(args: &ServeArgs) -> Result<Running, String> {
     Ok(Running { catalog, listen, admin: admin_addr })
 }
 
-fn reload_policy(catalog: &Catalog, dir: &std::path::Path) {
+fn reload_policy(catalog: &Catalog, dir: &std::path::Path, registry: Option<&YamlDirRegistry>) {
     match folder::load(dir) {
-        Ok(files) => {
+        Ok(mut files) => {
+            if let Some(r) = registry {
+                r.take_instances(&mut files);
+            }
             if catalog.set_policy(Policy::new(files)) {
                 catalog.metrics.policy_reloads.with_label_values(&["applied"]).inc();
                 tracing::info!(dir = %dir.display(), version = catalog.version(), "policy reloaded");
