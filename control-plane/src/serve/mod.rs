@@ -230,3 +230,32 @@ async fn wait_for_stop() {
     }
     let _ = tokio::signal::ctrl_c().await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Result<ServeArgs, String> {
+        ServeArgs::parse(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn defaults_follow_the_design_contract() {
+        let a = args(&[]).unwrap();
+        assert_eq!(a.listen.to_string(), "0.0.0.0:8086");
+        assert_eq!(a.admin.to_string(), "127.0.0.1:9990");
+        assert_eq!(a.registration_ttl, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn options_parse_and_errors_name_the_option() {
+        let a = args(&["--policy", "p", "--listen", "127.0.0.1:1", "--registration-ttl", "250ms"]).unwrap();
+        assert_eq!(a.policy, Some(PathBuf::from("p")));
+        assert_eq!(a.listen.to_string(), "127.0.0.1:1");
+        assert_eq!(a.registration_ttl, Duration::from_millis(250));
+        assert!(args(&["--listen", "nope"]).unwrap_err().contains("--listen"));
+        assert!(args(&["--policy"]).unwrap_err().contains("needs a value"));
+        assert!(args(&["--registration-ttl", "5"]).unwrap_err().contains("--registration-ttl"));
+        assert!(args(&["--colour"]).unwrap_err().contains("--colour"));
+    }
+}

@@ -29,7 +29,7 @@ const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// `http://host:port` or `host:port` → `host:port`.
-fn authority(address: &str) -> Result<String, String> {
+pub fn authority(address: &str) -> Result<String, String> {
     if address.starts_with("https://") {
         return Err(format!(
             "{address}: TLS to the control plane comes with mesh mTLS; use http:// (plaintext, loopback or a trusted network) for now"
@@ -51,15 +51,8 @@ enum End {
     Draining,
 }
 
-/// Keeps a watch stream open until the proxy drains.
-pub async fn run(state: Arc<ProxyState>, address: String, request: WatchRequest) {
-    let authority = match authority(&address) {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::error!("{e}; serving without a control plane");
-            return;
-        }
-    };
+/// Keeps a watch stream open to `authority` (see [`authority`]) until the proxy drains.
+pub async fn run(state: Arc<ProxyState>, authority: String, request: WatchRequest) {
     let mut failures = 0u32;
     let mut drain = state.drain_signal();
     let mut persister = Persister::new(state.config.load().proxy.state_dir.as_deref());

@@ -129,6 +129,13 @@ pub fn start(state: &Arc<ProxyState>) {
     LazyLock::force(&DISCOVERY);
     let snap = state.config.load_full();
     let Some(cp) = snap.proxy.control_plane.clone() else { return };
+    let authority = match client::authority(&cp.address) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!("controlPlane.address {e}; serving the file's config without a control plane");
+            return;
+        }
+    };
     state.layers.awaiting.store(true, Ordering::Release);
     match crate::config::read_documents(&state.config_path) {
         Ok((docs, _)) => state.layers.lock().file = docs,
@@ -167,5 +174,5 @@ pub fn start(state: &Arc<ProxyState>) {
         }),
         name: None,
     };
-    tokio::spawn(client::run(state.clone(), cp.address, request));
+    tokio::spawn(client::run(state.clone(), authority, request));
 }
