@@ -152,6 +152,9 @@ async fn session(
             },
         };
         buf.extend_from_slice(&data);
+        // Every complete line that arrived together is folded into one layer and applied (and
+        // acked) once: a burst of deltas costs one config build, not one each.
+        let mut pending: Option<(ControlPlaneLayer, bool)> = None;
         let mut start = 0;
         while let Some(i) = buf[searched..].iter().position(|b| *b == b'\n') {
             let end = searched + i;
@@ -161,12 +164,14 @@ async fn session(
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            if let Some((version, snapshot)) = handle_line(state, line, &mut session_id)? {
-                *failures = 0;
-                persister.applied(state, snapshot);
-                if let Some(s) = &session_id {
-                    spawn_ack(&send, authority, Ack { session: s.clone(), version });
-                }
+            fold_line(state, line, &mut session_id, &mut pending)?;
+        }
+        if let Some((layer, snapshot)) = pending {
+            let version = apply_layer(state, layer)?;
+            *failures = 0;
+            persister.applied(state, snapshot);
+            if let Some(s) = &session_id {
+                spawn_ack(&send, authority, Ack { session: s.clone(), version });
             }
         }
         buf.drain(..start);
@@ -177,36 +182,46 @@ async fn session(
     }
 }
 
-/// Applies one stream line; returns the control-plane version applied, if any, and whether it
-/// came as a snapshot.
-fn handle_line(
+/// Folds one stream line into `pending` (the layer to apply once the lines at hand are read;
+/// the flag says whether a snapshot is among them).
+fn fold_line(
     state: &ProxyState,
     line: &[u8],
     session_id: &mut Option<String>,
-) -> Result<Option<(u64, bool)>, String> {
+    pending: &mut Option<(ControlPlaneLayer, bool)>,
+) -> Result<(), String> {
     let msg: WatchMessage = match serde_json::from_slice(line) {
         Ok(m) => m,
         Err(e) => return Err(reject(format!("not a discovery message ({e})"))),
     };
-    let snapshot = matches!(msg, WatchMessage::Snapshot(_));
-    let layer = match msg {
-        WatchMessage::Heartbeat { .. } => return Ok(None),
+    match msg {
+        WatchMessage::Heartbeat { .. } => {}
         WatchMessage::Snapshot(s) => {
             *session_id = Some(s.session.clone());
-            ControlPlaneLayer::from_snapshot(s)
+            *pending = Some((ControlPlaneLayer::from_snapshot(s), true));
         }
         WatchMessage::Delta(d) => {
-            let Some(current) = state.layers.control_plane().filter(|_| session_id.is_some()) else {
-                return Err(reject("a delta before any snapshot".to_string()));
-            };
-            current.with_delta(&d).map_err(reject)?
+            if pending.is_none() {
+                let Some(current) = state.layers.control_plane().filter(|_| session_id.is_some()) else {
+                    return Err(reject("a delta before any snapshot".to_string()));
+                };
+                *pending = Some((ControlPlaneLayer::clone(&current), false));
+            }
+            if let Some((layer, _)) = pending {
+                layer.apply_delta(&d).map_err(reject)?;
+            }
         }
-    };
+    }
+    Ok(())
+}
+
+/// Checks and swaps in `layer`; returns its control-plane version.
+fn apply_layer(state: &ProxyState, layer: ControlPlaneLayer) -> Result<u64, String> {
     let version = layer.version;
     match apply(state, layer) {
         Ok(local) => {
             tracing::debug!(version, local, "control-plane version applied");
-            Ok(Some((version, snapshot)))
+            Ok(version)
         }
         Err(diags) => {
             for d in &diags.0 {

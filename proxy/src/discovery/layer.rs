@@ -31,20 +31,26 @@ impl ControlPlaneLayer {
 
     /// The layer after `delta`. A delta must move the version forward.
     pub fn with_delta(&self, delta: &Delta) -> Result<ControlPlaneLayer, String> {
+        let mut next = self.clone();
+        next.apply_delta(delta)?;
+        Ok(next)
+    }
+
+    /// Applies `delta` in place; on an error nothing changed.
+    pub fn apply_delta(&mut self, delta: &Delta) -> Result<(), String> {
         if delta.version <= self.version {
             return Err(format!("delta version {} is not after the applied version {}", delta.version, self.version));
         }
-        let mut next = self.clone();
-        next.version = delta.version;
+        self.version = delta.version;
         for change in &delta.changes {
-            let list = next.endpoints.entry(change.service.clone()).or_default();
+            let list = self.endpoints.entry(change.service.clone()).or_default();
             let gone: HashSet<SocketAddr> =
                 change.remove.iter().chain(change.upsert.iter().map(|e| &e.address)).copied().collect();
             list.retain(|e| !gone.contains(&e.address));
             list.extend(change.upsert.iter().cloned());
             list.sort_by_key(|e| e.address);
         }
-        Ok(next)
+        Ok(())
     }
 
     /// Checks what the control plane sent, the way a policy file is checked, plus the rules
