@@ -16,7 +16,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::time::{Interval, Sleep};
@@ -35,7 +35,9 @@ const MAX_POST_BYTES: usize = 16 * 1024;
 pub struct Discovery {
     pub catalog: Arc<Catalog>,
     pub self_registration: Arc<SelfRegistration>,
-    /// Idle streams get a heartbeat line this often.
+    /// Idle streams get a heartbeat line this often, and HTTP/2 connections a PING that must be
+    /// answered within as long: a proxy that vanished without closing its connection (a frozen
+    /// process, a lost host) loses its stream, and so its registration, within two periods.
     pub heartbeat: Duration,
 }
 
@@ -52,11 +54,13 @@ pub async fn serve(listener: TcpListener, discovery: Arc<Discovery>) {
         let _ = stream.set_nodelay(true);
         let discovery = discovery.clone();
         tokio::spawn(async move {
+            let heartbeat = discovery.heartbeat;
             let svc = service_fn(move |req| {
                 let discovery = discovery.clone();
                 async move { Ok::<_, Infallible>(discovery.route(peer, req).await) }
             });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(heartbeat)).keep_alive_timeout(heartbeat);
             if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
                 tracing::debug!(%peer, error = %e, "discovery connection ended");
             }
@@ -127,7 +131,8 @@ impl Discovery {
         let warm_at = self.catalog.warm_at();
         let warmup = (warm_at > tokio::time::Instant::now().into_std())
             .then(|| Box::pin(tokio::time::sleep_until(warm_at.into())));
-        let heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + self.heartbeat, self.heartbeat);
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + self.heartbeat, self.heartbeat);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let body = WatchBody {
             catalog: self.catalog.clone(),
             sub,

@@ -27,7 +27,7 @@ use registry::{Registry, SelfRegistration, YamlDirRegistry};
 
 pub const USAGE: &str = "\
 Usage: weft serve [--policy DIR] [--registry DIR] [--listen ADDR] [--admin ADDR]
-                  [--registration-ttl DURATION]
+                  [--registration-ttl DURATION] [--heartbeat DURATION]
 
 Runs the control plane.
 
@@ -41,6 +41,9 @@ Runs the control plane.
   --registration-ttl DUR   how long a proxy's instance stays after its stream closes, and how
                            long a starting control plane waits for proxies to re-register
                            before it sends snapshots (default 5s)
+  --heartbeat DUR          idle streams get a heartbeat line, and HTTP/2 connections a PING to
+                           answer, this often; a proxy that stops answering loses its stream and
+                           registration (default 10s)
 ";
 
 #[derive(Clone, Debug)]
@@ -77,15 +80,17 @@ impl ServeArgs {
                 "--registry" => out.registry = Some(value()?.into()),
                 "--listen" => out.listen = parse_addr(flag, value()?)?,
                 "--admin" => out.admin = parse_addr(flag, value()?)?,
-                "--registration-ttl" => {
-                    out.registration_ttl =
-                        weft_api::duration::parse_duration(value()?).map_err(|e| format!("{flag}: {e}"))?
-                }
+                "--registration-ttl" => out.registration_ttl = parse_duration(flag, value()?)?,
+                "--heartbeat" => out.heartbeat = parse_duration(flag, value()?)?.max(Duration::from_millis(100)),
                 other => return Err(format!("unknown option {other:?}")),
             }
         }
         Ok(out)
     }
+}
+
+fn parse_duration(flag: &str, v: &str) -> Result<Duration, String> {
+    weft_api::duration::parse_duration(v).map_err(|e| format!("{flag}: {e}"))
 }
 
 fn parse_addr(flag: &str, v: &str) -> Result<SocketAddr, String> {

@@ -15,6 +15,8 @@ use crate::tempdir::TempDir;
 
 /// Short, so tests see a closed stream's instance leave quickly and restarts warm up fast.
 pub const REGISTRATION_TTL: &str = "1s";
+/// Short, so a frozen proxy loses its stream (and registration) within a second or so.
+pub const HEARTBEAT: &str = "500ms";
 
 pub struct ControlPlane {
     child: Option<Child>,
@@ -49,7 +51,7 @@ impl ControlPlane {
             .arg("--policy")
             .arg(self.policy_dir())
             .args(["--listen", &self.listen.to_string(), "--admin", &self.admin.to_string()])
-            .args(["--registration-ttl", REGISTRATION_TTL])
+            .args(["--registration-ttl", REGISTRATION_TTL, "--heartbeat", HEARTBEAT])
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())
             .stdout(log("stdout"))

@@ -490,3 +490,40 @@ async fn a_proxy_is_not_ready_until_its_first_control_plane_config() {
     proxy.wait_ready(SETTLE).await.unwrap();
     routes_only_to(&proxy, "api", &["a"], 3).await;
 }
+
+/// Instances of `service` in `weft status`, by registry source.
+async fn registrations(cp: &ControlPlane, service: &str) -> serde_json::Value {
+    let status = cp.status().await;
+    let found = status["services"].as_array().unwrap().iter().find(|s| s["service"] == service).cloned();
+    found.map(|s| s["instances"].clone()).unwrap_or(serde_json::json!({}))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_proxy_loses_its_registration_and_regains_it_when_it_wakes() {
+    let app = Backend::start("app").await;
+    let cp = ControlPlane::start("").await;
+    let payments = Proxy::start(ProxyConfig {
+        service: Some("payments".into()),
+        inbound_app: Some(app.addr()),
+        proxy_spec: format!("controlPlane: {{address: \"{}\"}}\n", cp.url()),
+        ..Default::default()
+    })
+    .await;
+    let one = serde_json::json!({"self-registration": 1});
+    eventually("the proxy to register", SETTLE, || async {
+        (registrations(&cp, "payments.default").await == one).then_some(())
+    })
+    .await;
+
+    // A stopped process keeps its TCP connection open but answers no HTTP/2 PING.
+    payments.signal("STOP");
+    eventually("the frozen proxy's registration to go", SETTLE, || async {
+        (registrations(&cp, "payments.default").await == serde_json::json!({})).then_some(())
+    })
+    .await;
+    payments.signal("CONT");
+    eventually("the woken proxy to register again", SETTLE, || async {
+        (registrations(&cp, "payments.default").await == one).then_some(())
+    })
+    .await;
+}
