@@ -527,3 +527,34 @@ async fn a_frozen_proxy_loses_its_registration_and_regains_it_when_it_wakes() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_proxy_receives_only_the_services_it_may_reach() {
+    let ep: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let policy = service("payments", "http", &[ep])
+        + &service("payments-v2", "http", &[ep])
+        + &service("ledger", "http", &[ep])
+        + &document(
+            "Route",
+            "payments",
+            "service: payments\nrules:\n  - backends: [{service: payments, weight: 9}, {service: payments-v2, weight: 1}]\n",
+        )
+        + &document(
+            "AuthorizationPolicy",
+            "ledger",
+            "service: ledger\ndefault: deny\nrules: [{from: [\"spiffe://cluster.local/ns/default/sa/payments\"]}]\n",
+        );
+    let cp = ControlPlane::start(&policy).await;
+    let keys =
+        |snap: &serde_json::Value| -> Vec<String> { snap["endpoints"].as_object().unwrap().keys().cloned().collect() };
+    let (_frontend, snap) = Watcher::connect(cp.listen(), "service=frontend").await.unwrap();
+    assert_eq!(keys(&snap), ["frontend.default", "payments-v2.default", "payments.default"], "{snap}");
+    let kinds: Vec<&str> = snap["documents"].as_array().unwrap().iter().filter_map(|d| d["kind"].as_str()).collect();
+    assert!(!kinds.contains(&"AuthorizationPolicy"), "another service's authorization leaked: {kinds:?}");
+
+    let (_payments, snap) = Watcher::connect(cp.listen(), "service=payments").await.unwrap();
+    assert!(keys(&snap).contains(&"ledger.default".to_string()), "{snap}");
+    let (_ledger, snap) = Watcher::connect(cp.listen(), "service=ledger").await.unwrap();
+    let kinds: Vec<&str> = snap["documents"].as_array().unwrap().iter().filter_map(|d| d["kind"].as_str()).collect();
+    assert!(kinds.contains(&"AuthorizationPolicy"), "a proxy gets its own service's authorization: {kinds:?}");
+}
