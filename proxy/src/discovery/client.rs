@@ -45,27 +45,21 @@ pub fn authority(address: &str) -> Result<String, String> {
     Ok(authority.to_string())
 }
 
-enum End {
-    /// The control plane closed the stream.
-    Closed,
-    Draining,
-}
-
-/// Keeps a watch stream open to `authority` (see [`authority`]) until the proxy drains.
+/// Keeps a watch stream open to `authority` (see [`authority`]) for the life of the process.
+/// A draining proxy withdraws its registration but stays subscribed: the app's late outbound
+/// calls during the drain still go where the control plane says.
 pub async fn run(state: Arc<ProxyState>, authority: String, request: WatchRequest) {
     let mut failures = 0u32;
-    let mut drain = state.drain_signal();
     let mut persister = Persister::new(state.config.load().proxy.state_dir.as_deref());
     loop {
-        if state.is_draining() {
-            return;
-        }
+        // Reconnecting while draining must not register the instance again.
+        let request =
+            if state.is_draining() { WatchRequest { address: None, ..request.clone() } } else { request.clone() };
         let result = session(&state, &authority, &request, &mut failures, &mut persister).await;
         persister.flush(&state);
         DISCOVERY.connected.set(0);
         match result {
-            Ok(End::Draining) => return,
-            Ok(End::Closed) => {
+            Ok(()) => {
                 tracing::warn!(control_plane = %authority, "the control plane closed the stream; reconnecting")
             }
             Err(e) => {
@@ -78,11 +72,7 @@ pub async fn run(state: Arc<ProxyState>, authority: String, request: WatchReques
                 }
             }
         }
-        let wait = backoff(failures.max(1), BACKOFF_BASE, BACKOFF_MAX);
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = drain.changed() => return,
-        }
+        tokio::time::sleep(backoff(failures.max(1), BACKOFF_BASE, BACKOFF_MAX)).await;
     }
 }
 
@@ -92,7 +82,7 @@ async fn session(
     request: &WatchRequest,
     failures: &mut u32,
     persister: &mut Persister,
-) -> Result<End, String> {
+) -> Result<(), String> {
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(authority))
         .await
         .map_err(|_| format!("connect to {authority} timed out"))?
@@ -121,8 +111,16 @@ async fn session(
     // in many frames; each byte is searched once).
     let mut searched = 0;
     let mut session_id: Option<String> = None;
+    let mut left = request.address.is_none();
     let mut heard = Instant::now();
     loop {
+        if !left
+            && state.is_draining()
+            && let Some(s) = &session_id
+        {
+            left = true;
+            leave(&mut send, authority, s.clone()).await;
+        }
         let silence_at = heard + SILENCE_LIMIT;
         let wake_at = persister.due().map_or(silence_at, |due| due.min(silence_at));
         // `frame()` takes nothing until it is ready, so losing the race below loses no data.
@@ -135,16 +133,12 @@ async fn session(
                 }
                 continue;
             }
-            _ = drain.changed() => {
-                if let Some(s) = session_id {
-                    leave(&mut send, authority, s).await;
-                }
-                return Ok(End::Draining);
-            }
+            // Wakes the loop, which withdraws the registration above.
+            _ = drain.changed(), if !left => continue,
         };
         heard = Instant::now();
         let data = match frame {
-            None => return Ok(End::Closed),
+            None => return Ok(()),
             Some(Err(e)) => return Err(format!("stream broke: {e}")),
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(d) => d,
