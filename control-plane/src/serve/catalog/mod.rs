@@ -180,6 +180,38 @@ impl Inner {
     }
 }
 
+/// What a snapshot needs from the locked state: only the endpoint lists are copied under the
+/// lock; documents are picked and everything is serialized after it is released.
+struct SnapshotParts {
+    version: u64,
+    policy: Arc<Policy>,
+    scope: Arc<BTreeSet<String>>,
+    endpoints: BTreeMap<String, Vec<EndpointSpec>>,
+}
+
+impl SnapshotParts {
+    fn take(inner: &Inner, scope: Arc<BTreeSet<String>>) -> SnapshotParts {
+        let endpoints = scope
+            .iter()
+            .map(|key| {
+                let list =
+                    inner.instances.get(key).map(|m| m.values().map(|i| i.spec.clone()).collect()).unwrap_or_default();
+                (key.clone(), list)
+            })
+            .collect();
+        SnapshotParts { version: inner.version, policy: inner.policy.clone(), scope, endpoints }
+    }
+
+    fn finish(self, self_key: &str, session: &str) -> Snapshot {
+        Snapshot {
+            version: self.version,
+            session: session.to_string(),
+            documents: self.policy.documents_for(&self.scope, self_key),
+            endpoints: self.endpoints,
+        }
+    }
+}
+
 /// Versions start at the start time in microseconds, so they keep growing across control
 /// plane restarts (as long as it publishes under a million changes a second on average).
 fn initial_version() -> u64 {
@@ -397,14 +429,15 @@ impl Catalog {
     /// A full snapshot for the stream, at the current version. `timed`: count the time from
     /// that version's publication to its ack as convergence (not for a stream's first one).
     pub fn snapshot_for(&self, sub: &Subscriber, timed: bool) -> Bytes {
-        let (snapshot, published) = {
+        let (parts, published) = {
             let mut inner = lock(&self.inner);
             let scope = match inner.subscribers.get(&sub.session) {
                 Some((_, scope)) => scope.clone(),
                 None => inner.scope(&sub.self_key),
             };
-            (self.build_snapshot(&inner, &scope, &sub.self_key, &sub.session), inner.last_published)
+            (SnapshotParts::take(&inner, scope), inner.last_published)
         };
+        let snapshot = parts.finish(&sub.self_key, &sub.session);
         let version = snapshot.version;
         let mut p = lock(&sub.progress);
         p.sent = p.sent.max(version);
@@ -416,28 +449,14 @@ impl Catalog {
         Bytes::from(WatchMessage::Snapshot(snapshot).to_line())
     }
 
-    fn build_snapshot(&self, inner: &Inner, scope: &BTreeSet<String>, self_key: &str, session: &str) -> Snapshot {
-        let endpoints = scope
-            .iter()
-            .map(|key| {
-                let list =
-                    inner.instances.get(key).map(|m| m.values().map(|i| i.spec.clone()).collect()).unwrap_or_default();
-                (key.clone(), list)
-            })
-            .collect();
-        Snapshot {
-            version: inner.version,
-            session: session.to_string(),
-            documents: inner.policy.documents_for(scope, self_key),
-            endpoints,
-        }
-    }
-
     /// What a proxy of `self_key` would receive now (for the admin dump).
     pub fn preview(&self, self_key: &str) -> Snapshot {
-        let mut inner = lock(&self.inner);
-        let scope = inner.scope(self_key);
-        self.build_snapshot(&inner, &scope, self_key, "preview")
+        let parts = {
+            let mut inner = lock(&self.inner);
+            let scope = inner.scope(self_key);
+            SnapshotParts::take(&inner, scope)
+        };
+        parts.finish(self_key, "preview")
     }
 
     /// Records an ack; false when the session is unknown (the stream closed or belongs to
