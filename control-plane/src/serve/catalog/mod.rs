@@ -29,12 +29,22 @@ const PUBLISHED_KEPT: usize = 16 * 1024;
 /// Unacked versions remembered per stream (a proxy that never acks costs at most this much).
 const UNACKED_KEPT: usize = 1024;
 
-/// One registered instance of a service.
+/// One address of a service, as each registry source that reports it says. The first claim
+/// (in the order the sources reported it) is the endpoint proxies see; the others wait behind
+/// it, so a source withdrawing an address that another still reports does not remove it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Instance {
-    pub spec: EndpointSpec,
-    /// The registry backend that reported it.
-    pub source: &'static str,
+    claims: Vec<(&'static str, EndpointSpec)>,
+}
+
+impl Instance {
+    pub fn spec(&self) -> &EndpointSpec {
+        &self.claims[0].1
+    }
+
+    pub fn sources(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.claims.iter().map(|(s, _)| *s)
+    }
 }
 
 /// What a stream's queue carries.
@@ -194,8 +204,11 @@ impl SnapshotParts {
         let endpoints = scope
             .iter()
             .map(|key| {
-                let list =
-                    inner.instances.get(key).map(|m| m.values().map(|i| i.spec.clone()).collect()).unwrap_or_default();
+                let list = inner
+                    .instances
+                    .get(key)
+                    .map(|m| m.values().map(|i| i.spec().clone()).collect())
+                    .unwrap_or_default();
                 (key.clone(), list)
             })
             .collect();
@@ -297,7 +310,7 @@ impl Catalog {
                 let removed: Vec<SocketAddr> = instances
                     .iter()
                     .filter(|(addr, i)| {
-                        i.source == source
+                        i.sources().any(|s| s == source)
                             && !now.get(service).is_some_and(|list| list.iter().any(|e| e.address == **addr))
                     })
                     .map(|(addr, _)| *addr)
@@ -322,25 +335,35 @@ impl Catalog {
             let instances = inner.instances.entry(service.clone()).or_default();
             let mut delta_count: Vec<(&'static str, i64)> = Vec::new();
             for spec in upserts {
-                let inst = Instance { spec: spec.clone(), source };
-                match instances.insert(spec.address, inst.clone()) {
-                    Some(old) if old == inst => {}
-                    Some(old) => {
-                        delta_count.push((old.source, -1));
-                        delta_count.push((source, 1));
-                        change.upsert.push(spec);
-                    }
+                let entry = instances.entry(spec.address).or_insert_with(|| Instance { claims: Vec::new() });
+                let before = entry.claims.first().map(|(_, e)| e.clone());
+                match entry.claims.iter_mut().find(|(s, _)| *s == source) {
+                    Some(claim) => claim.1 = spec,
                     None => {
+                        entry.claims.push((source, spec));
                         delta_count.push((source, 1));
-                        change.upsert.push(spec);
                     }
+                }
+                if before.as_ref() != Some(entry.spec()) {
+                    change.upsert.push(entry.spec().clone());
                 }
             }
             for addr in removes {
-                if instances.get(&addr).is_some_and(|i| i.source == source) {
-                    instances.remove(&addr);
-                    delta_count.push((source, -1));
-                    change.remove.push(addr);
+                let Some(entry) = instances.get_mut(&addr) else { continue };
+                let before = entry.spec().clone();
+                let claims = entry.claims.len();
+                entry.claims.retain(|(s, _)| *s != source);
+                if entry.claims.len() == claims {
+                    continue;
+                }
+                delta_count.push((source, -1));
+                match entry.claims.first() {
+                    None => {
+                        instances.remove(&addr);
+                        change.remove.push(addr);
+                    }
+                    Some((_, now)) if *now != before => change.upsert.push(now.clone()),
+                    Some(_) => {}
                 }
             }
             if instances.is_empty() {
@@ -521,6 +544,27 @@ mod tests {
         catalog.upsert("a", "s.default", ep("127.0.0.1:1"));
         assert!(!catalog.remove("b", "s.default", "127.0.0.1:1".parse().unwrap()));
         assert!(catalog.remove("a", "s.default", "127.0.0.1:1".parse().unwrap()));
+    }
+
+    #[test]
+    fn an_address_two_sources_report_stays_until_both_withdraw_it() {
+        let catalog = Catalog::new(Duration::ZERO);
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        catalog.upsert("yaml", "s.default", ep("127.0.0.1:1"));
+        let (_sub, mut rx) = catalog.subscribe("c.default".into(), "c".into(), None);
+        let weighted = EndpointSpec { weight: 5, ..ep("127.0.0.1:1") };
+        assert!(!catalog.upsert("self", "s.default", weighted.clone()), "the first claim stays in effect");
+        let status = catalog.status();
+        assert_eq!(status.services[0].instances, BTreeMap::from([("self".into(), 1), ("yaml".into(), 1)]));
+
+        assert!(catalog.remove("yaml", "s.default", addr));
+        let WatchMessage::Delta(d) = line(rx.try_recv().unwrap()) else { panic!("not a delta") };
+        assert_eq!((d.changes[0].upsert.clone(), d.changes[0].remove.clone()), (vec![weighted], vec![]));
+
+        assert!(catalog.remove("self", "s.default", addr));
+        let WatchMessage::Delta(d) = line(rx.try_recv().unwrap()) else { panic!("not a delta") };
+        assert_eq!(d.changes[0].remove, vec![addr], "the address goes when its last source withdraws it");
+        assert!(catalog.status().services[0].instances.is_empty());
     }
 
     #[test]

@@ -42,8 +42,8 @@ impl Catalog {
             .iter()
             .map(|key| {
                 let mut instances = BTreeMap::new();
-                for i in inner.instances.get(key).into_iter().flat_map(|m| m.values()) {
-                    *instances.entry(i.source.to_string()).or_default() += 1;
+                for source in inner.instances.get(key).into_iter().flat_map(|m| m.values()).flat_map(|i| i.sources()) {
+                    *instances.entry(source.to_string()).or_default() += 1;
                 }
                 ServiceStatus { service: key.clone(), instances }
             })
@@ -64,7 +64,10 @@ impl Catalog {
             .instances
             .iter()
             .map(|(k, m)| {
-                let list = m.values().map(|i| serde_json::json!({"endpoint": i.spec, "source": i.source})).collect();
+                let list = m
+                    .values()
+                    .map(|i| serde_json::json!({"endpoint": i.spec(), "sources": i.sources().collect::<Vec<_>>()}))
+                    .collect();
                 (k, list)
             })
             .collect();
