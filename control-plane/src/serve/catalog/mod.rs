@@ -34,16 +34,56 @@ const UNACKED_KEPT: usize = 1024;
 /// it, so a source withdrawing an address that another still reports does not remove it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Instance {
-    claims: Vec<(&'static str, EndpointSpec)>,
+    first: (&'static str, EndpointSpec),
+    /// Other sources reporting the same address: rare, so empty (no allocation) as a rule.
+    others: Vec<(&'static str, EndpointSpec)>,
+}
+
+/// What withdrawing a source's claim left.
+enum Withdrawn {
+    NotClaimed,
+    Gone,
+    Remains,
 }
 
 impl Instance {
+    fn new(source: &'static str, spec: EndpointSpec) -> Instance {
+        Instance { first: (source, spec), others: Vec::new() }
+    }
+
     pub fn spec(&self) -> &EndpointSpec {
-        &self.claims[0].1
+        &self.first.1
     }
 
     pub fn sources(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.claims.iter().map(|(s, _)| *s)
+        std::iter::once(self.first.0).chain(self.others.iter().map(|(s, _)| *s))
+    }
+
+    /// Sets `source`'s claim; true when `source` had none.
+    fn claim(&mut self, source: &'static str, spec: EndpointSpec) -> bool {
+        if self.first.0 == source {
+            self.first.1 = spec;
+        } else if let Some(c) = self.others.iter_mut().find(|(s, _)| *s == source) {
+            c.1 = spec;
+        } else {
+            self.others.push((source, spec));
+            return true;
+        }
+        false
+    }
+
+    fn withdraw(&mut self, source: &'static str) -> Withdrawn {
+        if self.first.0 == source {
+            if self.others.is_empty() {
+                return Withdrawn::Gone;
+            }
+            self.first = self.others.remove(0);
+        } else if let Some(i) = self.others.iter().position(|(s, _)| *s == source) {
+            self.others.remove(i);
+        } else {
+            return Withdrawn::NotClaimed;
+        }
+        Withdrawn::Remains
     }
 }
 
@@ -335,35 +375,36 @@ impl Catalog {
             let instances = inner.instances.entry(service.clone()).or_default();
             let mut delta_count: Vec<(&'static str, i64)> = Vec::new();
             for spec in upserts {
-                let entry = instances.entry(spec.address).or_insert_with(|| Instance { claims: Vec::new() });
-                let before = entry.claims.first().map(|(_, e)| e.clone());
-                match entry.claims.iter_mut().find(|(s, _)| *s == source) {
-                    Some(claim) => claim.1 = spec,
-                    None => {
-                        entry.claims.push((source, spec));
-                        delta_count.push((source, 1));
-                    }
+                let Some(entry) = instances.get_mut(&spec.address) else {
+                    instances.insert(spec.address, Instance::new(source, spec.clone()));
+                    delta_count.push((source, 1));
+                    change.upsert.push(spec);
+                    continue;
+                };
+                let before = entry.spec().clone();
+                if entry.claim(source, spec) {
+                    delta_count.push((source, 1));
                 }
-                if before.as_ref() != Some(entry.spec()) {
+                if *entry.spec() != before {
                     change.upsert.push(entry.spec().clone());
                 }
             }
             for addr in removes {
                 let Some(entry) = instances.get_mut(&addr) else { continue };
                 let before = entry.spec().clone();
-                let claims = entry.claims.len();
-                entry.claims.retain(|(s, _)| *s != source);
-                if entry.claims.len() == claims {
-                    continue;
-                }
-                delta_count.push((source, -1));
-                match entry.claims.first() {
-                    None => {
+                match entry.withdraw(source) {
+                    Withdrawn::NotClaimed => {}
+                    Withdrawn::Gone => {
                         instances.remove(&addr);
+                        delta_count.push((source, -1));
                         change.remove.push(addr);
                     }
-                    Some((_, now)) if *now != before => change.upsert.push(now.clone()),
-                    Some(_) => {}
+                    Withdrawn::Remains => {
+                        delta_count.push((source, -1));
+                        if *entry.spec() != before {
+                            change.upsert.push(entry.spec().clone());
+                        }
+                    }
                 }
             }
             if instances.is_empty() {
