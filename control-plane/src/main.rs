@@ -7,7 +7,7 @@ Usage: weft COMMAND [ARGS...]
 
 Commands:
   check PATH...   validate policy files or folders; every problem as FILE:LINE: field.path: message
-  demo            a local mesh on loopback: demo services behind a sidecar, load, a failure absorbed
+  demo            a local mesh on loopback: control plane, services each behind a sidecar, load, a failure absorbed
   proxy ARGS...   run the sidecar proxy (the same as `weft-proxy ARGS...`)
   serve [OPTS]    run the control plane: policy, registry, discovery streams
   status [OPTS]   proxies connected, the version each applied and its lag, registrations
