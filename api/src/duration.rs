@@ -61,25 +61,38 @@ pub fn format_duration(d: Duration) -> String {
     unreachable!("1ns divides everything")
 }
 
-/// `#[serde(with = "serde_duration")]` for writing durations the way operators read them.
+/// `#[serde(with = "serde_duration")]` for writing durations the way operators read them, and
+/// reading them back (the discovery stream carries policy as JSON).
 pub mod serde_duration {
     use std::time::Duration;
 
-    use serde::Serializer;
+    use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&super::format_duration(*d))
     }
 
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        super::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+
     pub mod option {
         use std::time::Duration;
 
-        use serde::Serializer;
+        use serde::{Deserialize, Deserializer, Serializer};
 
         pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
             match d {
                 Some(d) => s.serialize_str(&super::super::format_duration(*d)),
                 None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            match Option::<String>::deserialize(d)? {
+                Some(text) => super::super::parse_duration(&text).map(Some).map_err(serde::de::Error::custom),
+                None => Ok(None),
             }
         }
     }

@@ -1,4 +1,5 @@
-//! Weft's operator-facing policy types, their YAML decoding with file:line diagnostics, and validation.
+//! Weft's operator-facing policy types, their YAML decoding with file:line diagnostics, validation,
+//! and the discovery wire types the control plane and proxies exchange.
 //!
 //! No I/O happens here: callers hand in text and a file name, and get typed documents or every
 //! problem found, each with the line and field path that caused it.
@@ -6,6 +7,7 @@
 
 pub mod decode;
 pub mod diagnostic;
+pub mod discovery;
 pub mod duration;
 pub mod policy;
 pub mod spiffe;

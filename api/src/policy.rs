@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::duration::serde_duration;
 
@@ -15,7 +15,7 @@ pub const API_VERSION: &str = "weft.dev/v1alpha1";
 pub const DEFAULT_NAMESPACE: &str = "default";
 
 /// One YAML document of any kind, with the line it starts on (for cross-document errors).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind")]
 pub enum Document {
     Service(Service),
@@ -50,7 +50,7 @@ impl Document {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Metadata {
     pub name: String,
     /// `default` when omitted.
@@ -62,26 +62,26 @@ pub struct Metadata {
 
 // ---------------------------------------------------------------- Service
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Service {
     pub metadata: Metadata,
     pub spec: ServiceSpec,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ServiceSpec {
     pub ports: Vec<ServicePort>,
     /// Static endpoints; empty when the registry supplies them.
     pub endpoints: Vec<EndpointSpec>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ServicePort {
     pub port: u16,
     pub protocol: Protocol,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     #[default]
@@ -110,7 +110,7 @@ impl Protocol {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EndpointSpec {
     pub address: SocketAddr,
     /// Relative share of traffic; default 1.
@@ -121,13 +121,13 @@ pub struct EndpointSpec {
 
 // ---------------------------------------------------------------- Route
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Route {
     pub metadata: Metadata,
     pub spec: RouteSpec,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RouteSpec {
     /// The service whose calls this route decides.
     pub service: String,
@@ -135,7 +135,7 @@ pub struct RouteSpec {
     pub rules: Vec<RouteRule>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RouteRule {
     #[serde(rename = "match")]
     pub matches: RouteMatch,
@@ -149,7 +149,7 @@ pub struct RouteRule {
     pub line: usize,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RouteMatch {
     pub path_prefix: Option<String>,
@@ -161,13 +161,13 @@ pub struct RouteMatch {
     pub headers: BTreeMap<String, String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BackendRef {
     pub service: String,
     pub weight: u32,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RetryPolicy {
     /// Retries after the first try (so `attempts: 2` means up to 3 tries).
@@ -193,7 +193,7 @@ impl Default for RetryPolicy {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RetryOn {
     /// Any 5xx response.
     #[serde(rename = "5xx")]
@@ -229,13 +229,13 @@ impl RetryOn {
 
 // ---------------------------------------------------------------- TrafficPolicy
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrafficPolicy {
     pub metadata: Metadata,
     pub spec: TrafficPolicySpec,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TrafficPolicySpec {
     pub service: String,
@@ -265,7 +265,7 @@ impl TrafficPolicySpec {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LoadBalancer {
     #[default]
@@ -287,7 +287,7 @@ impl LoadBalancer {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Limits {
     /// Requests in flight to the service at once; beyond it the proxy answers 503 at once.
@@ -302,7 +302,7 @@ impl Default for Limits {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OutlierDetection {
     pub consecutive_failures: u32,
@@ -327,7 +327,7 @@ impl Default for OutlierDetection {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RetryBudgetSpec {
     /// Retries may add at most this share of the original requests (over a 10 s window)…
@@ -344,20 +344,20 @@ impl Default for RetryBudgetSpec {
 
 // ---------------------------------------------------------------- AuthorizationPolicy
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AuthorizationPolicy {
     pub metadata: Metadata,
     pub spec: AuthorizationSpec,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AuthorizationSpec {
     pub service: String,
     pub default: AuthzAction,
     pub rules: Vec<AuthzRule>,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthzAction {
     Allow,
@@ -365,7 +365,7 @@ pub enum AuthzAction {
     Deny,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AuthzRule {
     /// What a matching call gets; `allow` when omitted. The first matching rule decides, and a
     /// call no rule matches gets the policy's `default`.
@@ -383,13 +383,13 @@ pub struct AuthzRule {
 
 // ---------------------------------------------------------------- Mesh
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Mesh {
     pub metadata: Metadata,
     pub spec: MeshSpec,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MeshSpec {
     pub trust_domain: String,
@@ -408,7 +408,7 @@ impl Default for MeshSpec {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MtlsMode {
     #[default]
@@ -419,13 +419,13 @@ pub enum MtlsMode {
 
 // ---------------------------------------------------------------- Proxy
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Proxy {
     pub metadata: Metadata,
     pub spec: ProxySpec,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProxySpec {
     /// The service this sidecar stands beside.
@@ -446,7 +446,7 @@ pub struct ProxySpec {
     pub log: LogSpec,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct InboundSpec {
     pub listen: SocketAddr,
     /// The local app.
@@ -455,18 +455,18 @@ pub struct InboundSpec {
     pub protocol: Option<Protocol>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OutboundSpec {
     pub listen: SocketAddr,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct UpstreamSpec {
     pub service: String,
     pub listen: SocketAddr,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AdminSpec {
     pub listen: SocketAddr,
 }
@@ -477,7 +477,7 @@ impl Default for AdminSpec {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TlsFiles {
     pub cert_file: String,
@@ -485,7 +485,7 @@ pub struct TlsFiles {
     pub bundle_file: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ControlPlaneSpec {
     pub address: String,
@@ -493,7 +493,7 @@ pub struct ControlPlaneSpec {
 }
 
 /// Limits that protect the proxy from bad or slow clients.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpLimits {
     /// Request head (line + headers) larger than this gets 431.
@@ -519,7 +519,7 @@ impl Default for HttpLimits {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LogSpec {
     /// `text` or `json`.
@@ -536,7 +536,7 @@ impl Default for LogSpec {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]

@@ -25,6 +25,8 @@ pub struct Report {
     pub problems: Vec<Diagnostic>,
     pub files: usize,
     pub documents: usize,
+    /// What each file declared (`weft serve` loads its policy folder through this check).
+    pub set: Vec<(String, Vec<Document>)>,
 }
 
 /// Checks every YAML file under `paths` as one set.
@@ -63,6 +65,7 @@ pub fn check_paths(paths: &[PathBuf]) -> Report {
         set.push((name, docs));
     }
     report.problems.extend(validate::validate_set(&set).err().map(|d| d.0).unwrap_or_default());
+    report.set = set;
 
     // File order as given (folders sorted), then line: the order people fix things in.
     let order: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();

@@ -5,3 +5,4 @@ pub mod ca;
 pub mod check;
 pub mod demo;
 pub mod serve;
+pub mod status;

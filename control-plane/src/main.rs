@@ -8,9 +8,10 @@ Usage: weft COMMAND [ARGS...]
 Commands:
   ca init|issue   make a root CA, or issue a certificate by hand
   check PATH...   validate policy files or folders; every problem as FILE:LINE: field.path: message
-  demo            a local mesh on loopback: demo services behind a sidecar, load, a failure absorbed
-  serve ARGS...   the control plane (this version: the CA's CSR signing only)
+  demo            a local mesh on loopback: control plane, services each behind a sidecar, load, a failure absorbed
   proxy ARGS...   run the sidecar proxy (the same as `weft-proxy ARGS...`)
+  serve [OPTS]    run the control plane: policy, registry, discovery streams
+  status [OPTS]   proxies connected, the version each applied and its lag, registrations
 
 Run `weft COMMAND --help` for a command's options.
 ";
@@ -20,10 +21,11 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let status = match args.first().map(String::as_str) {
         Some("ca") => weft_control::ca::cli::run(&args[1..]),
-        Some("serve") => weft_control::serve::ca_endpoint::run(&args[1..]),
         Some("check") => weft_control::check::run(&args[1..]),
         Some("demo") => weft_control::demo::run(&args[1..]),
         Some("proxy") => return proxy(&args[1..]),
+        Some("serve") => weft_control::serve::run(&args[1..]),
+        Some("status") => weft_control::status::run(&args[1..]),
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
             0

@@ -73,7 +73,7 @@ fn exit_status_and_output_follow_the_cli_contract() {
     let config = config_dir();
     let (code, stdout, _) = weft(&["check", config.to_str().unwrap()]);
     assert_eq!(code, 0);
-    assert!(stdout.starts_with("ok: 11 documents in 7 files"), "{stdout}");
+    assert!(stdout.starts_with("ok: 19 documents in 11 files"), "{stdout}");
 
     let (code, stdout, stderr) = weft(&["check", "tests/fixtures/broken"]);
     assert_eq!(code, 1);

@@ -1,7 +1,8 @@
 //! weft-proxy: the per-pod data plane. Follow a request by module name:
 //! `listeners` → `http::server` → `outbound`/`inbound` → `routing` → `forward` (retries,
 //! timeouts) → `balance` → `connect` (pools) → the peer. `tcp` carries opaque streams;
-//! `admin`, `metrics`, `config` and `runtime` sit beside the path.
+//! `admin`, `metrics`, `config`, `discovery` (the control plane's stream) and `runtime` sit
+//! beside the path.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -9,6 +10,7 @@ pub mod balance;
 pub mod clock;
 pub mod config;
 pub mod connect;
+pub mod discovery;
 pub mod forward;
 pub mod http;
 pub mod inbound;

@@ -124,6 +124,7 @@ async fn control_loop(
     }
     tokio::spawn(config::watch::watch(state.clone(), config_bytes));
     crate::tls::start(&state);
+    crate::discovery::start(&state);
     tokio::spawn(signals(state.clone()));
     let mut drain = state.drain_signal();
     while !*drain.borrow_and_update() {

@@ -14,6 +14,8 @@ use crate::logging::LogHandle;
 pub struct ProxyState {
     pub config: ArcSwap<Snapshot>,
     pub config_path: PathBuf,
+    /// The file and control-plane documents the config is built from.
+    pub layers: crate::discovery::Layers,
     /// Set at SIGTERM or `POST /shutdown`: `/ready` turns 503 and connections start closing.
     draining: AtomicBool,
     drain_tx: watch::Sender<bool>,
@@ -29,6 +31,7 @@ impl ProxyState {
         Arc::new(ProxyState {
             config: ArcSwap::from_pointee(snapshot),
             config_path,
+            layers: crate::discovery::Layers::default(),
             draining: AtomicBool::new(false),
             drain_tx,
             open_connections: AtomicI64::new(0),

@@ -1,6 +1,5 @@
 //! `weft ca init --out DIR` and `weft ca issue --ca DIR --id SPIFFE_ID --out DIR2`.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -96,8 +95,8 @@ fn init(args: &[String]) -> Result<(), Failure> {
     refuse_overwrite(&files, flags.force)?;
     let (cert, key) = Authority::generate_root(trust_domain)?;
     create_dir(&out)?;
-    write(&files[0], &cert, false)?;
-    write(&files[1], &key, true)?;
+    super::write_file(&files[0], &cert, false)?;
+    super::write_file(&files[1], &key, true)?;
     println!("wrote {} and {}", files[0].display(), files[1].display());
     Ok(())
 }
@@ -117,9 +116,9 @@ fn issue(args: &[String]) -> Result<(), Failure> {
     let key = rcgen::KeyPair::generate().map_err(CaError::from)?;
     let issued = authority.sign(&id, &key, ttl)?;
     create_dir(&out)?;
-    write(&files[0], &issued.chain_pem, false)?;
-    write(&files[1], &key.serialize_pem(), true)?;
-    write(&files[2], authority.bundle_pem(), false)?;
+    super::write_file(&files[0], &issued.chain_pem, false)?;
+    super::write_file(&files[1], &key.serialize_pem(), true)?;
+    super::write_file(&files[2], authority.bundle_pem(), false)?;
     println!("issued {id} valid for {}; wrote cert.pem, key.pem and bundle.pem in {}", format_ttl(ttl), out.display());
     Ok(())
 }
@@ -135,19 +134,4 @@ fn refuse_overwrite(files: &[PathBuf], force: bool) -> Result<(), CaError> {
 
 fn create_dir(dir: &Path) -> Result<(), CaError> {
     std::fs::create_dir_all(dir).map_err(|source| CaError::Write { path: dir.to_path_buf(), source })
-}
-
-/// Writes `text` to `path`; a private key is created readable by its owner only.
-fn write(path: &Path, text: &str, private: bool) -> Result<(), CaError> {
-    let err = |source| CaError::Write { path: path.to_path_buf(), source };
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    if private {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let _ = private;
-    let mut file = options.open(path).map_err(err)?;
-    file.write_all(text.as_bytes()).map_err(err)
 }

@@ -1,4 +1,300 @@
-//! `weft serve`: the control plane's server. This first piece serves only the CA's
-//! CSR-signing route (see `ca_endpoint`).
+//! `weft serve`: the control plane. Policy from a watched folder, instances from the registry
+//! backends, both merged in the catalog and streamed to proxies by the discovery listener;
+//! the admin listener shows the state and metrics.
+//!
+//! Follow a change by module name: `folder` (files) → `policy` / `registry` → `catalog`
+//! (versions, scopes, per-stream queues) → `discovery` (the streams) → the proxies.
 
-pub mod ca_endpoint;
+pub mod admin;
+pub mod catalog;
+pub mod discovery;
+pub mod folder;
+pub mod metrics;
+pub mod policy;
+pub mod registry;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use catalog::Catalog;
+use discovery::Discovery;
+use policy::Policy;
+use registry::{Registry, SelfRegistration, YamlDirRegistry};
+
+pub const USAGE: &str = "\
+Usage: weft serve [--policy DIR] [--registry DIR] [--listen ADDR] [--admin ADDR]
+                  [--registration-ttl DURATION] [--heartbeat DURATION]
+                  [--ca DIR --join-token-file FILE [--cert-ttl DURATION]]
+
+Runs the control plane.
+
+  --policy DIR             policy YAML folder, watched; an invalid change is rejected (every
+                           problem logged as FILE:LINE: field.path: message) and the last good
+                           policy keeps serving
+  --registry DIR           folder of Service documents whose endpoints are registrations,
+                           watched (default: the policy folder)
+  --listen ADDR            discovery API, HTTP/2 (h2c) or HTTP/1.1 (default 0.0.0.0:8086)
+  --admin ADDR             /metrics, /ready, /live, /v1/status, /v1/snapshot (default 127.0.0.1:9990)
+  --registration-ttl DUR   how long a proxy's instance stays after its stream closes, and how
+                           long a starting control plane waits for proxies to re-register
+                           before it sends snapshots (default 5s)
+  --heartbeat DUR          idle streams get a heartbeat line, and HTTP/2 connections a PING to
+                           answer, this often; a proxy that stops answering loses its stream and
+                           registration (default 10s)
+  --ca DIR                 sign proxies' certificate requests (POST /v1/certificates) with the
+                           CA in DIR (ca.pem, ca-key.pem, optional trust-bundle.pem; see
+                           `weft ca init`)
+  --join-token-file FILE   bootstrap credentials for --ca: one `<token> <spiffe-id>` per line;
+                           a token only ever gets a certificate for its own id
+  --cert-ttl DURATION      lifetime of issued certificates (default 24h); proxies renew at 70 %
+";
+
+#[derive(Clone, Debug)]
+pub struct ServeArgs {
+    pub policy: Option<PathBuf>,
+    pub registry: Option<PathBuf>,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub registration_ttl: Duration,
+    pub heartbeat: Duration,
+    /// The CA folder: when set, the discovery listener also signs CSRs.
+    pub ca: Option<PathBuf>,
+    pub join_token_file: Option<PathBuf>,
+    pub cert_ttl: Duration,
+}
+
+impl Default for ServeArgs {
+    fn default() -> Self {
+        ServeArgs {
+            policy: None,
+            registry: None,
+            listen: SocketAddr::from(([0, 0, 0, 0], 8086)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 9990)),
+            registration_ttl: Duration::from_secs(5),
+            heartbeat: Duration::from_secs(10),
+            ca: None,
+            join_token_file: None,
+            cert_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl ServeArgs {
+    pub fn parse(args: &[String]) -> Result<ServeArgs, String> {
+        let mut out = ServeArgs::default();
+        let mut it = args.iter();
+        while let Some(flag) = it.next() {
+            let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+            match flag.as_str() {
+                "--policy" => out.policy = Some(value()?.into()),
+                "--registry" => out.registry = Some(value()?.into()),
+                "--listen" => out.listen = parse_addr(flag, value()?)?,
+                "--admin" => out.admin = parse_addr(flag, value()?)?,
+                "--registration-ttl" => out.registration_ttl = parse_duration(flag, value()?)?,
+                "--heartbeat" => out.heartbeat = parse_duration(flag, value()?)?.max(Duration::from_millis(100)),
+                "--ca" => out.ca = Some(value()?.into()),
+                "--join-token-file" => out.join_token_file = Some(value()?.into()),
+                "--cert-ttl" => out.cert_ttl = parse_duration(flag, value()?)?,
+                other => return Err(format!("unknown option {other:?}")),
+            }
+        }
+        if out.ca.is_some() != out.join_token_file.is_some() {
+            return Err("--ca and --join-token-file go together".into());
+        }
+        Ok(out)
+    }
+}
+
+fn parse_duration(flag: &str, v: &str) -> Result<Duration, String> {
+    weft_api::duration::parse_duration(v).map_err(|e| format!("{flag}: {e}"))
+}
+
+fn parse_addr(flag: &str, v: &str) -> Result<SocketAddr, String> {
+    v.parse().map_err(|_| format!("{flag}: {v:?} is not an IP:PORT address"))
+}
+
+/// Runs `weft serve` with the arguments after `serve`; returns the exit status.
+pub fn run(args: &[String]) -> u8 {
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        print!("{USAGE}");
+        return 0;
+    }
+    let args = match ServeArgs::parse(args) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("weft serve: {e}\n\n{USAGE}");
+            return 2;
+        }
+    };
+    if let Err(e) = weft_proxy::logging::init(weft_api::LogFormat::Text, "info") {
+        eprintln!("weft serve: {e}");
+        return 1;
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("weft serve: cannot start a runtime: {e}");
+            return 1;
+        }
+    };
+    rt.block_on(async {
+        match start(&args).await {
+            Ok(_) => {
+                wait_for_stop().await;
+                tracing::info!("stopping");
+                0
+            }
+            Err(e) => {
+                eprintln!("weft serve: {e}");
+                1
+            }
+        }
+    })
+}
+
+/// A running control plane (its tasks live in the current runtime).
+pub struct Running {
+    pub catalog: Arc<Catalog>,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// Loads the policy, binds the listeners and starts every task. Fails, changing nothing,
+/// when the policy folder is invalid or a port is taken.
+pub async fn start(args: &ServeArgs) -> Result<Running, String> {
+    let issuer = match (&args.ca, &args.join_token_file) {
+        (Some(ca), Some(tokens)) => {
+            let issuer = crate::ca::Authority::load(ca)
+                .and_then(|a| {
+                    crate::ca::JoinTokens::load(tokens).and_then(|t| crate::ca::Issuer::new(a, t, args.cert_ttl))
+                })
+                .map_err(|e| format!("--ca {}: {e}", ca.display()))?;
+            Some(Arc::new(issuer))
+        }
+        _ => None,
+    };
+    let catalog = Catalog::new(args.registration_ttl);
+    // Without --registry the policy folder's Service endpoints are the YAML registry: one parse
+    // feeds both.
+    let shared_registry = match (&args.policy, &args.registry) {
+        (Some(dir), None) => Some(YamlDirRegistry::fed_by_policy(catalog.clone(), dir.clone())),
+        _ => None,
+    };
+    if let Some(dir) = &args.policy {
+        let mut files = folder::load(dir).map_err(|problems| {
+            let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            format!("{}\nthe policy folder {} is not valid; nothing was started", list.join("\n"), dir.display())
+        })?;
+        if let Some(r) = &shared_registry {
+            r.take_instances(&mut files);
+        }
+        catalog.set_policy(Policy::new(files));
+    }
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {} (discovery): {e}", args.listen))?;
+    let admin =
+        TcpListener::bind(args.admin).await.map_err(|e| format!("cannot listen on {} (admin): {e}", args.admin))?;
+    let listen = listener.local_addr().map_err(|e| e.to_string())?;
+    let admin_addr = admin.local_addr().map_err(|e| e.to_string())?;
+
+    if let Some(dir) = &args.policy {
+        let catalog = catalog.clone();
+        let watched = dir.clone();
+        let registry = shared_registry.clone();
+        folder::watch(dir.clone(), move || reload_policy(&catalog, &watched, registry.as_deref()))?;
+    }
+    let self_registration = SelfRegistration::new(catalog.clone(), args.registration_ttl);
+    let mut registries: Vec<Arc<dyn Registry>> = vec![self_registration.clone()];
+    if let Some(dir) = &args.registry {
+        registries.push(YamlDirRegistry::new(catalog.clone(), dir.clone()));
+    }
+    for r in registries {
+        let source = r.source();
+        r.start().map_err(|e| format!("registry {source}: {e}"))?;
+    }
+    let signs = issuer.is_some();
+    let discovery =
+        Arc::new(Discovery { catalog: catalog.clone(), self_registration, heartbeat: args.heartbeat, issuer });
+    tokio::spawn(discovery::serve(listener, discovery));
+    tokio::spawn(admin::serve(admin, catalog.clone()));
+    tracing::info!(
+        discovery = %listen,
+        admin = %admin_addr,
+        policy = ?args.policy,
+        version = catalog.version(),
+        signs_certificates = signs,
+        "weft control plane {} serving",
+        env!("CARGO_PKG_VERSION")
+    );
+    Ok(Running { catalog, listen, admin: admin_addr })
+}
+
+fn reload_policy(catalog: &Catalog, dir: &std::path::Path, registry: Option<&YamlDirRegistry>) {
+    match folder::load(dir) {
+        Ok(mut files) => {
+            if let Some(r) = registry {
+                r.take_instances(&mut files);
+            }
+            if catalog.set_policy(Policy::new(files)) {
+                catalog.metrics.policy_reloads.with_label_values(&["applied"]).inc();
+                tracing::info!(dir = %dir.display(), version = catalog.version(), "policy reloaded");
+            }
+        }
+        Err(problems) => {
+            catalog.metrics.policy_reloads.with_label_values(&["rejected"]).inc();
+            for p in &problems {
+                tracing::error!(problem = %p, "policy change rejected; the last good policy keeps serving");
+            }
+            catalog.set_policy_errors(problems.iter().map(ToString::to_string).collect());
+        }
+    }
+}
+
+async fn wait_for_stop() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Result<ServeArgs, String> {
+        ServeArgs::parse(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn defaults_follow_the_design_contract() {
+        let a = args(&[]).unwrap();
+        assert_eq!(a.listen.to_string(), "0.0.0.0:8086");
+        assert_eq!(a.admin.to_string(), "127.0.0.1:9990");
+        assert_eq!(a.registration_ttl, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn options_parse_and_errors_name_the_option() {
+        let a = args(&["--policy", "p", "--listen", "127.0.0.1:1", "--registration-ttl", "250ms"]).unwrap();
+        assert_eq!(a.policy, Some(PathBuf::from("p")));
+        assert_eq!(a.listen.to_string(), "127.0.0.1:1");
+        assert_eq!(a.registration_ttl, Duration::from_millis(250));
+        assert!(args(&["--listen", "nope"]).unwrap_err().contains("--listen"));
+        assert!(args(&["--policy"]).unwrap_err().contains("needs a value"));
+        assert!(args(&["--registration-ttl", "5"]).unwrap_err().contains("--registration-ttl"));
+        assert!(args(&["--colour"]).unwrap_err().contains("--colour"));
+    }
+}

@@ -65,6 +65,8 @@ async fn route(state: &ProxyState, peer: SocketAddr, req: Request<Incoming>) -> 
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
             } else if !crate::tls::ready(state) {
                 text(StatusCode::SERVICE_UNAVAILABLE, "no certificate yet\n")
+            } else if state.layers.awaiting_control_plane() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "waiting for the first config from the control plane\n")
             } else {
                 text(StatusCode::OK, "ready\n")
             }

@@ -59,6 +59,7 @@ fn resolve_paths(spec: &mut weft_api::ProxySpec, base: &Path) {
 /// Reads, parses and compiles the file into the next snapshot.
 pub fn load(path: &Path, version: u64, prev: Option<&Snapshot>) -> Result<(Snapshot, Vec<u8>), Diagnostics> {
     let (docs, bytes) = read_documents(path)?;
+    let docs = crate::discovery::layer::merge(&docs, None);
     let snap = Snapshot::build(docs, &path.display().to_string(), version, prev)?;
     Ok((snap, bytes))
 }

@@ -178,7 +178,7 @@ impl Snapshot {
                 proxy_doc.metadata.line,
                 "spec.tls",
                 "the Mesh asks for mtls but this proxy has no identity: set spec.tls (cert, key and bundle files) \
-                 or spec.controlPlane, or set the Mesh's mtls: off",
+                 or spec.controlPlane with a joinTokenFile, or set the Mesh's mtls: off",
             );
         }
 

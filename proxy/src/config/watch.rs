@@ -15,8 +15,10 @@ use crate::state::ProxyState;
 /// Loads the file again and swaps it in when valid. Returns the new version.
 pub fn reload(state: &ProxyState) -> Result<u64, Diagnostics> {
     let current = state.config.load_full();
-    match super::load(&state.config_path, current.version + 1, Some(&current)) {
-        Ok((snap, _)) => {
+    let next = super::read_documents(&state.config_path)
+        .and_then(|(docs, _)| crate::discovery::build_with_file(state, docs, current.version + 1, &current));
+    match next {
+        Ok(snap) => {
             if snap.listen_addrs() != current.listen_addrs() {
                 tracing::warn!("listener addresses changed in the config; they take effect after a restart");
             }

@@ -58,9 +58,10 @@ pub fn install(tls: MeshTls) {
     CURRENT.store(Some(Arc::new(tls)));
 }
 
-/// Whether this proxy is configured to have an identity (files or the control plane's CA).
+/// Whether this proxy is configured to have an identity: static files, or a control plane it
+/// can prove itself to (a join token). A control plane without a token only feeds config.
 pub fn has_identity_source(spec: &ProxySpec) -> bool {
-    spec.tls.is_some() || spec.control_plane.is_some()
+    spec.tls.is_some() || spec.control_plane.as_ref().is_some_and(|cp| cp.join_token_file.is_some())
 }
 
 /// How the inbound listener treats plaintext: the Mesh's `mtls` when the proxy has an identity
@@ -70,9 +71,10 @@ pub fn inbound_mode(state: &ProxyState) -> MtlsMode {
     if has_identity_source(&snap.proxy) { snap.mesh.mtls } else { MtlsMode::Off }
 }
 
-/// `/ready` waits for this: a proxy with an identity source needs its first certificate.
+/// `/ready` waits for this: when mTLS is on and the proxy has an identity source, it needs its
+/// first certificate.
 pub fn ready(state: &ProxyState) -> bool {
-    !has_identity_source(&state.config.load().proxy) || CURRENT.load().is_some()
+    inbound_mode(state) == MtlsMode::Off || CURRENT.load().is_some()
 }
 
 /// Starts keeping the identity fresh: files are loaded now and watched; with a control plane,
@@ -82,7 +84,11 @@ pub fn start(state: &Arc<ProxyState>) {
     if let Some(files) = spec.tls {
         tokio::spawn(files::watch(files));
     } else if let Some(cp) = spec.control_plane {
-        tokio::spawn(csr::run(state.clone(), cp));
+        if cp.join_token_file.is_some() {
+            tokio::spawn(csr::run(state.clone(), cp));
+        } else {
+            tracing::warn!("controlPlane has no joinTokenFile: this proxy gets no certificate and speaks plaintext");
+        }
     }
 }
 

@@ -108,6 +108,7 @@ impl ControlPlane {
         let addr = free_addr();
         let child = Command::new(crate::bin("weft"))
             .args(["serve", "--ca", &pki.ca_dir().display().to_string(), "--listen", &addr.to_string()])
+            .args(["--admin", "127.0.0.1:0", "--registration-ttl", "1s"])
             .args(["--join-token-file", &file.display().to_string(), "--cert-ttl", ttl])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -192,7 +192,8 @@ impl Proxy {
         self.signal("HUP");
     }
 
-    fn signal(&self, name: &str) {
+    /// Sends signal `name` (`TERM`, `HUP`, `STOP`, `CONT`…) to the process.
+    pub fn signal(&self, name: &str) {
         let status =
             Command::new("kill").arg(format!("-{name}")).arg(self.child.id().to_string()).status().expect("run kill");
         assert!(status.success(), "kill -{name} {} failed", self.child.id());

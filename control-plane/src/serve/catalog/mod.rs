@@ -1,0 +1,662 @@
+//! The control plane's state: the last good policy, every registered instance, the version
+//! counter and the open watch streams. Each change gets the next version and is pushed, as an
+//! endpoint-level delta, to the streams whose scope it touches.
+//!
+//! Pushes never wait: each stream has a bounded queue, and a stream whose queue is full is
+//! marked for a resync (its backlog is dropped and it gets a fresh snapshot when it reads
+//! again), so one slow proxy costs the others nothing.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use weft_api::EndpointSpec;
+use weft_api::discovery::{Delta, EndpointChange, Snapshot, WatchMessage};
+
+use super::metrics::ControlMetrics;
+use super::policy::Policy;
+
+mod report;
+
+/// Messages queued per stream before the stream is marked for a resync.
+pub const STREAM_BUFFER: usize = 64;
+/// Publish times kept for the lag shown by `weft status`.
+const PUBLISHED_KEPT: usize = 16 * 1024;
+/// Unacked versions remembered per stream (a proxy that never acks costs at most this much).
+const UNACKED_KEPT: usize = 1024;
+
+/// One address of a service, as each registry source that reports it says. The first claim
+/// (in the order the sources reported it) is the endpoint proxies see; the others wait behind
+/// it, so a source withdrawing an address that another still reports does not remove it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Instance {
+    first: (&'static str, EndpointSpec),
+    /// Other sources reporting the same address: rare, so empty (no allocation) as a rule.
+    others: Vec<(&'static str, EndpointSpec)>,
+}
+
+/// What withdrawing a source's claim left.
+enum Withdrawn {
+    NotClaimed,
+    Gone,
+    Remains,
+}
+
+impl Instance {
+    fn new(source: &'static str, spec: EndpointSpec) -> Instance {
+        Instance { first: (source, spec), others: Vec::new() }
+    }
+
+    pub fn spec(&self) -> &EndpointSpec {
+        &self.first.1
+    }
+
+    pub fn sources(&self) -> impl Iterator<Item = &'static str> + '_ {
+        std::iter::once(self.first.0).chain(self.others.iter().map(|(s, _)| *s))
+    }
+
+    /// Sets `source`'s claim; true when `source` had none.
+    fn claim(&mut self, source: &'static str, spec: EndpointSpec) -> bool {
+        if self.first.0 == source {
+            self.first.1 = spec;
+        } else if let Some(c) = self.others.iter_mut().find(|(s, _)| *s == source) {
+            c.1 = spec;
+        } else {
+            self.others.push((source, spec));
+            return true;
+        }
+        false
+    }
+
+    fn withdraw(&mut self, source: &'static str) -> Withdrawn {
+        if self.first.0 == source {
+            if self.others.is_empty() {
+                return Withdrawn::Gone;
+            }
+            self.first = self.others.remove(0);
+        } else if let Some(i) = self.others.iter().position(|(s, _)| *s == source) {
+            self.others.remove(i);
+        } else {
+            return Withdrawn::NotClaimed;
+        }
+        Withdrawn::Remains
+    }
+}
+
+/// What a stream's queue carries.
+pub enum Item {
+    Line {
+        version: u64,
+        bytes: Bytes,
+        published: Instant,
+    },
+    /// Wakes the stream to look at its resync flag.
+    Resync,
+}
+
+/// One open watch stream.
+pub struct Subscriber {
+    pub session: String,
+    /// `name.namespace` of the proxy's service.
+    pub self_key: String,
+    pub name: String,
+    pub address: Option<SocketAddr>,
+    tx: mpsc::Sender<Item>,
+    resync: AtomicBool,
+    progress: Mutex<Progress>,
+    connected_at: Instant,
+}
+
+impl Progress {
+    fn push(&mut self, version: u64, published: Option<Instant>) {
+        self.unacked.push_back((version, published));
+        while self.unacked.len() > UNACKED_KEPT {
+            self.unacked.pop_front();
+        }
+    }
+}
+
+#[derive(Default)]
+struct Progress {
+    sent: u64,
+    acked: u64,
+    /// Versions sent and not acked yet, with their publish time (None: not timed, e.g. the
+    /// first snapshot of a stream, which measures connection set-up rather than convergence).
+    unacked: VecDeque<(u64, Option<Instant>)>,
+    resyncs: u64,
+}
+
+impl Subscriber {
+    /// Whether a resync was requested; clears the request.
+    pub fn take_resync(&self) -> bool {
+        self.resync.swap(false, Ordering::AcqRel)
+    }
+
+    /// Records that `version` is being sent; false when the stream already has it (a delta
+    /// that was queued before a snapshot that included it).
+    pub fn accept(&self, version: u64, published: Option<Instant>) -> bool {
+        let mut p = lock(&self.progress);
+        if version <= p.sent {
+            return false;
+        }
+        p.sent = version;
+        p.push(version, published);
+        true
+    }
+
+    pub fn sent_version(&self) -> u64 {
+        lock(&self.progress).sent
+    }
+
+    fn request_resync(&self) -> bool {
+        let first = !self.resync.swap(true, Ordering::AcqRel);
+        // A full queue already holds something that wakes the stream.
+        let _ = self.tx.try_send(Item::Resync);
+        first
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain data behind; keep serving it.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub struct Catalog {
+    inner: Mutex<Inner>,
+    pub metrics: ControlMetrics,
+    /// Snapshots wait until this instant after start, so proxies reconnecting to a restarted
+    /// control plane are not sent a mesh missing the instances that have not re-registered yet.
+    warm_at: Instant,
+    next_session: AtomicU64,
+    epoch: u64,
+}
+
+struct Inner {
+    version: u64,
+    last_published: Instant,
+    policy: Arc<Policy>,
+    policy_errors: Vec<String>,
+    instances: BTreeMap<String, BTreeMap<SocketAddr, Instance>>,
+    /// Services with a Service document or a registration (registry-only services stay known
+    /// once seen, so an instance flapping does not resync every stream).
+    known: BTreeSet<String>,
+    scopes: HashMap<String, Arc<BTreeSet<String>>>,
+    subscribers: HashMap<String, (Arc<Subscriber>, Arc<BTreeSet<String>>)>,
+    published: VecDeque<(u64, Instant)>,
+    per_source: BTreeMap<&'static str, i64>,
+}
+
+impl Inner {
+    fn scope(&mut self, self_key: &str) -> Arc<BTreeSet<String>> {
+        if let Some(s) = self.scopes.get(self_key) {
+            return s.clone();
+        }
+        let mut known = self.known.clone();
+        known.insert(self_key.to_string());
+        let scope = Arc::new(self.policy.scope(&known, self_key));
+        self.scopes.insert(self_key.to_string(), scope.clone());
+        scope
+    }
+
+    fn bump(&mut self) -> (u64, Instant) {
+        self.version += 1;
+        self.last_published = Instant::now();
+        self.published.push_back((self.version, self.last_published));
+        while self.published.len() > PUBLISHED_KEPT {
+            self.published.pop_front();
+        }
+        (self.version, self.last_published)
+    }
+
+    /// Recomputes every stream's scope; streams whose scope changed are resynced.
+    fn rescope(&mut self, all: bool, metrics: &ControlMetrics) {
+        self.scopes.clear();
+        let sessions: Vec<String> = self.subscribers.keys().cloned().collect();
+        for session in sessions {
+            let self_key = self.subscribers[&session].0.self_key.clone();
+            let scope = self.scope(&self_key);
+            let entry = self.subscribers.get_mut(&session).expect("listed above");
+            if all || entry.1 != scope {
+                entry.1 = scope;
+                if entry.0.request_resync() {
+                    metrics.resyncs.with_label_values(&[if all { "policy" } else { "scope" }]).inc();
+                }
+            }
+        }
+    }
+}
+
+/// What a snapshot needs from the locked state: only the endpoint lists are copied under the
+/// lock; documents are picked and everything is serialized after it is released.
+struct SnapshotParts {
+    version: u64,
+    policy: Arc<Policy>,
+    scope: Arc<BTreeSet<String>>,
+    endpoints: BTreeMap<String, Vec<EndpointSpec>>,
+}
+
+impl SnapshotParts {
+    fn take(inner: &Inner, scope: Arc<BTreeSet<String>>) -> SnapshotParts {
+        let endpoints = scope
+            .iter()
+            .map(|key| {
+                let list = inner
+                    .instances
+                    .get(key)
+                    .map(|m| m.values().map(|i| i.spec().clone()).collect())
+                    .unwrap_or_default();
+                (key.clone(), list)
+            })
+            .collect();
+        SnapshotParts { version: inner.version, policy: inner.policy.clone(), scope, endpoints }
+    }
+
+    fn finish(self, self_key: &str, session: &str) -> Snapshot {
+        Snapshot {
+            version: self.version,
+            session: session.to_string(),
+            documents: self.policy.documents_for(&self.scope, self_key),
+            endpoints: self.endpoints,
+        }
+    }
+}
+
+/// Versions start at the start time in microseconds, so they keep growing across control
+/// plane restarts (as long as it publishes under a million changes a second on average).
+fn initial_version() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(1)
+}
+
+impl Catalog {
+    pub fn new(warmup: Duration) -> Arc<Catalog> {
+        let version = initial_version();
+        let metrics = ControlMetrics::new();
+        metrics.config_version.set(version as i64);
+        Arc::new(Catalog {
+            inner: Mutex::new(Inner {
+                version,
+                last_published: Instant::now(),
+                policy: Arc::new(Policy::default()),
+                policy_errors: Vec::new(),
+                instances: BTreeMap::new(),
+                known: BTreeSet::new(),
+                scopes: HashMap::new(),
+                subscribers: HashMap::new(),
+                published: VecDeque::new(),
+                per_source: BTreeMap::new(),
+            }),
+            metrics,
+            warm_at: Instant::now() + warmup,
+            next_session: AtomicU64::new(1),
+            epoch: version,
+        })
+    }
+
+    /// When snapshots may be sent (the end of the start-up registration grace).
+    pub fn warm_at(&self) -> Instant {
+        self.warm_at
+    }
+
+    pub fn version(&self) -> u64 {
+        lock(&self.inner).version
+    }
+
+    /// Replaces the policy (already validated): every stream gets a fresh snapshot. Returns
+    /// false when nothing changed (a file touched, or only comments edited).
+    pub fn set_policy(&self, policy: Policy) -> bool {
+        let mut guard = lock(&self.inner);
+        let inner = &mut *guard;
+        self.metrics.policy_errors.set(0);
+        inner.policy_errors.clear();
+        if inner.policy.documents() == policy.documents() && inner.version != self.epoch {
+            return false;
+        }
+        inner.known.retain(|k| inner.instances.contains_key(k));
+        let declared: Vec<String> = policy.declared_services().map(String::from).collect();
+        inner.known.extend(declared);
+        inner.policy = Arc::new(policy);
+        let (version, _) = inner.bump();
+        self.metrics.config_version.set(version as i64);
+        inner.rescope(true, &self.metrics);
+        true
+    }
+
+    /// Records a rejected policy load; the last good policy keeps serving.
+    pub fn set_policy_errors(&self, errors: Vec<String>) {
+        self.metrics.policy_errors.set(errors.len() as i64);
+        lock(&self.inner).policy_errors = errors;
+    }
+
+    /// Adds or updates one instance. Returns whether anything changed.
+    pub fn upsert(&self, source: &'static str, service: &str, spec: EndpointSpec) -> bool {
+        self.apply(source, vec![(service.to_string(), vec![spec], vec![])])
+    }
+
+    /// Removes one instance if `source` registered it.
+    pub fn remove(&self, source: &'static str, service: &str, address: SocketAddr) -> bool {
+        self.apply(source, vec![(service.to_string(), vec![], vec![address])])
+    }
+
+    /// Makes `source`'s instances exactly `now` (by service key), as one version.
+    pub fn replace_source(&self, source: &'static str, mut now: BTreeMap<String, Vec<EndpointSpec>>) -> bool {
+        let mut changes = Vec::new();
+        {
+            let inner = lock(&self.inner);
+            for (service, instances) in &inner.instances {
+                let removed: Vec<SocketAddr> = instances
+                    .iter()
+                    .filter(|(addr, i)| {
+                        i.sources().any(|s| s == source)
+                            && !now.get(service).is_some_and(|list| list.iter().any(|e| e.address == **addr))
+                    })
+                    .map(|(addr, _)| *addr)
+                    .collect();
+                let upserts = now.remove(service).unwrap_or_default();
+                if !removed.is_empty() || !upserts.is_empty() {
+                    changes.push((service.clone(), upserts, removed));
+                }
+            }
+            changes.extend(now.into_iter().map(|(service, upserts)| (service, upserts, vec![])));
+        }
+        self.apply(source, changes)
+    }
+
+    /// Applies changes as one version; only real changes are published.
+    fn apply(&self, source: &'static str, changes: Vec<(String, Vec<EndpointSpec>, Vec<SocketAddr>)>) -> bool {
+        let mut inner = lock(&self.inner);
+        let mut effective: Vec<EndpointChange> = Vec::new();
+        let mut new_service = false;
+        for (service, upserts, removes) in changes {
+            let mut change = EndpointChange { service: service.clone(), ..EndpointChange::default() };
+            let instances = inner.instances.entry(service.clone()).or_default();
+            let mut delta_count: Vec<(&'static str, i64)> = Vec::new();
+            for spec in upserts {
+                let Some(entry) = instances.get_mut(&spec.address) else {
+                    instances.insert(spec.address, Instance::new(source, spec.clone()));
+                    delta_count.push((source, 1));
+                    change.upsert.push(spec);
+                    continue;
+                };
+                let before = entry.spec().clone();
+                if entry.claim(source, spec) {
+                    delta_count.push((source, 1));
+                }
+                if *entry.spec() != before {
+                    change.upsert.push(entry.spec().clone());
+                }
+            }
+            for addr in removes {
+                let Some(entry) = instances.get_mut(&addr) else { continue };
+                let before = entry.spec().clone();
+                match entry.withdraw(source) {
+                    Withdrawn::NotClaimed => {}
+                    Withdrawn::Gone => {
+                        instances.remove(&addr);
+                        delta_count.push((source, -1));
+                        change.remove.push(addr);
+                    }
+                    Withdrawn::Remains => {
+                        delta_count.push((source, -1));
+                        if *entry.spec() != before {
+                            change.upsert.push(entry.spec().clone());
+                        }
+                    }
+                }
+            }
+            if instances.is_empty() {
+                inner.instances.remove(&service);
+            }
+            for (src, d) in delta_count {
+                *inner.per_source.entry(src).or_default() += d;
+            }
+            if !change.upsert.is_empty() || !change.remove.is_empty() {
+                new_service |= inner.known.insert(service);
+                effective.push(change);
+            }
+        }
+        if effective.is_empty() {
+            return false;
+        }
+        for (src, n) in &inner.per_source {
+            self.metrics.registry_instances.with_label_values(&[src]).set(*n);
+        }
+        let (version, published) = inner.bump();
+        self.metrics.config_version.set(version as i64);
+        if new_service {
+            inner.rescope(false, &self.metrics);
+        }
+        let all_bytes = Bytes::from(WatchMessage::Delta(Delta { version, changes: effective.clone() }).to_line());
+        for (sub, scope) in inner.subscribers.values() {
+            let mine: Vec<&EndpointChange> = effective.iter().filter(|c| scope.contains(&c.service)).collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let bytes = if mine.len() == effective.len() {
+                all_bytes.clone()
+            } else {
+                let changes = mine.into_iter().cloned().collect();
+                Bytes::from(WatchMessage::Delta(Delta { version, changes }).to_line())
+            };
+            match sub.tx.try_send(Item::Line { version, bytes, published }) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    if sub.request_resync() {
+                        self.metrics.resyncs.with_label_values(&["overflow"]).inc();
+                    }
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        true
+    }
+
+    /// Opens a stream for a proxy of `self_key`.
+    pub fn subscribe(
+        &self,
+        self_key: String,
+        name: String,
+        address: Option<SocketAddr>,
+    ) -> (Arc<Subscriber>, mpsc::Receiver<Item>) {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let sub = Arc::new(Subscriber {
+            session: format!("{:x}-{id}", self.epoch),
+            self_key,
+            name,
+            address,
+            tx,
+            resync: AtomicBool::new(false),
+            progress: Mutex::new(Progress::default()),
+            connected_at: Instant::now(),
+        });
+        let mut inner = lock(&self.inner);
+        let scope = inner.scope(&sub.self_key);
+        inner.subscribers.insert(sub.session.clone(), (sub.clone(), scope));
+        self.metrics.proxies_connected.set(inner.subscribers.len() as i64);
+        (sub, rx)
+    }
+
+    pub fn unsubscribe(&self, session: &str) {
+        let mut inner = lock(&self.inner);
+        inner.subscribers.remove(session);
+        self.metrics.proxies_connected.set(inner.subscribers.len() as i64);
+    }
+
+    pub fn subscriber(&self, session: &str) -> Option<Arc<Subscriber>> {
+        lock(&self.inner).subscribers.get(session).map(|(s, _)| s.clone())
+    }
+
+    /// A full snapshot for the stream, at the current version. `timed`: count the time from
+    /// that version's publication to its ack as convergence (not for a stream's first one).
+    pub fn snapshot_for(&self, sub: &Subscriber, timed: bool) -> Bytes {
+        let (parts, published) = {
+            let mut inner = lock(&self.inner);
+            let scope = match inner.subscribers.get(&sub.session) {
+                Some((_, scope)) => scope.clone(),
+                None => inner.scope(&sub.self_key),
+            };
+            (SnapshotParts::take(&inner, scope), inner.last_published)
+        };
+        let snapshot = parts.finish(&sub.self_key, &sub.session);
+        let version = snapshot.version;
+        let mut p = lock(&sub.progress);
+        p.sent = p.sent.max(version);
+        p.push(version, timed.then_some(published));
+        if timed {
+            p.resyncs += 1;
+        }
+        drop(p);
+        Bytes::from(WatchMessage::Snapshot(snapshot).to_line())
+    }
+
+    /// What a proxy of `self_key` would receive now (for the admin dump).
+    pub fn preview(&self, self_key: &str) -> Snapshot {
+        let parts = {
+            let mut inner = lock(&self.inner);
+            let scope = inner.scope(self_key);
+            SnapshotParts::take(&inner, scope)
+        };
+        parts.finish(self_key, "preview")
+    }
+
+    /// Records an ack; false when the session is unknown (the stream closed or belongs to
+    /// an earlier run of the control plane).
+    pub fn ack(&self, session: &str, version: u64) -> bool {
+        let Some(sub) = self.subscriber(session) else { return false };
+        let now = Instant::now();
+        let mut p = lock(&sub.progress);
+        p.acked = p.acked.max(version);
+        while let Some((v, published)) = p.unacked.front().copied() {
+            if v > version {
+                break;
+            }
+            p.unacked.pop_front();
+            if let Some(at) = published {
+                self.metrics.convergence.observe(now.duration_since(at).as_secs_f64());
+            }
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(addr: &str) -> EndpointSpec {
+        EndpointSpec { address: addr.parse().unwrap(), weight: 1, identity: None }
+    }
+
+    fn line(item: Item) -> WatchMessage {
+        match item {
+            Item::Line { bytes, .. } => serde_json::from_slice(&bytes).unwrap(),
+            Item::Resync => panic!("expected a line, got a resync"),
+        }
+    }
+
+    #[test]
+    fn one_endpoint_change_is_one_delta_of_that_endpoint() {
+        let catalog = Catalog::new(Duration::ZERO);
+        catalog.upsert("test", "payments.default", ep("127.0.0.1:9001"));
+        let (_sub, mut rx) = catalog.subscribe("frontend.default".into(), "f".into(), None);
+        let v0 = catalog.version();
+        assert!(catalog.upsert("test", "payments.default", ep("127.0.0.1:9002")));
+        assert!(!catalog.upsert("test", "payments.default", ep("127.0.0.1:9002")), "no change, no version");
+        let WatchMessage::Delta(d) = line(rx.try_recv().unwrap()) else { panic!("not a delta") };
+        assert_eq!(d.version, v0 + 1);
+        assert_eq!(
+            d.changes,
+            vec![EndpointChange {
+                service: "payments.default".into(),
+                upsert: vec![ep("127.0.0.1:9002")],
+                remove: vec![]
+            }]
+        );
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn only_the_registering_source_removes_an_instance() {
+        let catalog = Catalog::new(Duration::ZERO);
+        catalog.upsert("a", "s.default", ep("127.0.0.1:1"));
+        assert!(!catalog.remove("b", "s.default", "127.0.0.1:1".parse().unwrap()));
+        assert!(catalog.remove("a", "s.default", "127.0.0.1:1".parse().unwrap()));
+    }
+
+    #[test]
+    fn an_address_two_sources_report_stays_until_both_withdraw_it() {
+        let catalog = Catalog::new(Duration::ZERO);
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        catalog.upsert("yaml", "s.default", ep("127.0.0.1:1"));
+        let (_sub, mut rx) = catalog.subscribe("c.default".into(), "c".into(), None);
+        let weighted = EndpointSpec { weight: 5, ..ep("127.0.0.1:1") };
+        assert!(!catalog.upsert("self", "s.default", weighted.clone()), "the first claim stays in effect");
+        let status = catalog.status();
+        assert_eq!(status.services[0].instances, BTreeMap::from([("self".into(), 1), ("yaml".into(), 1)]));
+
+        assert!(catalog.remove("yaml", "s.default", addr));
+        let WatchMessage::Delta(d) = line(rx.try_recv().unwrap()) else { panic!("not a delta") };
+        assert_eq!((d.changes[0].upsert.clone(), d.changes[0].remove.clone()), (vec![weighted], vec![]));
+
+        assert!(catalog.remove("self", "s.default", addr));
+        let WatchMessage::Delta(d) = line(rx.try_recv().unwrap()) else { panic!("not a delta") };
+        assert_eq!(d.changes[0].remove, vec![addr], "the address goes when its last source withdraws it");
+        assert!(catalog.status().services[0].instances.is_empty());
+    }
+
+    #[test]
+    fn replace_source_sends_the_difference() {
+        let catalog = Catalog::new(Duration::ZERO);
+        catalog
+            .replace_source("yaml", BTreeMap::from([("s.default".into(), vec![ep("127.0.0.1:1"), ep("127.0.0.1:2")])]));
+        let (_sub, mut rx) = catalog.subscribe("c.default".into(), "c".into(), None);
+        catalog
+            .replace_source("yaml", BTreeMap::from([("s.default".into(), vec![ep("127.0.0.1:2"), ep("127.0.0.1:3")])]));
+        let WatchMessage::Delta(d) = line(rx.try_recv().unwrap()) else { panic!("not a delta") };
+        assert_eq!(d.changes[0].upsert, vec![ep("127.0.0.1:3")], "unchanged instances are not resent");
+        assert_eq!(d.changes[0].remove, vec!["127.0.0.1:1".parse::<SocketAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn a_full_queue_turns_into_a_resync_without_blocking() {
+        let catalog = Catalog::new(Duration::ZERO);
+        catalog.upsert("t", "s.default", ep("127.0.0.1:1"));
+        let (sub, mut rx) = catalog.subscribe("c.default".into(), "c".into(), None);
+        for port in 2..(STREAM_BUFFER as u16 + 10) {
+            catalog.upsert("t", "s.default", ep(&format!("127.0.0.1:{port}")));
+        }
+        assert!(sub.take_resync(), "the stream is marked for a resync");
+        let mut n = 0;
+        while rx.try_recv().is_ok() {
+            n += 1;
+        }
+        assert_eq!(n, STREAM_BUFFER, "the queue stays bounded");
+        let WatchMessage::Snapshot(s) = serde_json::from_slice(&catalog.snapshot_for(&sub, true)).unwrap() else {
+            panic!("not a snapshot")
+        };
+        assert_eq!(s.version, catalog.version());
+        assert_eq!(s.endpoints["s.default"].len(), STREAM_BUFFER + 9);
+        assert!(!sub.accept(s.version - 1, None), "deltas older than the snapshot are skipped");
+    }
+
+    #[test]
+    fn acks_feed_convergence_and_clear_lag() {
+        let catalog = Catalog::new(Duration::ZERO);
+        let (sub, mut rx) = catalog.subscribe("c.default".into(), "c".into(), None);
+        catalog.snapshot_for(&sub, false);
+        catalog.upsert("t", "c.default", ep("127.0.0.1:1"));
+        let Item::Line { version, published, .. } = rx.try_recv().unwrap() else { panic!("no line") };
+        assert!(sub.accept(version, Some(published)));
+        assert_eq!(catalog.status().proxies[0].acked_version, 0);
+        assert!(catalog.ack(&sub.session, version));
+        assert_eq!(catalog.metrics.convergence.get_sample_count(), 1, "the untimed first snapshot is not counted");
+        let status = catalog.status();
+        assert_eq!(status.proxies[0].acked_version, version);
+        assert_eq!(status.proxies[0].lag_seconds, 0.0);
+        assert!(!catalog.ack("nope", 1));
+    }
+}

@@ -1,0 +1,239 @@
+//! The discovery listener: `GET /v1/watch` (a stream of newline-delimited JSON that also
+//! self-registers the proxy), `POST /v1/ack` and `POST /v1/leave`. HTTP/2 with prior
+//! knowledge (h2c) or HTTP/1.1 on the same port.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body::{Body, Frame};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::time::{Interval, Sleep};
+use weft_api::EndpointSpec;
+use weft_api::discovery::{Ack, Leave, WatchMessage, WatchRequest};
+
+use super::catalog::{Catalog, Item, Subscriber};
+use super::policy::service_key;
+use super::registry::self_registration::{Registration, SelfRegistration};
+
+pub type ResponseBody = UnsyncBoxBody<Bytes, Infallible>;
+
+/// Largest ack or leave body accepted.
+const MAX_POST_BYTES: usize = 16 * 1024;
+
+pub struct Discovery {
+    pub catalog: Arc<Catalog>,
+    pub self_registration: Arc<SelfRegistration>,
+    /// Idle streams get a heartbeat line this often, and HTTP/2 connections a PING that must be
+    /// answered within as long: a proxy that vanished without closing its connection (a frozen
+    /// process, a lost host) loses its stream, and so its registration, within two periods.
+    pub heartbeat: Duration,
+    /// Signs proxies' CSRs on `POST /v1/certificates` when `weft serve --ca` is given.
+    pub issuer: Option<Arc<crate::ca::Issuer>>,
+}
+
+pub async fn serve(listener: TcpListener, discovery: Arc<Discovery>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!(error = %e, "discovery accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let discovery = discovery.clone();
+        tokio::spawn(async move {
+            let heartbeat = discovery.heartbeat;
+            let svc = service_fn(move |req| {
+                let discovery = discovery.clone();
+                async move { Ok::<_, Infallible>(discovery.route(peer, req).await) }
+            });
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(heartbeat)).keep_alive_timeout(heartbeat);
+            if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
+                tracing::debug!(%peer, error = %e, "discovery connection ended");
+            }
+        });
+    }
+}
+
+pub fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<ResponseBody> {
+    let mut r = Response::new(Full::new(body.into()).boxed_unsync());
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+impl Discovery {
+    async fn route(&self, peer: SocketAddr, req: Request<Incoming>) -> Response<ResponseBody> {
+        match (req.method().clone(), req.uri().path()) {
+            (Method::GET, "/v1/watch") => self.watch(peer, req.uri().query().unwrap_or("")),
+            (Method::POST, "/v1/ack") => match read_json::<Ack>(req).await {
+                Ok(ack) if self.catalog.ack(&ack.session, ack.version) => full(StatusCode::NO_CONTENT, ""),
+                Ok(ack) => full(StatusCode::NOT_FOUND, format!("no open stream {:?}; reconnect\n", ack.session)),
+                Err(resp) => resp,
+            },
+            (Method::POST, "/v1/leave") => match read_json::<Leave>(req).await {
+                Ok(leave) => match self.catalog.subscriber(&leave.session) {
+                    Some(sub) => {
+                        if let Some(addr) = sub.address {
+                            tracing::info!(service = %sub.self_key, %addr, "proxy left (draining)");
+                            self.self_registration.leave(&sub.self_key, addr);
+                        }
+                        full(StatusCode::NO_CONTENT, "")
+                    }
+                    None => full(StatusCode::NOT_FOUND, format!("no open stream {:?}\n", leave.session)),
+                },
+                Err(resp) => resp,
+            },
+            (_, crate::ca::http::CERTIFICATES_PATH) => match &self.issuer {
+                Some(issuer) => crate::ca::http::handle(issuer, req).await.map(|b| b.boxed_unsync()),
+                None => full(
+                    StatusCode::NOT_FOUND,
+                    "this control plane does not sign certificates; start it with --ca DIR --join-token-file FILE\n",
+                ),
+            },
+            _ => full(
+                StatusCode::NOT_FOUND,
+                "not found; the discovery API is GET /v1/watch, POST /v1/ack, POST /v1/leave\n",
+            ),
+        }
+    }
+
+    fn watch(&self, peer: SocketAddr, query: &str) -> Response<ResponseBody> {
+        let req = match WatchRequest::from_query(query) {
+            Ok(r) => r,
+            Err(e) => return full(StatusCode::BAD_REQUEST, format!("/v1/watch: {e}\n")),
+        };
+        let key = match (req.service.split_once('.'), &req.namespace) {
+            (Some(_), _) => req.service.clone(),
+            (None, Some(ns)) => service_key(&req.service, ns),
+            (None, None) => service_key(&req.service, weft_api::DEFAULT_NAMESPACE),
+        };
+        // An instance listening on every interface is reached at the address it called from.
+        let address =
+            req.address.map(|a| if a.ip().is_unspecified() { SocketAddr::new(peer.ip(), a.port()) } else { a });
+        let name = req.name.clone().unwrap_or_else(|| match address {
+            Some(a) => format!("{key}@{a}"),
+            None => format!("{key}@{peer}"),
+        });
+        let (sub, rx) = self.catalog.subscribe(key.clone(), name, address);
+        tracing::info!(session = %sub.session, proxy = %sub.name, "watch stream opened");
+        let registration = address.map(|a| {
+            self.self_registration
+                .register(&key, EndpointSpec { address: a, weight: 1, identity: req.identity.clone() })
+        });
+        let warm_at = self.catalog.warm_at();
+        let warmup = (warm_at > tokio::time::Instant::now().into_std())
+            .then(|| Box::pin(tokio::time::sleep_until(warm_at.into())));
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + self.heartbeat, self.heartbeat);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let body = WatchBody {
+            catalog: self.catalog.clone(),
+            sub,
+            rx,
+            started: false,
+            warmup,
+            heartbeat,
+            _registration: registration,
+        };
+        let mut r = Response::new(body.boxed_unsync());
+        r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/x-ndjson"));
+        r
+    }
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, Response<ResponseBody>> {
+    let body = Limited::new(req.into_body(), MAX_POST_BYTES)
+        .collect()
+        .await
+        .map_err(|e| full(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}\n")))?
+        .to_bytes();
+    serde_json::from_slice(&body).map_err(|e| full(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}\n")))
+}
+
+/// The response body of one watch stream: pulls lines from the stream's queue as fast as the
+/// connection takes them. Dropping it (the proxy went away) closes the subscription and
+/// starts the registration's grace period.
+struct WatchBody {
+    catalog: Arc<Catalog>,
+    sub: Arc<Subscriber>,
+    rx: mpsc::Receiver<Item>,
+    started: bool,
+    warmup: Option<Pin<Box<Sleep>>>,
+    heartbeat: Interval,
+    _registration: Option<Registration>,
+}
+
+impl WatchBody {
+    fn snapshot(&mut self, timed: bool) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        // Everything queued so far is older than the snapshot about to be built.
+        while self.rx.try_recv().is_ok() {}
+        let bytes = self.catalog.snapshot_for(&self.sub, timed);
+        self.heartbeat.reset();
+        Poll::Ready(Some(Ok(Frame::data(bytes))))
+    }
+}
+
+impl Body for WatchBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        if !this.started {
+            if let Some(w) = &mut this.warmup {
+                if w.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.warmup = None;
+            }
+            this.started = true;
+            this.sub.take_resync();
+            return this.snapshot(false);
+        }
+        loop {
+            match this.rx.poll_recv(cx) {
+                Poll::Ready(Some(item)) => {
+                    if this.sub.take_resync() {
+                        return this.snapshot(true);
+                    }
+                    if let Item::Line { version, bytes, published } = item
+                        && this.sub.accept(version, Some(published))
+                    {
+                        this.heartbeat.reset();
+                        return Poll::Ready(Some(Ok(Frame::data(bytes))));
+                    }
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => {
+                    if this.heartbeat.poll_tick(cx).is_ready() {
+                        let line = WatchMessage::Heartbeat { version: this.sub.sent_version() }.to_line();
+                        return Poll::Ready(Some(Ok(Frame::data(Bytes::from(line)))));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for WatchBody {
+    fn drop(&mut self) {
+        tracing::info!(session = %self.sub.session, proxy = %self.sub.name, "watch stream closed");
+        self.catalog.unsubscribe(&self.sub.session);
+    }
+}

@@ -1,0 +1,174 @@
+//! `weft status`: what the control plane sees — connected proxies with the version each has
+//! applied and how far behind it is, and registrations per service. A table for people,
+//! `-o json` (the admin API's `/v1/status` as is) for scripts.
+
+use std::fmt::Write as _;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use weft_api::discovery::StatusReport;
+
+pub const USAGE: &str = "\
+Usage: weft status [--control-plane URL] [-o json]
+
+Shows the proxies connected to the control plane, the version each has applied and its lag,
+and the registered instances of each service.
+
+  --control-plane URL   the control plane's admin address (default http://127.0.0.1:9990)
+  -o json               print the report as JSON
+";
+
+const DEFAULT_URL: &str = "http://127.0.0.1:9990";
+
+pub fn run(args: &[String]) -> u8 {
+    let mut url = DEFAULT_URL.to_string();
+    let mut json = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match (a.as_str(), it.clone().next()) {
+            ("-h" | "--help", _) => {
+                print!("{USAGE}");
+                return 0;
+            }
+            ("--control-plane", Some(v)) => {
+                url = v.clone();
+                it.next();
+            }
+            ("-o" | "--output", Some(v)) if v == "json" => {
+                json = true;
+                it.next();
+            }
+            ("-o" | "--output", Some(v)) if v == "table" => {
+                it.next();
+            }
+            _ => {
+                eprintln!("weft status: unexpected argument {a:?}\n\n{USAGE}");
+                return 2;
+            }
+        }
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("weft status: cannot start a runtime: {e}");
+            return 1;
+        }
+    };
+    let body = match rt.block_on(fetch(&url)) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("weft status: {url}: {e}");
+            return 1;
+        }
+    };
+    if json {
+        println!("{}", String::from_utf8_lossy(&body).trim_end());
+        return 0;
+    }
+    match serde_json::from_slice::<StatusReport>(&body) {
+        Ok(report) => {
+            print!("{}", table(&url, &report));
+            0
+        }
+        Err(e) => {
+            eprintln!("weft status: {url} answered something that is not a status report: {e}");
+            1
+        }
+    }
+}
+
+async fn fetch(url: &str) -> Result<Bytes, String> {
+    let rest = url.strip_prefix("http://").ok_or("only http:// admin addresses are supported")?;
+    let authority = rest.split('/').next().unwrap_or_default().to_string();
+    let stream = tokio::time::timeout(std::time::Duration::from_secs(3), TcpStream::connect(&authority))
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| format!("cannot connect ({e}); is `weft serve` running?"))?;
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req =
+        Request::get("/v1/status").header("host", authority).body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
+    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    if !status.is_success() {
+        return Err(format!("/v1/status answered {status}: {}", String::from_utf8_lossy(&body).trim()));
+    }
+    Ok(body)
+}
+
+/// The report as aligned text.
+pub fn table(url: &str, r: &StatusReport) -> String {
+    let mut out = String::new();
+    let policy = if r.policy_valid {
+        "valid".to_string()
+    } else {
+        format!("REJECTED ({} problems; the last good policy is serving)", r.policy_errors.len())
+    };
+    let _ = writeln!(out, "control plane {url}  version {}  policy {policy}", r.version);
+    for p in r.policy_errors.iter().take(10) {
+        let _ = writeln!(out, "  {p}");
+    }
+    let _ = writeln!(out, "\n{} proxies connected", r.proxies.len());
+    if !r.proxies.is_empty() {
+        let _ = writeln!(
+            out,
+            "{:<36} {:<24} {:<18} {:<8} {:>9} {:>8}",
+            "PROXY", "SERVICE", "APPLIED", "STATE", "LAG", "RESYNCS"
+        );
+        for p in &r.proxies {
+            let state = if p.acked_version >= p.sent_version { "current" } else { "behind" };
+            let _ = writeln!(
+                out,
+                "{:<36} {:<24} {:<18} {:<8} {:>8.3}s {:>8}",
+                p.name, p.service, p.acked_version, state, p.lag_seconds, p.resyncs
+            );
+        }
+    }
+    let _ = writeln!(out, "\n{} services", r.services.len());
+    if !r.services.is_empty() {
+        let _ = writeln!(out, "{:<36} {:>9}  SOURCES", "SERVICE", "INSTANCES");
+        for s in &r.services {
+            let total: usize = s.instances.values().sum();
+            let sources: Vec<String> = s.instances.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let _ = writeln!(out, "{:<36} {:>9}  {}", s.service, total, sources.join(" "));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_api::discovery::{ProxyStatus, ServiceStatus};
+
+    #[test]
+    fn the_table_says_who_is_behind() {
+        let report = StatusReport {
+            version: 12,
+            policy_valid: false,
+            policy_errors: vec!["p.yaml:3: spec.ports[0].port: must be between 1 and 65535, found 0".into()],
+            proxies: vec![ProxyStatus {
+                name: "frontend.shop@127.0.0.1:4143".into(),
+                service: "frontend.shop".into(),
+                sent_version: 12,
+                acked_version: 11,
+                lag_seconds: 0.25,
+                ..ProxyStatus::default()
+            }],
+            services: vec![ServiceStatus {
+                service: "payments.shop".into(),
+                instances: [("self-registration".to_string(), 2)].into(),
+            }],
+        };
+        let text = table("http://127.0.0.1:9990", &report);
+        assert!(text.contains("REJECTED (1 problems"), "{text}");
+        assert!(text.contains("p.yaml:3: spec.ports[0].port"), "{text}");
+        assert!(text.contains("frontend.shop@127.0.0.1:4143") && text.contains("behind"), "{text}");
+        assert!(text.contains("self-registration=2"), "{text}");
+    }
+}

@@ -1,0 +1,290 @@
+//! The watch stream to the control plane: one HTTP/2 (h2c) connection carrying the stream and
+//! the acks. Reconnects with jittered backoff; the proxy serves its current config throughout.
+//! Anything that does not parse or build is rejected (logged, counted, not acked) and the
+//! stream is reopened for a fresh snapshot.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+use weft_api::MtlsMode;
+use weft_api::discovery::{Ack, Leave, WatchMessage, WatchRequest};
+
+use super::layer::ControlPlaneLayer;
+use super::persist::Persister;
+use super::{DISCOVERY, apply};
+use crate::retry::backoff;
+use crate::state::ProxyState;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The control plane sends a heartbeat every 10 s on an idle stream.
+const SILENCE_LIMIT: Duration = Duration::from_secs(35);
+/// A single message larger than this is refused (a whole mesh of 100,000 endpoints is ~7 MB).
+const MAX_LINE_BYTES: usize = 128 * 1024 * 1024;
+const BACKOFF_BASE: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// `http://host:port` or `host:port` → `host:port`.
+pub fn authority(address: &str) -> Result<String, String> {
+    if address.starts_with("https://") {
+        return Err(format!(
+            "{address}: TLS to the control plane comes with mesh mTLS; use http:// (plaintext, loopback or a trusted network) for now"
+        ));
+    }
+    let rest = address.strip_prefix("http://").unwrap_or(address);
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.is_empty() || !authority.contains(':') {
+        return Err(format!(
+            "{address}: the control plane address needs a host and a port, e.g. http://127.0.0.1:8086"
+        ));
+    }
+    Ok(authority.to_string())
+}
+
+/// Keeps a watch stream open to `authority` (see [`authority`]) for the life of the process.
+/// A draining proxy withdraws its registration but stays subscribed: the app's late outbound
+/// calls during the drain still go where the control plane says.
+pub async fn run(state: Arc<ProxyState>, authority: String, request: WatchRequest) {
+    let mut failures = 0u32;
+    let mut persister = Persister::new(state.config.load().proxy.state_dir.as_deref());
+    // With mTLS on, peers must verify this instance's identity, so it registers only once it
+    // has a certificate (readiness waits for both anyway).
+    if crate::tls::inbound_mode(&state) != MtlsMode::Off && crate::tls::current().is_none() {
+        tracing::info!("waiting for this proxy's certificate before registering with the control plane");
+        while crate::tls::current().is_none() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    loop {
+        let mut request = request.clone();
+        // Reconnecting while draining must not register the instance again.
+        if state.is_draining() {
+            request.address = None;
+        }
+        // Peers verify the id in the certificate this proxy presents; without mTLS they call plainly.
+        if crate::tls::inbound_mode(&state) != MtlsMode::Off {
+            request.identity = crate::tls::current().map(|tls| tls.id.to_string());
+        }
+        let result = session(&state, &authority, &request, &mut failures, &mut persister).await;
+        persister.flush(&state);
+        DISCOVERY.connected.set(0);
+        match result {
+            Ok(()) => {
+                tracing::warn!(control_plane = %authority, "the control plane closed the stream; reconnecting")
+            }
+            Err(e) => {
+                failures += 1;
+                // Say it once loudly, then only now and then: an outage can last.
+                if failures == 1 || failures.is_multiple_of(20) {
+                    tracing::warn!(control_plane = %authority, failures, "control plane: {e}; serving the last good config and retrying");
+                } else {
+                    tracing::debug!(control_plane = %authority, "control plane: {e}");
+                }
+            }
+        }
+        tokio::time::sleep(backoff(failures.max(1), BACKOFF_BASE, BACKOFF_MAX)).await;
+    }
+}
+
+async fn session(
+    state: &ProxyState,
+    authority: &str,
+    request: &WatchRequest,
+    failures: &mut u32,
+    persister: &mut Persister,
+) -> Result<(), String> {
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(authority))
+        .await
+        .map_err(|_| format!("connect to {authority} timed out"))?
+        .map_err(|e| format!("cannot connect to {authority}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("HTTP/2 handshake with {authority}: {e}"))?;
+    tokio::spawn(conn);
+    let uri = format!("http://{authority}/v1/watch?{}", request.to_query());
+    let req = Request::get(uri).body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(CONNECT_TIMEOUT * 5, send.send_request(req))
+        .await
+        .map_err(|_| "no answer to the watch request".to_string())?
+        .map_err(|e| format!("watch request: {e}"))?;
+    if resp.status() != StatusCode::OK {
+        let status = resp.status();
+        let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        return Err(format!("watch refused with {status}: {}", String::from_utf8_lossy(&body).trim()));
+    }
+    DISCOVERY.connected.set(1);
+    let mut body = resp.into_body();
+    let mut drain = state.drain_signal();
+    let mut buf: Vec<u8> = Vec::new();
+    // Bytes at the front of `buf` already known to hold no newline (a large snapshot arrives
+    // in many frames; each byte is searched once).
+    let mut searched = 0;
+    let mut session_id: Option<String> = None;
+    let mut left = request.address.is_none();
+    let mut heard = Instant::now();
+    loop {
+        if !left
+            && state.is_draining()
+            && let Some(s) = &session_id
+        {
+            left = true;
+            leave(&mut send, authority, s.clone()).await;
+        }
+        let silence_at = heard + SILENCE_LIMIT;
+        let wake_at = persister.due().map_or(silence_at, |due| due.min(silence_at));
+        // `frame()` takes nothing until it is ready, so losing the race below loses no data.
+        let frame = tokio::select! {
+            f = body.frame() => f,
+            _ = tokio::time::sleep_until(wake_at.into()) => {
+                persister.flush(state);
+                if Instant::now() >= silence_at {
+                    return Err(format!("nothing from the control plane for {SILENCE_LIMIT:?}"));
+                }
+                continue;
+            }
+            // Wakes the loop, which withdraws the registration above.
+            _ = drain.changed(), if !left => continue,
+        };
+        heard = Instant::now();
+        let data = match frame {
+            None => return Ok(()),
+            Some(Err(e)) => return Err(format!("stream broke: {e}")),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(d) => d,
+                Err(_) => continue,
+            },
+        };
+        buf.extend_from_slice(&data);
+        // Every complete line that arrived together is folded into one layer and applied (and
+        // acked) once: a burst of deltas costs one config build, not one each.
+        let mut pending: Option<(ControlPlaneLayer, bool)> = None;
+        let mut start = 0;
+        while let Some(i) = buf[searched..].iter().position(|b| *b == b'\n') {
+            let end = searched + i;
+            let line = &buf[start..end];
+            start = end + 1;
+            searched = start;
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            fold_line(state, line, &mut session_id, &mut pending)?;
+        }
+        if let Some((layer, snapshot)) = pending {
+            let version = apply_layer(state, layer)?;
+            *failures = 0;
+            persister.applied(state, snapshot);
+            if let Some(s) = &session_id {
+                spawn_ack(&send, authority, Ack { session: s.clone(), version });
+            }
+        }
+        buf.drain(..start);
+        searched = buf.len();
+        if buf.len() > MAX_LINE_BYTES {
+            return Err(format!("a message longer than {MAX_LINE_BYTES} bytes"));
+        }
+    }
+}
+
+/// Folds one stream line into `pending` (the layer to apply once the lines at hand are read;
+/// the flag says whether a snapshot is among them).
+fn fold_line(
+    state: &ProxyState,
+    line: &[u8],
+    session_id: &mut Option<String>,
+    pending: &mut Option<(ControlPlaneLayer, bool)>,
+) -> Result<(), String> {
+    let msg: WatchMessage = match serde_json::from_slice(line) {
+        Ok(m) => m,
+        Err(e) => return Err(reject(format!("not a discovery message ({e})"))),
+    };
+    match msg {
+        WatchMessage::Heartbeat { .. } => {}
+        WatchMessage::Snapshot(s) => {
+            *session_id = Some(s.session.clone());
+            *pending = Some((ControlPlaneLayer::from_snapshot(s), true));
+        }
+        WatchMessage::Delta(d) => {
+            if pending.is_none() {
+                let Some(current) = state.layers.control_plane().filter(|_| session_id.is_some()) else {
+                    return Err(reject("a delta before any snapshot".to_string()));
+                };
+                *pending = Some((ControlPlaneLayer::clone(&current), false));
+            }
+            if let Some((layer, _)) = pending {
+                layer.apply_delta(&d).map_err(reject)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks and swaps in `layer`; returns its control-plane version.
+fn apply_layer(state: &ProxyState, layer: ControlPlaneLayer) -> Result<u64, String> {
+    let version = layer.version;
+    match apply(state, layer) {
+        Ok(local) => {
+            tracing::debug!(version, local, "control-plane version applied");
+            Ok(version)
+        }
+        Err(diags) => {
+            for d in &diags.0 {
+                tracing::error!(problem = %d, "control-plane version {version} rejected; keeping the current config");
+            }
+            Err(format!("version {version} rejected ({} problems)", diags.0.len()))
+        }
+    }
+}
+
+fn reject(why: String) -> String {
+    DISCOVERY.updates.with_label_values(&["rejected"]).inc();
+    tracing::error!("control-plane update rejected: {why}; keeping the current config");
+    why
+}
+
+fn post<T: serde::Serialize>(authority: &str, path: &str, body: &T) -> Option<Request<Full<Bytes>>> {
+    let json = serde_json::to_vec(body).ok()?;
+    Request::post(format!("http://{authority}{path}"))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(json)))
+        .ok()
+}
+
+fn spawn_ack(send: &SendRequest<Full<Bytes>>, authority: &str, ack: Ack) {
+    let Some(req) = post(authority, "/v1/ack", &ack) else { return };
+    let mut send = send.clone();
+    tokio::spawn(async move {
+        match send.send_request(req).await {
+            Ok(resp) if resp.status().is_success() => {}
+            Ok(resp) => tracing::debug!(status = %resp.status(), version = ack.version, "ack not accepted"),
+            Err(e) => tracing::debug!(error = %e, version = ack.version, "ack not sent"),
+        }
+    });
+}
+
+/// Withdraws this proxy's registration (it is draining), waiting briefly for the answer.
+async fn leave(send: &mut SendRequest<Full<Bytes>>, authority: &str, session: String) {
+    let Some(req) = post(authority, "/v1/leave", &Leave { session }) else { return };
+    match tokio::time::timeout(Duration::from_secs(1), send.send_request(req)).await {
+        Ok(Ok(resp)) if resp.status().is_success() => tracing::info!("registration withdrawn from the control plane"),
+        _ => tracing::warn!("could not withdraw the registration; it expires with the control plane's TTL"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_take_a_scheme_or_none() {
+        assert_eq!(authority("http://127.0.0.1:8086").unwrap(), "127.0.0.1:8086");
+        assert_eq!(authority("weft-control:8086/").unwrap(), "weft-control:8086");
+        assert!(authority("https://weft-control.weft:8086").unwrap_err().contains("mTLS"));
+        assert!(authority("http://nohost").unwrap_err().contains("port"));
+    }
+}

@@ -1,0 +1,240 @@
+//! The control-plane layer of the config: what the stream has said so far, how a snapshot or a
+//! delta changes it, and how it goes on top of the static file's documents.
+//!
+//! Merge rule: a control-plane document replaces the file's document of the same kind,
+//! namespace and name; for every service the control plane sends endpoints for, its list
+//! replaces the file's; services known only by their endpoints get a plain Service document.
+//! The Proxy document always comes from the file.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+use weft_api::discovery::{Delta, Snapshot};
+use weft_api::{Diagnostics, Document, EndpointSpec, Metadata, Service, ServiceSpec};
+
+/// Name used for the control plane in diagnostics.
+pub const SOURCE: &str = "control-plane";
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ControlPlaneLayer {
+    pub version: u64,
+    pub documents: Vec<Document>,
+    /// Endpoints by service key `name.namespace`.
+    pub endpoints: BTreeMap<String, Vec<EndpointSpec>>,
+}
+
+impl ControlPlaneLayer {
+    pub fn from_snapshot(s: Snapshot) -> ControlPlaneLayer {
+        ControlPlaneLayer { version: s.version, documents: s.documents, endpoints: s.endpoints }
+    }
+
+    /// The layer after `delta`. A delta must move the version forward.
+    pub fn with_delta(&self, delta: &Delta) -> Result<ControlPlaneLayer, String> {
+        let mut next = self.clone();
+        next.apply_delta(delta)?;
+        Ok(next)
+    }
+
+    /// Applies `delta` in place; on an error nothing changed.
+    pub fn apply_delta(&mut self, delta: &Delta) -> Result<(), String> {
+        if delta.version <= self.version {
+            return Err(format!("delta version {} is not after the applied version {}", delta.version, self.version));
+        }
+        self.version = delta.version;
+        for change in &delta.changes {
+            let list = self.endpoints.entry(change.service.clone()).or_default();
+            let gone: HashSet<SocketAddr> =
+                change.remove.iter().chain(change.upsert.iter().map(|e| &e.address)).copied().collect();
+            list.retain(|e| !gone.contains(&e.address));
+            list.extend(change.upsert.iter().cloned());
+            list.sort_by_key(|e| e.address);
+        }
+        Ok(())
+    }
+
+    /// Checks what the control plane sent, the way a policy file is checked, plus the rules
+    /// for the stream itself.
+    pub fn validate(&self) -> Result<(), Diagnostics> {
+        let mut diags = weft_api::validate::validate_documents(SOURCE, &self.documents).err().unwrap_or_default();
+        for doc in &self.documents {
+            if matches!(doc, Document::Proxy(_)) {
+                diags.push(
+                    SOURCE,
+                    0,
+                    "kind",
+                    "the control plane sent a Proxy document; a proxy's own settings come only from its file",
+                );
+            }
+        }
+        for (service, list) in &self.endpoints {
+            if !service.split_once('.').is_some_and(|(name, ns)| !name.is_empty() && !ns.is_empty()) {
+                diags.push(SOURCE, 0, format!("endpoints.{service}"), "service keys must be NAME.NAMESPACE");
+            }
+            for (i, e) in list.iter().enumerate() {
+                if e.weight == 0 {
+                    diags.push(SOURCE, 0, format!("endpoints.{service}[{i}].weight"), "must be at least 1, found 0");
+                }
+            }
+        }
+        diags.into_result()
+    }
+}
+
+fn doc_key(d: &Document) -> (&'static str, String, String) {
+    (d.kind(), d.metadata().namespace.clone(), d.metadata().name.clone())
+}
+
+fn service_key(name: &str, namespace: &str) -> String {
+    format!("{name}.{namespace}")
+}
+
+fn plain_service(key: &str, endpoints: Vec<EndpointSpec>) -> Document {
+    let (name, namespace) = key.split_once('.').unwrap_or((key, weft_api::DEFAULT_NAMESPACE));
+    Document::Service(Service {
+        metadata: Metadata { name: name.to_string(), namespace: namespace.to_string(), line: 0 },
+        spec: ServiceSpec { ports: Vec::new(), endpoints },
+    })
+}
+
+/// The documents the snapshot is built from: the file's, with the control-plane layer on top.
+/// With a control plane configured, upstream ports whose service nobody declared yet get an
+/// empty Service (503 "no endpoints" until the control plane names some), so a proxy can
+/// start before its control plane answers.
+pub fn merge(file: &[Document], cp: Option<&ControlPlaneLayer>) -> Vec<Document> {
+    let mut out: Vec<Document> = match cp {
+        Some(cp) => {
+            let replaced: HashSet<_> = cp.documents.iter().map(doc_key).collect();
+            file.iter().filter(|d| !replaced.contains(&doc_key(d))).chain(&cp.documents).cloned().collect()
+        }
+        None => file.to_vec(),
+    };
+    let mut declared: HashSet<String> = HashSet::new();
+    for doc in &mut out {
+        if let Document::Service(s) = doc {
+            let key = service_key(&s.metadata.name, &s.metadata.namespace);
+            if let Some(list) = cp.and_then(|cp| cp.endpoints.get(&key)) {
+                s.spec.endpoints = list.clone();
+            }
+            declared.insert(key);
+        }
+    }
+    if let Some(cp) = cp {
+        for (key, list) in &cp.endpoints {
+            if declared.insert(key.clone()) {
+                out.push(plain_service(key, list.clone()));
+            }
+        }
+    }
+    let proxy = out.iter().find_map(|d| match d {
+        Document::Proxy(p) if p.spec.control_plane.is_some() => Some(p.clone()),
+        _ => None,
+    });
+    if let Some(p) = proxy {
+        for up in &p.spec.upstreams {
+            let key = if up.service.contains('.') {
+                up.service.clone()
+            } else {
+                service_key(&up.service, &p.metadata.namespace)
+            };
+            if declared.insert(key.clone()) {
+                out.push(plain_service(&key, Vec::new()));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_api::discovery::EndpointChange;
+
+    fn ep(addr: &str) -> EndpointSpec {
+        EndpointSpec { address: addr.parse().unwrap(), weight: 1, identity: None }
+    }
+
+    const FILE: &str = "\
+apiVersion: weft.dev/v1alpha1
+kind: Proxy
+metadata: {name: frontend}
+spec:
+  service: frontend
+  upstreams: [{service: payments, listen: 127.0.0.1:9101}, {service: ledger, listen: 127.0.0.1:9102}]
+  controlPlane: {address: http://127.0.0.1:8086}
+---
+apiVersion: weft.dev/v1alpha1
+kind: Service
+metadata: {name: payments}
+spec: {ports: [{port: 80, protocol: http2}], endpoints: [{address: 127.0.0.1:1}]}
+";
+
+    fn services(docs: &[Document]) -> Vec<(String, Vec<EndpointSpec>)> {
+        docs.iter()
+            .filter_map(|d| match d {
+                Document::Service(s) => Some((s.metadata.name.clone(), s.spec.endpoints.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn control_plane_endpoints_replace_the_files_and_fill_in_services() {
+        let file = weft_api::parse_file("f.yaml", FILE).unwrap();
+        let layer = ControlPlaneLayer {
+            version: 7,
+            documents: vec![],
+            endpoints: BTreeMap::from([
+                ("payments.default".into(), vec![ep("127.0.0.1:2")]),
+                ("billing.default".into(), vec![ep("127.0.0.1:3")]),
+            ]),
+        };
+        let merged = merge(&file, Some(&layer));
+        assert_eq!(
+            services(&merged),
+            vec![
+                ("payments".into(), vec![ep("127.0.0.1:2")]),
+                ("billing".into(), vec![ep("127.0.0.1:3")]),
+                ("ledger".into(), vec![]),
+            ]
+        );
+        let Document::Service(p) = &merged[1] else { panic!("payments keeps its file document") };
+        assert!(p.spec.ports[0].protocol.is_h2(), "the file's ports stay");
+        // Without a control-plane layer yet, only the placeholder is added.
+        assert_eq!(services(&merge(&file, None)).len(), 2);
+    }
+
+    #[test]
+    fn deltas_change_single_endpoints_and_must_move_forward() {
+        let layer = ControlPlaneLayer {
+            version: 5,
+            documents: vec![],
+            endpoints: BTreeMap::from([("s.default".into(), vec![ep("127.0.0.1:1"), ep("127.0.0.1:2")])]),
+        };
+        let delta = Delta {
+            version: 6,
+            changes: vec![EndpointChange {
+                service: "s.default".into(),
+                upsert: vec![EndpointSpec { weight: 3, ..ep("127.0.0.1:2") }, ep("127.0.0.1:4")],
+                remove: vec!["127.0.0.1:1".parse().unwrap()],
+            }],
+        };
+        let next = layer.with_delta(&delta).unwrap();
+        assert_eq!(
+            next.endpoints["s.default"],
+            vec![EndpointSpec { weight: 3, ..ep("127.0.0.1:2") }, ep("127.0.0.1:4")]
+        );
+        assert!(next.with_delta(&delta).unwrap_err().contains("not after"));
+    }
+
+    #[test]
+    fn garbage_from_the_control_plane_is_named() {
+        let mut layer = ControlPlaneLayer::default();
+        layer.endpoints.insert("nonamespace".into(), vec![EndpointSpec { weight: 0, ..ep("127.0.0.1:1") }]);
+        layer.documents = weft_api::parse_file("f.yaml", FILE).unwrap();
+        let text = layer.validate().unwrap_err().to_string();
+        assert!(text.contains("Proxy document"), "{text}");
+        assert!(text.contains("NAME.NAMESPACE"), "{text}");
+        assert!(text.contains("weight"), "{text}");
+    }
+}

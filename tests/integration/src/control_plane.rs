@@ -1,0 +1,147 @@
+//! The real control plane (`weft serve`) in a child process, with its policy folder in a temp
+//! dir; killed when the handle drops, its log printed when a test fails.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::client::{self, Req};
+use crate::net::free_addr;
+use crate::tempdir::TempDir;
+
+/// Short, so tests see a closed stream's instance leave quickly and restarts warm up fast.
+pub const REGISTRATION_TTL: &str = "1s";
+/// Short, so a frozen proxy loses its stream (and registration) within a second or so.
+pub const HEARTBEAT: &str = "500ms";
+
+pub struct ControlPlane {
+    child: Option<Child>,
+    dir: TempDir,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    starts: usize,
+}
+
+impl ControlPlane {
+    /// Starts `weft serve` with `policy` as its only policy file and waits for `/ready`.
+    pub async fn start(policy: &str) -> ControlPlane {
+        ControlPlane::start_at(policy, free_addr()).await
+    }
+
+    /// Like [`ControlPlane::start`], with the discovery listener on `listen`.
+    pub async fn start_at(policy: &str, listen: SocketAddr) -> ControlPlane {
+        let dir = TempDir::new("control");
+        std::fs::create_dir_all(dir.path().join("policy")).expect("create policy dir");
+        let mut cp = ControlPlane { child: None, dir, listen, admin: free_addr(), starts: 0 };
+        cp.write_policy(policy);
+        cp.restart().await;
+        cp
+    }
+
+    /// Starts it again (same ports, same policy folder) after [`ControlPlane::kill`].
+    pub async fn restart(&mut self) {
+        self.starts += 1;
+        let log = |name: &str| File::create(self.dir.path().join(format!("{name}-{}.log", self.starts))).expect("log");
+        let child = Command::new(crate::bin("weft"))
+            .arg("serve")
+            .arg("--policy")
+            .arg(self.policy_dir())
+            .args(["--listen", &self.listen.to_string(), "--admin", &self.admin.to_string()])
+            .args(["--registration-ttl", REGISTRATION_TTL, "--heartbeat", HEARTBEAT])
+            .env("RUST_BACKTRACE", "1")
+            .stdin(Stdio::null())
+            .stdout(log("stdout"))
+            .stderr(log("stderr"))
+            .spawn()
+            .expect("spawn weft serve");
+        self.child = Some(child);
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().expect("poll child")) {
+                panic!("weft serve exited with {status}\n{}", self.logs());
+            }
+            if let Ok(resp) = client::send(self.admin, &Req::get("/ready")).await
+                && resp.status == 200
+            {
+                return;
+            }
+            assert!(Instant::now() < end, "weft serve not ready in 20s\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Kills the process at once (SIGKILL: no goodbye to the proxies).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn policy_dir(&self) -> PathBuf {
+        self.dir.path().join("policy")
+    }
+
+    /// Replaces the policy file atomically (temp file, then rename).
+    pub fn write_policy(&self, text: &str) {
+        write_atomically(&self.policy_dir().join("policy.yaml"), text);
+    }
+
+    /// The address a proxy's `controlPlane.address` takes.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.listen)
+    }
+
+    pub fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// `/v1/status` parsed as JSON.
+    pub async fn status(&self) -> serde_json::Value {
+        let resp = client::must(self.admin, &Req::get("/v1/status")).await;
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        serde_json::from_slice(&resp.body).expect("status is JSON")
+    }
+
+    pub async fn metrics(&self) -> String {
+        client::must(self.admin, &Req::get("/metrics")).await.text()
+    }
+
+    pub fn admin(&self) -> SocketAddr {
+        self.admin
+    }
+
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for i in 1..=self.starts {
+            for name in ["stdout", "stderr"] {
+                out += &std::fs::read_to_string(self.dir.path().join(format!("{name}-{i}.log"))).unwrap_or_default();
+            }
+        }
+        out
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let logs = self.logs();
+            let lines: Vec<&str> = logs.lines().collect();
+            eprintln!("----- weft serve log (last 60 lines) -----");
+            for l in &lines[lines.len().saturating_sub(60)..] {
+                eprintln!("{l}");
+            }
+        }
+        self.kill();
+    }
+}
+
+fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_file_name(".policy.yaml.tmp");
+    std::fs::write(&tmp, text).expect("write temp policy");
+    std::fs::rename(&tmp, path).expect("rename policy into place");
+}
