@@ -1,63 +1,144 @@
-//! Serves one client connection (HTTP/1.1 or HTTP/2, detected from the first bytes the client
-//! sends, which it does at once) and hands each request to its side's handler.
+//! Serves one client connection, HTTP/1.1 or HTTP/2, and hands each request to its side's
+//! handler. The version comes from ALPN on TLS, or from the first bytes a plaintext client
+//! sends (peeked, so they stay in the socket for hyper: no rewind buffer, and hyper's read
+//! buffer is filled by one read, which keeps it at its initial 8 KiB).
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use tokio::net::TcpStream;
 
 use super::body::RespBody;
 use crate::listeners::Side;
 use crate::metrics::METRICS;
 use crate::state::ProxyState;
 
+/// The HTTP version a client speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c) or negotiated by ALPN.
+    Http2,
+}
+
+/// What every HTTP/2-with-prior-knowledge client sends first (RFC 9113 section 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Tells HTTP/2 prior knowledge from HTTP/1.x by peeking at the first bytes, which stay in the
+/// socket. `None`: the client closed, failed, or sent nothing within `wait`.
+pub async fn sniff(stream: &TcpStream, wait: Duration) -> Option<Version> {
+    let mut buf = [0u8; 24];
+    let decide = async {
+        loop {
+            let n = stream.peek(&mut buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            if buf[..n] != H2_PREFACE[..n] {
+                return Some(Version::Http1);
+            }
+            if n == H2_PREFACE.len() {
+                return Some(Version::Http2);
+            }
+            // Part of the preface so far (rare: it came in pieces); peeking again at once
+            // would return the same bytes.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    tokio::time::timeout(wait, decide).await.ok().flatten()
+}
+
+/// Serves a plaintext client connection: sniffs its version, then serves it. A client that
+/// sends nothing within `headerReadTimeout` is closed.
+pub async fn serve_plaintext(
+    stream: TcpStream,
+    peer: SocketAddr,
+    side: Side,
+    state: Arc<ProxyState>,
+    caller: Option<Arc<str>>,
+) {
+    let wait = state.config.load().proxy.http.header_read_timeout;
+    if let Some(version) = sniff(&stream, wait).await {
+        serve(stream, version, peer, side, state, caller).await;
+    }
+}
+
 /// Serves `stream` until the client closes it, it idles out, or draining closes it.
 /// `caller` is the peer's verified SPIFFE id when the connection is mutual TLS.
-pub async fn serve<S>(stream: S, peer: SocketAddr, side: Side, state: Arc<ProxyState>, caller: Option<Arc<str>>)
-where
+pub async fn serve<S>(
+    stream: S,
+    version: Version,
+    peer: SocketAddr,
+    side: Side,
+    state: Arc<ProxyState>,
+    caller: Option<Arc<str>>,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let limits = state.config.load().proxy.http.clone();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size((limits.max_header_bytes as usize).max(8192))
-        // Once draining, each new connection serves one request and closes, so the app's late
-        // calls still work but nothing lingers.
-        .keep_alive(!state.is_draining());
-    builder.http2().timer(TokioTimer::new()).max_header_list_size(limits.max_header_bytes).max_concurrent_streams(1024);
-
     let svc_state = state.clone();
     let svc_side = side.clone();
+    // The request future is `handle`'s own (no wrapping async block): hyper keeps a slot of
+    // its size for the whole life of the connection, idle or not.
     let service = service_fn(move |req: Request<Incoming>| {
-        let fut = handle(svc_state.clone(), svc_side.clone(), peer, caller.clone(), req);
-        async move { Ok::<_, Infallible>(fut.await) }
+        handle(svc_state.clone(), svc_side.clone(), peer, caller.clone(), req)
     });
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    let mut drain = state.drain_signal();
-    let result = if state.is_draining() {
-        conn.as_mut().await
-    } else {
-        tokio::select! {
-            r = conn.as_mut() => r,
-            _ = drain.changed() => {
-                conn.as_mut().graceful_shutdown();
-                conn.as_mut().await
-            }
+    let io = TokioIo::new(stream);
+    let result = match version {
+        Version::Http1 => {
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .max_buf_size((limits.max_header_bytes as usize).max(8192))
+                // Once draining, each new connection serves one request and closes, so the
+                // app's late calls still work but nothing lingers.
+                .keep_alive(!state.is_draining())
+                .serve_connection(io, service)
+                .with_upgrades();
+            drive(&state, conn, |c| c.graceful_shutdown()).await
+        }
+        Version::Http2 => {
+            let conn = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .max_header_list_size(limits.max_header_bytes)
+                .max_concurrent_streams(1024)
+                .serve_connection(io, service);
+            // Boxed: the HTTP/1.1 connection above stays inline, and the task of every
+            // plaintext connection does not reserve room for HTTP/2's larger state too.
+            Box::pin(drive(&state, conn, |c| c.graceful_shutdown())).await
         }
     };
     if let Err(e) = result {
         METRICS.protocol_errors.with_label_values(&[side.direction()]).inc();
         tracing::debug!(%peer, direction = side.direction(), error = %e, "client connection ended with an error");
+    }
+}
+
+/// Runs a connection to its end; when draining starts, asks it to finish gracefully first.
+async fn drive<C>(state: &ProxyState, conn: C, graceful: impl FnOnce(Pin<&mut C>)) -> Result<(), hyper::Error>
+where
+    C: Future<Output = Result<(), hyper::Error>>,
+{
+    tokio::pin!(conn);
+    if state.is_draining() {
+        return conn.await;
+    }
+    let mut drain = state.drain_signal();
+    tokio::select! {
+        r = conn.as_mut() => r,
+        _ = drain.changed() => {
+            graceful(conn.as_mut());
+            conn.await
+        }
     }
 }
 
@@ -67,13 +148,18 @@ async fn handle(
     peer: SocketAddr,
     caller: Option<Arc<str>>,
     req: Request<Incoming>,
-) -> Response<RespBody> {
+) -> Result<Response<RespBody>, Infallible> {
     let started = Instant::now();
-    if !crate::logging::access_log_enabled() {
-        return dispatch(&state, &side, peer, caller, req, started).await;
+    if crate::logging::access_log_enabled() {
+        // Boxed so the access-log path does not add a second copy of the request future's layout.
+        return Ok(Box::pin(handle_logged(&state, &side, peer, caller, req, started)).await);
     }
-    // Boxed so the access-log path does not add a second copy of the request future's layout.
-    Box::pin(handle_logged(&state, &side, peer, caller, req, started)).await
+    // `dispatch` written out here: one nesting level less in the request future.
+    Ok(match &side {
+        Side::Outbound => crate::outbound::handle(&state, None, req, started).await,
+        Side::Upstream(service) => crate::outbound::handle(&state, Some(service), req, started).await,
+        Side::Inbound => crate::inbound::handle(&state, peer, caller, req, started).await,
+    })
 }
 
 async fn handle_logged(
@@ -112,5 +198,62 @@ async fn dispatch(
         Side::Outbound => crate::outbound::handle(state, None, req, started).await,
         Side::Upstream(service) => crate::outbound::handle(state, Some(service), req, started).await,
         Side::Inbound => crate::inbound::handle(state, peer, caller, req, started).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A connected pair on loopback: (client, server side).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    #[tokio::test]
+    async fn http1_is_known_from_the_first_byte_and_the_bytes_stay_in_the_socket() {
+        let (mut client, server) = pair().await;
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        assert_eq!(sniff(&server, Duration::from_secs(5)).await, Some(Version::Http1));
+        let mut buf = [0u8; 16];
+        let n = server.peek(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"GET / HTTP/1.1\r\n", "sniffing consumed nothing");
+    }
+
+    #[tokio::test]
+    async fn a_preface_that_arrives_in_pieces_is_http2() {
+        let (mut client, server) = pair().await;
+        client.write_all(&H2_PREFACE[..10]).await.unwrap();
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            client.write_all(&H2_PREFACE[10..]).await.unwrap();
+            client
+        });
+        assert_eq!(sniff(&server, Duration::from_secs(5)).await, Some(Version::Http2));
+        drop(writer.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_prefix_of_the_preface_then_other_bytes_is_http1() {
+        let (mut client, server) = pair().await;
+        // "PRI" is a valid (if odd) HTTP/1.1 method; only the full preface means HTTP/2.
+        client.write_all(b"PRI /x HTTP/1.1\r\n").await.unwrap();
+        assert_eq!(sniff(&server, Duration::from_secs(5)).await, Some(Version::Http1));
+    }
+
+    #[tokio::test]
+    async fn a_silent_or_closed_client_is_given_up() {
+        let (client, server) = pair().await;
+        let started = Instant::now();
+        assert_eq!(sniff(&server, Duration::from_millis(100)).await, None);
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        drop(client);
+        assert_eq!(sniff(&server, Duration::from_secs(5)).await, None, "EOF before any byte");
     }
 }

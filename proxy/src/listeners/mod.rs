@@ -103,16 +103,19 @@ pub async fn accept_loop(listener: TcpListener, side: Side, state: Arc<ProxyStat
                 Side::Inbound => crate::tls::inbound_mode(&state),
                 Side::Outbound | Side::Upstream(_) => MtlsMode::Off,
             };
+            // Each kind of connection is boxed on its own: the task then holds only the one it
+            // serves (an idle plaintext HTTP connection does not carry a TLS handshake's or a
+            // TCP relay's state), which keeps memory per open connection low.
             if mtls != MtlsMode::Off {
-                crate::tls::inbound::serve(stream, peer, state.clone(), mtls).await;
+                Box::pin(crate::tls::inbound::serve(stream, peer, state.clone(), mtls)).await;
             } else if is_tcp(&state, &side) {
                 if matches!(side, Side::Inbound) {
-                    crate::tcp::serve_inbound(stream, None, &state).await;
+                    Box::pin(crate::tcp::serve_inbound(stream, None, &state)).await;
                 } else {
-                    crate::tcp::serve(stream, side, &state).await;
+                    Box::pin(crate::tcp::serve(stream, side, &state)).await;
                 }
             } else {
-                crate::http::server::serve(stream, peer, side, state.clone(), None).await;
+                Box::pin(crate::http::server::serve_plaintext(stream, peer, side, state.clone(), None)).await;
             }
             state.open_connections.fetch_sub(1, Ordering::Relaxed);
             gauge.dec();

@@ -12,6 +12,8 @@ use tokio_rustls::TlsAcceptor;
 use weft_api::MtlsMode;
 
 use super::identity::peer_id;
+use crate::http::server::Version;
+use crate::listeners::Side;
 use crate::metrics::METRICS;
 use crate::state::ProxyState;
 
@@ -38,7 +40,11 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, state: Arc<ProxyState>, 
     if plaintext {
         if mode == MtlsMode::Permissive {
             METRICS.inbound_connections.with_label_values(&["plaintext"]).inc();
-            serve_app(stream, peer, state, None).await;
+            if app_is_tcp(&state) {
+                crate::tcp::serve_inbound(stream, None, &state).await;
+            } else {
+                crate::http::server::serve_plaintext(stream, peer, Side::Inbound, state, None).await;
+            }
         } else {
             refuse_plaintext(stream, peer).await;
         }
@@ -72,17 +78,17 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, state: Arc<ProxyState>, 
         }
     };
     METRICS.inbound_connections.with_label_values(&["mtls"]).inc();
-    serve_app(stream, peer, state, Some(Arc::from(caller.to_string()))).await;
-}
-
-async fn serve_app<S>(stream: S, peer: SocketAddr, state: Arc<ProxyState>, caller: Option<Arc<str>>)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
+    let caller = Some(Arc::from(caller.to_string()));
     if app_is_tcp(&state) {
         crate::tcp::serve_inbound(stream, caller, &state).await;
     } else {
-        crate::http::server::serve(stream, peer, crate::listeners::Side::Inbound, state, caller).await;
+        // Peer proxies negotiate h2 (or http/1.1 for upgrades) by ALPN; HTTP/2 over TLS
+        // requires ALPN, so a client that offered none speaks HTTP/1.1.
+        let version = match stream.get_ref().1.alpn_protocol() {
+            Some(b"h2") => Version::Http2,
+            _ => Version::Http1,
+        };
+        crate::http::server::serve(stream, version, peer, Side::Inbound, state, caller).await;
     }
 }
 
