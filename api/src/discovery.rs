@@ -176,11 +176,16 @@ pub struct EndpointChange {
     pub remove: Vec<SocketAddr>,
 }
 
-/// Body of `POST /v1/ack`: the proxy applied `version` of stream `session`.
+/// Body of `POST /v1/ack`: the proxy applied `version` of stream `session`. A proxy also
+/// re-sends its last ack when its certificate changes, so `certNotAfter` stays current.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Ack {
     pub session: String,
     pub version: u64,
+    /// Expiry of the certificate the proxy presents (Unix seconds); absent without mTLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_not_after: Option<u64>,
 }
 
 /// Body of `POST /v1/leave`: withdraw the stream's registration now (the proxy is draining).
@@ -218,6 +223,13 @@ pub struct ProxyStatus {
     pub lag_seconds: f64,
     pub connected_seconds: f64,
     pub resyncs: u64,
+    /// Seconds until the proxy's certificate expires (negative: expired); absent when the
+    /// proxy reported none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_expires_in_seconds: Option<f64>,
+    /// The certificate is past the point where it should have been renewed.
+    #[serde(default)]
+    pub cert_near_expiry: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

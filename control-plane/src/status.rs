@@ -15,6 +15,7 @@ pub const USAGE: &str = "\
 Usage: weft status [--control-plane URL] [-o json]
 
 Shows the proxies connected to the control plane, the version each has applied and its lag,
+when its certificate expires (flagged when its renewal is overdue),
 and the registered instances of each service.
 
   --control-plane URL   the control plane's admin address (default http://127.0.0.1:9990)
@@ -117,16 +118,26 @@ pub fn table(url: &str, r: &StatusReport) -> String {
     if !r.proxies.is_empty() {
         let _ = writeln!(
             out,
-            "{:<36} {:<24} {:<18} {:<8} {:>9} {:>8}",
+            "{:<36} {:<24} {:<18} {:<8} {:>9} {:>8}  CERTIFICATE",
             "PROXY", "SERVICE", "APPLIED", "STATE", "LAG", "RESYNCS"
         );
         for p in &r.proxies {
             let state = if p.acked_version >= p.sent_version { "current" } else { "behind" };
             let _ = writeln!(
                 out,
-                "{:<36} {:<24} {:<18} {:<8} {:>8.3}s {:>8}",
-                p.name, p.service, p.acked_version, state, p.lag_seconds, p.resyncs
+                "{:<36} {:<24} {:<18} {:<8} {:>8.3}s {:>8}  {}",
+                p.name,
+                p.service,
+                p.acked_version,
+                state,
+                p.lag_seconds,
+                p.resyncs,
+                certificate(p)
             );
+        }
+        let near: Vec<&str> = r.proxies.iter().filter(|p| p.cert_near_expiry).map(|p| p.name.as_str()).collect();
+        if !near.is_empty() {
+            let _ = writeln!(out, "certificates near expiry (renewal overdue): {}", near.join(", "));
         }
     }
     let _ = writeln!(out, "\n{} services", r.services.len());
@@ -139,6 +150,17 @@ pub fn table(url: &str, r: &StatusReport) -> String {
         }
     }
     out
+}
+
+/// "expires in 23h59m", "EXPIRED 5m ago", with "NEAR EXPIRY" when renewal is overdue.
+fn certificate(p: &weft_api::discovery::ProxyStatus) -> String {
+    let Some(left) = p.cert_expires_in_seconds else { return "-".to_string() };
+    let span = |secs: f64| {
+        let s = secs.abs() as u64;
+        if s >= 3600 { format!("{}h{:02}m", s / 3600, s % 3600 / 60) } else { format!("{}m{:02}s", s / 60, s % 60) }
+    };
+    let text = if left < 0.0 { format!("EXPIRED {} ago", span(left)) } else { format!("expires in {}", span(left)) };
+    if p.cert_near_expiry && left >= 0.0 { format!("{text} NEAR EXPIRY") } else { text }
 }
 
 #[cfg(test)]
@@ -158,6 +180,8 @@ mod tests {
                 sent_version: 12,
                 acked_version: 11,
                 lag_seconds: 0.25,
+                cert_expires_in_seconds: Some(3.0 * 3600.0 + 120.0),
+                cert_near_expiry: true,
                 ..ProxyStatus::default()
             }],
             services: vec![ServiceStatus {
@@ -170,5 +194,7 @@ mod tests {
         assert!(text.contains("p.yaml:3: spec.ports[0].port"), "{text}");
         assert!(text.contains("frontend.shop@127.0.0.1:4143") && text.contains("behind"), "{text}");
         assert!(text.contains("self-registration=2"), "{text}");
+        assert!(text.contains("expires in 3h02m NEAR EXPIRY"), "{text}");
+        assert!(text.contains("certificates near expiry (renewal overdue): frontend.shop@127.0.0.1:4143"), "{text}");
     }
 }

@@ -82,7 +82,9 @@ impl Discovery {
         match (req.method().clone(), req.uri().path()) {
             (Method::GET, "/v1/watch") => self.watch(peer, req.uri().query().unwrap_or("")),
             (Method::POST, "/v1/ack") => match read_json::<Ack>(req).await {
-                Ok(ack) if self.catalog.ack(&ack.session, ack.version) => full(StatusCode::NO_CONTENT, ""),
+                Ok(ack) if self.catalog.ack(&ack.session, ack.version, ack.cert_not_after) => {
+                    full(StatusCode::NO_CONTENT, "")
+                }
                 Ok(ack) => full(StatusCode::NOT_FOUND, format!("no open stream {:?}; reconnect\n", ack.session)),
                 Err(resp) => resp,
             },

@@ -178,6 +178,7 @@ pub async fn start(args: &ServeArgs) -> Result<Running, String> {
         _ => None,
     };
     let catalog = Catalog::new(args.registration_ttl);
+    catalog.set_cert_ttl(args.cert_ttl);
     // Without --registry the policy folder's Service endpoints are the YAML registry: one parse
     // feeds both.
     let shared_registry = match (&args.policy, &args.registry) {

@@ -128,6 +128,9 @@ async fn session(
     let mut session_id: Option<String> = None;
     let mut left = request.address.is_none();
     let mut heard = Instant::now();
+    let mut acked: Option<u64> = None;
+    let mut installs = crate::tls::installs();
+    installs.mark_unchanged();
     loop {
         if !left
             && state.is_draining()
@@ -150,6 +153,13 @@ async fn session(
             }
             // Wakes the loop, which withdraws the registration above.
             _ = drain.changed(), if !left => continue,
+            // A renewed certificate: ack the applied version again with the new expiry.
+            Ok(()) = installs.changed() => {
+                if let (Some(s), Some(version)) = (&session_id, acked) {
+                    spawn_ack(&send, authority, Ack { session: s.clone(), version, cert_not_after: crate::tls::not_after() });
+                }
+                continue;
+            }
         };
         heard = Instant::now();
         let data = match frame {
@@ -180,7 +190,12 @@ async fn session(
             *failures = 0;
             persister.applied(state, snapshot);
             if let Some(s) = &session_id {
-                spawn_ack(&send, authority, Ack { session: s.clone(), version });
+                acked = Some(version);
+                spawn_ack(
+                    &send,
+                    authority,
+                    Ack { session: s.clone(), version, cert_not_after: crate::tls::not_after() },
+                );
             }
         }
         buf.drain(..start);

@@ -39,6 +39,20 @@ pub enum TlsError {
 
 static CURRENT: ArcSwapOption<MeshTls> = ArcSwapOption::const_empty();
 
+/// Bumped on every installed identity, so the discovery client re-reports the expiry.
+static INSTALLED: std::sync::LazyLock<tokio::sync::watch::Sender<u64>> =
+    std::sync::LazyLock::new(|| tokio::sync::watch::Sender::new(0));
+
+/// Wakes when a new identity is installed.
+pub fn installs() -> tokio::sync::watch::Receiver<u64> {
+    INSTALLED.subscribe()
+}
+
+/// Expiry of the current certificate (Unix seconds), if the proxy has one.
+pub fn not_after() -> Option<u64> {
+    CURRENT.load().as_ref().and_then(|t| t.not_after.duration_since(SystemTime::UNIX_EPOCH).ok()).map(|d| d.as_secs())
+}
+
 /// Makes ring the process-wide rustls provider (both binaries call this first; aws-lc-rs is
 /// never built).
 pub fn install_default_provider() {
@@ -56,6 +70,7 @@ pub fn install(tls: MeshTls) {
     METRICS.cert_expiry.set(expiry as i64);
     tracing::info!(id = %tls.id, expires_in = ?tls.remaining(), "identity installed; new TLS handshakes use it");
     CURRENT.store(Some(Arc::new(tls)));
+    INSTALLED.send_modify(|n| *n += 1);
 }
 
 /// Whether this proxy is configured to have an identity: static files, or a control plane it

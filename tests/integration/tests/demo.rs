@@ -53,6 +53,20 @@ async fn the_demo_mesh_runs_on_mtls_survives_a_dead_instance_and_stops_cleanly()
             assert!(mtls >= 1.0 && plain == 0.0, "payments-1 inbound: {mtls} mTLS, {plain} plaintext\n{output}");
             let allowed = metric_sum(&text, "weft_authz_decisions_total", &[("decision", "allow")]);
             assert!(allowed >= 1.0, "authorization allowed the frontend's calls\n{output}");
+            // `weft status` shows every sidecar's certificate (issued for 24h just now).
+            let status = std::process::Command::new(bin("weft"))
+                .args(["status", "-o", "json"])
+                .output()
+                .expect("weft status runs");
+            let report: serde_json::Value = serde_json::from_slice(&status.stdout)
+                .unwrap_or_else(|e| panic!("weft status -o json: {e}: {}", String::from_utf8_lossy(&status.stderr)));
+            let proxies = report["proxies"].as_array().cloned().unwrap_or_default();
+            assert_eq!(proxies.len(), 3, "{report}");
+            for p in &proxies {
+                let left = p["certExpiresInSeconds"].as_f64().unwrap_or_else(|| panic!("no certificate expiry: {p}"));
+                assert!(left > 23.0 * 3600.0 && left <= 24.0 * 3600.0 + 60.0, "{p}");
+                assert_eq!(p["certNearExpiry"], false, "{p}");
+            }
             checked_mtls = true;
         }
         if r.0 >= 26 {

@@ -128,6 +128,8 @@ struct Progress {
     /// first snapshot of a stream, which measures connection set-up rather than convergence).
     unacked: VecDeque<(u64, Option<Instant>)>,
     resyncs: u64,
+    /// The proxy's certificate expiry as it last reported it (Unix seconds).
+    cert_not_after: Option<u64>,
 }
 
 impl Subscriber {
@@ -173,6 +175,9 @@ pub struct Catalog {
     warm_at: Instant,
     next_session: AtomicU64,
     epoch: u64,
+    /// Certificate lifetime the mesh issues (`--cert-ttl`); a proxy whose certificate has less
+    /// than a fifth of it left missed its renewal (proxies renew at 70 %).
+    cert_ttl_secs: AtomicU64,
 }
 
 struct Inner {
@@ -293,7 +298,21 @@ impl Catalog {
             warm_at: Instant::now() + warmup,
             next_session: AtomicU64::new(1),
             epoch: version,
+            cert_ttl_secs: AtomicU64::new(24 * 3600),
         })
+    }
+
+    /// The certificate lifetime `weft status` judges "near expiry" against.
+    pub fn set_cert_ttl(&self, ttl: Duration) {
+        self.cert_ttl_secs.store(ttl.as_secs().max(1), Ordering::Relaxed);
+    }
+
+    /// Seconds left before `not_after` (negative once expired) and whether that is under a
+    /// fifth of the certificate lifetime.
+    fn cert_expiry(&self, not_after: u64) -> (f64, bool) {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default();
+        let left = not_after as f64 - now;
+        (left, left < self.cert_ttl_secs.load(Ordering::Relaxed) as f64 / 5.0)
     }
 
     /// When snapshots may be sent (the end of the start-up registration grace).
@@ -525,11 +544,14 @@ impl Catalog {
 
     /// Records an ack; false when the session is unknown (the stream closed or belongs to
     /// an earlier run of the control plane).
-    pub fn ack(&self, session: &str, version: u64) -> bool {
+    pub fn ack(&self, session: &str, version: u64, cert_not_after: Option<u64>) -> bool {
         let Some(sub) = self.subscriber(session) else { return false };
         let now = Instant::now();
         let mut p = lock(&sub.progress);
         p.acked = p.acked.max(version);
+        if cert_not_after.is_some() {
+            p.cert_not_after = cert_not_after;
+        }
         while let Some((v, published)) = p.unacked.front().copied() {
             if v > version {
                 break;
@@ -652,11 +674,31 @@ mod tests {
         let Item::Line { version, published, .. } = rx.try_recv().unwrap() else { panic!("no line") };
         assert!(sub.accept(version, Some(published)));
         assert_eq!(catalog.status().proxies[0].acked_version, 0);
-        assert!(catalog.ack(&sub.session, version));
+        assert!(catalog.ack(&sub.session, version, None));
         assert_eq!(catalog.metrics.convergence.get_sample_count(), 1, "the untimed first snapshot is not counted");
         let status = catalog.status();
         assert_eq!(status.proxies[0].acked_version, version);
         assert_eq!(status.proxies[0].lag_seconds, 0.0);
-        assert!(!catalog.ack("nope", 1));
+        assert!(!catalog.ack("nope", 1, None));
+        assert_eq!(status.proxies[0].cert_expires_in_seconds, None, "no certificate reported");
+    }
+
+    #[test]
+    fn acks_report_the_certificate_expiry_and_an_overdue_renewal() {
+        let catalog = Catalog::new(Duration::ZERO);
+        catalog.set_cert_ttl(Duration::from_secs(3600));
+        let (sub, _rx) = catalog.subscribe("c.default".into(), "c".into(), None);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        assert!(catalog.ack(&sub.session, 1, Some(now + 3000)));
+        let p = &catalog.status().proxies[0];
+        let left = p.cert_expires_in_seconds.unwrap();
+        assert!((2990.0..=3000.0).contains(&left), "{left}");
+        assert!(!p.cert_near_expiry);
+        // Under a fifth of the hour left: the proxy should have renewed at 70 %.
+        assert!(catalog.ack(&sub.session, 1, Some(now + 600)));
+        assert!(catalog.status().proxies[0].cert_near_expiry);
+        // An ack without a certificate (a config ack from an older proxy) keeps the last one.
+        assert!(catalog.ack(&sub.session, 2, None));
+        assert!(catalog.status().proxies[0].cert_expires_in_seconds.is_some());
     }
 }

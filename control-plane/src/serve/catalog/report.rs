@@ -33,6 +33,8 @@ impl Catalog {
                     lag_seconds: lag,
                     connected_seconds: now.duration_since(sub.connected_at).as_secs_f64(),
                     resyncs: p.resyncs,
+                    cert_expires_in_seconds: p.cert_not_after.map(|t| self.cert_expiry(t).0),
+                    cert_near_expiry: p.cert_not_after.is_some_and(|t| self.cert_expiry(t).1),
                 }
             })
             .collect();
