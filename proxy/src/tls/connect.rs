@@ -58,7 +58,9 @@ pub async fn checkout(
             return Ok((tx, true));
         }
     }
-    let tx = connect(addr, identity, &tls, connect_timeout).await?;
+    // Boxed: the TLS and HTTP/2 handshake futures are large (~5 KiB) and needed once per
+    // peer; inline they would be reserved, and copied, in every request's future.
+    let tx = Box::pin(connect(addr, identity, &tls, connect_timeout)).await?;
     POOL.with(|p| p.borrow_mut().insert(key, MeshConn { tx: tx.clone(), tls }));
     Ok((tx, false))
 }
