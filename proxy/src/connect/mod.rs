@@ -3,7 +3,7 @@
 
 mod pool;
 
-pub use pool::{Conn, ConnectError, Pooled, checkout, sweep_idle};
+pub use pool::{Conn, ConnectError, Pooled, checkout, handshake_h2, sweep_idle};
 
 use std::net::SocketAddr;
 use std::time::Duration;

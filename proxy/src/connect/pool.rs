@@ -208,6 +208,20 @@ async fn connect_h1(addr: SocketAddr, timeout: Duration) -> Result<http1::SendRe
 
 async fn connect_h2(addr: SocketAddr, timeout: Duration) -> Result<http2::SendRequest<ReqBody>, ConnectError> {
     let stream = connect_tcp(addr, timeout).await?;
+    handshake_h2(addr, stream, "upstream HTTP/2").await
+}
+
+/// The HTTP/2 client handshake on an open stream (plaintext to an h2c backend, or mTLS to a
+/// peer proxy), with keep-alive pings; the connection runs in its own task. `what` names the
+/// connection in the log line when it ends with an error.
+pub async fn handshake_h2<S>(
+    addr: SocketAddr,
+    stream: S,
+    what: &'static str,
+) -> Result<http2::SendRequest<ReqBody>, ConnectError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (tx, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(20))
@@ -217,7 +231,7 @@ async fn connect_h2(addr: SocketAddr, timeout: Duration) -> Result<http2::SendRe
         .map_err(|source| ConnectError::Handshake { addr, source })?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
-            tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended with an error");
+            tracing::debug!(%addr, error = %e, "{what} connection ended with an error");
         }
     });
     Ok(tx)

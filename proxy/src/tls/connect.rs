@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::client::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
@@ -21,7 +20,7 @@ use weft_api::SpiffeId;
 use super::MeshTls;
 use super::identity::{ALPN_H2, FixedKey};
 use super::verify::SpiffeServerVerifier;
-use crate::connect::{ConnectError, connect_tcp};
+use crate::connect::{ConnectError, connect_tcp, handshake_h2};
 use crate::http::body::ReqBody;
 
 struct MeshConn {
@@ -77,19 +76,7 @@ async fn connect(
     timeout: Duration,
 ) -> Result<http2::SendRequest<ReqBody>, ConnectError> {
     let stream = handshake(addr, identity, tls, timeout, vec![ALPN_H2.to_vec()]).await?;
-    let (tx, conn) = http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(|source| ConnectError::Handshake { addr, source })?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(%addr, error = %e, "mTLS HTTP/2 connection to a peer proxy ended with an error");
-        }
-    });
-    Ok(tx)
+    handshake_h2(addr, stream, "mTLS HTTP/2 to a peer proxy").await
 }
 
 /// An mTLS stream to the peer proxy at `addr` that proved it is `identity`, for opaque TCP.
