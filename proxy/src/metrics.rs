@@ -47,6 +47,20 @@ fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> In
     v
 }
 
+/// `weft_build_info` and the process metrics (CPU, memory, file descriptors), which both the
+/// proxy's and the control plane's registries carry.
+pub fn register_process_metrics(registry: &Registry) {
+    let build_info =
+        IntGaugeVec::new(Opts::new("weft_build_info", "Build information."), &["version"]).expect("valid metric");
+    build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    registry.register(Box::new(build_info)).expect("metric registered once");
+    #[cfg(target_os = "linux")]
+    {
+        let pc = prometheus::process_collector::ProcessCollector::for_self();
+        registry.register(Box::new(pc)).expect("process collector registered once");
+    }
+}
+
 impl Metrics {
     fn new() -> Metrics {
         let registry = Registry::new();
@@ -117,15 +131,7 @@ impl Metrics {
         )
         .expect("valid metric");
         registry.register(Box::new(cert_expiry.clone())).expect("metric registered once");
-        let build_info =
-            IntGaugeVec::new(Opts::new("weft_build_info", "Build information."), &["version"]).expect("valid metric");
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        registry.register(Box::new(build_info)).expect("metric registered once");
-        #[cfg(target_os = "linux")]
-        {
-            let pc = prometheus::process_collector::ProcessCollector::for_self();
-            registry.register(Box::new(pc)).expect("process collector registered once");
-        }
+        register_process_metrics(&registry);
         Metrics {
             registry,
             requests,

@@ -63,15 +63,7 @@ impl ControlMetrics {
         )
         .expect("valid metric");
         registry.register(Box::new(resyncs.clone())).expect("metric registered once");
-        let build_info =
-            IntGaugeVec::new(Opts::new("weft_build_info", "Build information."), &["version"]).expect("valid metric");
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        registry.register(Box::new(build_info)).expect("metric registered once");
-        #[cfg(target_os = "linux")]
-        {
-            let pc = prometheus::process_collector::ProcessCollector::for_self();
-            registry.register(Box::new(pc)).expect("process collector registered once");
-        }
+        weft_proxy::metrics::register_process_metrics(&registry);
         ControlMetrics {
             registry,
             proxies_connected,
