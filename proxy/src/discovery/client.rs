@@ -54,11 +54,13 @@ pub async fn run(state: Arc<ProxyState>, authority: String, request: WatchReques
     let mut persister = Persister::new(state.config.load().proxy.state_dir.as_deref());
     // With mTLS on, peers must verify this instance's identity, so it registers only once it
     // has a certificate (readiness waits for both anyway).
-    if crate::tls::inbound_mode(&state) != MtlsMode::Off && crate::tls::current().is_none() {
-        tracing::info!("waiting for this proxy's certificate before registering with the control plane");
-        while crate::tls::current().is_none() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    if crate::tls::inbound_mode(&state) != MtlsMode::Off {
+        let mut installs = crate::tls::installs();
+        if crate::tls::current().is_none() {
+            tracing::info!("waiting for this proxy's certificate before registering with the control plane");
         }
+        // The sender is a static that is never dropped, so `changed` only returns Ok.
+        while crate::tls::current().is_none() && installs.changed().await.is_ok() {}
     }
     loop {
         let mut request = request.clone();

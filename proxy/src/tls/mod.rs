@@ -50,7 +50,11 @@ pub fn installs() -> tokio::sync::watch::Receiver<u64> {
 
 /// Expiry of the current certificate (Unix seconds), if the proxy has one.
 pub fn not_after() -> Option<u64> {
-    CURRENT.load().as_ref().and_then(|t| t.not_after.duration_since(SystemTime::UNIX_EPOCH).ok()).map(|d| d.as_secs())
+    CURRENT.load().as_ref().map(|t| unix_secs(t.not_after))
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
 }
 
 /// Makes ring the process-wide rustls provider (both binaries call this first; aws-lc-rs is
@@ -66,8 +70,7 @@ pub fn current() -> Option<Arc<MeshTls>> {
 
 /// Swaps in a new identity: handshakes from now on use it; open connections keep theirs.
 pub fn install(tls: MeshTls) {
-    let expiry = tls.not_after.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
-    METRICS.cert_expiry.set(expiry as i64);
+    METRICS.cert_expiry.set(unix_secs(tls.not_after) as i64);
     tracing::info!(id = %tls.id, expires_in = ?tls.remaining(), "identity installed; new TLS handshakes use it");
     CURRENT.store(Some(Arc::new(tls)));
     INSTALLED.send_modify(|n| *n += 1);
