@@ -4,8 +4,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
 pub struct TcpEcho {
@@ -54,4 +56,21 @@ impl Drop for TcpEcho {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Writes `bytes` on `stream` and half-closes it while reading everything that comes back
+/// until EOF (both directions at once, so a large payload cannot deadlock on full buffers).
+/// Panics when EOF does not arrive within `deadline`.
+pub async fn send_and_read_to_eof(stream: TcpStream, bytes: &[u8], deadline: Duration) -> Vec<u8> {
+    let (mut reader, mut writer) = stream.into_split();
+    let to_send = bytes.to_vec();
+    let write = tokio::spawn(async move {
+        writer.write_all(&to_send).await.unwrap();
+        writer.shutdown().await.unwrap();
+        writer
+    });
+    let mut received = Vec::new();
+    tokio::time::timeout(deadline, reader.read_to_end(&mut received)).await.expect("EOF in time").unwrap();
+    drop(write.await.unwrap());
+    received
 }

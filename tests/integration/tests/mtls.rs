@@ -9,6 +9,7 @@ use std::time::Duration;
 use weft_integration::client::must;
 use weft_integration::mesh::{ControlPlane, IdentityFiles, Pki, meshed_service, spiffe};
 use weft_integration::net::raw_exchange;
+use weft_integration::tcp_echo::send_and_read_to_eof;
 use weft_integration::{Backend, Limit, Proxy, ProxyConfig, Req, document, eventually, metric_sum, run_load};
 
 /// The proxy beside `app`, accepting mesh calls on its inbound listener.
@@ -445,17 +446,8 @@ async fn opaque_tcp_travels_inside_mtls_and_is_authorized_by_caller() {
 
     let big: Vec<u8> = (0..256 * 1024).map(|i| (i * 7 % 256) as u8).collect();
     let stream = tokio::net::TcpStream::connect(client.upstream("server")).await.unwrap();
-    let (mut reader, mut writer) = stream.into_split();
-    let to_send = big.clone();
-    let write = tokio::spawn(async move {
-        writer.write_all(&to_send).await.unwrap();
-        writer.shutdown().await.unwrap();
-        writer
-    });
-    let mut received = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), reader.read_to_end(&mut received)).await.expect("EOF").unwrap();
+    let received = send_and_read_to_eof(stream, &big, Duration::from_secs(10)).await;
     assert!(received == big, "bytes changed on the way ({} of {} came back)", received.len(), big.len());
-    drop(write.await.unwrap());
     assert_eq!(counter(&server, "weft_inbound_connections_total", &[("transport", "mtls")]).await, 1.0);
 
     let mut denied = tokio::net::TcpStream::connect(intruder.upstream("server")).await.unwrap();

@@ -7,6 +7,7 @@ use tokio::net::{TcpListener, TcpStream};
 use weft_integration::client::{H2Conn, must, send_h2};
 use weft_integration::metrics::metric_sum;
 use weft_integration::net::read_head;
+use weft_integration::tcp_echo::send_and_read_to_eof;
 use weft_integration::{Backend, Proxy, ProxyConfig, Req, TcpEcho, eventually, service};
 
 const IO_DEADLINE: Duration = Duration::from_secs(10);
@@ -178,18 +179,9 @@ async fn opaque_tcp_through_upstream_port() {
 
     // A large stream both ways at once, then a half-close: the peer's close comes back as EOF.
     let big: Vec<u8> = (0..512 * 1024).map(|i| (i * 7 % 256) as u8).collect();
-    let (mut reader, mut writer) = stream.into_split();
-    let to_send = big.clone();
-    let write = tokio::spawn(async move {
-        writer.write_all(&to_send).await.unwrap();
-        writer.shutdown().await.unwrap();
-        writer
-    });
-    let mut received = Vec::new();
-    tokio::time::timeout(IO_DEADLINE, reader.read_to_end(&mut received)).await.expect("EOF in time").unwrap();
+    let received = send_and_read_to_eof(stream, &big, IO_DEADLINE).await;
     assert_eq!(received.len(), big.len());
     assert!(received == big, "bytes changed on the way");
-    drop(write.await.unwrap());
 
     let mut second = TcpStream::connect(proxy.upstream("db")).await.unwrap();
     second.write_all(b"again").await.unwrap();
