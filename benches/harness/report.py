@@ -312,7 +312,9 @@ def write(data: dict, out_dir: str, stamp: str) -> str:
     L += ["## Every run", "", "<details><summary>per-run figures</summary>", "", "```"]
     for r in data["runs"]:
         L.append(f"{r['workload']:<12} rep {r['rep']} {r['target']:<9} "
-                 + (run_line(r) if r.get("ok") else f"FAILED: {(r.get('error') or '').splitlines()[0] if r.get('error') else ''}")
+                 + (run_line(r) if r.get("ok")
+                    else f"{'skipped' if r.get('skipped') else 'FAILED'}: "
+                         f"{(r.get('error') or '').splitlines()[0] if r.get('error') else ''}")
                  + (" (repeated)" if r.get("repeated") else ""))
     L += ["```", "", "</details>", ""]
     path = os.path.join(out_dir, f"{stamp}.md")
