@@ -74,3 +74,17 @@ pub async fn send_and_read_to_eof(stream: TcpStream, bytes: &[u8], deadline: Dur
     drop(write.await.unwrap());
     received
 }
+
+/// What the server-first test apps send before reading anything (like an SMTP greeting).
+pub const GREETING: &[u8; 11] = b"220 ready\r\n";
+
+/// Reads the app's `GREETING` through the proxy without sending a byte first: a proxy that
+/// waits to sniff the client's first bytes stalls here. Panics after 3 s or on other bytes.
+pub async fn expect_greeting(stream: &mut TcpStream) {
+    let mut greeting = [0u8; GREETING.len()];
+    tokio::time::timeout(Duration::from_secs(3), stream.read_exact(&mut greeting))
+        .await
+        .expect("greeting within 3 s without the client sending anything")
+        .unwrap();
+    assert_eq!(&greeting, GREETING);
+}

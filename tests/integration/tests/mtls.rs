@@ -521,13 +521,13 @@ fn copy_identity(from: &IdentityFiles, to: &IdentityFiles) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permissive_serves_a_plaintext_server_first_tcp_client_without_a_stall() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     // Like SMTP: the app greets first, so a plaintext client sends nothing the proxy could peek at.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let app_addr = listener.local_addr().unwrap();
     let app = tokio::spawn(async move {
         let (mut socket, _) = listener.accept().await.unwrap();
-        socket.write_all(b"220 ready\r\n").await.unwrap();
+        socket.write_all(weft_integration::tcp_echo::GREETING).await.unwrap();
     });
     let pki = Pki::new("mtls-server-first");
     let server = Proxy::start(ProxyConfig {
@@ -539,12 +539,7 @@ async fn permissive_serves_a_plaintext_server_first_tcp_client_without_a_stall()
     })
     .await;
     let mut stream = tokio::net::TcpStream::connect(server.inbound()).await.unwrap();
-    let mut greeting = [0u8; 11];
-    tokio::time::timeout(Duration::from_secs(3), stream.read_exact(&mut greeting))
-        .await
-        .expect("greeting within 3 s without the client sending anything")
-        .unwrap();
-    assert_eq!(&greeting, b"220 ready\r\n");
+    weft_integration::tcp_echo::expect_greeting(&mut stream).await;
     app.await.unwrap();
     assert_eq!(counter(&server, "weft_inbound_connections_total", &[("transport", "plaintext")]).await, 1.0);
 }

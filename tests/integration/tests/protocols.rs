@@ -7,7 +7,7 @@ use tokio::net::{TcpListener, TcpStream};
 use weft_integration::client::{H2Conn, must, send_h2};
 use weft_integration::metrics::metric_sum;
 use weft_integration::net::read_head;
-use weft_integration::tcp_echo::send_and_read_to_eof;
+use weft_integration::tcp_echo::{GREETING, expect_greeting, send_and_read_to_eof};
 use weft_integration::{Backend, Proxy, ProxyConfig, Req, TcpEcho, eventually, service};
 
 const IO_DEADLINE: Duration = Duration::from_secs(10);
@@ -199,7 +199,7 @@ async fn tcp_server_that_speaks_first_is_not_stalled() {
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move {
         let (mut socket, _) = listener.accept().await.unwrap();
-        socket.write_all(b"220 ready\r\n").await.unwrap();
+        socket.write_all(GREETING).await.unwrap();
         let mut buf = [0u8; 4];
         socket.read_exact(&mut buf).await.unwrap();
         socket.write_all(&buf).await.unwrap();
@@ -212,12 +212,7 @@ async fn tcp_server_that_speaks_first_is_not_stalled() {
     .await;
 
     let mut stream = TcpStream::connect(proxy.upstream("mail")).await.unwrap();
-    let mut greeting = [0u8; 11];
-    tokio::time::timeout(Duration::from_secs(3), stream.read_exact(&mut greeting))
-        .await
-        .expect("greeting within 3 s without the client sending anything")
-        .unwrap();
-    assert_eq!(&greeting, b"220 ready\r\n");
+    expect_greeting(&mut stream).await;
     stream.write_all(b"QUIT").await.unwrap();
     let mut back = [0u8; 4];
     tokio::time::timeout(IO_DEADLINE, stream.read_exact(&mut back)).await.expect("echo in time").unwrap();
