@@ -63,10 +63,9 @@ pub async fn forward(rule: Arc<Rule>, req: Request<Incoming>, started: Instant, 
             "rejected: too many requests in flight to the service; raise limits.maxConcurrentRequests or add capacity");
         return finish_error(&rule, ProxyError::ConcurrencyLimit, started);
     };
-    // Boxed: the tries' state (request, replay copy, connection checkout, send) is a few KiB,
-    // and every async layer above would otherwise copy all of it when it is created and again
-    // when hyper stores it. One allocation here keeps the layers above small.
-    let inner = Box::pin(forward_inner(&rule, &cluster, req, max_body));
+    // Not boxed on its own: the server boxes the whole request future once (http/server.rs),
+    // and a second allocation here cost more than the copies it saved (callgrind).
+    let inner = forward_inner(&rule, &cluster, req, max_body);
     let result = match rule.timeout {
         Some(t) => match tokio::time::timeout(t, inner).await {
             Ok(r) => r,

@@ -87,10 +87,17 @@ pub async fn serve<S>(
     let limits = state.config.load().proxy.http.clone();
     let svc_state = state.clone();
     let svc_side = side.clone();
-    // The request future is `handle`'s own (no wrapping async block): hyper keeps a slot of
-    // its size for the whole life of the connection, idle or not.
-    let service = service_fn(move |req: Request<Incoming>| {
-        handle(svc_state.clone(), svc_side.clone(), peer, caller.clone(), req)
+    // The request future is boxed: hyper keeps a slot of its size for the whole life of an
+    // HTTP/1.1 connection, idle or not, and copies it into the task it spawns for each HTTP/2
+    // stream. A pointer there instead of the handler's state saves about 1.5 KiB per idle
+    // connection and that copy per stream, for one allocation per request.
+    let service = service_fn(move |req: Request<Incoming>| -> RequestFuture {
+        let (state, side, caller) = (svc_state.clone(), svc_side.clone(), caller.clone());
+        if crate::logging::access_log_enabled() {
+            Box::pin(handle_logged(state, side, peer, caller, req))
+        } else {
+            Box::pin(handle(state, side, peer, caller, req))
+        }
     });
     let io = TokioIo::new(stream);
     let result = match version {
@@ -142,6 +149,9 @@ where
     }
 }
 
+/// What hyper gets for each request.
+type RequestFuture = Pin<Box<dyn Future<Output = Result<Response<RespBody>, Infallible>> + Send>>;
+
 async fn handle(
     state: Arc<ProxyState>,
     side: Side,
@@ -149,30 +159,20 @@ async fn handle(
     caller: Option<Arc<str>>,
     req: Request<Incoming>,
 ) -> Result<Response<RespBody>, Infallible> {
-    let started = Instant::now();
-    if crate::logging::access_log_enabled() {
-        // Boxed so the access-log path does not add a second copy of the request future's layout.
-        return Ok(Box::pin(handle_logged(&state, &side, peer, caller, req, started)).await);
-    }
-    // `dispatch` written out here: one nesting level less in the request future.
-    Ok(match &side {
-        Side::Outbound => crate::outbound::handle(&state, None, req, started).await,
-        Side::Upstream(service) => crate::outbound::handle(&state, Some(service), req, started).await,
-        Side::Inbound => crate::inbound::handle(&state, peer, caller, req, started).await,
-    })
+    Ok(dispatch(&state, &side, peer, caller, req, Instant::now()).await)
 }
 
 async fn handle_logged(
-    state: &ProxyState,
-    side: &Side,
+    state: Arc<ProxyState>,
+    side: Side,
     peer: SocketAddr,
     caller: Option<Arc<str>>,
     req: Request<Incoming>,
-    started: Instant,
-) -> Response<RespBody> {
+) -> Result<Response<RespBody>, Infallible> {
+    let started = Instant::now();
     let method = req.method().clone();
     let uri = req.uri().clone();
-    let resp = dispatch(state, side, peer, caller, req, started).await;
+    let resp = dispatch(&state, &side, peer, caller, req, started).await;
     tracing::info!(
         target: "access",
         direction = side.direction(),
@@ -183,7 +183,7 @@ async fn handle_logged(
         proxy_error = resp.headers().get(super::errors::ERROR_HEADER).and_then(|v| v.to_str().ok()).unwrap_or(""),
         micros = started.elapsed().as_micros() as u64,
     );
-    resp
+    Ok(resp)
 }
 
 async fn dispatch(
