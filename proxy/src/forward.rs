@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 
 use crate::balance::{InFlight, PickError};
 use crate::connect::{self, Conn, Pooled};
-use crate::http::body::{BodyEnd, MAX_REPLAY_BYTES, ReqBody, RespBody};
+use crate::http::body::{BodyEnd, BoxError, MAX_REPLAY_BYTES, ReqBody, RespBody, UpstreamBody};
 use crate::http::errors::ProxyError;
 use crate::http::headers;
 use crate::metrics::RouteMetrics;
@@ -46,8 +46,8 @@ const CONNECT_RETRIES: u32 = 2;
 enum TryFailure {
     /// No connection could be made; the request is intact.
     Connect(Request<ReqBody>, connect::ConnectError),
-    /// The request was (maybe partly) sent and the connection broke.
-    Reset(hyper::Error),
+    /// The request was (maybe partly) sent and the connection or stream broke.
+    Reset(BoxError),
     /// The per-try timeout fired.
     Timeout,
     /// Too many requests are already waiting for connections to this service.
@@ -98,7 +98,7 @@ pub async fn forward(rule: Arc<Rule>, req: Request<Incoming>, started: Instant, 
     }
 }
 
-fn is_grpc_response(resp: &Response<Incoming>) -> bool {
+fn is_grpc_response<B>(resp: &Response<B>) -> bool {
     resp.headers().get(header::CONTENT_TYPE).is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
 }
 
@@ -183,7 +183,7 @@ async fn forward_inner(
     cluster: &Cluster,
     req: Request<Incoming>,
     max_body: u64,
-) -> Result<(Response<Incoming>, Option<Pooled>), ProxyError> {
+) -> Result<(Response<UpstreamBody>, Option<Pooled>), ProxyError> {
     let shared = &cluster.shared;
     shared.budget.deposit();
     let (req, replay) = prepare(rule, cluster, req, max_body).await?;
@@ -291,8 +291,8 @@ async fn forward_inner(
 }
 
 /// Whether a send failed because the request body exceeded `maxBodyBytes` while streaming.
-fn is_body_too_large(e: &hyper::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+fn is_body_too_large(e: &BoxError) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
     while let Some(err) = source {
         if err.is::<crate::http::body::BodyTooLarge>() {
             return true;
@@ -332,7 +332,7 @@ async fn try_endpoint(
     addr: std::net::SocketAddr,
     identity: Option<&Arc<str>>,
     req: Request<ReqBody>,
-) -> Result<(Response<Incoming>, Option<Pooled>), TryFailure> {
+) -> Result<(Response<UpstreamBody>, Option<Pooled>), TryFailure> {
     let h2 = cluster.protocol.is_h2();
     let connect_timeout = cluster.policy.connect_timeout;
     let mut req = req;
@@ -353,33 +353,33 @@ async fn try_endpoint(
             Err(e) => return Err(TryFailure::Connect(req, e)),
         };
         let reused = conn.reused();
-        let result = match conn {
+        let (back, e) = match conn {
             Conn::Http1 { mut tx, .. } => match tx.try_send_request(req).await {
                 Ok(resp) => {
                     let pooled = (resp.status() != http::StatusCode::SWITCHING_PROTOCOLS)
                         .then(|| Pooled::new(addr, tx, cluster.policy.idle_timeout));
-                    return Ok((resp, pooled));
+                    return Ok((resp.map(UpstreamBody::Http1), pooled));
                 }
-                Err(e) => e,
+                Err(mut err) => match err.take_message() {
+                    Some(back) => (back, connect::ConnectError::Handshake { addr, source: err.into_error() }),
+                    None => return Err(TryFailure::Reset(err.into_error().into())),
+                },
             },
-            Conn::Http2 { mut tx, .. } => match tx.try_send_request(as_http2(req, cluster)).await {
-                Ok(resp) => return Ok((resp, None)),
-                Err(e) => e,
+            Conn::Http2 { mut tx, .. } => match tx.send(as_http2(req, cluster)).await {
+                Ok(resp) => return Ok((resp.map(UpstreamBody::Http2), None)),
+                Err(connect::H2SendError::NotSent(back, source)) => {
+                    (back, connect::ConnectError::Http2 { addr, source })
+                }
+                Err(connect::H2SendError::Failed(e)) => return Err(TryFailure::Reset(e)),
             },
         };
-        let mut err = result;
-        match err.take_message() {
-            Some(back) if reused && !fresh => {
-                tracing::debug!(endpoint = %addr, "pooled connection closed before use; retrying on a fresh one");
-                req = back;
-                fresh = true;
-            }
-            Some(back) => {
-                let e = connect::ConnectError::Handshake { addr, source: err.into_error() };
-                return Err(TryFailure::Connect(back, e));
-            }
-            None => return Err(TryFailure::Reset(err.into_error())),
+        if reused && !fresh {
+            tracing::debug!(endpoint = %addr, "pooled connection closed before use; retrying on a fresh one");
+            req = back;
+            fresh = true;
+            continue;
         }
+        return Err(TryFailure::Connect(back, e));
     }
 }
 
@@ -468,5 +468,5 @@ pub async fn forward_upgrade(rule: Arc<Rule>, mut req: Request<Incoming>, starte
         });
     }
     let (parts, body) = resp.into_parts();
-    Response::from_parts(parts, RespBody::upstream(body, None))
+    Response::from_parts(parts, RespBody::upstream(UpstreamBody::Http1(body), None))
 }

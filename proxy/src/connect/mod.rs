@@ -1,9 +1,11 @@
 //! Connections to upstreams: TCP connect with a deadline, HTTP/1.1 and HTTP/2 client
 //! handshakes, and the per-worker pool that reuses them.
 
+mod h2conn;
 mod pool;
 
-pub use pool::{Conn, ConnectError, Pooled, checkout, handshake_h2, sweep_idle};
+pub use h2conn::{H2Body, H2Conn, SendError as H2SendError, handshake as handshake_h2};
+pub use pool::{Conn, ConnectError, Pooled, checkout, sweep_idle};
 
 use std::net::SocketAddr;
 use std::time::Duration;

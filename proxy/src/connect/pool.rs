@@ -11,10 +11,10 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 
-use super::connect_tcp;
+use super::{H2Conn, connect_tcp, handshake_h2};
 use crate::http::body::ReqBody;
 
 /// Idle HTTP/1.1 connections kept per endpoint per worker.
@@ -28,6 +28,8 @@ pub enum ConnectError {
     Io { addr: SocketAddr, source: std::io::Error },
     #[error("HTTP handshake with {addr} failed: {source}")]
     Handshake { addr: SocketAddr, source: hyper::Error },
+    #[error("HTTP/2 connection to {addr} failed: {source}")]
+    Http2 { addr: SocketAddr, source: h2::Error },
     /// mTLS toward a peer proxy failed; `reason` is the metric label.
     #[error("mTLS with {addr} failed ({reason}): {detail}")]
     Tls { addr: SocketAddr, reason: &'static str, detail: String },
@@ -36,7 +38,7 @@ pub enum ConnectError {
 /// A connection ready for one request.
 pub enum Conn {
     Http1 { tx: http1::SendRequest<ReqBody>, reused: bool },
-    Http2 { tx: http2::SendRequest<ReqBody>, reused: bool },
+    Http2 { tx: H2Conn, reused: bool },
 }
 
 impl Conn {
@@ -121,7 +123,7 @@ type AddrMap<V> = HashMap<SocketAddr, V, BuildHasherDefault<AddrHasher>>;
 #[derive(Default)]
 struct Pool {
     h1: AddrMap<Vec<IdleH1>>,
-    h2: AddrMap<http2::SendRequest<ReqBody>>,
+    h2: AddrMap<H2Conn>,
 }
 
 impl Pool {
@@ -206,35 +208,9 @@ async fn connect_h1(addr: SocketAddr, timeout: Duration) -> Result<http1::SendRe
     Ok(tx)
 }
 
-async fn connect_h2(addr: SocketAddr, timeout: Duration) -> Result<http2::SendRequest<ReqBody>, ConnectError> {
+async fn connect_h2(addr: SocketAddr, timeout: Duration) -> Result<H2Conn, ConnectError> {
     let stream = connect_tcp(addr, timeout).await?;
     handshake_h2(addr, stream, "upstream HTTP/2").await
-}
-
-/// The HTTP/2 client handshake on an open stream (plaintext to an h2c backend, or mTLS to a
-/// peer proxy), with keep-alive pings; the connection runs in its own task. `what` names the
-/// connection in the log line when it ends with an error.
-pub async fn handshake_h2<S>(
-    addr: SocketAddr,
-    stream: S,
-    what: &'static str,
-) -> Result<http2::SendRequest<ReqBody>, ConnectError>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (tx, conn) = http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(|source| ConnectError::Handshake { addr, source })?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(%addr, error = %e, "{what} connection ended with an error");
-        }
-    });
-    Ok(tx)
 }
 
 #[cfg(test)]

@@ -10,6 +10,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::connect::H2Body;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Largest request body the proxy buffers so that a request can be retried.
@@ -90,12 +92,45 @@ impl BodyEnd {
     }
 }
 
+/// A response body as an upstream sends it: from hyper's HTTP/1.1 client, or from an HTTP/2
+/// stream (see `connect::H2Conn`).
+pub enum UpstreamBody {
+    Http1(Incoming),
+    Http2(H2Body),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamBody::Http1(inner) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::Http2(inner) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Http1(inner) => inner.is_end_stream(),
+            UpstreamBody::Http2(inner) => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Http1(inner) => inner.size_hint(),
+            UpstreamBody::Http2(inner) => inner.size_hint(),
+        }
+    }
+}
+
 /// A response body on its way back to the client.
 pub enum RespBody {
     /// A proxy-made response (errors, admin pages).
     Full(Option<Bytes>),
     /// Streams from the upstream.
-    Upstream { inner: Incoming, end: Option<BodyEnd>, done: bool, trailers: Option<http::HeaderMap> },
+    Upstream { inner: UpstreamBody, end: Option<BodyEnd>, done: bool, trailers: Option<http::HeaderMap> },
 }
 
 impl RespBody {
@@ -108,16 +143,16 @@ impl RespBody {
         RespBody::Full(None)
     }
 
-    pub fn upstream(inner: Incoming, end: Option<BodyEnd>) -> RespBody {
+    pub fn upstream(inner: UpstreamBody, end: Option<BodyEnd>) -> RespBody {
         RespBody::Upstream { inner, end, done: false, trailers: None }
     }
 }
 
 impl Body for RespBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             RespBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             RespBody::Upstream { inner, end, done, trailers } => {

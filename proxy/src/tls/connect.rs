@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::client::conn::http2;
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
@@ -20,11 +19,10 @@ use weft_api::SpiffeId;
 use super::MeshTls;
 use super::identity::{ALPN_H2, FixedKey};
 use super::verify::SpiffeServerVerifier;
-use crate::connect::{ConnectError, connect_tcp, handshake_h2};
-use crate::http::body::ReqBody;
+use crate::connect::{ConnectError, H2Conn, connect_tcp, handshake_h2};
 
 struct MeshConn {
-    tx: http2::SendRequest<ReqBody>,
+    tx: H2Conn,
     /// The identity the connection was made with, to notice rotation.
     tls: Arc<MeshTls>,
 }
@@ -40,7 +38,7 @@ pub async fn checkout(
     identity: &Arc<str>,
     connect_timeout: Duration,
     fresh: bool,
-) -> Result<(http2::SendRequest<ReqBody>, bool), ConnectError> {
+) -> Result<(H2Conn, bool), ConnectError> {
     let Some(tls) = super::current() else {
         return Err(ConnectError::Tls {
             addr,
@@ -74,7 +72,7 @@ async fn connect(
     identity: &str,
     tls: &Arc<MeshTls>,
     timeout: Duration,
-) -> Result<http2::SendRequest<ReqBody>, ConnectError> {
+) -> Result<H2Conn, ConnectError> {
     let stream = handshake(addr, identity, tls, timeout, vec![ALPN_H2.to_vec()]).await?;
     handshake_h2(addr, stream, "mTLS HTTP/2 to a peer proxy").await
 }

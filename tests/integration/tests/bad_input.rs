@@ -91,8 +91,22 @@ async fn slow_header_sender_is_disconnected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_over_max_body_bytes_gets_413() {
+    body_over_max_body_bytes("http").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_over_max_body_bytes_gets_413_from_an_h2_backend_too() {
+    body_over_max_body_bytes("http2").await;
+}
+
+async fn body_over_max_body_bytes(protocol: &str) {
     let api = Backend::start("api").await;
-    let proxy = proxy_for(&api, "http: {maxBodyBytes: 1024}").await;
+    let proxy = Proxy::start(ProxyConfig {
+        proxy_spec: "http: {maxBodyBytes: 1024}".to_string(),
+        policy: service("api", protocol, &[api.addr()]),
+        ..Default::default()
+    })
+    .await;
 
     let fits = must(proxy.outbound(), &Req::post("/echo", vec![b'a'; 1000]).host("api")).await;
     assert_eq!(fits.status, 200, "{fits:?}");

@@ -34,6 +34,44 @@ async fn http1_client_reaches_h2_backend() {
     assert_eq!(resp.proxy_error(), None, "the backend's 404 is not a proxy error");
 }
 
+/// Bodies larger than every HTTP/2 flow-control window on the way (the backend's 1 MiB
+/// stream and connection windows, the proxy's 2 MiB stream window), many at once on the
+/// proxy's one shared connection, arrive whole and unmixed in both directions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_to_an_h2_backend_respect_flow_control() {
+    let api = Backend::start("api").await;
+    let proxy =
+        Proxy::start(ProxyConfig { policy: service("api", "http2", &[api.addr()]), ..Default::default() }).await;
+
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let resp = must(proxy.outbound(), &Req::post("/echo", big.clone()).host("api")).await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(resp.header("x-echo-version"), Some("HTTP/2.0"));
+    assert!(resp.body.as_ref() == big.as_slice(), "3 MB echoed: got {} bytes", resp.body.len());
+
+    let tasks: Vec<_> = (0..12u8)
+        .map(|i| {
+            let addr = proxy.outbound();
+            tokio::spawn(async move {
+                let body = vec![b'a' + i; 300_000 + usize::from(i) * 1000];
+                let resp = must(addr, &Req::post(&format!("/echo/{i}"), body.clone()).host("api")).await;
+                (i, body, resp)
+            })
+        })
+        .collect();
+    for task in tasks {
+        let (i, body, resp) = task.await.unwrap();
+        assert_eq!(resp.status, 200, "request {i}: {resp:?}");
+        assert!(
+            resp.body.as_ref() == body.as_slice(),
+            "request {i}: {} bytes back, {} sent",
+            resp.body.len(),
+            body.len()
+        );
+    }
+    assert_eq!(api.hits(), 13);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_client_reaches_http1_backend_multiplexed() {
     let api = Backend::start("api").await;

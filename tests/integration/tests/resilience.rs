@@ -135,8 +135,20 @@ async fn post_is_retried_on_another_endpoint_when_connect_fails() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_after_backend_restart_uses_a_fresh_connection() {
+    post_after_restart("http").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_after_h2_backend_restart_uses_a_fresh_connection() {
+    post_after_restart("http2").await;
+}
+
+/// A pooled connection (HTTP/1.1 keep-alive, or the shared HTTP/2 one) that died with its
+/// backend is replaced without failing a request or sending a POST twice.
+async fn post_after_restart(protocol: &str) {
     let mut api = Backend::start("api").await;
-    let proxy = Proxy::start(ProxyConfig { policy: service("api", "http", &[api.addr()]), ..Default::default() }).await;
+    let proxy =
+        Proxy::start(ProxyConfig { policy: service("api", protocol, &[api.addr()]), ..Default::default() }).await;
 
     let resp = must(proxy.outbound(), &Req::post("/first", "a").host("api")).await;
     assert_eq!(resp.status, 200);

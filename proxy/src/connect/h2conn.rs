@@ -1,0 +1,259 @@
+//! HTTP/2 toward upstreams and peer proxies, on the `h2` crate directly.
+//!
+//! hyper's HTTP/2 client hands every request to the connection's task through a channel and
+//! spawns one more task per request to carry the response back. Here the request's own task
+//! opens the stream and awaits the response head: a request without a body costs no spawn
+//! and no cross-task hand-off. A request body is sent from the same task while the response
+//! is awaited; only a body still streaming when the response head arrives moves to a task of
+//! its own.
+
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use h2::{Reason, RecvStream, SendStream};
+use http::{Request, Response, header};
+use http_body::{Body, Frame, SizeHint};
+
+use super::ConnectError;
+use crate::http::body::{BoxError, ReqBody};
+
+/// Per-stream receive window: a stream may run this far ahead of the client reading it.
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+/// Receive window shared by every stream on one connection.
+const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
+/// Largest response header block accepted from an upstream.
+const MAX_HEADER_LIST: u32 = 64 * 1024;
+/// Request body bytes buffered per stream before the sender waits for the peer's window.
+const MAX_SEND_BUFFER: usize = 400 * 1024;
+/// A connection is pinged this often, and closed if the pong takes longer than the timeout:
+/// a peer that vanished without a FIN is noticed before requests queue on it.
+const PING_INTERVAL: Duration = Duration::from_secs(20);
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One HTTP/2 connection, shared by every request of this worker to the same endpoint.
+#[derive(Clone)]
+pub struct H2Conn {
+    tx: SendRequest<Bytes>,
+    closed: Arc<AtomicBool>,
+}
+
+/// Why a request did not get a response head.
+pub enum SendError {
+    /// The connection could take no new stream (closed, or going away); nothing was sent.
+    NotSent(Request<ReqBody>, h2::Error),
+    /// The stream was opened and then failed, or the request body failed while it was sent.
+    Failed(BoxError),
+}
+
+impl H2Conn {
+    /// Whether the connection has ended (closed, failed, or missed its keep-alive pong).
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    /// Sends `req` and waits for the response head. The request body is sent while waiting;
+    /// what is left of it when the head arrives keeps streaming from a task of its own.
+    pub async fn send(&mut self, req: Request<ReqBody>) -> Result<Response<H2Body>, SendError> {
+        if let Err(e) = poll_fn(|cx| self.tx.poll_ready(cx)).await {
+            return Err(SendError::NotSent(req, e));
+        }
+        let (parts, body) = req.into_parts();
+        let end_of_stream = body.is_end_stream();
+        let (mut response, stream) = match self.tx.send_request(Request::from_parts(parts, ()), end_of_stream) {
+            Ok(pair) => pair,
+            Err(e) => return Err(SendError::Failed(e.into())),
+        };
+        let mut pipe = (!end_of_stream).then(|| BodyPipe { body, stream, chunk: None });
+        let head = poll_fn(|cx| {
+            if let Some(p) = pipe.as_mut()
+                && let Poll::Ready(result) = p.poll_send(cx)
+            {
+                pipe = None;
+                if let Err(e) = result {
+                    return Poll::Ready(Err(e));
+                }
+            }
+            Pin::new(&mut response).poll(cx).map_err(BoxError::from)
+        })
+        .await;
+        let resp = match head {
+            Ok(resp) => resp,
+            Err(e) => return Err(SendError::Failed(e)),
+        };
+        if let Some(mut p) = pipe {
+            tokio::spawn(async move {
+                if let Err(e) = poll_fn(|cx| p.poll_send(cx)).await {
+                    tracing::debug!(error = %e, "request body to an HTTP/2 upstream ended with an error");
+                }
+            });
+        }
+        let (parts, recv) = resp.into_parts();
+        let remaining =
+            parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        Ok(Response::from_parts(parts, H2Body { recv, data_done: false, remaining }))
+    }
+}
+
+/// Copies a request body onto its HTTP/2 stream, within the peer's flow-control window.
+struct BodyPipe {
+    body: ReqBody,
+    stream: SendStream<Bytes>,
+    /// Data read from the body and not yet sent, waiting for window.
+    chunk: Option<Bytes>,
+}
+
+impl BodyPipe {
+    /// `Ready(Ok)` once the body is sent (or the peer said it needs no more of it).
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        loop {
+            if let Some(chunk) = self.chunk.as_mut() {
+                self.stream.reserve_capacity(chunk.len());
+                let window = match ready!(self.stream.poll_capacity(cx)) {
+                    Some(Ok(n)) => n,
+                    Some(Err(e)) => return Poll::Ready(Err(e.into())),
+                    None => return Poll::Ready(Err("HTTP/2 stream closed while sending the request body".into())),
+                };
+                if window == 0 {
+                    continue;
+                }
+                let part = chunk.split_to(window.min(chunk.len()));
+                let last = chunk.is_empty() && self.body.is_end_stream();
+                if chunk.is_empty() {
+                    self.chunk = None;
+                }
+                self.stream.send_data(part, last)?;
+                if last {
+                    return Poll::Ready(Ok(()));
+                }
+                continue;
+            }
+            // The peer may end or refuse the stream while the client is still sending:
+            // RST_STREAM(NO_ERROR) after a complete response means it needs no more body.
+            if let Poll::Ready(reset) = self.stream.poll_reset(cx) {
+                return Poll::Ready(match reset {
+                    Ok(Reason::NO_ERROR) => Ok(()),
+                    Ok(reason) => Err(h2::Error::from(reason).into()),
+                    Err(e) => Err(e.into()),
+                });
+            }
+            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                None => {
+                    self.stream.send_data(Bytes::new(), true)?;
+                    return Poll::Ready(Ok(()));
+                }
+                Some(Err(e)) => {
+                    self.stream.send_reset(Reason::CANCEL);
+                    return Poll::Ready(Err(e));
+                }
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) if data.is_empty() => {}
+                    Ok(data) => self.chunk = Some(data),
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            self.stream.send_trailers(trailers)?;
+                            return Poll::Ready(Ok(()));
+                        }
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// A response body read from an HTTP/2 stream; each chunk's window is given back to the
+/// peer once the chunk is handed on, so a slow client slows the upstream down.
+pub struct H2Body {
+    recv: RecvStream,
+    data_done: bool,
+    /// What `content-length` said is still to come.
+    remaining: Option<u64>,
+}
+
+impl Body for H2Body {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        let this = &mut *self;
+        if !this.data_done {
+            match ready!(this.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = this.recv.flow_control().release_capacity(data.len());
+                    if let Some(n) = this.remaining.as_mut() {
+                        *n = n.saturating_sub(data.len() as u64);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => this.data_done = true,
+            }
+        }
+        match ready!(this.recv.poll_trailers(cx)) {
+            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Ok(None) => Poll::Ready(None),
+            Err(e) => Poll::Ready(Some(Err(e))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.remaining {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+/// The HTTP/2 client handshake on an open stream (plaintext to an h2c backend, or mTLS to a
+/// peer proxy). The connection runs in its own task with keep-alive pings; `what` names it
+/// in the log line when it ends with an error.
+pub async fn handshake<S>(addr: SocketAddr, stream: S, what: &'static str) -> Result<H2Conn, ConnectError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, mut conn) = h2::client::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_header_list_size(MAX_HEADER_LIST)
+        .max_send_buffer_size(MAX_SEND_BUFFER)
+        .enable_push(false)
+        .handshake::<_, Bytes>(stream)
+        .await
+        .map_err(|e| ConnectError::Http2 { addr, source: e })?;
+    let closed = Arc::new(AtomicBool::new(false));
+    let done = closed.clone();
+    let mut pings = conn.ping_pong();
+    tokio::spawn(async move {
+        let keepalive = async {
+            let Some(pings) = pings.as_mut() else {
+                return std::future::pending().await;
+            };
+            loop {
+                tokio::time::sleep(PING_INTERVAL).await;
+                match tokio::time::timeout(PING_TIMEOUT, pings.ping(h2::Ping::opaque())).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return format!("keep-alive ping failed: {e}"),
+                    Err(_) => return format!("no keep-alive pong within {PING_TIMEOUT:?}"),
+                }
+            }
+        };
+        tokio::select! {
+            result = conn => if let Err(e) = result {
+                tracing::debug!(%addr, error = %e, "{what} connection ended with an error");
+            },
+            why = keepalive => tracing::warn!(%addr, "{what} connection closed: {why}"),
+        }
+        done.store(true, Ordering::Relaxed);
+    });
+    Ok(H2Conn { tx, closed })
+}
