@@ -45,9 +45,9 @@ pub struct H2Conn {
 }
 
 /// Why a request did not get a response head.
-pub enum SendError {
+pub enum SendError<B = ReqBody> {
     /// The connection could take no new stream (closed, or going away); nothing was sent.
-    NotSent(Request<ReqBody>, h2::Error),
+    NotSent(Request<B>, h2::Error),
     /// The stream was opened and then failed, or the request body failed while it was sent.
     Failed(BoxError),
 }
@@ -60,7 +60,11 @@ impl H2Conn {
 
     /// Sends `req` and waits for the response head. The request body is sent while waiting;
     /// what is left of it when the head arrives keeps streaming from a task of its own.
-    pub async fn send(&mut self, req: Request<ReqBody>) -> Result<Response<H2Body>, SendError> {
+    pub async fn send<B>(&mut self, req: Request<B>) -> Result<Response<H2Body>, SendError<B>>
+    where
+        B: Body<Data = Bytes> + Unpin + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
         if let Err(e) = poll_fn(|cx| self.tx.poll_ready(cx)).await {
             return Err(SendError::NotSent(req, e));
         }
@@ -102,14 +106,18 @@ impl H2Conn {
 }
 
 /// Copies a request body onto its HTTP/2 stream, within the peer's flow-control window.
-struct BodyPipe {
-    body: ReqBody,
+struct BodyPipe<B> {
+    body: B,
     stream: SendStream<Bytes>,
     /// Data read from the body and not yet sent, waiting for window.
     chunk: Option<Bytes>,
 }
 
-impl BodyPipe {
+impl<B> BodyPipe<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     /// `Ready(Ok)` once the body is sent (or the peer said it needs no more of it).
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         loop {
@@ -150,7 +158,7 @@ impl BodyPipe {
                 }
                 Some(Err(e)) => {
                     self.stream.send_reset(Reason::CANCEL);
-                    return Poll::Ready(Err(e));
+                    return Poll::Ready(Err(e.into()));
                 }
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) if data.is_empty() => {}
@@ -256,4 +264,120 @@ where
         done.store(true, Ordering::Relaxed);
     });
     Ok(H2Conn { tx, closed })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use http::HeaderMap;
+
+    use super::*;
+
+    /// A request body that yields the frames (or error) it was given, in order.
+    struct Frames(VecDeque<Result<Frame<Bytes>, BoxError>>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready(self.0.pop_front())
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.0.is_empty()
+        }
+    }
+
+    /// What the server side of the connection received on its first stream.
+    struct Received {
+        data: Vec<u8>,
+        trailers: Option<HeaderMap>,
+        error: Option<h2::Error>,
+    }
+
+    /// An `h2` server on the other end of an in-memory pipe: reads the first stream's body and
+    /// trailers (giving the window back as it goes), answers 200 with `answer`, and reports
+    /// what it got.
+    fn server(io: tokio::io::DuplexStream, answer: &'static [u8]) -> tokio::task::JoinHandle<Received> {
+        tokio::spawn(async move {
+            let mut conn = h2::server::handshake(io).await.expect("server handshake");
+            let (req, mut respond) = conn.accept().await.expect("a stream").expect("a request");
+            tokio::spawn(async move { while conn.accept().await.is_some() {} });
+            let mut body = req.into_body();
+            let mut got = Received { data: Vec::new(), trailers: None, error: None };
+            while let Some(chunk) = body.data().await {
+                match chunk {
+                    Ok(chunk) => {
+                        got.data.extend_from_slice(&chunk);
+                        let _ = body.flow_control().release_capacity(chunk.len());
+                    }
+                    Err(e) => {
+                        got.error = Some(e);
+                        return got;
+                    }
+                }
+            }
+            got.trailers = body.trailers().await.expect("trailers");
+            let mut stream = respond.send_response(Response::new(()), false).expect("respond");
+            stream.send_data(Bytes::from_static(answer), true).expect("response body");
+            got
+        })
+    }
+
+    fn request(frames: Vec<Result<Frame<Bytes>, BoxError>>) -> Request<Frames> {
+        Request::builder().uri("http://upstream.test/upload").body(Frames(frames.into())).expect("request")
+    }
+
+    #[tokio::test]
+    async fn a_body_larger_than_the_window_and_its_trailers_arrive_whole() {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let received = server(server_io, b"done");
+        let mut conn = handshake(SocketAddr::from(([127, 0, 0, 1], 1)), client_io, "test").await.expect("handshake");
+
+        // 200 KB is three times the server's default 64 KiB stream window.
+        let big = Bytes::from(vec![7u8; 200_000]);
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-checksum", "1400000".parse().unwrap());
+        let req = request(vec![
+            Ok(Frame::data(Bytes::from_static(b"head:"))),
+            Ok(Frame::data(big.clone())),
+            Ok(Frame::trailers(trailers)),
+        ]);
+        let Ok(resp) = conn.send(req).await else { panic!("send failed") };
+        assert_eq!(resp.status(), 200);
+        let body = http_body_util::BodyExt::collect(resp.into_body()).await.expect("response body").to_bytes();
+        assert_eq!(body.as_ref(), b"done");
+
+        let got = received.await.unwrap();
+        assert!(got.error.is_none(), "{:?}", got.error);
+        assert_eq!(got.data.len(), 5 + big.len());
+        assert_eq!(&got.data[..5], b"head:");
+        assert!(got.data[5..] == big[..], "body bytes changed on the way");
+        assert_eq!(
+            got.trailers.as_ref().and_then(|t| t.get("x-checksum")).map(|v| v.as_bytes()),
+            Some(&b"1400000"[..])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failing_body_resets_the_stream_and_reports_the_cause() {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let received = server(server_io, b"unused");
+        let mut conn = handshake(SocketAddr::from(([127, 0, 0, 1], 1)), client_io, "test").await.expect("handshake");
+
+        let req = request(vec![
+            Ok(Frame::data(Bytes::from_static(b"partial"))),
+            Err(Box::new(crate::http::body::BodyTooLarge)),
+        ]);
+        match conn.send(req).await {
+            Err(SendError::Failed(e)) => assert!(e.is::<crate::http::body::BodyTooLarge>(), "cause kept: {e}"),
+            Err(SendError::NotSent(..)) => panic!("the stream was opened, so it was sent"),
+            Ok(resp) => panic!("a response ({}) despite the failed body", resp.status()),
+        }
+        let got = received.await.unwrap();
+        assert_eq!(got.error.and_then(|e| e.reason()), Some(Reason::CANCEL), "the upstream saw a reset");
+        assert!(!conn.is_closed(), "one failed stream leaves the connection usable");
+    }
 }
