@@ -22,7 +22,7 @@ use http::{Request, Response, header};
 use http_body::{Body, Frame, SizeHint};
 
 use super::ConnectError;
-use crate::http::body::{BoxError, ReqBody};
+use crate::http::body::BoxError;
 
 /// Per-stream receive window: a stream may run this far ahead of the client reading it.
 const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
@@ -45,7 +45,7 @@ pub struct H2Conn {
 }
 
 /// Why a request did not get a response head.
-pub enum SendError<B = ReqBody> {
+pub enum SendError<B> {
     /// The connection could take no new stream (closed, or going away); nothing was sent.
     NotSent(Request<B>, h2::Error),
     /// The stream was opened and then failed, or the request body failed while it was sent.
