@@ -38,7 +38,7 @@ import report  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(HERE))
 ALL_TARGETS = ["direct", "nginx", "haproxy", "weft", "weft-mesh"]
 QUICK_TARGETS = ["direct", "haproxy", "weft"]
-APT_PACKAGES = {"nginx": "nginx", "haproxy": "haproxy", "wrk": "wrk", "h2load": "nghttp2-client",
+APT_PACKAGES = {"nginx": "nginx", "haproxy": "haproxy", "wrk": "wrk", "h2load": "nghttp2-client", "nghttp": "nghttp2-client",
                 "strace": "strace", "perf": "linux-perf"}
 T0 = time.monotonic()
 
@@ -126,6 +126,12 @@ def build(skip: bool) -> tuple[str, str | None]:
 # ------------------------------------------------------------------ measuring one run
 
 
+def port_for(t: Target, w: Workload) -> int | None:
+    if w.grpc:
+        return t.grpc_port
+    return t.h2_port if w.tool == "h2load" else t.h1_port
+
+
 class Runner:
     def __init__(self, args, tools: dict, backend: Backend, oha: str | None):
         self.args, self.tools, self.backend, self.oha = args, tools, backend, oha
@@ -133,13 +139,13 @@ class Runner:
         self.ksoftirqd = [int(p) for p in os.listdir("/proc") if p.isdigit() and _comm(p).startswith("ksoftirqd")]
 
     def load(self, t: Target, w: Workload, duration: int) -> dict:
-        port = t.h2_port if w.tool == "h2load" else t.h1_port
+        port = port_for(t, w)
         if port is None:
             raise HarnessError(f"{t.name} has no port for {w.key}")
         if w.tool == "wrk":
             return run_wrk(self.tools["wrk"], port, w, duration)
         if w.tool == "h2load":
-            return run_h2load(self.tools["h2load"], port, w, duration)
+            return run_h2load(self.tools["h2load"], port, w, duration, self.backend.grpc_request)
         if w.tool == "oha":
             return run_oha(self.oha, self.oha_flags, port, w, duration)
         raise AssertionError(w.tool)
@@ -312,6 +318,7 @@ def main(argv: list[str]) -> int:
     needed = ["nginx"] + (["haproxy"] if "haproxy" in target_names else [])
     needed += ["wrk"] if any(w.tool == "wrk" for w in workloads) else []
     needed += ["h2load"] if any(w.tool == "h2load" for w in workloads) else []
+    needed += ["nghttp"] if any(w.grpc for w in workloads) else []
     optional = [] if a.quick else ["strace", "perf"]
     tools = ensure_tools(needed, optional, not a.no_install)
     oha = None
@@ -356,6 +363,8 @@ def main(argv: list[str]) -> int:
                     raise HarnessError(build_error)
                 t.start()
                 t.check()
+                if t.grpc_port is not None and any(w.grpc for w in workloads):
+                    t.check_grpc(tools["nghttp"])
                 time.sleep(0.2)
                 t.record_idle()
                 log(f"{name}: up on 127.0.0.1:{t.h1_port}" + (f" (h2c {t.h2_port})" if t.h2_port else "")
@@ -387,10 +396,10 @@ def main(argv: list[str]) -> int:
         for w in workloads:
             if w.tool == "h2load":
                 for t in live:
-                    if t.h2_port is None:
+                    if port_for(t, w) is None:
                         runs.append({"target": t.name, "workload": w.key, "rep": 0, "ok": False, "skipped": True,
-                                     "error": "no h2c port"})
-            cand = [t for t in live if w.tool != "h2load" or t.h2_port is not None]
+                                     "error": "no gRPC port" if w.grpc else "no h2c port"})
+            cand = [t for t in live if port_for(t, w) is not None]
             if w.tool != "idle" and a.warmup > 0:
                 for t in cand:
                     if t.error:

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 from procs import HarnessError, children_cpu, run_measured
-from targets import BODIES, LOAD_CPU
+from targets import BODIES, GRPC_PATH, LOAD_CPU
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -30,10 +30,11 @@ class Workload:
     rate: int | None = None
     churn: bool = False
     streams: int = 1
+    grpc: bool = False  # h2load: gRPC unary calls (POST, framed message, trailers) to the gRPC port
     tags: list[str] = field(default_factory=list)
 
     def path(self) -> str:
-        return BODIES[self.body][0]
+        return GRPC_PATH if self.grpc else BODIES[self.body][0]
 
 
 def all_workloads(rates: list[int], idle_conns: int) -> list[Workload]:
@@ -49,6 +50,8 @@ def all_workloads(rates: list[int], idle_conns: int) -> list[Workload]:
         Workload("churn-c16", "connection churn: a new connection per request, 16 at a time (wrk, Connection: close)",
                  "wrk", 16, churn=True),
         Workload("h2-16x10", "HTTP/2 (h2c prior knowledge), 16 clients x 10 streams (h2load)", "h2load", 16, streams=10),
+        Workload("grpc-unary", "gRPC unary over h2c, 16 clients x 10 streams, 15-byte request, 34-byte reply and "
+                 "trailers (h2load)", "h2load", 16, streams=10, grpc=True),
     ]
     for r in rates:
         w.append(Workload(f"rate-{r}", f"fixed rate {r} req/s, 16 connections, latency-corrected (oha)", "oha", 16,
@@ -93,9 +96,11 @@ def _dur_us(s: str) -> float:
     return float(m.group(1)) * _UNIT[m.group(2)] if m else float("nan")
 
 
-def run_h2load(h2load: str, port: int, w: Workload, duration: int) -> dict:
-    argv = [h2load, "-t1", f"-c{w.conns}", f"-m{w.streams}", "-D", str(duration),
-            f"http://127.0.0.1:{port}{w.path()}"]
+def run_h2load(h2load: str, port: int, w: Workload, duration: int, grpc_request: str | None = None) -> dict:
+    argv = [h2load, "-t1", f"-c{w.conns}", f"-m{w.streams}", "-D", str(duration)]
+    if w.grpc:
+        argv += ["-d", grpc_request, "-H", "content-type: application/grpc", "-H", "te: trailers"]
+    argv.append(f"http://127.0.0.1:{port}{w.path()}")
     status, out, err, cpu, wall = run_measured(argv, LOAD_CPU, duration + 30)
     fin = re.search(r"finished in ([\d.]+)s, ([\d.]+) req/s", out)
     req = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "

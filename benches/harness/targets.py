@@ -8,7 +8,9 @@ prior knowledge) port.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
+import tempfile
 import time
 
 from procs import HarnessError, Registry, free_port, http_get, mem_of, tree, wait_port
@@ -20,6 +22,19 @@ LOAD_CPU = 1
 BODIES = {"small": ("/s.txt", b"hello from the weft bench backend\n"),
           "1k": ("/1k.bin", bytes(range(256)) * 4),
           "64k": ("/64k.bin", bytes(range(256)) * 256)}
+
+# gRPC unary: the backend answers one method with a fixed message and `grpc-status: 0` in the
+# trailers (nginx's `add_trailer`), whatever the request. Messages are length-prefixed frames
+# (1 byte compressed flag, 4 bytes big-endian length).
+GRPC_PATH = "/bench.Bench/Unary"
+
+
+def grpc_frame(msg: bytes) -> bytes:
+    return b"\0" + len(msg).to_bytes(4, "big") + msg
+
+
+GRPC_REQUEST = grpc_frame(b"\x0a\x08ping-req")
+GRPC_RESPONSE = grpc_frame(b"\x0a\x1chello from the grpc backend!")
 
 
 def _nginx_common(work: str, name: str) -> str:
@@ -78,10 +93,24 @@ class Backend(Server):
         for path, body in BODIES.values():
             with open(os.path.join(self.work, "www", path.lstrip("/")), "wb") as f:
                 f.write(body)
+        with open(os.path.join(self.work, "unary.grpc"), "wb") as f:
+            f.write(GRPC_RESPONSE)
+        self.grpc_request = os.path.join(self.work, "grpc-request.bin")
+        with open(self.grpc_request, "wb") as f:
+            f.write(GRPC_REQUEST)
         self.h1_port, self.h2_port = free_port(), free_port()
         self.log_path = os.path.join(self.work, "stdout.log")
 
     def start(self) -> None:
+        # The gRPC method: nginx's static module refuses POST with 405, which error_page turns
+        # into a 200 with the file (the request body is read and dropped).
+        grpc = f"""        location = {GRPC_PATH} {{
+            alias {self.work}/unary.grpc;
+            default_type application/grpc;
+            etag off;
+            add_trailer grpc-status 0;
+            error_page 405 =200 $uri;
+        }}"""
         conf = _nginx_common(self.work, "backend") + f"""
     open_file_cache max=16 inactive=600s; open_file_cache_valid 600s;
     server {{
@@ -91,6 +120,7 @@ class Backend(Server):
     server {{
         listen 127.0.0.1:{self.h2_port} http2 backlog=4096;
         root {self.work}/www;
+{grpc}
     }}
 }}
 """
@@ -109,6 +139,7 @@ class Target(Server):
     title = "?"
     h1_port: int = 0
     h2_port: int | None = None
+    grpc_port: int | None = None  # h2c port for gRPC unary, where the target has one
     skip_reason: str | None = None  # set when the target cannot run here (not an error)
     error: str | None = None  # set when the target failed to start (an error)
     idle_rss_kib: int | None = None
@@ -131,6 +162,27 @@ class Target(Server):
                 raise HarnessError(f"{self.name}: GET {path} gave {status} {extra} with {len(got)} bytes "
                                    f"(want 200 with {len(body)} bytes)")
 
+    def check_grpc(self, nghttp: str) -> None:
+        """One gRPC call through the target: 200, the exact message and `grpc-status: 0` in trailers."""
+        assert self.grpc_port is not None
+        url = f"http://127.0.0.1:{self.grpc_port}{GRPC_PATH}"
+        with tempfile.NamedTemporaryFile(suffix=".bin") as req:
+            req.write(GRPC_REQUEST)
+            req.flush()
+            call = [nghttp, "-d", req.name, "-H", "content-type: application/grpc", "-H", "te: trailers"]
+            r = subprocess.run(call + ["-n", "-v", url], capture_output=True, timeout=20)
+            got = subprocess.run(call + [url], capture_output=True, timeout=20).stdout
+        out = r.stdout.decode("latin-1")
+        status = re.search(r"recv \(stream_id=\d+\) :status: (\d+)", out)
+        # Trailers arrive after the first DATA frame.
+        after_data = out.split("recv DATA frame", 1)[1] if "recv DATA frame" in out else ""
+        if r.returncode != 0 or not status or status.group(1) != "200" or \
+                not re.search(r"recv \(stream_id=\d+\) grpc-status: 0", after_data):
+            raise HarnessError(f"{self.name}: gRPC call gave status {status.group(1) if status else '?'}, "
+                               f"no grpc-status 0 trailer (nghttp exit {r.returncode}): {out[-600:]}")
+        if got != GRPC_RESPONSE:
+            raise HarnessError(f"{self.name}: gRPC message came back as {got[:80]!r}, want {GRPC_RESPONSE!r}")
+
     def record_idle(self) -> None:
         if self.proc is not None:
             self.idle_rss_kib = mem_of(self.pids())["rss_kib"]
@@ -144,6 +196,7 @@ class Direct(Target):
 
     def start(self) -> None:
         self.h1_port, self.h2_port = self.backend.h1_port, self.backend.h2_port
+        self.grpc_port = self.backend.h2_port
 
     def pids(self) -> list[int]:
         return []
@@ -156,11 +209,12 @@ class NginxProxy(Target):
         self.reg, self.nginx, self.backend = reg, nginx, backend
         self.work = os.path.join(workdir, "nginx-proxy")
         os.makedirs(self.work, exist_ok=True)
-        self.h1_port, self.h2_port = free_port(), free_port()
+        self.h1_port, self.h2_port, self.grpc_port = free_port(), free_port(), free_port()
         self.log_path = os.path.join(self.work, "stdout.log")
 
     def h2_note(self) -> str:
-        return "nginx cannot speak HTTP/2 upstream: h2c from the client, HTTP/1.1 keep-alive to the backend"
+        return ("nginx cannot speak HTTP/2 upstream: h2c from the client, HTTP/1.1 keep-alive to the backend "
+                "(gRPC: `grpc_pass`, h2c to the backend)")
 
     def start(self) -> None:
         loc = """        location / {
@@ -184,6 +238,16 @@ class NginxProxy(Target):
         listen 127.0.0.1:{self.h2_port} http2 backlog=4096;
 {loc}
     }}
+    upstream be_grpc {{
+        server 127.0.0.1:{self.backend.h2_port};
+        keepalive 256;
+        keepalive_requests 100000000;
+        keepalive_timeout 600s;
+    }}
+    server {{
+        listen 127.0.0.1:{self.grpc_port} http2 backlog=4096;
+        location / {{ grpc_pass grpc://be_grpc; }}
+    }}
 }}
 """
         path = os.path.join(self.work, "nginx.conf")
@@ -201,6 +265,7 @@ class Haproxy(Target):
         self.work = os.path.join(workdir, "haproxy")
         os.makedirs(self.work, exist_ok=True)
         self.h1_port, self.h2_port = free_port(), free_port()
+        self.grpc_port = self.h2_port  # h2 end to end carries trailers
         self.log_path = os.path.join(self.work, "stdout.log")
 
     def h2_note(self) -> str:
@@ -300,10 +365,11 @@ class Weft(Target):
         self.work = os.path.join(workdir, "weft")
         os.makedirs(self.work, exist_ok=True)
         self.h1_port, self.h2_port, self.admin_port = free_port(), free_port(), free_port()
+        self.grpc_port = free_port()
         self.log_path = os.path.join(self.work, "stdout.log")
 
     def h2_note(self) -> str:
-        return "h2c from the client, h2c to the backend (Service protocol http2)"
+        return "h2c from the client, h2c to the backend (Service protocol http2; gRPC: Service protocol grpc)"
 
     def start(self) -> None:
         if not os.access(self.binary, os.X_OK):
@@ -313,8 +379,10 @@ class Weft(Target):
             services=[{"name": "bench", "protocol": "http",
                        "endpoints": [{"address": f"127.0.0.1:{self.backend.h1_port}"}]},
                       {"name": "bench-h2", "protocol": "http2",
+                       "endpoints": [{"address": f"127.0.0.1:{self.backend.h2_port}"}]},
+                      {"name": "bench-grpc", "protocol": "grpc",
                        "endpoints": [{"address": f"127.0.0.1:{self.backend.h2_port}"}]}],
-            upstreams=[("bench", self.h1_port), ("bench-h2", self.h2_port)])
+            upstreams=[("bench", self.h1_port), ("bench-h2", self.h2_port), ("bench-grpc", self.grpc_port)])
         path = os.path.join(self.work, "weft.yaml")
         with open(path, "w") as f:
             f.write(conf)
