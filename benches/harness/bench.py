@@ -31,12 +31,12 @@ sys.dont_write_bytecode = True  # no __pycache__ in the work tree
 from loadgen import IdleConns, Workload, all_workloads, oha_flags, run_h2load, run_oha, run_wrk  # noqa: E402
 from procs import (HarnessError, Registry, children_cpu, cpu_of, machine_busy, mem_of, reset_hwm,  # noqa: E402
                    self_cpu, CpuTimes)
-from targets import (LOAD_CPU, SERVER_CPU, Backend, Direct, Haproxy, NginxProxy, Target, Weft,  # noqa: E402
+from targets import (LOAD_CPU, SERVER_CPU, Backend, Direct, Haproxy, HaproxyTls, NginxProxy, Target, Weft,  # noqa: E402
                      WeftMesh)
 import report  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(HERE))
-ALL_TARGETS = ["direct", "nginx", "haproxy", "weft", "weft-mesh"]
+ALL_TARGETS = ["direct", "nginx", "haproxy", "weft", "weft-mesh", "haproxy-tls"]
 QUICK_TARGETS = ["direct", "haproxy", "weft"]
 APT_PACKAGES = {"nginx": "nginx", "haproxy": "haproxy", "wrk": "wrk", "h2load": "nghttp2-client", "nghttp": "nghttp2-client",
                 "strace": "strace", "perf": "linux-perf"}
@@ -315,7 +315,7 @@ def main(argv: list[str]) -> int:
     notes: list[str] = []
 
     # tools
-    needed = ["nginx"] + (["haproxy"] if "haproxy" in target_names else [])
+    needed = ["nginx"] + (["haproxy"] if {"haproxy", "haproxy-tls"} & set(target_names) else [])
     needed += ["wrk"] if any(w.tool == "wrk" for w in workloads) else []
     needed += ["h2load"] if any(w.tool == "h2load" for w in workloads) else []
     needed += ["nghttp"] if any(w.grpc for w in workloads) else []
@@ -336,7 +336,7 @@ def main(argv: list[str]) -> int:
             workloads = [w for w in workloads if w.tool != "oha"]
 
     release, build_error = None, None
-    if {"weft", "weft-mesh"} & set(target_names):
+    if {"weft", "weft-mesh", "haproxy-tls"} & set(target_names):  # haproxy-tls: `weft ca` for its certificates
         release, build_error = build(a.no_build or bool(a.weft_bin))
     weft_bin = a.weft_bin or (os.path.join(release, "weft-proxy") if release else "")
     weft_cli = os.path.join(release, "weft") if release else ""
@@ -353,13 +353,14 @@ def main(argv: list[str]) -> int:
                  "nginx": lambda: NginxProxy(reg, a.workdir, tools["nginx"], backend),
                  "haproxy": lambda: Haproxy(reg, a.workdir, tools["haproxy"], backend),
                  "weft": lambda: Weft(reg, a.workdir, weft_bin, backend),
-                 "weft-mesh": lambda: WeftMesh(reg, a.workdir, weft_bin, weft_cli, backend, a.mesh)}[name]()
+                 "weft-mesh": lambda: WeftMesh(reg, a.workdir, weft_bin, weft_cli, backend, a.mesh),
+                 "haproxy-tls": lambda: HaproxyTls(reg, a.workdir, tools["haproxy"], weft_cli, backend)}[name]()
             targets.append(t)
             if t.skip_reason:
                 log(f"{name}: {t.skip_reason}")
                 continue
             try:
-                if build_error and isinstance(t, (Weft, WeftMesh)):
+                if build_error and isinstance(t, (Weft, WeftMesh, HaproxyTls)):
                     raise HarnessError(build_error)
                 t.start()
                 t.check()
@@ -379,7 +380,7 @@ def main(argv: list[str]) -> int:
                     failures.append(f"{name} failed to start: {str(e).splitlines()[0]}")
                 if t.proc is not None:
                     reg.stop(t.proc)
-                if isinstance(t, WeftMesh) and t.server is not None:
+                if isinstance(t, (WeftMesh, HaproxyTls)) and t.server is not None:
                     reg.stop(t.server)
         live = [t for t in targets if not t.skip_reason and not t.error]
         if not live:

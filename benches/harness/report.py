@@ -6,7 +6,7 @@ import os
 
 import svg
 
-PROXIES = ("nginx", "haproxy", "weft", "weft-mesh")
+PROXIES = ("nginx", "haproxy", "weft", "weft-mesh", "haproxy-tls")
 
 
 def _f(v, digits=1, none="—"):
@@ -85,8 +85,11 @@ def design_targets(data: dict) -> list[dict]:
         (h2w / h2d >= 0.71) if h2w and h2d else None, f"haproxy: {_ratio(h2h, h2d)}" if h2h and h2d else "")
     m = cpu("h1-c16", "weft-mesh")
     mesh_reason = (tg.get("weft-mesh") or {}).get("reason") or "weft-mesh target not selected"
+    ht = cpu("h1-c16", "haproxy-tls")
+    pair = (f"haproxy pair with mTLS: {_f(ht, 2)} µs, {_ratio(ht, h)} one haproxy hop; weft mesh "
+            f"{_f(m, 2)} µs = {_ratio(m, ht)} of the haproxy pair") if ht and h and m else ""
     add("mesh path (2 proxies, mTLS) ≤ 2.2× one plaintext weft hop", _ratio(m, w) if m and w else "not measured",
-        "≤ 2.20×", (m / w <= 2.2) if m and w else None, "" if m and w else mesh_reason)
+        "≤ 2.20×", (m / w <= 2.2) if m and w else None, pair if m and w else mesh_reason)
     return out
 
 

@@ -337,6 +337,21 @@ spec:
     return "---\n".join(docs)
 
 
+def issue_certs(cli: str, work: str, who: dict[str, str]) -> None:
+    """A CA in `work/ca` and one certificate per entry of `who` (folder -> service account), from
+    Weft's own CA code (`weft ca init|issue`): `<folder>/cert.pem`, `key.pem`, `bundle.pem`."""
+    ca = os.path.join(work, "ca")
+    r = subprocess.run([cli, "ca", "init", "--out", ca], capture_output=True, text=True, timeout=30)
+    if r.returncode != 0 or not os.path.exists(os.path.join(ca, "ca.pem")):
+        raise HarnessError("`weft ca init` does not work yet (mTLS between proxies lands with issue 4): "
+                           + (r.stderr.strip() or r.stdout.strip())[:300])
+    for folder, sa in who.items():
+        r = subprocess.run([cli, "ca", "issue", "--ca", ca, "--id", f"spiffe://cluster.local/ns/default/sa/{sa}",
+                            "--out", os.path.join(work, folder)], capture_output=True, text=True, timeout=30)
+        if r.returncode != 0:
+            raise HarnessError("`weft ca issue` failed: " + (r.stderr.strip() or r.stdout.strip())[:300])
+
+
 def wait_ready(admin_port: int, proc: subprocess.Popen, timeout: float, what: str, log_tail) -> None:
     deadline = time.monotonic() + timeout
     last = "no answer"
@@ -418,18 +433,7 @@ class WeftMesh(Target):
         return out
 
     def _ca(self) -> None:
-        ca = os.path.join(self.work, "ca")
-        r = subprocess.run([self.cli, "ca", "init", "--out", ca], capture_output=True, text=True, timeout=30)
-        if r.returncode != 0 or not os.path.exists(os.path.join(ca, "ca.pem")):
-            raise HarnessError("`weft ca init` does not work yet (mTLS between proxies lands with issue 4): "
-                               + (r.stderr.strip() or r.stdout.strip())[:300])
-        for who in ("client", "server"):
-            sa = "bench-client" if who == "client" else "bench"
-            r = subprocess.run([self.cli, "ca", "issue", "--ca", ca, "--id",
-                                f"spiffe://cluster.local/ns/default/sa/{sa}", "--out",
-                                os.path.join(self.work, who)], capture_output=True, text=True, timeout=30)
-            if r.returncode != 0:
-                raise HarnessError("`weft ca issue` failed: " + (r.stderr.strip() or r.stdout.strip())[:300])
+        issue_certs(self.cli, self.work, {"client": "bench-client", "server": "bench"})
 
     def start(self) -> None:
         if not os.access(self.binary, os.X_OK) or not os.access(self.cli, os.X_OK):
@@ -455,3 +459,80 @@ class WeftMesh(Target):
                                    self.log_path, SERVER_CPU)
         wait_ready(self.admin_c, self.proc, 15, "weft-proxy (mesh client side)", self.log_tail)
         wait_port(self.h1_port, 5, self.proc)
+
+
+class HaproxyTls(Target):
+    """The non-mesh equivalent of the mesh path: haproxy (client side) -> TLS with client
+    certificates, HTTP/2 -> haproxy (server side) -> backend. Both processes on the server core,
+    certificates from the same CA code as the mesh."""
+
+    name, title = "haproxy-tls", "haproxy pair with mutual TLS between them"
+
+    def __init__(self, reg: Registry, workdir: str, haproxy: str, weft_cli: str, backend: Backend):
+        self.reg, self.haproxy, self.cli, self.backend = reg, haproxy, weft_cli, backend
+        self.work = os.path.join(workdir, "haproxy-tls")
+        os.makedirs(self.work, exist_ok=True)
+        self.h1_port, self.tls_port = free_port(), free_port()
+        self.log_path = os.path.join(self.work, "client.log")
+        self.server_log = os.path.join(self.work, "server.log")
+        self.server: subprocess.Popen | None = None
+
+    def h2_note(self) -> str:
+        return "HTTP/1.1 from the client, HTTP/2 over mutual TLS between the two haproxy processes"
+
+    def pids(self) -> list[int]:
+        out = super().pids()
+        if self.server is not None and self.server.poll() is None:
+            out += tree(self.server.pid)
+        return out
+
+    def start(self) -> None:
+        if not os.access(self.cli, os.X_OK):
+            raise HarnessError("haproxy-tls: the weft binary (for `weft ca`) is missing")
+        issue_certs(self.cli, self.work, {"client": "bench-client", "server": "bench"})
+        for who in ("client", "server"):  # haproxy wants the certificate and its key in one file
+            with open(os.path.join(self.work, f"{who}.pem"), "w") as out:
+                for part in ("cert.pem", "key.pem"):
+                    with open(os.path.join(self.work, who, part)) as f:
+                        out.write(f.read())
+        ca = os.path.join(self.work, "ca", "ca.pem")
+        common = """global
+    nbthread 1
+    maxconn 8000
+    ssl-default-bind-options ssl-min-ver TLSv1.3
+    ssl-default-server-options ssl-min-ver TLSv1.3
+
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 600s
+    timeout server 600s
+    timeout http-keep-alive 600s
+    option http-keep-alive
+    http-reuse always
+"""
+        server = common + f"""
+frontend fe_tls
+    bind 127.0.0.1:{self.tls_port} ssl crt {self.work}/server.pem ca-file {ca} verify required alpn h2
+    default_backend be
+
+backend be
+    server s1 127.0.0.1:{self.backend.h1_port}
+"""
+        client = common + f"""
+frontend fe_h1
+    bind 127.0.0.1:{self.h1_port}
+    default_backend be_tls
+
+backend be_tls
+    server s1 127.0.0.1:{self.tls_port} ssl crt {self.work}/client.pem ca-file {ca} verify required alpn h2
+"""
+        for n, c in (("server.cfg", server), ("client.cfg", client)):
+            with open(os.path.join(self.work, n), "w") as f:
+                f.write(c)
+        self.server = self.reg.spawn("haproxy-tls-server", [self.haproxy, "-db", "-f", os.path.join(self.work, "server.cfg")],
+                                     self.server_log, SERVER_CPU)
+        wait_port(self.tls_port, 10, self.server)
+        self.proc = self.reg.spawn("haproxy-tls-client", [self.haproxy, "-db", "-f", os.path.join(self.work, "client.cfg")],
+                                   self.log_path, SERVER_CPU)
+        wait_port(self.h1_port, 10, self.proc)
