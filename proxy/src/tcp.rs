@@ -39,9 +39,7 @@ where
     let cluster: Option<Arc<Cluster>> = {
         let snap = state.config.load();
         match &side {
-            Side::Upstream(svc) => {
-                snap.service(svc, snap.proxy_namespace()).and_then(|s| snap.clusters.get(&s.key)).cloned()
-            }
+            Side::Upstream(svc) => snap.service(svc).and_then(|s| snap.clusters.get(&s.key)).cloned(),
             Side::Inbound => snap.inbound.as_ref().map(|i| i.cluster.clone()),
             Side::Outbound => None,
         }

@@ -31,6 +31,11 @@ pub struct Snapshot {
     pub clusters: HashMap<Arc<str>, Arc<Cluster>>,
     pub services: HashMap<Arc<str>, Arc<ServiceRoutes>>,
     hosts: HashMap<String, Arc<ServiceRoutes>>,
+    /// The services of the Proxy's upstream ports, by the reference the port names them with:
+    /// looked up on every request of such a port, so a short list compared by string rather
+    /// than a `name.namespace` key hashed each time.
+    upstream_services: Vec<(Box<str>, Arc<ServiceRoutes>)>,
+    proxy_ns: Box<str>,
     pub inbound: Option<Inbound>,
     /// AuthorizationPolicy for calls into the local app; `None` allows every call.
     pub authz: Option<Arc<Authz>>,
@@ -129,9 +134,14 @@ impl Snapshot {
             services.insert(k.clone(), Arc::new(routes));
         }
 
+        let mut upstream_services = Vec::with_capacity(proxy.upstreams.len());
         for (i, up) in proxy.upstreams.iter().enumerate() {
             let k = resolve_ref(&up.service, &proxy_ns);
-            if !services.contains_key(k.as_str()) {
+            if let Some(routes) = services.get(k.as_str()) {
+                if !upstream_services.iter().any(|(r, _): &(Box<str>, _)| **r == *up.service) {
+                    upstream_services.push((up.service.as_str().into(), routes.clone()));
+                }
+            } else {
                 diags.push(
                     source,
                     proxy_doc.metadata.line,
@@ -193,6 +203,8 @@ impl Snapshot {
             clusters,
             services,
             hosts,
+            upstream_services,
+            proxy_ns: proxy_ns.into(),
             inbound,
             authz,
         })
@@ -209,31 +221,20 @@ impl Snapshot {
         None
     }
 
-    /// A service by `name.namespace` or (in the proxy's namespace) by bare name.
-    pub fn service(&self, reference: &str, proxy_ns: &str) -> Option<&Arc<ServiceRoutes>> {
+    /// A service by `name.namespace` or, in the proxy's namespace, by bare name. The services of
+    /// the Proxy's upstream ports are found without building or hashing a key.
+    pub fn service(&self, reference: &str) -> Option<&Arc<ServiceRoutes>> {
+        if let Some((_, routes)) = self.upstream_services.iter().find(|(r, _)| **r == *reference) {
+            return Some(routes);
+        }
         if reference.contains('.') {
             return self.services.get(reference);
         }
-        // `name.namespace` on the stack: upstream ports look their service up per request.
-        let mut buf = [0u8; 256];
-        let len = reference.len() + 1 + proxy_ns.len();
-        if len > buf.len() {
-            return self.services.get(key(reference, proxy_ns).as_str());
-        }
-        buf[..reference.len()].copy_from_slice(reference.as_bytes());
-        buf[reference.len()] = b'.';
-        buf[reference.len() + 1..len].copy_from_slice(proxy_ns.as_bytes());
-        self.services.get(std::str::from_utf8(&buf[..len]).ok()?)
+        self.services.get(key(reference, &self.proxy_ns).as_str())
     }
 
     pub fn proxy_namespace(&self) -> &str {
-        self.documents
-            .iter()
-            .find_map(|d| match d {
-                Document::Proxy(p) => Some(p.metadata.namespace.as_str()),
-                _ => None,
-            })
-            .unwrap_or(weft_api::DEFAULT_NAMESPACE)
+        &self.proxy_ns
     }
 
     /// Every listener address, to tell an operator when a reload changed one (that needs a restart).
@@ -430,10 +431,14 @@ spec:
     #[test]
     fn services_resolve_by_name_in_the_proxy_namespace_or_by_full_name() {
         let snap = build(BASE, None).unwrap();
-        assert_eq!(&*snap.service("payments", "shop").unwrap().key, "payments.shop");
-        assert_eq!(&*snap.service("payments.shop", "other").unwrap().key, "payments.shop");
-        assert!(snap.service("payments", "other").is_none());
-        assert!(snap.service(&"x".repeat(300), "shop").is_none(), "long names take the allocating path");
+        assert_eq!(snap.proxy_namespace(), "shop");
+        // `payments` is an upstream port's service (the pre-resolved list); the others are not.
+        assert_eq!(&*snap.service("payments").unwrap().key, "payments.shop");
+        assert_eq!(&*snap.service("payments.shop").unwrap().key, "payments.shop");
+        assert_eq!(&*snap.service("payments-v2").unwrap().key, "payments-v2.shop");
+        assert_eq!(&*snap.service("ledger.finance").unwrap().key, "ledger.finance");
+        assert!(snap.service("ledger").is_none(), "a bare name means the proxy's own namespace");
+        assert!(snap.service(&"x".repeat(300)).is_none());
     }
 
     #[test]

@@ -129,10 +129,9 @@ fn is_tcp(state: &ProxyState, side: &Side) -> bool {
     let snap = state.config.load();
     match side {
         Side::Outbound => false,
-        Side::Upstream(svc) => snap
-            .service(svc, snap.proxy_namespace())
-            .and_then(|s| snap.clusters.get(&s.key))
-            .is_some_and(|c| c.protocol == Protocol::Tcp),
+        Side::Upstream(svc) => {
+            snap.service(svc).and_then(|s| snap.clusters.get(&s.key)).is_some_and(|c| c.protocol == Protocol::Tcp)
+        }
         Side::Inbound => snap.inbound.as_ref().is_some_and(|i| i.cluster.protocol == Protocol::Tcp),
     }
 }

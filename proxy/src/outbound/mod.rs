@@ -22,7 +22,7 @@ pub async fn handle(
     let (rule, max_body) = {
         let snap = state.config.load();
         let routes = match bound_service {
-            Some(svc) => snap.service(svc, snap.proxy_namespace()),
+            Some(svc) => snap.service(svc),
             None => headers::request_host(&req).and_then(|h| snap.lookup_host(h)),
         };
         let Some(routes) = routes else {
