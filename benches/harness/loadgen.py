@@ -50,7 +50,7 @@ def all_workloads(rates: list[int], idle_conns: int) -> list[Workload]:
         Workload("churn-c16", "connection churn: a new connection per request, 16 at a time (wrk, Connection: close)",
                  "wrk", 16, churn=True),
         Workload("h2-16x10", "HTTP/2 (h2c prior knowledge), 16 clients x 10 streams (h2load)", "h2load", 16, streams=10),
-        Workload("grpc-unary", "gRPC unary over h2c, 16 clients x 10 streams, 15-byte request, 34-byte reply and "
+        Workload("grpc-unary", "gRPC unary over h2c, 16 clients x 10 streams, 15-byte request, 35-byte reply and "
                  "trailers (h2load)", "h2load", 16, streams=10, grpc=True),
     ]
     for r in rates:
