@@ -31,8 +31,8 @@ sys.dont_write_bytecode = True  # no __pycache__ in the work tree
 from loadgen import IdleConns, Workload, all_workloads, oha_flags, run_h2load, run_oha, run_wrk  # noqa: E402
 from procs import (HarnessError, Registry, children_cpu, cpu_of, machine_busy, mem_of, reset_hwm,  # noqa: E402
                    self_cpu, CpuTimes)
-from targets import (LOAD_CPU, SERVER_CPU, Backend, Direct, Haproxy, HaproxyTls, NginxProxy, Target, Weft,  # noqa: E402
-                     WeftMesh)
+from targets import (LOAD_CPU, SERVER_CPU, Backend, Direct, Haproxy, HaproxyTls, NginxProxy, PairTarget,  # noqa: E402
+                     Target, Weft, WeftMesh)
 import report  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -380,7 +380,7 @@ def main(argv: list[str]) -> int:
                     failures.append(f"{name} failed to start: {str(e).splitlines()[0]}")
                 if t.proc is not None:
                     reg.stop(t.proc)
-                if isinstance(t, (WeftMesh, HaproxyTls)) and t.server is not None:
+                if isinstance(t, PairTarget) and t.server is not None:
                     reg.stop(t.server)
         live = [t for t in targets if not t.skip_reason and not t.error]
         if not live:

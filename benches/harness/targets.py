@@ -59,6 +59,23 @@ http {{
 """
 
 
+def _haproxy_common(extra_global: str = "") -> str:
+    """haproxy's global and defaults sections, the same for every haproxy the harness runs."""
+    return f"""global
+    nbthread 1
+    maxconn 8000
+{extra_global}
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 600s
+    timeout server 600s
+    timeout http-keep-alive 600s
+    option http-keep-alive
+    http-reuse always
+"""
+
+
 class Server:
     """A long-running process (tree) started by the harness."""
 
@@ -272,19 +289,7 @@ class Haproxy(Target):
         return "h2c from the client, h2c to the backend"
 
     def start(self) -> None:
-        conf = f"""global
-    nbthread 1
-    maxconn 8000
-
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 600s
-    timeout server 600s
-    timeout http-keep-alive 600s
-    option http-keep-alive
-    http-reuse always
-
+        conf = _haproxy_common() + f"""
 frontend fe_h1
     bind 127.0.0.1:{self.h1_port}
     default_backend be_h1
@@ -406,7 +411,20 @@ class Weft(Target):
         wait_port(self.h1_port, 5, self.proc)
 
 
-class WeftMesh(Target):
+class PairTarget(Target):
+    """A target made of two processes: the client side (`proc`, which the load talks to) and the
+    server side (`server`). Its CPU and memory are both processes'."""
+
+    server: subprocess.Popen | None = None
+
+    def pids(self) -> list[int]:
+        out = super().pids()
+        if self.server is not None and self.server.poll() is None:
+            out += tree(self.server.pid)
+        return out
+
+
+class WeftMesh(PairTarget):
     """weft client proxy -> mTLS -> weft server proxy -> backend: the real mesh path.
 
     Needs `weft ca init|issue` and the proxies' TLS (issue 4). `mode` is `auto` (try, and skip with
@@ -422,23 +440,13 @@ class WeftMesh(Target):
         self.inbound_port, self.admin_c, self.admin_s = free_port(), free_port(), free_port()
         self.log_path = os.path.join(self.work, "client.log")
         self.server_log = os.path.join(self.work, "server.log")
-        self.server: subprocess.Popen | None = None
         if mode == "off":
             self.skip_reason = "skipped (--mesh off)"
-
-    def pids(self) -> list[int]:
-        out = super().pids()
-        if self.server is not None and self.server.poll() is None:
-            out += tree(self.server.pid)
-        return out
-
-    def _ca(self) -> None:
-        issue_certs(self.cli, self.work, {"client": "bench-client", "server": "bench"})
 
     def start(self) -> None:
         if not os.access(self.binary, os.X_OK) or not os.access(self.cli, os.X_OK):
             raise HarnessError("weft-mesh: weft-proxy or weft binary missing")
-        self._ca()
+        issue_certs(self.cli, self.work, {"client": "bench-client", "server": "bench"})
         tls = lambda who: f"  tls: {{certFile: {who}/cert.pem, keyFile: {who}/key.pem, bundleFile: {who}/bundle.pem}}\n"  # noqa: E731
         mesh = "apiVersion: weft.dev/v1alpha1\nkind: Mesh\nmetadata: {name: default}\nspec: {mtls: strict}\n"
         server = weft_config("bench", self.admin_s, services=[{"name": "bench", "protocol": "http", "endpoints": [
@@ -461,7 +469,7 @@ class WeftMesh(Target):
         wait_port(self.h1_port, 5, self.proc)
 
 
-class HaproxyTls(Target):
+class HaproxyTls(PairTarget):
     """The non-mesh equivalent of the mesh path: haproxy (client side) -> TLS with client
     certificates, HTTP/2 -> haproxy (server side) -> backend. Both processes on the server core,
     certificates from the same CA code as the mesh."""
@@ -475,16 +483,9 @@ class HaproxyTls(Target):
         self.h1_port, self.tls_port = free_port(), free_port()
         self.log_path = os.path.join(self.work, "client.log")
         self.server_log = os.path.join(self.work, "server.log")
-        self.server: subprocess.Popen | None = None
 
     def h2_note(self) -> str:
         return "HTTP/1.1 from the client, HTTP/2 over mutual TLS between the two haproxy processes"
-
-    def pids(self) -> list[int]:
-        out = super().pids()
-        if self.server is not None and self.server.poll() is None:
-            out += tree(self.server.pid)
-        return out
 
     def start(self) -> None:
         if not os.access(self.cli, os.X_OK):
@@ -496,21 +497,8 @@ class HaproxyTls(Target):
                     with open(os.path.join(self.work, who, part)) as f:
                         out.write(f.read())
         ca = os.path.join(self.work, "ca", "ca.pem")
-        common = """global
-    nbthread 1
-    maxconn 8000
-    ssl-default-bind-options ssl-min-ver TLSv1.3
-    ssl-default-server-options ssl-min-ver TLSv1.3
-
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 600s
-    timeout server 600s
-    timeout http-keep-alive 600s
-    option http-keep-alive
-    http-reuse always
-"""
+        common = _haproxy_common("    ssl-default-bind-options ssl-min-ver TLSv1.3\n"
+                                 "    ssl-default-server-options ssl-min-ver TLSv1.3\n")
         server = common + f"""
 frontend fe_tls
     bind 127.0.0.1:{self.tls_port} ssl crt {self.work}/server.pem ca-file {ca} verify required alpn h2
