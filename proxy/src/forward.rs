@@ -331,11 +331,10 @@ async fn try_endpoint(
     cluster: &Cluster,
     addr: std::net::SocketAddr,
     identity: Option<&Arc<str>>,
-    req: Request<ReqBody>,
+    mut req: Request<ReqBody>,
 ) -> Result<(Response<UpstreamBody>, Option<Pooled>), TryFailure> {
     let h2 = cluster.protocol.is_h2();
     let connect_timeout = cluster.policy.connect_timeout;
-    let mut req = req;
     let mut fresh = false;
     loop {
         let Some(pending) = cluster.shared.pending.try_acquire() else {
@@ -365,7 +364,9 @@ async fn try_endpoint(
                     None => return Err(TryFailure::Reset(err.into_error().into())),
                 },
             },
-            Conn::Http2 { mut tx, .. } => match tx.send(as_http2(req, cluster)).await {
+            // Boxed: its future is twice HTTP/1.1's, and inline it would be reserved (and
+            // copied through every layer above) in each HTTP/1.1 request's future too.
+            Conn::Http2 { mut tx, .. } => match Box::pin(tx.send(as_http2(req, cluster))).await {
                 Ok(resp) => return Ok((resp.map(UpstreamBody::Http2), None)),
                 Err(connect::H2SendError::NotSent(back, source)) => {
                     (back, connect::ConnectError::Http2 { addr, source })
@@ -469,4 +470,25 @@ pub async fn forward_upgrade(rule: Arc<Rule>, mut req: Request<Incoming>, starte
     }
     let (parts, body) = resp.into_parts();
     Response::from_parts(parts, RespBody::upstream(UpstreamBody::Http1(body), None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future an async fn returns, without calling it.
+    fn future_size<A, B, C, D, F: std::future::Future>(_: impl FnOnce(A, B, C, D) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    #[test]
+    fn a_request_future_stays_small() {
+        // `forward`'s future is boxed per request, and every layer of async fns below it is
+        // moved into it when it starts: a larger one costs memcpy on every request (3.2 KiB
+        // with HTTP/2's send future inline, 2.9 KiB with it boxed).
+        let size = future_size(forward);
+        assert!(size <= 3072, "forward's future is {size} bytes");
+        let size = future_size(try_endpoint);
+        assert!(size <= 1152, "try_endpoint's future is {size} bytes");
+    }
 }

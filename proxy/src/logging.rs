@@ -22,14 +22,14 @@ pub struct LogHandle(reload::Handle<Targets, tracing_subscriber::Registry>);
 impl LogHandle {
     pub fn set(&self, filter: &str) -> Result<(), String> {
         let targets: Targets = filter.trim().parse().map_err(|e| format!("invalid log filter {filter:?}: {e}"))?;
-        self.0.reload(targets).map_err(|e| e.to_string())
+        self.0.reload(with_access(targets)).map_err(|e| e.to_string())
     }
 }
 
 /// Installs the global subscriber. `level` is a filter such as `info` or `weft_proxy=debug,info`.
 pub fn init(format: LogFormat, level: &str) -> Result<LogHandle, String> {
     let targets: Targets = level.parse().map_err(|e| format!("invalid log level {level:?}: {e}"))?;
-    let (filter, handle) = reload::Layer::new(targets);
+    let (filter, handle) = reload::Layer::new(with_access(targets));
     let registry = tracing_subscriber::registry().with(filter);
     let result = match format {
         LogFormat::Json => registry
@@ -41,4 +41,32 @@ pub fn init(format: LogFormat, level: &str) -> Result<LogHandle, String> {
     };
     result.map_err(|e| e.to_string())?;
     Ok(LogHandle(handle))
+}
+
+/// Lets access lines through whatever the level: `accessLog: true` with `level: warn` must
+/// still log each request. The lines are only emitted while the access log is on, so this
+/// costs nothing when it is off; a filter that names `access` itself (`access=off`) wins.
+fn with_access(targets: Targets) -> Targets {
+    if targets.iter().any(|(target, _)| target == "access") {
+        targets
+    } else {
+        targets.with_target("access", tracing::Level::INFO)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing::Level;
+    use tracing_subscriber::filter::Targets;
+
+    use super::with_access;
+
+    #[test]
+    fn access_lines_pass_any_level_unless_the_filter_names_them() {
+        let warn = with_access("warn".parse::<Targets>().unwrap());
+        assert!(warn.would_enable("access", &Level::INFO));
+        assert!(!warn.would_enable("weft_proxy::forward", &Level::INFO));
+        let off = with_access("warn,access=off".parse::<Targets>().unwrap());
+        assert!(!off.would_enable("access", &Level::INFO));
+    }
 }

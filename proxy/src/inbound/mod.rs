@@ -5,50 +5,47 @@ pub mod authz;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
-use http::{Request, Response};
+use http::Request;
 use hyper::body::Incoming;
 
-use crate::forward;
-use crate::http::body::RespBody;
 use crate::http::errors::ProxyError;
+use crate::routing::Rule;
 use crate::state::ProxyState;
 
 /// Header through which the app learns the caller's verified identity. Whatever a client sent
 /// under this name is removed first, so the app can trust it.
 pub const CLIENT_ID_HEADER: &str = "weft-client-id";
 
-/// `caller` is the verified SPIFFE id of the peer proxy (`None` for plaintext).
-pub async fn handle(
+/// Admits a call to the local app: checks the AuthorizationPolicy, and sets `weft-client-id`
+/// to `caller`, the verified SPIFFE id of the peer proxy (`None` for plaintext), removing
+/// whatever a client sent under that name. Returns the rule and the body limit, or the error
+/// to answer with. Synchronous, like `outbound::route`.
+pub fn admit(
     state: &ProxyState,
     peer: SocketAddr,
-    caller: Option<Arc<str>>,
-    mut req: Request<Incoming>,
-    started: Instant,
-) -> Response<RespBody> {
+    caller: Option<&str>,
+    req: &mut Request<Incoming>,
+) -> Result<(Arc<Rule>, u64), ProxyError> {
     let (rule, max_body) = {
         let snap = state.config.load();
         let Some(inbound) = &snap.inbound else {
-            return ProxyError::NoEndpoints.response();
+            return Err(ProxyError::NoEndpoints);
         };
         if let Some(authz) = &snap.authz {
-            let decision = authz.check(caller.as_deref(), Some(req.method()), Some(req.uri().path()));
+            let decision = authz.check(caller, Some(req.method()), Some(req.uri().path()));
             if !decision.allowed {
-                tracing::info!(%peer, caller = caller.as_deref().unwrap_or("(none: plaintext)"), method = %req.method(),
+                tracing::info!(%peer, caller = caller.unwrap_or("(none: plaintext)"), method = %req.method(),
                     path = req.uri().path(), rule = decision.rule.unwrap_or("default"), "denied by AuthorizationPolicy");
-                return ProxyError::Unauthorized.response();
+                return Err(ProxyError::Unauthorized);
             }
         }
         (inbound.rule.clone(), snap.proxy.http.max_body_bytes)
     };
     let headers = req.headers_mut();
     headers.remove(CLIENT_ID_HEADER);
-    if let Some(id) = caller.as_deref().and_then(|id| http::HeaderValue::from_str(id).ok()) {
+    if let Some(id) = caller.and_then(|id| http::HeaderValue::from_str(id).ok()) {
         headers.insert(CLIENT_ID_HEADER, id);
     }
-    if forward::is_upgrade(&req) {
-        return Box::pin(forward::forward_upgrade(rule, req, started)).await;
-    }
-    forward::forward(rule, req, started, max_body).await
+    Ok((rule, max_body))
 }

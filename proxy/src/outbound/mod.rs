@@ -1,43 +1,37 @@
 //! The local app's own calls to other services: find the service (by the listener it arrived
-//! on, or by Host), pick the route rule, and forward.
+//! on, or by Host) and pick the route rule; `forward` does the rest.
 
-use std::time::Instant;
+use std::sync::Arc;
 
-use http::{Request, Response};
+use http::Request;
 use hyper::body::Incoming;
 
-use crate::forward;
-use crate::http::body::RespBody;
 use crate::http::errors::ProxyError;
 use crate::http::headers;
+use crate::routing::Rule;
 use crate::state::ProxyState;
 
-/// `bound_service` is set for upstream ports, which always mean one service.
-pub async fn handle(
+/// Finds the route rule for the app's call: the service by the listener it arrived on
+/// (`bound_service`, set for upstream ports) or by Host, then the first matching rule. Returns
+/// the rule and the body limit, or the error to answer with. Synchronous, so the request's
+/// future (boxed once by the server) holds only the forwarding that follows.
+pub fn route(
     state: &ProxyState,
     bound_service: Option<&str>,
-    req: Request<Incoming>,
-    started: Instant,
-) -> Response<RespBody> {
-    let (rule, max_body) = {
-        let snap = state.config.load();
-        let routes = match bound_service {
-            Some(svc) => snap.service(svc),
-            None => headers::request_host(&req).and_then(|h| snap.lookup_host(h)),
-        };
-        let Some(routes) = routes else {
-            tracing::debug!(host = ?headers::request_host(&req), "no service for this host");
-            return ProxyError::UnknownService.response();
-        };
-        let Some(rule) = routes.find(req.method(), req.uri().path(), req.headers()) else {
-            tracing::debug!(service = %routes.key, path = req.uri().path(), "no route rule matches");
-            return ProxyError::NoRoute.response();
-        };
-        (rule.clone(), snap.proxy.http.max_body_bytes)
+    req: &Request<Incoming>,
+) -> Result<(Arc<Rule>, u64), ProxyError> {
+    let snap = state.config.load();
+    let routes = match bound_service {
+        Some(svc) => snap.service(svc),
+        None => headers::request_host(req).and_then(|h| snap.lookup_host(h)),
     };
-    if forward::is_upgrade(&req) {
-        // Boxed: rare, and its future would otherwise enlarge every request's.
-        return Box::pin(forward::forward_upgrade(rule, req, started)).await;
-    }
-    forward::forward(rule, req, started, max_body).await
+    let Some(routes) = routes else {
+        tracing::debug!(host = ?headers::request_host(req), "no service for this host");
+        return Err(ProxyError::UnknownService);
+    };
+    let Some(rule) = routes.find(req.method(), req.uri().path(), req.headers()) else {
+        tracing::debug!(service = %routes.key, path = req.uri().path(), "no route rule matches");
+        return Err(ProxyError::NoRoute);
+    };
+    Ok((rule.clone(), snap.proxy.http.max_body_bytes))
 }

@@ -165,3 +165,34 @@ async fn shutdown_needs_post() {
     assert_eq!(proxy.wait_exit(Duration::from_millis(300)).await, None, "the proxy exited after GET /shutdown");
     assert_eq!(proxy.admin_get("/ready").await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_has_one_line_per_request_with_its_outcome() {
+    let api = Backend::start("api").await;
+    let proxy = Proxy::start(ProxyConfig {
+        proxy_spec: "log: {format: text, level: warn, accessLog: true}".to_string(),
+        policy: service("api", "http", &[api.addr()]),
+        ..Default::default()
+    })
+    .await;
+    let resp = must(proxy.outbound(), &Req::get("/logged?q=1").host("api")).await;
+    assert_eq!(resp.status, 200);
+    let resp = must(proxy.outbound(), &Req::get("/nowhere").host("nosuchservice")).await;
+    assert_eq!(resp.status, 404);
+
+    let lines = eventually("two access log lines", Duration::from_secs(10), || async {
+        let logs = proxy.logs();
+        let lines: Vec<String> = logs.lines().filter(|l| l.contains("access")).map(str::to_string).collect();
+        (lines.len() >= 2).then_some(lines)
+    })
+    .await;
+    assert_eq!(lines.len(), 2, "one line per request:\n{}", lines.join("\n"));
+    let ok = &lines[0];
+    for want in ["direction=\"outbound\"", "method=GET", "uri=/logged?q=1", "status=200", "micros="] {
+        assert!(ok.contains(want), "{want} missing from {ok}");
+    }
+    let err = &lines[1];
+    for want in ["uri=/nowhere", "status=404", "proxy_error=\"unknown-service\""] {
+        assert!(err.contains(want), "{want} missing from {err}");
+    }
+}
