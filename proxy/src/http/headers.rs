@@ -98,6 +98,13 @@ pub fn to_http1<B>(req: &mut Request<B>) {
 
 /// Rewrites the request for an HTTP/2 upstream: absolute target (scheme + authority) and no Host.
 pub fn to_http2<B>(req: &mut Request<B>, fallback_authority: &Authority) {
+    let uri = req.uri();
+    if uri.scheme() == Some(&Scheme::HTTP) && uri.authority().is_some() && uri.path_and_query().is_some() {
+        // Already absolute (an HTTP/2 client's request): keep its URI rather than rebuild it.
+        req.headers_mut().remove(header::HOST);
+        *req.version_mut() = Version::HTTP_2;
+        return;
+    }
     let authority = req
         .uri()
         .authority()
@@ -176,6 +183,18 @@ mod tests {
         to_http1(&mut req);
         assert_eq!(req.uri().to_string(), "/v1/a?b=c");
         assert_eq!(req.headers().get(header::HOST).unwrap(), "payments");
+    }
+
+    #[test]
+    fn an_absolute_http_target_is_kept_for_http2_and_https_becomes_http() {
+        let mut req = Request::get("http://api.internal:8080/a?b=1").header("host", "other").body(()).unwrap();
+        to_http2(&mut req, &Authority::from_static("127.0.0.1:1"));
+        assert_eq!(req.uri().to_string(), "http://api.internal:8080/a?b=1");
+        assert!(req.headers().get("host").is_none(), "the authority replaces Host");
+        assert_eq!(req.version(), Version::HTTP_2);
+        let mut req = Request::get("https://api.internal/a").body(()).unwrap();
+        to_http2(&mut req, &Authority::from_static("127.0.0.1:1"));
+        assert_eq!(req.uri().to_string(), "http://api.internal/a", "the hop to the upstream is plaintext");
     }
 
     #[test]
