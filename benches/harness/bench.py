@@ -96,6 +96,7 @@ def ensure_oha(install: bool) -> tuple[str | None, str]:
         return None, "oha is not installed (and --no-install)"
     log(f"building oha with `cargo install oha --locked --root {root}` (several minutes, once)")
     env = dict(os.environ, CARGO_TARGET_DIR=os.path.join(cache_dir(), "oha-target"))
+    os.makedirs(cache_dir(), exist_ok=True)  # a fresh machine has no cache folder yet
     with open(os.path.join(cache_dir(), "oha-install.log"), "w") as lf:
         r = subprocess.run(["cargo", "install", "oha", "--locked", "--root", root], env=env, stdout=lf,
                            stderr=subprocess.STDOUT)
