@@ -77,7 +77,7 @@ pub async fn serve_plaintext(
 /// An idle HTTP/1.1 connection's whole cost is this future plus hyper's read buffer, so its
 /// layout matters: the connection is pinned here, once, and `drive` borrows it (an async fn
 /// keeps a slot for each argument and each pinned local, so passing it by value stored it
-/// twice), and the handler's state lives only in the service closure.
+/// twice), and the handler's state lives only in the `Handler` hyper holds.
 pub async fn serve<S>(
     stream: S,
     version: Version,
@@ -93,7 +93,7 @@ pub async fn serve<S>(
         let snap = state.config.load();
         (snap.proxy.http.header_read_timeout, snap.proxy.http.max_header_bytes)
     };
-    let service = service(peer, side, state.clone(), caller);
+    let service = Handler { state: state.clone(), side, peer, caller };
     let io = TokioIo::new(stream);
     let result = match version {
         Version::Http1 => {
@@ -132,12 +132,7 @@ pub async fn serve<S>(
     }
 }
 
-/// The per-request service hyper calls.
-fn service(peer: SocketAddr, side: Side, state: Arc<ProxyState>, caller: Option<Arc<str>>) -> Handler {
-    Handler { state, side, peer, caller }
-}
-
-/// What a connection's requests share.
+/// The service hyper calls for each request of a connection: what its requests share.
 #[derive(Clone)]
 struct Handler {
     state: Arc<ProxyState>,
