@@ -99,27 +99,24 @@ pub fn to_http1<B>(req: &mut Request<B>) {
 /// Rewrites the request for an HTTP/2 upstream: absolute target (scheme + authority) and no Host.
 pub fn to_http2<B>(req: &mut Request<B>, fallback_authority: &Authority) {
     let uri = req.uri();
-    if uri.scheme() == Some(&Scheme::HTTP) && uri.authority().is_some() && uri.path_and_query().is_some() {
-        // Already absolute (an HTTP/2 client's request): keep its URI rather than rebuild it.
-        req.headers_mut().remove(header::HOST);
-        *req.version_mut() = Version::HTTP_2;
-        return;
+    // An HTTP/2 client's request is already absolute: its URI is kept rather than rebuilt.
+    let absolute = uri.scheme() == Some(&Scheme::HTTP) && uri.authority().is_some() && uri.path_and_query().is_some();
+    if !absolute {
+        let authority = uri
+            .authority()
+            .cloned()
+            .or_else(|| req.headers().get(header::HOST).and_then(|h| Authority::try_from(h.as_bytes()).ok()))
+            .unwrap_or_else(|| fallback_authority.clone());
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(authority);
+        parts.path_and_query =
+            req.uri().path_and_query().cloned().or_else(|| Some(http::uri::PathAndQuery::from_static("/")));
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
     }
-    let authority = req
-        .uri()
-        .authority()
-        .cloned()
-        .or_else(|| req.headers().get(header::HOST).and_then(|h| Authority::try_from(h.as_bytes()).ok()))
-        .unwrap_or_else(|| fallback_authority.clone());
     req.headers_mut().remove(header::HOST);
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(authority);
-    parts.path_and_query =
-        req.uri().path_and_query().cloned().or_else(|| Some(http::uri::PathAndQuery::from_static("/")));
-    if let Ok(uri) = Uri::from_parts(parts) {
-        *req.uri_mut() = uri;
-    }
     *req.version_mut() = Version::HTTP_2;
 }
 
