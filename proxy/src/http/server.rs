@@ -133,7 +133,6 @@ pub async fn serve<S>(
 }
 
 /// The service hyper calls for each request of a connection: what its requests share.
-#[derive(Clone)]
 struct Handler {
     state: Arc<ProxyState>,
     side: Side,
@@ -149,7 +148,9 @@ impl hyper::service::Service<Request<Incoming>> for Handler {
     fn call(&self, req: Request<Incoming>) -> ResponseFuture {
         let started = Instant::now();
         if crate::logging::access_log_enabled() {
-            return ResponseFuture(Box::pin(handle_logged(self.clone(), req, started)));
+            let (method, uri) = (req.method().clone(), req.uri().clone());
+            let resp = self.respond(req, started);
+            return ResponseFuture(Box::pin(logged(resp, self.side.direction(), self.peer, method, uri, started)));
         }
         ResponseFuture(self.respond(req, started))
     }
@@ -192,14 +193,20 @@ impl Future for ResponseFuture {
     }
 }
 
-async fn handle_logged(h: Handler, req: Request<Incoming>, started: Instant) -> Response<RespBody> {
-    let method = req.method().clone();
-    let uri = req.uri().clone();
-    let resp = h.respond(req, started).await;
+/// Awaits the response and writes its access log line.
+async fn logged(
+    resp: BoxedResponse,
+    direction: &'static str,
+    peer: SocketAddr,
+    method: http::Method,
+    uri: http::Uri,
+    started: Instant,
+) -> Response<RespBody> {
+    let resp = resp.await;
     tracing::info!(
         target: "access",
-        direction = h.side.direction(),
-        peer = %h.peer,
+        direction,
+        %peer,
         %method,
         %uri,
         status = resp.status().as_u16(),
