@@ -12,6 +12,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::balance::{InFlight, PickError};
+use crate::clock;
 use crate::connect::{self, Conn, Pooled};
 use crate::http::body::{BodyEnd, BoxError, MAX_REPLAY_BYTES, ReqBody, RespBody, UpstreamBody};
 use crate::http::errors::ProxyError;
@@ -65,30 +66,32 @@ pub async fn forward(rule: Arc<Rule>, req: Request<Incoming>, started: Instant, 
     };
     // Not boxed on its own: the server boxes the whole request future once (http/server.rs),
     // and a second allocation here cost more than the copies it saved (callgrind).
-    let inner = forward_inner(&rule, &cluster, req, max_body);
+    let inner = forward_inner(&rule, &cluster, req, max_body, started);
     let result = match rule.timeout {
-        Some(t) => match tokio::time::timeout(t, inner).await {
+        // The deadline counts from `started`: no second clock reading.
+        Some(t) => match tokio::time::timeout_at((started + t).into(), inner).await {
             Ok(r) => r,
             Err(_) => Err(ProxyError::Timeout),
         },
         None => inner.await,
     };
     match result {
-        Ok((resp, pooled)) => {
+        Ok(Answer { resp, pooled, at }) => {
             let status = resp.status().as_u16();
             let is_grpc = is_grpc_response(&resp);
             let (parts, body) = resp.into_parts();
+            let took = at.saturating_duration_since(started).as_secs_f64();
             let grpc = if is_grpc {
                 // Trailers-only gRPC responses carry the status in the headers.
                 match parts.headers.get("grpc-status") {
                     Some(s) => {
-                        record(&rule.metrics, status, s.as_bytes() != b"0", started);
+                        rule.metrics.record(status, s.as_bytes() != b"0", took);
                         None
                     }
                     None => Some(GrpcRecord { rule: rule.clone(), status, started }),
                 }
             } else {
-                record(&rule.metrics, status, false, started);
+                rule.metrics.record(status, false, took);
                 None
             };
             let end = BodyEnd { pooled, permit: Some(permit), grpc };
@@ -199,17 +202,32 @@ impl ReplayHead {
     }
 }
 
+/// A usable upstream response, its pooled connection, and when its head arrived (read once,
+/// for the endpoint's latency and the route's duration metric).
+struct Answer {
+    resp: Response<UpstreamBody>,
+    pooled: Option<Pooled>,
+    at: Instant,
+}
+
+/// `started` (when the request arrived) is the clock reading the first try uses for the budget,
+/// the pick, the endpoint's latency and pool expiry; later tries read the clock again.
 async fn forward_inner(
     rule: &Rule,
     cluster: &Cluster,
     req: Request<Incoming>,
     max_body: u64,
-) -> Result<(Response<UpstreamBody>, Option<Pooled>), ProxyError> {
+    started: Instant,
+) -> Result<Answer, ProxyError> {
     let shared = &cluster.shared;
-    shared.budget.deposit();
-    let (req, replay) = match prepare(rule, cluster, req, max_body)? {
-        Prepared::Ready(ready) => ready,
-        Prepared::Collect(parts, body) => Box::pin(collect(cluster, parts, body)).await?,
+    shared.budget.deposit_at(clock::nanos_at(started));
+    // Reading a replayable body takes as long as the client sends it: the clock is read again.
+    let (first_at, (req, replay)) = match prepare(rule, cluster, req, max_body)? {
+        Prepared::Ready(ready) => (started, ready),
+        Prepared::Collect(parts, body) => {
+            let ready = Box::pin(collect(cluster, parts, body)).await?;
+            (Instant::now(), ready)
+        }
     };
     let mut pending: Option<Request<ReqBody>> = Some(req);
     let mut tried = [usize::MAX; 8];
@@ -225,7 +243,9 @@ async fn forward_inner(
                 None => return Err(last_error),
             },
         };
-        let idx = match cluster.set.pick(&tried[..tries.min(tried.len())]) {
+        let try_at = if tries == 0 { first_at } else { Instant::now() };
+        let now = clock::nanos_at(try_at);
+        let idx = match cluster.set.pick_at(&tried[..tries.min(tried.len())], now) {
             Ok(i) => i,
             Err(PickError::NoEndpoints) => return Err(ProxyError::NoEndpoints),
             Err(PickError::AllEjected) => return Err(ProxyError::CircuitOpen),
@@ -235,27 +255,31 @@ async fn forward_inner(
         }
         tries += 1;
         let endpoint = &cluster.set.endpoints()[idx];
-        let guard = endpoint.start();
+        let guard = endpoint.start_at(now);
         let identity = endpoint.identity.as_ref();
         let outcome = match rule.retry.per_try_timeout {
-            None => try_endpoint(cluster, endpoint.addr, identity, req).await,
+            None => try_endpoint(cluster, endpoint.addr, identity, req, try_at).await,
             // Boxed: only routes with a per-try timeout pay for the timer's larger future.
-            Some(t) => Box::pin(tokio::time::timeout(t, try_endpoint(cluster, endpoint.addr, identity, req)))
-                .await
-                .unwrap_or(Err(TryFailure::Timeout)),
+            Some(t) => Box::pin(tokio::time::timeout_at(
+                (try_at + t).into(),
+                try_endpoint(cluster, endpoint.addr, identity, req, try_at),
+            ))
+            .await
+            .unwrap_or(Err(TryFailure::Timeout)),
         };
         let mut limit = max_retries;
         let retry_reason = match outcome {
             Ok((resp, pooled)) => {
                 let status = resp.status().as_u16();
                 if status < 500 {
-                    cluster.set.on_success(idx, guard);
-                    return Ok((resp, pooled));
+                    let at = Instant::now();
+                    cluster.set.on_success_at(guard, clock::nanos_at(at));
+                    return Ok(Answer { resp, pooled, at });
                 }
                 report_failure(cluster, idx, guard);
                 // Without a retry left, the backend's own answer is the client's answer.
                 if !(rule.retry.on_status(status) && replay.is_some() && may_retry(cluster, retries, max_retries)) {
-                    return Ok((resp, pooled));
+                    return Ok(Answer { resp, pooled, at: Instant::now() });
                 }
                 // Dropping the response closes its connection rather than reading a body we discard.
                 drop((resp, pooled));
@@ -356,6 +380,7 @@ async fn try_endpoint(
     addr: std::net::SocketAddr,
     identity: Option<&Arc<str>>,
     mut req: Request<ReqBody>,
+    now: Instant,
 ) -> Result<(Response<UpstreamBody>, Option<Pooled>), TryFailure> {
     let h2 = cluster.protocol.is_h2();
     let connect_timeout = cluster.policy.connect_timeout;
@@ -368,7 +393,7 @@ async fn try_endpoint(
             Some(id) => crate::tls::connect::checkout(addr, id, connect_timeout, fresh)
                 .await
                 .map(|(tx, reused)| Conn::Http2 { tx, reused }),
-            None => connect::checkout(addr, h2, connect_timeout, fresh).await,
+            None => connect::checkout(addr, h2, connect_timeout, fresh, now).await,
         };
         drop(pending);
         let conn = match conn {
@@ -456,7 +481,9 @@ pub async fn forward_upgrade(rule: Arc<Rule>, mut req: Request<Incoming>, starte
     parts.headers.remove("proxy-connection");
     let mut up_req = Request::from_parts(parts, ReqBody::Streaming(body));
     headers::to_http1(&mut up_req);
-    let mut tx = match connect::checkout(endpoint.addr, false, cluster.policy.connect_timeout, true).await {
+    let mut tx = match connect::checkout(endpoint.addr, false, cluster.policy.connect_timeout, true, Instant::now())
+        .await
+    {
         Ok(Conn::Http1 { tx, .. }) => tx,
         Ok(Conn::Http2 { .. }) => return finish_error(&rule, ProxyError::BadRequest, started),
         Err(e) => {
@@ -499,11 +526,7 @@ pub async fn forward_upgrade(rule: Arc<Rule>, mut req: Request<Incoming>, starte
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The size of the future an async fn returns, without calling it.
-    fn future_size<A, B, C, D, F: std::future::Future>(_: impl FnOnce(A, B, C, D) -> F) -> usize {
-        std::mem::size_of::<F>()
-    }
+    use crate::test_support::future_size;
 
     #[test]
     fn a_request_future_stays_small() {

@@ -24,4 +24,6 @@ pub mod runtime;
 pub mod state;
 pub mod target;
 pub mod tcp;
+#[cfg(test)]
+mod test_support;
 pub mod tls;

@@ -55,7 +55,7 @@ impl Endpoint {
         self.start_at(now_nanos())
     }
 
-    pub(super) fn start_at(self: &Arc<Self>, now: u64) -> InFlight {
+    pub fn start_at(self: &Arc<Self>, now: u64) -> InFlight {
         self.in_flight.fetch_add(1, Relaxed);
         InFlight { endpoint: Arc::clone(self), started: now }
     }

@@ -52,7 +52,7 @@ impl EndpointSet {
         self.pick_at(exclude, now_nanos())
     }
 
-    pub(super) fn pick_at(&self, exclude: &[usize], now: u64) -> Result<usize, PickError> {
+    pub fn pick_at(&self, exclude: &[usize], now: u64) -> Result<usize, PickError> {
         match self.endpoints.len() {
             0 => return Err(PickError::NoEndpoints),
             1 if self.endpoints[0].health.is_ejected(now) => return Err(PickError::AllEjected),
@@ -75,7 +75,7 @@ impl EndpointSet {
         self.on_success_at(guard, now_nanos());
     }
 
-    pub(super) fn on_success_at(&self, guard: InFlight, now: u64) {
+    pub fn on_success_at(&self, guard: InFlight, now: u64) {
         let endpoint = guard.endpoint();
         endpoint.latency.observe(guard.elapsed_nanos(now) as f64, now);
         endpoint.health.on_success(now);

@@ -165,11 +165,13 @@ pub fn sweep_idle() {
 }
 
 /// A connection to `addr`: pooled when one is free (unless `fresh`), else a new one.
+/// `now` is a recent clock reading, for idle expiry.
 pub async fn checkout(
     addr: SocketAddr,
     h2: bool,
     connect_timeout: Duration,
     fresh: bool,
+    now: Instant,
 ) -> Result<Conn, ConnectError> {
     if h2 {
         if !fresh && let Some(tx) = POOL.with(|p| p.borrow().h2.get(&addr).filter(|tx| !tx.is_closed()).cloned()) {
@@ -182,7 +184,6 @@ pub async fn checkout(
         return Ok(Conn::Http2 { tx, reused: false });
     }
     if !fresh {
-        let now = Instant::now();
         while let Some(mut tx) = POOL.with(|p| p.borrow_mut().take_h1(addr, now)) {
             // Normally ready at once; a connection that broke while idle is dropped here.
             if tx.ready().await.is_ok() {

@@ -57,7 +57,8 @@ impl RetryBudget {
         self.try_withdraw_at(now_nanos())
     }
 
-    fn deposit_at(&self, now: u64) {
+    /// [`deposit`](Self::deposit) at a `clock::now_nanos()` reading the caller already has.
+    pub fn deposit_at(&self, now: u64) {
         let second = second_of(now);
         count(&self.deposits[slot_of(second)], second);
     }
