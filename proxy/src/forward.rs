@@ -56,7 +56,13 @@ enum TryFailure {
 }
 
 /// Forwards `req` according to `rule` and returns the response to send to the client.
-/// `started` is when the proxy received the request (for the duration metric).
+/// `started` is when the proxy received the request (for the duration metric, and the clock
+/// reading the first try uses for the budget, the pick, the endpoint's latency and pool
+/// expiry; later tries read the clock again).
+///
+/// All of it runs in this one async fn: awaiting another async fn moves that fn's whole
+/// future into this one's (twice per request, 2.2 KiB each, in callgrind), and the route
+/// timeout wrapped it once more. The route's deadline bounds each wait instead.
 pub async fn forward(rule: Arc<Rule>, req: Request<Incoming>, started: Instant, max_body: u64) -> Response<RespBody> {
     let cluster = rule.pick_backend().clone();
     let Some(permit) = cluster.shared.limit.try_acquire() else {
@@ -64,41 +70,184 @@ pub async fn forward(rule: Arc<Rule>, req: Request<Incoming>, started: Instant, 
             "rejected: too many requests in flight to the service; raise limits.maxConcurrentRequests or add capacity");
         return finish_error(&rule, ProxyError::ConcurrencyLimit, started);
     };
-    // Not boxed on its own: the server boxes the whole request future once (http/server.rs),
-    // and a second allocation here cost more than the copies it saved (callgrind).
-    let inner = forward_inner(&rule, &cluster, req, max_body, started);
-    let result = match rule.timeout {
-        // The deadline counts from `started`: no second clock reading.
-        Some(t) => match tokio::time::timeout_at((started + t).into(), inner).await {
-            Ok(r) => r,
-            Err(_) => Err(ProxyError::Timeout),
-        },
-        None => inner.await,
+    let deadline = rule.timeout.map(|t| started + t);
+    let shared = &cluster.shared;
+    shared.budget.deposit_at(clock::nanos_at(started));
+    let prepared = match prepare(&rule, &cluster, req, max_body) {
+        Ok(p) => p,
+        Err(e) => return finish_error(&rule, e, started),
     };
-    match result {
-        Ok(Answer { resp, pooled, at }) => {
-            let status = resp.status().as_u16();
-            let is_grpc = is_grpc_response(&resp);
-            let (parts, body) = resp.into_parts();
-            let took = at.saturating_duration_since(started).as_secs_f64();
-            let grpc = if is_grpc {
-                // Trailers-only gRPC responses carry the status in the headers.
-                match parts.headers.get("grpc-status") {
-                    Some(s) => {
-                        rule.metrics.record(status, s.as_bytes() != b"0", took);
-                        None
-                    }
-                    None => Some(GrpcRecord { rule: rule.clone(), status, started }),
-                }
-            } else {
-                rule.metrics.record(status, false, took);
-                None
+    // Reading a replayable body takes as long as the client sends it: the clock is read again.
+    let (first_at, (req, replay)) = match prepared {
+        Prepared::Ready(ready) => (started, ready),
+        Prepared::Collect(parts, body) => {
+            let collecting = Box::pin(collect(&cluster, parts, body));
+            let ready = match deadline {
+                None => collecting.await,
+                Some(d) => tokio::time::timeout_at(d.into(), collecting).await.unwrap_or(Err(ProxyError::Timeout)),
             };
-            let end = BodyEnd { pooled, permit: Some(permit), grpc };
-            Response::from_parts(parts, RespBody::upstream(body, Some(end)))
+            match ready {
+                Ok(ready) => (Instant::now(), ready),
+                Err(e) => return finish_error(&rule, e, started),
+            }
         }
-        Err(e) => finish_error(&rule, e, started),
-    }
+    };
+    let mut pending: Option<Request<ReqBody>> = Some(req);
+    let mut tried = [usize::MAX; 8];
+    let mut tries = 0usize;
+    let mut retries = 0u32;
+    let max_retries = rule.retry.attempts;
+    let mut last_error = ProxyError::ConnectFailed;
+    let failed = loop {
+        let req = match pending.take() {
+            Some(r) => r,
+            None => match &replay {
+                Some(head) => head.build(),
+                None => break last_error,
+            },
+        };
+        let try_at = if tries == 0 { first_at } else { Instant::now() };
+        let now = clock::nanos_at(try_at);
+        let idx = match cluster.set.pick_at(&tried[..tries.min(tried.len())], now) {
+            Ok(i) => i,
+            Err(PickError::NoEndpoints) => break ProxyError::NoEndpoints,
+            Err(PickError::AllEjected) => break ProxyError::CircuitOpen,
+        };
+        if tries < tried.len() {
+            tried[tries] = idx;
+        }
+        tries += 1;
+        let endpoint = &cluster.set.endpoints()[idx];
+        let guard = endpoint.start_at(now);
+        let identity = endpoint.identity.as_ref();
+        // The try ends at its own timeout or at the route's deadline, whichever comes first.
+        let ends_at = match (rule.retry.per_try_timeout, deadline) {
+            (None, d) => d,
+            (Some(t), None) => Some(try_at + t),
+            (Some(t), Some(d)) => Some((try_at + t).min(d)),
+        };
+        let outcome = match ends_at {
+            None => try_endpoint(&cluster, endpoint.addr, identity, req, try_at).await,
+            Some(at) => {
+                match tokio::time::timeout_at(at.into(), try_endpoint(&cluster, endpoint.addr, identity, req, try_at))
+                    .await
+                {
+                    Ok(outcome) => outcome,
+                    // The route's deadline: no time is left for another try.
+                    Err(_) if Some(at) == deadline => {
+                        drop(guard);
+                        break ProxyError::Timeout;
+                    }
+                    Err(_) => Err(TryFailure::Timeout),
+                }
+            }
+        };
+        let mut limit = max_retries;
+        let retry_reason = match outcome {
+            Ok((resp, pooled)) => {
+                let status = resp.status().as_u16();
+                if status < 500 {
+                    let at = Instant::now();
+                    cluster.set.on_success_at(guard, clock::nanos_at(at));
+                    return respond(&rule, resp, pooled, permit, started, at);
+                }
+                report_failure(&cluster, idx, guard);
+                // Without a retry left, the backend's own answer is the client's answer.
+                if !(rule.retry.on_status(status) && replay.is_some() && may_retry(&cluster, retries, max_retries)) {
+                    return respond(&rule, resp, pooled, permit, started, Instant::now());
+                }
+                // Dropping the response closes its connection rather than reading a body we discard.
+                drop((resp, pooled));
+                retries += 1;
+                shared.metrics.retries_5xx.inc();
+                if !backoff(&rule, retries, deadline).await {
+                    break ProxyError::Timeout;
+                }
+                continue;
+            }
+            Err(TryFailure::Connect(req, e)) => {
+                tracing::warn!(service = %cluster.name, endpoint = %endpoint.addr, error = %e, "connect failed; trying another endpoint");
+                report_failure(&cluster, idx, guard);
+                last_error = match e {
+                    connect::ConnectError::Tls { .. } => ProxyError::TlsFailed,
+                    _ => ProxyError::ConnectFailed,
+                };
+                pending = Some(req);
+                // Nothing was sent, so any method may go to another endpoint.
+                limit = max_retries.max(CONNECT_RETRIES);
+                &shared.metrics.retries_connect
+            }
+            Err(TryFailure::Reset(e)) => {
+                tracing::debug!(service = %cluster.name, endpoint = %endpoint.addr, error = %e, "upstream connection broke");
+                if is_body_too_large(&e) {
+                    // The client's body broke the limit mid-stream; the upstream is not to blame.
+                    drop(guard);
+                    break ProxyError::BodyTooLarge;
+                }
+                report_failure(&cluster, idx, guard);
+                last_error = ProxyError::UpstreamReset;
+                if !(rule.retry.on_reset && replay.is_some()) {
+                    break last_error;
+                }
+                &shared.metrics.retries_reset
+            }
+            Err(TryFailure::PendingLimit) => {
+                drop(guard);
+                tracing::warn!(service = %cluster.name, limit = cluster.policy.limits.max_pending_requests,
+                    "rejected: too many requests waiting for connections; raise limits.maxPendingRequests or add capacity");
+                break ProxyError::PendingLimit;
+            }
+            Err(TryFailure::Timeout) => {
+                report_failure(&cluster, idx, guard);
+                last_error = ProxyError::Timeout;
+                if !(rule.retry.on_timeout && replay.is_some()) {
+                    break last_error;
+                }
+                &shared.metrics.retries_timeout
+            }
+        };
+        if !may_retry(&cluster, retries, limit) {
+            break last_error;
+        }
+        retries += 1;
+        retry_reason.inc();
+        if !backoff(&rule, retries, deadline).await {
+            break ProxyError::Timeout;
+        }
+    };
+    finish_error(&rule, failed, started)
+}
+
+/// The client's response from the upstream's: records the outcome (a gRPC call's once its
+/// trailers arrive) and keeps the connection and the concurrency permit until the body ends.
+/// `at` is when the upstream's head arrived.
+fn respond(
+    rule: &Arc<Rule>,
+    resp: Response<UpstreamBody>,
+    pooled: Option<Pooled>,
+    permit: crate::balance::Permit,
+    started: Instant,
+    at: Instant,
+) -> Response<RespBody> {
+    let status = resp.status().as_u16();
+    let is_grpc = is_grpc_response(&resp);
+    let (parts, body) = resp.into_parts();
+    let took = at.saturating_duration_since(started).as_secs_f64();
+    let grpc = if is_grpc {
+        // Trailers-only gRPC responses carry the status in the headers.
+        match parts.headers.get("grpc-status") {
+            Some(s) => {
+                rule.metrics.record(status, s.as_bytes() != b"0", took);
+                None
+            }
+            None => Some(GrpcRecord { rule: rule.clone(), status, started }),
+        }
+    } else {
+        rule.metrics.record(status, false, took);
+        None
+    };
+    let end = BodyEnd { pooled, permit: Some(permit), grpc };
+    Response::from_parts(parts, RespBody::upstream(body, Some(end)))
 }
 
 fn is_grpc_response<B>(resp: &Response<B>) -> bool {
@@ -202,142 +351,6 @@ impl ReplayHead {
     }
 }
 
-/// A usable upstream response, its pooled connection, and when its head arrived (read once,
-/// for the endpoint's latency and the route's duration metric).
-struct Answer {
-    resp: Response<UpstreamBody>,
-    pooled: Option<Pooled>,
-    at: Instant,
-}
-
-/// `started` (when the request arrived) is the clock reading the first try uses for the budget,
-/// the pick, the endpoint's latency and pool expiry; later tries read the clock again.
-async fn forward_inner(
-    rule: &Rule,
-    cluster: &Cluster,
-    req: Request<Incoming>,
-    max_body: u64,
-    started: Instant,
-) -> Result<Answer, ProxyError> {
-    let shared = &cluster.shared;
-    shared.budget.deposit_at(clock::nanos_at(started));
-    // Reading a replayable body takes as long as the client sends it: the clock is read again.
-    let (first_at, (req, replay)) = match prepare(rule, cluster, req, max_body)? {
-        Prepared::Ready(ready) => (started, ready),
-        Prepared::Collect(parts, body) => {
-            let ready = Box::pin(collect(cluster, parts, body)).await?;
-            (Instant::now(), ready)
-        }
-    };
-    let mut pending: Option<Request<ReqBody>> = Some(req);
-    let mut tried = [usize::MAX; 8];
-    let mut tries = 0usize;
-    let mut retries = 0u32;
-    let max_retries = rule.retry.attempts;
-    let mut last_error = ProxyError::ConnectFailed;
-    loop {
-        let req = match pending.take() {
-            Some(r) => r,
-            None => match &replay {
-                Some(head) => head.build(),
-                None => return Err(last_error),
-            },
-        };
-        let try_at = if tries == 0 { first_at } else { Instant::now() };
-        let now = clock::nanos_at(try_at);
-        let idx = match cluster.set.pick_at(&tried[..tries.min(tried.len())], now) {
-            Ok(i) => i,
-            Err(PickError::NoEndpoints) => return Err(ProxyError::NoEndpoints),
-            Err(PickError::AllEjected) => return Err(ProxyError::CircuitOpen),
-        };
-        if tries < tried.len() {
-            tried[tries] = idx;
-        }
-        tries += 1;
-        let endpoint = &cluster.set.endpoints()[idx];
-        let guard = endpoint.start_at(now);
-        let identity = endpoint.identity.as_ref();
-        let outcome = match rule.retry.per_try_timeout {
-            None => try_endpoint(cluster, endpoint.addr, identity, req, try_at).await,
-            // Boxed: only routes with a per-try timeout pay for the timer's larger future.
-            Some(t) => Box::pin(tokio::time::timeout_at(
-                (try_at + t).into(),
-                try_endpoint(cluster, endpoint.addr, identity, req, try_at),
-            ))
-            .await
-            .unwrap_or(Err(TryFailure::Timeout)),
-        };
-        let mut limit = max_retries;
-        let retry_reason = match outcome {
-            Ok((resp, pooled)) => {
-                let status = resp.status().as_u16();
-                if status < 500 {
-                    let at = Instant::now();
-                    cluster.set.on_success_at(guard, clock::nanos_at(at));
-                    return Ok(Answer { resp, pooled, at });
-                }
-                report_failure(cluster, idx, guard);
-                // Without a retry left, the backend's own answer is the client's answer.
-                if !(rule.retry.on_status(status) && replay.is_some() && may_retry(cluster, retries, max_retries)) {
-                    return Ok(Answer { resp, pooled, at: Instant::now() });
-                }
-                // Dropping the response closes its connection rather than reading a body we discard.
-                drop((resp, pooled));
-                retries += 1;
-                shared.metrics.retries_5xx.inc();
-                backoff(rule, retries).await;
-                continue;
-            }
-            Err(TryFailure::Connect(req, e)) => {
-                tracing::warn!(service = %cluster.name, endpoint = %endpoint.addr, error = %e, "connect failed; trying another endpoint");
-                report_failure(cluster, idx, guard);
-                last_error = match e {
-                    connect::ConnectError::Tls { .. } => ProxyError::TlsFailed,
-                    _ => ProxyError::ConnectFailed,
-                };
-                pending = Some(req);
-                // Nothing was sent, so any method may go to another endpoint.
-                limit = max_retries.max(CONNECT_RETRIES);
-                &shared.metrics.retries_connect
-            }
-            Err(TryFailure::Reset(e)) => {
-                tracing::debug!(service = %cluster.name, endpoint = %endpoint.addr, error = %e, "upstream connection broke");
-                if is_body_too_large(&e) {
-                    // The client's body broke the limit mid-stream; the upstream is not to blame.
-                    drop(guard);
-                    return Err(ProxyError::BodyTooLarge);
-                }
-                report_failure(cluster, idx, guard);
-                last_error = ProxyError::UpstreamReset;
-                if !(rule.retry.on_reset && replay.is_some()) {
-                    return Err(last_error);
-                }
-                &shared.metrics.retries_reset
-            }
-            Err(TryFailure::PendingLimit) => {
-                drop(guard);
-                tracing::warn!(service = %cluster.name, limit = cluster.policy.limits.max_pending_requests,
-                    "rejected: too many requests waiting for connections; raise limits.maxPendingRequests or add capacity");
-                return Err(ProxyError::PendingLimit);
-            }
-            Err(TryFailure::Timeout) => {
-                report_failure(cluster, idx, guard);
-                last_error = ProxyError::Timeout;
-                if !(rule.retry.on_timeout && replay.is_some()) {
-                    return Err(last_error);
-                }
-                &shared.metrics.retries_timeout
-            }
-        };
-        if !may_retry(cluster, retries, limit) {
-            return Err(last_error);
-        }
-        retries += 1;
-        retry_reason.inc();
-        backoff(rule, retries).await;
-    }
-}
-
 /// Whether a send failed because the request body exceeded `maxBodyBytes` while streaming.
 fn is_body_too_large(e: &BoxError) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
@@ -364,10 +377,22 @@ fn may_retry(cluster: &Cluster, retries: u32, limit: u32) -> bool {
     true
 }
 
-async fn backoff(rule: &Rule, retries: u32) {
+/// Waits before retry number `retries`; false when the route's deadline comes first.
+async fn backoff(rule: &Rule, retries: u32, deadline: Option<Instant>) -> bool {
     let wait = crate::retry::backoff(retries, rule.retry.backoff_base, rule.retry.backoff_max);
-    if !wait.is_zero() {
-        tokio::time::sleep(wait).await;
+    if wait.is_zero() {
+        return deadline.is_none_or(|d| Instant::now() < d);
+    }
+    let until = Instant::now() + wait;
+    match deadline {
+        Some(d) if d <= until => {
+            tokio::time::sleep_until(d.into()).await;
+            false
+        }
+        _ => {
+            tokio::time::sleep_until(until.into()).await;
+            true
+        }
     }
 }
 

@@ -251,6 +251,32 @@ async fn route_timeout_returns_504_within_the_deadline() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_try_timeouts_retry_until_the_route_deadline_ends_them() {
+    let api = Backend::start("api").await;
+    let route = document(
+        "Route",
+        "api",
+        "service: api\nrules:\n  - match: {pathPrefix: /}\n    backends: [{service: api, weight: 1}]\n    timeout: 700ms\n    \
+         retry: {attempts: 10, on: [timeout], perTryTimeout: 200ms, backoffBase: 1ms, backoffMax: 2ms}\n",
+    );
+    let policy = service("api", "http", &[api.addr()])
+        + &route
+        + &traffic_policy("outlierDetection: {consecutiveFailures: 1000, baseEjection: 30s}");
+    let proxy = Proxy::start(ProxyConfig { policy, ..Default::default() }).await;
+
+    let start = Instant::now();
+    let resp = must(proxy.outbound(), &Req::get("/delay/5000").host("api")).await;
+    let took = start.elapsed();
+    assert_eq!(resp.status, 504, "{resp:?}");
+    assert_eq!(resp.proxy_error(), Some("timeout"));
+    // Tries start at about 0, 200, 400 and 600 ms; the route's deadline cuts the last one.
+    assert!(took >= Duration::from_millis(690), "504 before the route's deadline: {took:?}");
+    assert!(took < Duration::from_millis(1700), "504 took {took:?}, deadline 700 ms + 1 s slack");
+    let hits = api.hits();
+    assert!((3..=5).contains(&hits), "each per-try timeout led to a retry, within the deadline: {hits} tries");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_endpoint_gives_502_connect_failed_without_hanging() {
     let dead = free_addr();
     let policy = service("api", "http", &[dead])
