@@ -174,12 +174,22 @@ impl Handler {
             Ok((rule, _)) if crate::forward::is_upgrade(&req) => {
                 Box::pin(crate::forward::forward_upgrade(rule, req, started))
             }
-            Ok((rule, max_body)) => Box::pin(crate::forward::forward(rule, req, started, max_body)),
+            Ok((rule, max_body)) => boxed_in_place(|| crate::forward::forward(rule, req, started, max_body)),
         }
     }
 }
 
 type BoxedResponse = Pin<Box<dyn Future<Output = Response<RespBody>> + Send>>;
+
+/// Boxes the future `build` returns, allocating first so that the future can be built in the
+/// box rather than on the stack and copied in.
+fn boxed_in_place<F>(build: impl FnOnce() -> F) -> BoxedResponse
+where
+    F: Future<Output = Response<RespBody>> + Send + 'static,
+{
+    let boxed: Pin<Box<F>> = Box::into_pin(Box::write(Box::new_uninit(), build()));
+    boxed
+}
 
 /// What hyper gets for each request: the boxed response future, which never fails (errors are
 /// responses). Boxed, because hyper keeps a slot of its type for the whole life of an HTTP/1.1
