@@ -7,8 +7,7 @@ static EPOCH: OnceLock<Instant> = OnceLock::new();
 
 /// Nanoseconds since the first call in this process (never 0 after the first call returns).
 pub fn now_nanos() -> u64 {
-    let epoch = *EPOCH.get_or_init(Instant::now);
-    Instant::now().duration_since(epoch).as_nanos() as u64 + 1
+    nanos_at(Instant::now())
 }
 
 /// The reading `now_nanos()` would have given at `at`, for callers that already read the

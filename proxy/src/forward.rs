@@ -263,7 +263,7 @@ fn finish_error(rule: &Rule, e: ProxyError, started: Instant) -> Response<RespBo
 /// may need it again. Returns the request and a copy of its head for replays.
 ///
 /// Synchronous unless the body must be buffered: an async fn here was one more future moved
-/// into `forward_inner`'s on every request, and its result moved out again.
+/// into `forward`'s on every request, and its result moved out again.
 fn prepare(rule: &Rule, cluster: &Cluster, req: Request<Incoming>, max_body: u64) -> Result<Prepared, ProxyError> {
     let (mut parts, body) = req.into_parts();
     let declared_len = body.size_hint().exact();
@@ -400,12 +400,13 @@ async fn backoff(rule: &Rule, retries: u32, deadline: Option<Instant>) -> bool {
 /// written (the keep-alive race) is replaced by a fresh one at once: nothing was sent, so this
 /// is safe for any method and is not counted as a retry.
 /// `identity` set means a meshed peer proxy: mTLS + HTTP/2 whatever the service's protocol.
+/// `try_at` is when the try started, the clock reading pooled connections expire against.
 async fn try_endpoint(
     cluster: &Cluster,
     addr: std::net::SocketAddr,
     identity: Option<&Arc<str>>,
     mut req: Request<ReqBody>,
-    now: Instant,
+    try_at: Instant,
 ) -> Result<(Response<UpstreamBody>, Option<Pooled>), TryFailure> {
     let h2 = cluster.protocol.is_h2();
     let connect_timeout = cluster.policy.connect_timeout;
@@ -418,7 +419,7 @@ async fn try_endpoint(
             Some(id) => crate::tls::connect::checkout(addr, id, connect_timeout, fresh)
                 .await
                 .map(|(tx, reused)| Conn::Http2 { tx, reused }),
-            None => connect::checkout(addr, h2, connect_timeout, fresh, now).await,
+            None => connect::checkout(addr, h2, connect_timeout, fresh, try_at).await,
         };
         drop(pending);
         let conn = match conn {
@@ -506,9 +507,7 @@ pub async fn forward_upgrade(rule: Arc<Rule>, mut req: Request<Incoming>, starte
     parts.headers.remove("proxy-connection");
     let mut up_req = Request::from_parts(parts, ReqBody::Streaming(body));
     headers::to_http1(&mut up_req);
-    let mut tx = match connect::checkout(endpoint.addr, false, cluster.policy.connect_timeout, true, Instant::now())
-        .await
-    {
+    let mut tx = match connect::checkout(endpoint.addr, false, cluster.policy.connect_timeout, true, started).await {
         Ok(Conn::Http1 { tx, .. }) => tx,
         Ok(Conn::Http2 { .. }) => return finish_error(&rule, ProxyError::BadRequest, started),
         Err(e) => {

@@ -199,7 +199,7 @@ pub struct ResponseFuture(BoxedResponse);
 impl Future for ResponseFuture {
     type Output = Result<Response<RespBody>, Infallible>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
         self.0.as_mut().poll(cx).map(Ok)
     }
 }
@@ -334,7 +334,7 @@ mod tests {
         };
         assert!(matches!(r, Ok(Ok(()))), "drive ended once draining started: {r:?}");
         assert!(conn.asked, "the connection was asked to finish gracefully");
-        assert!(conn.polls >= 5, "polled on every wake-up and after the request: {}", conn.polls);
+        assert!(conn.polls >= 5, "polled on every wake-up and after the drain: {}", conn.polls);
     }
 
     /// Polls `f` once with the test task's waker.

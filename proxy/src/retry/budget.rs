@@ -47,17 +47,13 @@ impl RetryBudget {
         self.min_per_second.store(min_per_second, Relaxed);
     }
 
-    /// Once per original request (not per retry).
-    pub fn deposit(&self) {
-        self.deposit_at(now_nanos());
-    }
-
     /// Before each retry: true to go ahead, false when the budget is spent (do not retry).
     pub fn try_withdraw(&self) -> bool {
         self.try_withdraw_at(now_nanos())
     }
 
-    /// [`deposit`](Self::deposit) at a `clock::now_nanos()` reading the caller already has.
+    /// Once per original request (not per retry), at a `clock::now_nanos()` reading the caller
+    /// already has.
     pub fn deposit_at(&self, now: u64) {
         let second = second_of(now);
         count(&self.deposits[slot_of(second)], second);
@@ -231,7 +227,7 @@ mod tests {
     #[test]
     fn uses_the_process_clock() {
         let b = RetryBudget::new(0.0, 1);
-        b.deposit();
+        b.deposit_at(now_nanos());
         assert!(b.try_withdraw());
     }
 }

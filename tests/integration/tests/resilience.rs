@@ -7,14 +7,31 @@ use weft_integration::metrics::metric_sum;
 use weft_integration::net::free_addr;
 use weft_integration::{Backend, Limit, Proxy, ProxyConfig, Req, document, eventually, run_load, service};
 
+/// A Route sending every path of `api` to it, with `settings` (YAML lines such as `timeout: 1s`)
+/// on its one rule.
+fn api_route(settings: &[&str]) -> String {
+    let mut rule =
+        "service: api\nrules:\n  - match: {pathPrefix: /}\n    backends: [{service: api, weight: 1}]\n".to_string();
+    for line in settings {
+        rule += &format!("    {line}\n");
+    }
+    document("Route", "api", &rule)
+}
+
 fn retry_route(retry: &str) -> String {
-    document(
-        "Route",
-        "api",
-        &format!(
-            "service: api\nrules:\n  - match: {{pathPrefix: /}}\n    backends: [{{service: api, weight: 1}}]\n    retry: {retry}\n"
-        ),
-    )
+    api_route(&[&format!("retry: {retry}")])
+}
+
+/// Sends a call the backend holds for 5 s and checks that the proxy answers it with its own
+/// 504 between the route's `deadline` and a second after it.
+async fn assert_cut_at(outbound: std::net::SocketAddr, deadline: Duration) {
+    let start = Instant::now();
+    let resp = must(outbound, &Req::get("/delay/5000").host("api")).await;
+    let took = start.elapsed();
+    assert_eq!(resp.status, 504, "{resp:?}");
+    assert_eq!(resp.proxy_error(), Some("timeout"));
+    assert!(took >= deadline - Duration::from_millis(10), "504 before the {deadline:?} deadline: {took:?}");
+    assert!(took < deadline + Duration::from_secs(1), "504 took {took:?}, deadline {deadline:?} + 1 s slack");
 }
 
 fn traffic_policy(spec: &str) -> String {
@@ -229,11 +246,7 @@ async fn concurrency_limit_answers_503_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_timeout_returns_504_within_the_deadline() {
     let api = Backend::start("api").await;
-    let route = document(
-        "Route",
-        "api",
-        "service: api\nrules:\n  - match: {pathPrefix: /}\n    backends: [{service: api, weight: 1}]\n    timeout: 300ms\n",
-    );
+    let route = api_route(&["timeout: 300ms"]);
     let proxy =
         Proxy::start(ProxyConfig { policy: service("api", "http", &[api.addr()]) + &route, ..Default::default() })
             .await;
@@ -241,37 +254,23 @@ async fn route_timeout_returns_504_within_the_deadline() {
     let resp = must(proxy.outbound(), &Req::get("/delay/20").host("api")).await;
     assert_eq!(resp.status, 200, "a fast request is not cut: {resp:?}");
 
-    let start = Instant::now();
-    let resp = must(proxy.outbound(), &Req::get("/delay/5000").host("api")).await;
-    let took = start.elapsed();
-    assert_eq!(resp.status, 504, "{resp:?}");
-    assert_eq!(resp.proxy_error(), Some("timeout"));
-    assert!(took >= Duration::from_millis(290), "504 before the deadline: {took:?}");
-    assert!(took < Duration::from_millis(1300), "504 took {took:?}, deadline 300 ms + 1 s slack");
+    assert_cut_at(proxy.outbound(), Duration::from_millis(300)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_try_timeouts_retry_until_the_route_deadline_ends_them() {
     let api = Backend::start("api").await;
-    let route = document(
-        "Route",
-        "api",
-        "service: api\nrules:\n  - match: {pathPrefix: /}\n    backends: [{service: api, weight: 1}]\n    timeout: 700ms\n    \
-         retry: {attempts: 10, on: [timeout], perTryTimeout: 200ms, backoffBase: 1ms, backoffMax: 2ms}\n",
-    );
+    let route = api_route(&[
+        "timeout: 700ms",
+        "retry: {attempts: 10, on: [timeout], perTryTimeout: 200ms, backoffBase: 1ms, backoffMax: 2ms}",
+    ]);
     let policy = service("api", "http", &[api.addr()])
         + &route
         + &traffic_policy("outlierDetection: {consecutiveFailures: 1000, baseEjection: 30s}");
     let proxy = Proxy::start(ProxyConfig { policy, ..Default::default() }).await;
 
-    let start = Instant::now();
-    let resp = must(proxy.outbound(), &Req::get("/delay/5000").host("api")).await;
-    let took = start.elapsed();
-    assert_eq!(resp.status, 504, "{resp:?}");
-    assert_eq!(resp.proxy_error(), Some("timeout"));
     // Tries start at about 0, 200, 400 and 600 ms; the route's deadline cuts the last one.
-    assert!(took >= Duration::from_millis(690), "504 before the route's deadline: {took:?}");
-    assert!(took < Duration::from_millis(1700), "504 took {took:?}, deadline 700 ms + 1 s slack");
+    assert_cut_at(proxy.outbound(), Duration::from_millis(700)).await;
     let hits = api.hits();
     assert!((3..=5).contains(&hits), "each per-try timeout led to a retry, within the deadline: {hits} tries");
 }
