@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::client::{self, Req};
-use crate::net::free_addr;
+use crate::net::{free_addr, free_addrs};
 use crate::tempdir::TempDir;
 
 /// Short, so tests see a closed stream's instance leave quickly and restarts warm up fast.
@@ -36,7 +36,9 @@ impl ControlPlane {
     pub async fn start_at(policy: &str, listen: SocketAddr) -> ControlPlane {
         let dir = TempDir::new("control");
         std::fs::create_dir_all(dir.path().join("policy")).expect("create policy dir");
-        let mut cp = ControlPlane { child: None, dir, listen, admin: free_addr(), starts: 0 };
+        // Of two distinct free addresses at most one can be `listen`.
+        let admin = free_addrs(2).into_iter().find(|a| *a != listen).expect("a free admin address");
+        let mut cp = ControlPlane { child: None, dir, listen, admin, starts: 0 };
         cp.write_policy(policy);
         cp.restart().await;
         cp

@@ -11,8 +11,16 @@ use tokio::net::TcpStream;
 /// Another socket can take the port before the proxy binds it; `Proxy::start` retries with
 /// fresh ports when that happens.
 pub fn free_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr")
+    free_addrs(1)[0]
+}
+
+/// `n` distinct loopback addresses whose ports were free a moment ago. All `n` are bound before
+/// any is released: picked one after another, the kernel can hand a just-released port out
+/// again, and a proxy given the same port for two listeners refuses its config.
+pub fn free_addrs(n: usize) -> Vec<SocketAddr> {
+    let listeners: Vec<TcpListener> =
+        (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")).collect();
+    listeners.iter().map(|l| l.local_addr().expect("local addr")).collect()
 }
 
 /// Sends `bytes` on a fresh connection and reads until a whole response head has arrived, the

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use crate::client::{self, Req, Resp};
 use crate::config::document;
-use crate::net::free_addr;
+use crate::net::free_addrs;
 use crate::tempdir::TempDir;
 
 /// How long a proxy may take to report ready after it was spawned.
@@ -70,10 +70,13 @@ impl Proxy {
         let config_dir = dir.path().join("config");
         std::fs::create_dir_all(&config_dir).expect("create config dir");
         let config_path = config_dir.join("proxy.yaml");
-        let outbound = free_addr();
-        let admin = free_addr();
-        let inbound = cfg.inbound_app.map(|_| free_addr());
-        let upstreams: Vec<(String, SocketAddr)> = cfg.upstreams.iter().map(|s| (s.clone(), free_addr())).collect();
+        let wanted = 2 + usize::from(cfg.inbound_app.is_some()) + cfg.upstreams.len();
+        let mut addrs = free_addrs(wanted).into_iter();
+        let mut next = || addrs.next().expect("one free address per listener");
+        let outbound = next();
+        let admin = next();
+        let inbound = cfg.inbound_app.map(|_| next());
+        let upstreams: Vec<(String, SocketAddr)> = cfg.upstreams.iter().map(|s| (s.clone(), next())).collect();
         let proxy_doc = proxy_document(cfg, outbound, admin, inbound, &upstreams);
         write_atomically(&config_path, &format!("{proxy_doc}{}", cfg.policy));
         let child = Command::new(crate::bin("weft-proxy"))

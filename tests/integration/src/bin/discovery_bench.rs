@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use weft_integration::TempDir;
 use weft_integration::client::{self, Req};
 use weft_integration::metrics::metric_sum;
-use weft_integration::net::free_addr;
+use weft_integration::net::free_addrs;
 use weft_integration::watch::{Watcher, mentions_endpoint, quantile};
 
 const USAGE: &str = "\
@@ -68,7 +68,8 @@ struct Server {
 
 impl Server {
     async fn start(weft: &Path, policy: &Path, log: &Path) -> Result<Server, String> {
-        let (listen, admin) = (free_addr(), free_addr());
+        let addrs = free_addrs(2);
+        let (listen, admin) = (addrs[0], addrs[1]);
         let child = Command::new(weft)
             .args(["serve", "--policy"])
             .arg(policy)
