@@ -23,6 +23,28 @@ pub fn free_addrs(n: usize) -> Vec<SocketAddr> {
     listeners.iter().map(|l| l.local_addr().expect("local addr")).collect()
 }
 
+/// A loopback address where nothing listens, and where nothing else can start listening while
+/// this lives: its port stays bound to a socket that never listens, so connecting is refused
+/// (a released port can be handed to the next test's backend, which then answers for "dead").
+pub struct DeadAddr {
+    _holder: tokio::net::TcpSocket,
+    addr: SocketAddr,
+}
+
+impl DeadAddr {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+/// A [`DeadAddr`]: for endpoints whose connections must fail.
+pub fn dead_addr() -> DeadAddr {
+    let holder = tokio::net::TcpSocket::new_v4().expect("tcp socket");
+    holder.bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind 127.0.0.1:0");
+    let addr = holder.local_addr().expect("local addr");
+    DeadAddr { _holder: holder, addr }
+}
+
 /// Sends `bytes` on a fresh connection and reads until a whole response head has arrived, the
 /// peer closes, or `limit` passes.
 ///

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use weft_integration::client::must;
 use weft_integration::metrics::{has_metric, metric_sum};
-use weft_integration::net::free_addr;
+use weft_integration::net::dead_addr;
 use weft_integration::{Backend, Proxy, ProxyConfig, Req, document, eventually, service};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,10 +127,10 @@ async fn explain_names_the_route_that_matches() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_level_can_be_changed_at_runtime() {
-    let dead = free_addr();
+    let dead = dead_addr();
     let proxy = Proxy::start(ProxyConfig {
         proxy_spec: "log: {format: text, level: error}".to_string(),
-        policy: service("api", "http", &[dead]),
+        policy: service("api", "http", &[dead.addr()]),
         ..Default::default()
     })
     .await;

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use weft_integration::client::{must, send};
 use weft_integration::metrics::metric_sum;
-use weft_integration::net::free_addr;
+use weft_integration::net::dead_addr;
 use weft_integration::{Backend, Limit, Proxy, ProxyConfig, Req, document, eventually, run_load, service};
 
 /// A Route sending every path of `api` to it, with `settings` (YAML lines such as `timeout: 1s`)
@@ -136,8 +136,8 @@ async fn post_is_not_retried_on_5xx_but_idempotent_methods_are() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_is_retried_on_another_endpoint_when_connect_fails() {
     let live = Backend::start("live").await;
-    let dead = free_addr();
-    let policy = service("api", "http", &[dead, live.addr()])
+    let dead = dead_addr();
+    let policy = service("api", "http", &[dead.addr(), live.addr()])
         + &retry_route("{attempts: 2, on: [connect-failure], backoffBase: 1ms, backoffMax: 5ms}");
     let proxy = Proxy::start(ProxyConfig { policy, ..Default::default() }).await;
 
@@ -277,8 +277,8 @@ async fn per_try_timeouts_retry_until_the_route_deadline_ends_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_endpoint_gives_502_connect_failed_without_hanging() {
-    let dead = free_addr();
-    let policy = service("api", "http", &[dead])
+    let dead = dead_addr();
+    let policy = service("api", "http", &[dead.addr()])
         + &traffic_policy(
             "connectTimeout: 1s\noutlierDetection: {consecutiveFailures: 10000, baseEjection: 30s, maxEjectionPercent: 100}",
         );
@@ -295,8 +295,8 @@ async fn dead_endpoint_gives_502_connect_failed_without_hanging() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_endpoints_ejected_gives_503_circuit_open() {
-    let dead = free_addr();
-    let policy = service("api", "http", &[dead])
+    let dead = dead_addr();
+    let policy = service("api", "http", &[dead.addr()])
         + &traffic_policy(
             "connectTimeout: 1s\noutlierDetection: {consecutiveFailures: 2, baseEjection: 30s, maxEjectionPercent: 100}",
         );
