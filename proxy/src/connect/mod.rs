@@ -1,11 +1,13 @@
-//! Connections to upstreams: TCP connect with a deadline, HTTP/1.1 and HTTP/2 client
-//! handshakes, and the per-worker pool that reuses them.
+//! Connections to upstreams: TCP connect with a deadline, the HTTP/1.1 and HTTP/2 clients,
+//! and the per-worker pool that reuses them.
 
+mod h1conn;
 mod h2conn;
 mod pool;
 
+pub use h1conn::{H1Body, H1Conn, Home, SendError as H1SendError};
 pub use h2conn::{H2Body, H2Conn, SendError as H2SendError, handshake as handshake_h2};
-pub use pool::{Conn, ConnectError, Pooled, checkout, sweep_idle};
+pub use pool::{Conn, ConnectError, checkout, sweep_idle, upgrade_h1};
 
 use std::net::SocketAddr;
 use std::time::Duration;

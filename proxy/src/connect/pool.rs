@@ -2,7 +2,7 @@
 //! the pool is thread-local: checkout and return take no lock and share no cache line.
 //!
 //! HTTP/1.1 connections return to the pool only once their response body was read to the end
-//! (see `http::body::BodyEnd`), so a pooled connection is always free for the next request.
+//! (see `H1Body`), so a pooled connection is always free for the next request.
 //! HTTP/2 connections are shared: one per endpoint per worker, multiplexing every request.
 
 use std::cell::RefCell;
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 
-use super::{H2Conn, connect_tcp, handshake_h2};
+use super::{H1Conn, H2Conn, connect_tcp, handshake_h2};
 use crate::http::body::ReqBody;
 
 /// Idle HTTP/1.1 connections kept per endpoint per worker.
@@ -37,7 +37,7 @@ pub enum ConnectError {
 
 /// A connection ready for one request.
 pub enum Conn {
-    Http1 { tx: http1::SendRequest<ReqBody>, reused: bool },
+    Http1 { conn: H1Conn, reused: bool },
     Http2 { tx: H2Conn, reused: bool },
 }
 
@@ -49,29 +49,19 @@ impl Conn {
     }
 }
 
-/// An HTTP/1.1 connection lent to one request; `release` gives it back.
-pub struct Pooled {
-    addr: SocketAddr,
-    tx: http1::SendRequest<ReqBody>,
-    idle_timeout: Duration,
+/// Returns an HTTP/1.1 connection, free for its next request, to this worker's pool.
+pub(super) fn put_h1(addr: SocketAddr, conn: H1Conn, idle_timeout: Duration) {
+    POOL.with(|p| p.borrow_mut().put_h1(addr, conn, idle_timeout));
 }
 
-impl Pooled {
-    pub fn new(addr: SocketAddr, tx: http1::SendRequest<ReqBody>, idle_timeout: Duration) -> Pooled {
-        Pooled { addr, tx, idle_timeout }
-    }
-
-    /// Returns the connection to this worker's pool (dropping it closes it instead).
-    pub fn release(self) {
-        if self.tx.is_closed() {
-            return;
-        }
-        POOL.with(|p| p.borrow_mut().put_h1(self.addr, self.tx, self.idle_timeout));
-    }
+/// An idle HTTP/1.1 connection to `addr` from this worker's pool, if one is usable.
+#[cfg(test)]
+pub(super) fn take_idle_h1(addr: SocketAddr, now: Instant) -> Option<H1Conn> {
+    POOL.with(|p| p.borrow_mut().take_h1(addr, now))
 }
 
 struct IdleH1 {
-    tx: http1::SendRequest<ReqBody>,
+    conn: H1Conn,
     expires: Instant,
 }
 
@@ -127,19 +117,20 @@ struct Pool {
 }
 
 impl Pool {
-    fn put_h1(&mut self, addr: SocketAddr, tx: http1::SendRequest<ReqBody>, idle_timeout: Duration) {
+    fn put_h1(&mut self, addr: SocketAddr, conn: H1Conn, idle_timeout: Duration) {
         let list = self.h1.entry(addr).or_default();
         if list.len() < MAX_IDLE_PER_ENDPOINT {
-            list.push(IdleH1 { tx, expires: Instant::now() + idle_timeout });
+            list.push(IdleH1 { conn, expires: Instant::now() + idle_timeout });
         }
     }
 
     /// The most recently used live connection (warm caches, and older ones expire first).
-    fn take_h1(&mut self, addr: SocketAddr, now: Instant) -> Option<http1::SendRequest<ReqBody>> {
+    /// One the upstream closed (or wrote to unasked) while idle is dropped here.
+    fn take_h1(&mut self, addr: SocketAddr, now: Instant) -> Option<H1Conn> {
         let list = self.h1.get_mut(&addr)?;
         while let Some(idle) = list.pop() {
-            if idle.expires > now && !idle.tx.is_closed() {
-                return Some(idle.tx);
+            if idle.expires > now && idle.conn.is_usable() {
+                return Some(idle.conn);
             }
         }
         None
@@ -157,7 +148,7 @@ pub fn sweep_idle() {
     POOL.with(|p| {
         let mut p = p.borrow_mut();
         p.h1.retain(|_, list| {
-            list.retain(|idle| idle.expires > now && !idle.tx.is_closed());
+            list.retain(|idle| idle.expires > now && idle.conn.is_usable());
             !list.is_empty()
         });
         p.h2.retain(|_, tx| !tx.is_closed());
@@ -183,22 +174,18 @@ pub async fn checkout(
         POOL.with(|p| p.borrow_mut().h2.insert(addr, tx.clone()));
         return Ok(Conn::Http2 { tx, reused: false });
     }
-    if !fresh {
-        while let Some(mut tx) = POOL.with(|p| p.borrow_mut().take_h1(addr, now)) {
-            // Normally ready at once; a connection that broke while idle is dropped here.
-            if tx.ready().await.is_ok() {
-                return Ok(Conn::Http1 { tx, reused: true });
-            }
-        }
+    if !fresh && let Some(conn) = POOL.with(|p| p.borrow_mut().take_h1(addr, now)) {
+        return Ok(Conn::Http1 { conn, reused: true });
     }
-    let tx = Box::pin(connect_h1(addr, connect_timeout)).await?;
-    Ok(Conn::Http1 { tx, reused: false })
+    let stream = Box::pin(connect_tcp(addr, connect_timeout)).await?;
+    Ok(Conn::Http1 { conn: H1Conn::new(stream), reused: false })
 }
 
-async fn connect_h1(addr: SocketAddr, timeout: Duration) -> Result<http1::SendRequest<ReqBody>, ConnectError> {
-    let stream = connect_tcp(addr, timeout).await?;
+/// Hands a new HTTP/1.1 connection to hyper, for a request that upgrades it (WebSocket and
+/// the like: after `101 Switching Protocols` hyper gives the socket back to be spliced).
+pub async fn upgrade_h1(addr: SocketAddr, conn: H1Conn) -> Result<http1::SendRequest<ReqBody>, ConnectError> {
     let (tx, conn) = http1::Builder::new()
-        .handshake(TokioIo::new(stream))
+        .handshake(TokioIo::new(conn.into_io()))
         .await
         .map_err(|source| ConnectError::Handshake { addr, source })?;
     tokio::spawn(async move {

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::connect::H2Body;
+use crate::connect::{H1Body, H2Body};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -71,20 +71,16 @@ impl Body for ReqBody {
     }
 }
 
-/// Work to do once an upstream response body is finished or dropped: return the connection
-/// to the pool (only when the body was read to the end), release the concurrency permit, and
-/// record a gRPC call's outcome (its status arrives in the trailers).
+/// Work to do once an upstream response body is finished or dropped: release the concurrency
+/// permit, and record a gRPC call's outcome (its status arrives in the trailers). An HTTP/1.1
+/// connection goes back to the pool by itself (see `connect::H1Body`).
 pub struct BodyEnd {
-    pub pooled: Option<crate::connect::Pooled>,
     pub permit: Option<crate::balance::Permit>,
     pub grpc: Option<crate::forward::GrpcRecord>,
 }
 
 impl BodyEnd {
     fn finish(self, complete: bool, trailers: Option<&http::HeaderMap>) {
-        if complete && let Some(pooled) = self.pooled {
-            pooled.release();
-        }
         if let Some(grpc) = self.grpc {
             grpc.finish(complete, trailers);
         }
@@ -92,10 +88,11 @@ impl BodyEnd {
     }
 }
 
-/// A response body as an upstream sends it: from hyper's HTTP/1.1 client, or from an HTTP/2
-/// stream (see `connect::H2Conn`).
+/// A response body as an upstream sends it: from an HTTP/1.1 connection (`connect::H1Conn`),
+/// from hyper's after an upgrade, or from an HTTP/2 stream (`connect::H2Conn`).
 pub enum UpstreamBody {
-    Http1(Incoming),
+    Http1(H1Body),
+    Upgraded(Incoming),
     Http2(H2Body),
 }
 
@@ -105,7 +102,8 @@ impl Body for UpstreamBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            UpstreamBody::Http1(inner) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::Http1(inner) => Pin::new(inner).poll_frame(cx),
+            UpstreamBody::Upgraded(inner) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
             UpstreamBody::Http2(inner) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
         }
     }
@@ -113,6 +111,7 @@ impl Body for UpstreamBody {
     fn is_end_stream(&self) -> bool {
         match self {
             UpstreamBody::Http1(inner) => inner.is_end_stream(),
+            UpstreamBody::Upgraded(inner) => inner.is_end_stream(),
             UpstreamBody::Http2(inner) => inner.is_end_stream(),
         }
     }
@@ -120,6 +119,7 @@ impl Body for UpstreamBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             UpstreamBody::Http1(inner) => inner.size_hint(),
+            UpstreamBody::Upgraded(inner) => inner.size_hint(),
             UpstreamBody::Http2(inner) => inner.size_hint(),
         }
     }

@@ -1,0 +1,1017 @@
+//! The HTTP/1.1 client for upstreams: writes a request and reads its response on a pooled
+//! connection, in the task of the client connection that asked for it.
+//!
+//! hyper's client runs every upstream connection as a task of its own and hands it each request
+//! through a channel and each response back through another, so one proxied request woke three
+//! times as many tasks as it needed, and its connection task read ahead while the response was
+//! still in flight, which made it give up its read buffer (8 KiB reallocated per request).
+//! Here the request's own task writes the request, reads the response head, and reads the body
+//! as the client side asks for it; an idle connection is not read at all, so by the next
+//! request the previous response's bytes are gone and the buffer is reused in place.
+//!
+//! Framing follows RFC 9112 §6: no body for HEAD, 1xx, 204 and 304; `Transfer-Encoding`
+//! (chunked or until close) over `Content-Length`, and a response carrying both is not reused;
+//! otherwise the body runs until the upstream closes. Upgrades stay with hyper
+//! (`forward::forward_upgrade`).
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::http::body::{BoxError, ReqBody};
+
+/// Largest response head accepted (status line and headers).
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Most header fields in a response head (hyper's limit too).
+const MAX_HEADERS: usize = 100;
+/// Longest chunk-size line, extensions included.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+/// Largest trailer section of a chunked response.
+const MAX_TRAILER_BYTES: usize = 16 * 1024;
+/// Free space ensured before each read; a read that fills it doubles it, up to the maximum.
+const READ_SIZE: usize = 8 * 1024;
+const MAX_READ_SIZE: usize = 64 * 1024;
+/// A buffered request body up to this size goes out in the same write as the head.
+const COALESCE_BODY: usize = 16 * 1024;
+
+/// An HTTP/1.1 connection to an upstream, idle between requests.
+pub struct H1Conn {
+    io: TcpStream,
+    /// Bytes read and not yet consumed.
+    buf: BytesMut,
+    /// The request head being written (kept for its allocation).
+    out: Vec<u8>,
+    read_size: usize,
+}
+
+/// Where a connection goes back to once its response body was read to the end.
+#[derive(Clone, Copy)]
+pub struct Home {
+    pub addr: SocketAddr,
+    pub idle_timeout: Duration,
+}
+
+/// A request that produced no response.
+pub enum SendError {
+    /// The connection ended before any byte of a response arrived, and the request's body was
+    /// not consumed: it comes back, to be sent again where that is safe.
+    Closed(Request<ReqBody>, io::Error),
+    /// The request may have been acted on, or its body is gone.
+    Failed(BoxError),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ProtocolError(&'static str);
+
+fn failed(msg: &'static str) -> SendError {
+    SendError::Failed(Box::new(ProtocolError(msg)))
+}
+
+/// How the request body goes out.
+enum Outgoing {
+    /// Everything, head and body, is in `out`.
+    Done,
+    /// The body follows the head as is (declared with Content-Length).
+    Buffered(Bytes),
+    /// The body streams, with a declared length or chunked.
+    Stream { chunked: bool, declared: Option<u64> },
+}
+
+impl H1Conn {
+    pub fn new(io: TcpStream) -> H1Conn {
+        H1Conn { io, buf: BytesMut::new(), out: Vec::new(), read_size: READ_SIZE }
+    }
+
+    /// The socket, for hyper to take over (upgrades). Only for a connection never used.
+    pub fn into_io(self) -> TcpStream {
+        self.io
+    }
+
+    /// Whether an idle connection can take a request: the upstream has neither closed it nor
+    /// sent anything unasked. Costs no system call unless the socket became readable.
+    pub fn is_usable(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// Sends `req` and reads the response head; the body then reads from this connection and
+    /// returns it to this worker's pool when it ends (see `H1Body`).
+    pub async fn send(mut self, mut req: Request<ReqBody>, home: Home) -> Result<Response<H1Body>, SendError> {
+        let mut early = false;
+        match self.encode_head(&req) {
+            Outgoing::Done => {
+                if let Err(e) = self.io.write_all(&self.out).await {
+                    return Err(SendError::Closed(req, e));
+                }
+            }
+            Outgoing::Buffered(body) => {
+                if let Err(e) = self.io.write_all(&self.out).await {
+                    return Err(SendError::Closed(req, e));
+                }
+                if let Err(e) = self.io.write_all(&body).await {
+                    return Err(SendError::Closed(req, e));
+                }
+            }
+            // The head goes out with the first piece of the body. Boxed: its future is large,
+            // and inline it would be reserved (and moved) in every request's future.
+            Outgoing::Stream { chunked, declared } => {
+                early =
+                    Box::pin(self.stream_body(req.body_mut(), chunked, declared)).await.map_err(SendError::Failed)?;
+            }
+        }
+        let head_only = req.method() == Method::HEAD;
+        let mut received = false;
+        let (resp, decode, keep_alive) = loop {
+            if !self.buf.is_empty() {
+                received = true;
+                match parse_head(&mut self.buf, head_only) {
+                    Ok(Some(Parsed::Final(parts))) => break parts,
+                    Ok(Some(Parsed::Informational)) => continue,
+                    Ok(None) if self.buf.len() >= MAX_HEAD_BYTES => {
+                        return Err(failed("upstream response head exceeds 64 KiB"));
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Err(SendError::Failed(e)),
+                }
+            }
+            self.reserve();
+            match self.io.read_buf(&mut self.buf).await {
+                Ok(0) if !received && replayable(&req) => {
+                    let e = io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "upstream closed the connection before responding",
+                    );
+                    return Err(SendError::Closed(req, e));
+                }
+                Ok(0) => return Err(failed("upstream closed the connection before the response head ended")),
+                Ok(_) => {}
+                Err(e) if !received && replayable(&req) => return Err(SendError::Closed(req, e)),
+                Err(e) => return Err(SendError::Failed(e.into())),
+            }
+        };
+        // A response that came before the request body was all sent leaves the connection
+        // in an unknown state.
+        let keep_alive = keep_alive && !early;
+        let mut body = H1Body { conn: Some(self), decode, keep_alive, home };
+        if body.is_end_stream() {
+            // No body to read (HEAD, 204, 304, Content-Length: 0): free at once.
+            body.finish();
+        }
+        Ok(resp.map(|()| body))
+    }
+
+    /// Writes the request head into `out`, with the body too when it is small and buffered.
+    fn encode_head(&mut self, req: &Request<ReqBody>) -> Outgoing {
+        let out = &mut self.out;
+        out.clear();
+        out.extend_from_slice(req.method().as_str().as_bytes());
+        out.push(b' ');
+        let uri = req.uri();
+        match uri.path_and_query() {
+            Some(pq) if uri.scheme().is_none() => out.extend_from_slice(pq.as_str().as_bytes()),
+            _ => out.extend_from_slice(uri.to_string().as_bytes()),
+        }
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        let mut had_length = false;
+        for (name, value) in req.headers() {
+            // The framing is this hop's own (hop-by-hop headers were removed before).
+            if name == header::CONTENT_LENGTH {
+                had_length = true;
+                continue;
+            }
+            if name == header::TRANSFER_ENCODING || name == header::CONNECTION {
+                continue;
+            }
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        let outgoing = match req.body() {
+            ReqBody::Buffered(None) => {
+                if had_length
+                    || !matches!(
+                        *req.method(),
+                        Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS | Method::TRACE | Method::CONNECT
+                    )
+                {
+                    out.extend_from_slice(b"content-length: 0\r\n");
+                }
+                Outgoing::Done
+            }
+            ReqBody::Buffered(Some(body)) => {
+                push_length(out, body.len() as u64);
+                if body.len() <= COALESCE_BODY {
+                    out.extend_from_slice(b"\r\n");
+                    out.extend_from_slice(body);
+                    return Outgoing::Done;
+                }
+                Outgoing::Buffered(body.clone())
+            }
+            streaming => match streaming.size_hint().exact() {
+                Some(n) => {
+                    push_length(out, n);
+                    Outgoing::Stream { chunked: false, declared: Some(n) }
+                }
+                None => {
+                    out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                    Outgoing::Stream { chunked: true, declared: None }
+                }
+            },
+        };
+        out.extend_from_slice(b"\r\n");
+        outgoing
+    }
+
+    /// Streams the request body after the head (still in `out`), each piece in one write when
+    /// small. Returns true when the upstream answered before the body was all sent (the rest
+    /// is not sent; the response is read next).
+    async fn stream_body(
+        &mut self,
+        body: &mut ReqBody,
+        chunked: bool,
+        declared: Option<u64>,
+    ) -> Result<bool, BoxError> {
+        let mut sent = 0u64;
+        let mut head_sent = false;
+        loop {
+            let frame = tokio::select! {
+                biased;
+                ready = self.io.readable(), if head_sent => {
+                    ready?;
+                    if self.read_early()? {
+                        return Ok(true);
+                    }
+                    continue;
+                }
+                frame = body.frame() => frame,
+            };
+            if head_sent {
+                self.out.clear();
+            }
+            match frame {
+                None => break,
+                Some(Err(e)) => return Err(e),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        sent += data.len() as u64;
+                        if declared.is_some_and(|n| sent > n) {
+                            return Err(Box::new(ProtocolError("request body longer than its Content-Length")));
+                        }
+                        if data.is_empty() {
+                            continue;
+                        }
+                        if chunked {
+                            push_hex(&mut self.out, data.len());
+                        }
+                        if data.len() <= COALESCE_BODY {
+                            self.out.extend_from_slice(&data);
+                            if chunked {
+                                self.out.extend_from_slice(b"\r\n");
+                            }
+                            self.io.write_all(&self.out).await?;
+                        } else {
+                            self.io.write_all(&self.out).await?;
+                            self.io.write_all(&data).await?;
+                            if chunked {
+                                self.io.write_all(b"\r\n").await?;
+                            }
+                        }
+                        head_sent = true;
+                    }
+                    Err(frame) => {
+                        if chunked && let Ok(trailers) = frame.into_trailers() {
+                            self.out.extend_from_slice(b"0\r\n");
+                            for (name, value) in &trailers {
+                                self.out.extend_from_slice(name.as_str().as_bytes());
+                                self.out.extend_from_slice(b": ");
+                                self.out.extend_from_slice(value.as_bytes());
+                                self.out.extend_from_slice(b"\r\n");
+                            }
+                            self.out.extend_from_slice(b"\r\n");
+                            self.io.write_all(&self.out).await?;
+                            return Ok(false);
+                        }
+                    }
+                },
+            }
+        }
+        if declared.is_some_and(|n| sent < n) {
+            return Err(Box::new(ProtocolError("request body shorter than its Content-Length")));
+        }
+        if chunked {
+            self.out.extend_from_slice(b"0\r\n\r\n");
+        }
+        if !self.out.is_empty() {
+            self.io.write_all(&self.out).await?;
+        }
+        Ok(false)
+    }
+
+    /// Reads what the upstream sent while the request body was going out; true once a final
+    /// response head is complete.
+    fn read_early(&mut self) -> Result<bool, BoxError> {
+        self.reserve();
+        match self.io.try_read_buf(&mut self.buf) {
+            Ok(0) => {
+                return Err(Box::new(ProtocolError("upstream closed the connection while the request body was sent")));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+        // An interim response (100 Continue) is consumed here; a final one is left for `send`.
+        loop {
+            let mut peek = self.buf.clone();
+            match parse_head(&mut peek, false)? {
+                Some(Parsed::Informational) => self.buf = peek,
+                Some(Parsed::Final(_)) => return Ok(true),
+                None if self.buf.len() >= MAX_HEAD_BYTES => {
+                    return Err(Box::new(ProtocolError("upstream response head exceeds 64 KiB")));
+                }
+                None => return Ok(false),
+            }
+        }
+    }
+
+    /// Makes room for the next read, reusing the buffer in place when nothing else holds it.
+    fn reserve(&mut self) {
+        if self.buf.capacity() - self.buf.len() < self.read_size / 2 {
+            self.buf.reserve(self.read_size);
+        }
+    }
+
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        self.reserve();
+        let room = self.buf.capacity() - self.buf.len();
+        let n = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf))?;
+        if n == room && self.read_size < MAX_READ_SIZE {
+            self.read_size *= 2;
+        }
+        Poll::Ready(Ok(n))
+    }
+}
+
+/// Whether the request can be sent again as it is: its body was never consumed.
+fn replayable(req: &Request<ReqBody>) -> bool {
+    matches!(req.body(), ReqBody::Buffered(_))
+}
+
+fn push_length(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(b"content-length: ");
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn push_hex(out: &mut Vec<u8>, n: usize) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = HEX[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+    out.extend_from_slice(b"\r\n");
+}
+
+enum Parsed {
+    /// A 1xx response other than 101, consumed from the buffer.
+    Informational,
+    /// The response head (consumed), how its body is framed, and whether the connection can
+    /// take another request after it.
+    Final((Response<()>, Decode, bool)),
+}
+
+/// Parses a response head at the start of `buf`. `None` until it is complete. Header values
+/// share the buffer's memory (no copies).
+fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, BoxError> {
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    // Offsets of each field's name and value in the head (the parser borrows the buffer,
+    // which is then split off).
+    let mut spans = [[0u32; 4]; MAX_HEADERS];
+    let (len, code, version, count) = {
+        let mut resp = httparse::Response::new(&mut []);
+        let status = httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut resp, buf, &mut fields)
+            .map_err(|e| Box::new(ProtocolError(parse_error(e))) as BoxError)?;
+        let httparse::Status::Complete(len) = status else {
+            return Ok(None);
+        };
+        let base = buf.as_ptr() as usize;
+        for (span, field) in spans.iter_mut().zip(resp.headers.iter()) {
+            let name = field.name.as_ptr() as usize - base;
+            let value = field.value.as_ptr() as usize - base;
+            *span = [name as u32, (name + field.name.len()) as u32, value as u32, (value + field.value.len()) as u32];
+        }
+        (len, resp.code.unwrap_or(0), resp.version.unwrap_or(1), resp.headers.len())
+    };
+    if (100..200).contains(&code) && code != 101 {
+        buf.advance(len);
+        return Ok(Some(Parsed::Informational));
+    }
+    if code == 101 {
+        return Err(Box::new(ProtocolError("upstream switched protocols without being asked to")));
+    }
+    let status =
+        StatusCode::from_u16(code).map_err(|_| Box::new(ProtocolError("upstream sent an invalid status code")))?;
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(count);
+    let mut length: Option<u64> = None;
+    let mut transfer_encoding = false;
+    let mut chunked = false;
+    let mut close = version == 0;
+    for &[ns, ne, vs, ve] in &spans[..count] {
+        let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
+            .map_err(|_| Box::new(ProtocolError("upstream sent an invalid header name")))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
+            .map_err(|_| Box::new(ProtocolError("upstream sent an invalid header value")))?;
+        if name == header::CONTENT_LENGTH {
+            let n = parse_length(value.as_bytes())
+                .ok_or_else(|| Box::new(ProtocolError("upstream sent an invalid Content-Length")))?;
+            if length.is_some_and(|m| m != n) {
+                return Err(Box::new(ProtocolError("upstream sent conflicting Content-Length values")));
+            }
+            length = Some(n);
+        } else if name == header::TRANSFER_ENCODING {
+            transfer_encoding = true;
+            // Only the last coding decides whether the body is chunked.
+            chunked = value
+                .as_bytes()
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name == header::CONNECTION {
+            for token in value.as_bytes().split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if version == 0 && token.eq_ignore_ascii_case(b"keep-alive") {
+                    close = false;
+                }
+            }
+        }
+        headers.append(name, value);
+    }
+    let (decode, reusable) = if head_only || code == 204 || code == 304 {
+        (Decode::Length(0), true)
+    } else if transfer_encoding {
+        // Both framings at once is how responses are smuggled: the body is read as chunked
+        // and the connection is not trusted with another request.
+        if length.is_some() {
+            headers.remove(header::CONTENT_LENGTH);
+        }
+        if chunked { (Decode::Chunked(Chunk::Size), length.is_none()) } else { (Decode::UntilClose, false) }
+    } else {
+        match length {
+            Some(n) => (Decode::Length(n), true),
+            None => (Decode::UntilClose, false),
+        }
+    };
+    let mut resp = Response::new(());
+    *resp.status_mut() = status;
+    *resp.version_mut() = if version == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
+    *resp.headers_mut() = headers;
+    Ok(Some(Parsed::Final((resp, decode, reusable && !close))))
+}
+
+fn parse_error(e: httparse::Error) -> &'static str {
+    match e {
+        httparse::Error::TooManyHeaders => "upstream response has more than 100 header fields",
+        httparse::Error::Version => "upstream response is not HTTP/1.x",
+        httparse::Error::Status => "upstream response has an invalid status line",
+        _ => "upstream response head is malformed",
+    }
+}
+
+/// A Content-Length value: decimal digits only (no sign, no spaces inside), at most 19 of them.
+fn parse_length(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    if v.is_empty() || v.len() > 19 {
+        return None;
+    }
+    v.iter().try_fold(0u64, |n, &b| b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0')))
+}
+
+/// Where the response body decoder stands.
+enum Decode {
+    /// This many bytes are left.
+    Length(u64),
+    Chunked(Chunk),
+    /// Everything until the upstream closes.
+    UntilClose,
+    Done,
+}
+
+#[derive(Clone, Copy)]
+enum Chunk {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk, this many bytes left.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: the trailer section, then the end.
+    Trailers,
+}
+
+/// What the decoder made of the buffered bytes.
+enum Step {
+    Data(Bytes),
+    Trailers(HeaderMap),
+    End,
+    /// Nothing to decode before more bytes arrive.
+    More,
+}
+
+impl Decode {
+    fn step(&mut self, buf: &mut BytesMut) -> Result<Step, BoxError> {
+        loop {
+            match self {
+                Decode::Done => return Ok(Step::End),
+                Decode::Length(0) => {
+                    *self = Decode::Done;
+                    return Ok(Step::End);
+                }
+                Decode::Length(left) => {
+                    if buf.is_empty() {
+                        return Ok(Step::More);
+                    }
+                    let n = (*left).min(buf.len() as u64);
+                    *left -= n;
+                    return Ok(Step::Data(buf.split_to(n as usize).freeze()));
+                }
+                Decode::UntilClose => {
+                    if buf.is_empty() {
+                        return Ok(Step::More);
+                    }
+                    return Ok(Step::Data(buf.split().freeze()));
+                }
+                Decode::Chunked(Chunk::Size) => {
+                    let Some(eol) = buf.iter().position(|&b| b == b'\n') else {
+                        if buf.len() > MAX_CHUNK_LINE {
+                            return Err(Box::new(ProtocolError("upstream sent an overlong chunk-size line")));
+                        }
+                        return Ok(Step::More);
+                    };
+                    let size = parse_chunk_size(&buf[..=eol])
+                        .ok_or_else(|| Box::new(ProtocolError("upstream sent an invalid chunk size")))?;
+                    buf.advance(eol + 1);
+                    *self = Decode::Chunked(if size == 0 { Chunk::Trailers } else { Chunk::Data(size) });
+                }
+                Decode::Chunked(Chunk::Data(left)) => {
+                    if buf.is_empty() {
+                        return Ok(Step::More);
+                    }
+                    let n = (*left).min(buf.len() as u64);
+                    *left -= n;
+                    if *left == 0 {
+                        *self = Decode::Chunked(Chunk::DataEnd);
+                    }
+                    return Ok(Step::Data(buf.split_to(n as usize).freeze()));
+                }
+                Decode::Chunked(Chunk::DataEnd) => {
+                    if buf.len() < 2 {
+                        return Ok(Step::More);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(Box::new(ProtocolError("upstream chunk data does not end with CRLF")));
+                    }
+                    buf.advance(2);
+                    *self = Decode::Chunked(Chunk::Size);
+                }
+                Decode::Chunked(Chunk::Trailers) => {
+                    if buf.starts_with(b"\r\n") {
+                        buf.advance(2);
+                        *self = Decode::Done;
+                        return Ok(Step::End);
+                    }
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        if buf.len() > MAX_TRAILER_BYTES || (buf.len() >= 2 && buf[0] == b'\r' && buf[1] != b'\n') {
+                            return Err(Box::new(ProtocolError(
+                                "upstream sent an invalid or overlong trailer section",
+                            )));
+                        }
+                        return Ok(Step::More);
+                    };
+                    let trailers = parse_trailers(&buf[..end + 4])?;
+                    buf.advance(end + 4);
+                    *self = Decode::Done;
+                    return Ok(Step::Trailers(trailers));
+                }
+            }
+        }
+    }
+}
+
+/// `1a;name=value\r\n` -> 26. Extensions are ignored; a bare LF is refused.
+fn parse_chunk_size(line: &[u8]) -> Option<u64> {
+    let line = line.strip_suffix(b"\r\n")?;
+    let digits = line.split(|&b| b == b';').next()?.trim_ascii_end();
+    if digits.is_empty() || digits.len() > 15 {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &b| Some(n * 16 + u64::from((b as char).to_digit(16)?)))
+}
+
+fn parse_trailers(section: &[u8]) -> Result<HeaderMap, BoxError> {
+    let mut fields = [httparse::EMPTY_HEADER; 32];
+    let bad = || Box::new(ProtocolError("upstream sent a malformed trailer section")) as BoxError;
+    let httparse::Status::Complete((_, fields)) = httparse::parse_headers(section, &mut fields).map_err(|_| bad())?
+    else {
+        return Err(bad());
+    };
+    let mut map = HeaderMap::with_capacity(fields.len());
+    for field in fields {
+        let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| bad())?;
+        let value = HeaderValue::from_bytes(field.value).map_err(|_| bad())?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+/// A response body read from its connection as the client side asks for it. Read to the end,
+/// it returns the connection to this worker's pool; dropped before, it closes it.
+pub struct H1Body {
+    conn: Option<H1Conn>,
+    decode: Decode,
+    keep_alive: bool,
+    home: Home,
+}
+
+impl H1Body {
+    /// The body ended: the connection goes back to the pool when it can take another request
+    /// (framed response, nothing left over), else it closes.
+    fn finish(&mut self) {
+        self.decode = Decode::Done;
+        if let Some(mut conn) = self.conn.take()
+            && self.keep_alive
+            && conn.buf.is_empty()
+        {
+            // A large body grew the buffers; an idle connection keeps only the usual size.
+            if conn.buf.capacity() > 2 * READ_SIZE || conn.out.capacity() > 2 * COALESCE_BODY {
+                conn.buf = BytesMut::new();
+                conn.out = Vec::new();
+                conn.read_size = READ_SIZE;
+            }
+            super::pool::put_h1(self.home.addr, conn, self.home.idle_timeout);
+        }
+    }
+}
+
+impl Body for H1Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match this.decode.step(&mut conn.buf) {
+                Ok(Step::Data(data)) => {
+                    if matches!(this.decode, Decode::Length(0)) {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Step::Trailers(trailers)) => {
+                    this.finish();
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                }
+                Ok(Step::End) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(Step::More) => {}
+                Err(e) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+            match ready!(conn.poll_read(cx)) {
+                Ok(0) if matches!(this.decode, Decode::UntilClose) => {
+                    this.decode = Decode::Done;
+                    this.conn = None;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(Box::new(ProtocolError(
+                        "upstream closed the connection before the response body ended",
+                    )))));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.decode, Decode::Done | Decode::Length(0))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.decode {
+            Decode::Length(n) => SizeHint::with_exact(n),
+            Decode::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A client connection and the upstream's end of it, on loopback.
+    async fn pair() -> (H1Conn, TcpStream, SocketAddr) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (H1Conn::new(client), server, addr)
+    }
+
+    fn home(addr: SocketAddr) -> Home {
+        Home { addr, idle_timeout: Duration::from_secs(30) }
+    }
+
+    fn request(method: Method, body: Option<&'static str>) -> Request<ReqBody> {
+        let mut req = Request::new(ReqBody::Buffered(body.map(|b| Bytes::from_static(b.as_bytes()))));
+        *req.method_mut() = method;
+        *req.uri_mut() = "/path?q=1".parse().unwrap();
+        req.headers_mut().insert(header::HOST, HeaderValue::from_static("svc"));
+        req
+    }
+
+    /// Reads one request head (and `body` more bytes) from the upstream's side.
+    async fn read_request(server: &mut TcpStream, body: usize) -> String {
+        let mut got = Vec::new();
+        let mut byte = [0u8; 1];
+        while !got.ends_with(b"\r\n\r\n") {
+            assert_eq!(server.read(&mut byte).await.unwrap(), 1, "connection closed mid-head");
+            got.push(byte[0]);
+        }
+        let mut rest = vec![0u8; body];
+        server.read_exact(&mut rest).await.unwrap();
+        got.extend_from_slice(&rest);
+        String::from_utf8(got).unwrap()
+    }
+
+    async fn send_ok(conn: H1Conn, req: Request<ReqBody>, addr: SocketAddr) -> Response<H1Body> {
+        match conn.send(req, home(addr)).await {
+            Ok(resp) => resp,
+            Err(SendError::Closed(_, e)) => panic!("closed: {e}"),
+            Err(SendError::Failed(e)) => panic!("failed: {e}"),
+        }
+    }
+
+    fn send_error(result: Result<Response<H1Body>, SendError>) -> String {
+        match result {
+            Ok(resp) => panic!("expected an error, got {}", resp.status()),
+            Err(SendError::Closed(_, e)) => format!("closed: {e}"),
+            Err(SendError::Failed(e)) => e.to_string(),
+        }
+    }
+
+    fn pooled(addr: SocketAddr) -> Option<H1Conn> {
+        super::super::pool::take_idle_h1(addr, Instant::now())
+    }
+
+    #[tokio::test]
+    async fn a_sized_response_is_read_and_its_connection_serves_the_next_request() {
+        let (conn, mut server, addr) = pair().await;
+        let upstream = tokio::spawn(async move {
+            let first = read_request(&mut server, 0).await;
+            server.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n\r\nhello").await.unwrap();
+            let second = read_request(&mut server, 3).await;
+            server.write_all(b"HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
+            (first, second)
+        });
+        let resp = send_ok(conn, request(Method::GET, None), addr).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()["x-a"], "1");
+        assert_eq!(resp.body().size_hint().exact(), Some(5));
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"hello");
+        let conn = pooled(addr).expect("the connection went back to the pool");
+        let resp = send_ok(conn, request(Method::POST, Some("abc")), addr).await;
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        assert_eq!(&resp.into_body().collect().await.unwrap().to_bytes()[..], b"ok");
+        let (first, second) = upstream.await.unwrap();
+        assert_eq!(first, "GET /path?q=1 HTTP/1.1\r\nhost: svc\r\n\r\n");
+        assert_eq!(second, "POST /path?q=1 HTTP/1.1\r\nhost: svc\r\ncontent-length: 3\r\n\r\nabc");
+    }
+
+    #[tokio::test]
+    async fn a_chunked_response_arrives_whole_with_its_trailers() {
+        let (conn, mut server, addr) = pair().await;
+        tokio::spawn(async move {
+            read_request(&mut server, 0).await;
+            server.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhel").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            server.write_all(b"lo\r\n6\r\n world\r\n0\r\ngrpc-status: 0\r\n\r\n").await.unwrap();
+            // Keep the connection open: the body must end on the framing, not on a close.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let resp = send_ok(conn, request(Method::GET, None), addr).await;
+        let collected = resp.into_body().collect().await.unwrap();
+        assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
+        assert_eq!(&collected.to_bytes()[..], b"hello world");
+        assert!(pooled(addr).is_some(), "a chunked response leaves the connection reusable");
+    }
+
+    #[tokio::test]
+    async fn a_response_without_framing_runs_until_close_and_is_not_reused() {
+        let (conn, mut server, addr) = pair().await;
+        tokio::spawn(async move {
+            read_request(&mut server, 0).await;
+            server.write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil ").await.unwrap();
+            server.write_all(b"close").await.unwrap();
+        });
+        let resp = send_ok(conn, request(Method::GET, None), addr).await;
+        assert_eq!(resp.body().size_hint().exact(), None);
+        assert_eq!(&resp.into_body().collect().await.unwrap().to_bytes()[..], b"until close");
+        assert!(pooled(addr).is_none());
+    }
+
+    #[tokio::test]
+    async fn interim_responses_are_skipped_and_bodiless_ones_free_the_connection_at_once() {
+        let (conn, mut server, addr) = pair().await;
+        tokio::spawn(async move {
+            read_request(&mut server, 0).await;
+            server.write_all(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n").await.unwrap();
+            read_request(&mut server, 0).await;
+            // HEAD: the length describes the body a GET would have; none follows.
+            server.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n").await.unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let resp = send_ok(conn, request(Method::GET, None), addr).await;
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        assert!(resp.body().is_end_stream());
+        let conn = pooled(addr).expect("pooled without reading the (empty) body");
+        let resp = send_ok(conn, request(Method::HEAD, None), addr).await;
+        assert_eq!(resp.headers()["content-length"], "10");
+        assert!(resp.into_body().collect().await.unwrap().to_bytes().is_empty());
+        assert!(pooled(addr).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_response_with_both_framings_is_read_as_chunked_and_not_reused() {
+        let (conn, mut server, addr) = pair().await;
+        tokio::spawn(async move {
+            read_request(&mut server, 0).await;
+            server
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let resp = send_ok(conn, request(Method::GET, None), addr).await;
+        assert!(resp.headers().get("content-length").is_none());
+        assert_eq!(&resp.into_body().collect().await.unwrap().to_bytes()[..], b"abc");
+        assert!(pooled(addr).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_body_cut_short_is_an_error() {
+        let (conn, mut server, addr) = pair().await;
+        tokio::spawn(async move {
+            read_request(&mut server, 0).await;
+            server.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc").await.unwrap();
+        });
+        let resp = send_ok(conn, request(Method::GET, None), addr).await;
+        let err = resp.into_body().collect().await.expect_err("a truncated body fails");
+        assert!(err.to_string().contains("before the response body ended"), "{err}");
+        assert!(pooled(addr).is_none());
+    }
+
+    #[tokio::test]
+    async fn malformed_and_oversized_heads_are_errors() {
+        let cases: [(&[u8], &str); 5] = [
+            (b"HTTP/1.1 2x0 OK\r\n\r\n", "invalid status line"),
+            (b"SPDY/3 200 OK\r\n\r\n", "not HTTP/1.x"),
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 1x\r\n\r\n", "invalid Content-Length"),
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n", "conflicting Content-Length"),
+            (b"HTTP/1.1 101 Switching Protocols\r\n\r\n", "switched protocols"),
+        ];
+        for (response, expected) in cases {
+            let (conn, mut server, addr) = pair().await;
+            tokio::spawn(async move {
+                read_request(&mut server, 0).await;
+                server.write_all(response).await.unwrap();
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            });
+            let err = send_error(conn.send(request(Method::GET, None), home(addr)).await);
+            assert!(err.contains(expected), "{err} (expected {expected})");
+        }
+        let (conn, mut server, addr) = pair().await;
+        tokio::spawn(async move {
+            read_request(&mut server, 0).await;
+            server.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
+            let filler = format!("x-filler: {}\r\n", "y".repeat(1000));
+            for _ in 0..70 {
+                if server.write_all(filler.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let err = send_error(conn.send(request(Method::GET, None), home(addr)).await);
+        assert!(err.contains("exceeds 64 KiB"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_upstream_that_closes_without_answering_gives_the_request_back() {
+        let (conn, mut server, addr) = pair().await;
+        tokio::spawn(async move {
+            read_request(&mut server, 0).await;
+            drop(server);
+        });
+        match conn.send(request(Method::PUT, Some("abc")), home(addr)).await {
+            Err(SendError::Closed(req, _)) => {
+                assert_eq!(req.method(), Method::PUT);
+                assert!(matches!(req.body(), ReqBody::Buffered(Some(b)) if &b[..] == b"abc"));
+            }
+            Err(SendError::Failed(e)) => panic!("failed: {e}"),
+            Ok(resp) => panic!("got {}", resp.status()),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_the_upstream_closed_is_not_usable() {
+        let (conn, server, _) = pair().await;
+        assert!(conn.is_usable());
+        drop(server);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while conn.is_usable() {
+            assert!(Instant::now() < deadline, "the close was never noticed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let (conn, mut server, _) = pair().await;
+        server.write_all(b"HTTP/1.1 408 Request Timeout\r\n\r\n").await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while conn.is_usable() {
+            assert!(Instant::now() < deadline, "unasked bytes were never noticed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[test]
+    fn chunk_sizes_and_lengths_parse_strictly() {
+        assert_eq!(parse_chunk_size(b"1a\r\n"), Some(26));
+        assert_eq!(parse_chunk_size(b"FF;name=value\r\n"), Some(255));
+        assert_eq!(parse_chunk_size(b"0\r\n"), Some(0));
+        assert_eq!(parse_chunk_size(b"1a\n"), None);
+        assert_eq!(parse_chunk_size(b"\r\n"), None);
+        assert_eq!(parse_chunk_size(b"-1\r\n"), None);
+        assert_eq!(parse_chunk_size(b"ffffffffffffffffff\r\n"), None);
+        assert_eq!(parse_length(b"0"), Some(0));
+        assert_eq!(parse_length(b" 42 "), Some(42));
+        assert_eq!(parse_length(b"+1"), None);
+        assert_eq!(parse_length(b"1 2"), None);
+        assert_eq!(parse_length(b"99999999999999999999"), None);
+        let mut out = Vec::new();
+        push_length(&mut out, 1234567);
+        push_hex(&mut out, 0x1f40);
+        assert_eq!(out, b"content-length: 1234567\r\n1F40\r\n");
+    }
+}
