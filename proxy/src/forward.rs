@@ -395,9 +395,10 @@ async fn backoff(rule: &Rule, retries: u32, deadline: Option<Instant>) -> bool {
     }
 }
 
-/// One try on one endpoint. A reused HTTP/1.1 connection that closed before the request was
-/// written (the keep-alive race) is replaced by a fresh one at once: nothing was sent, so this
-/// is safe for any method and is not counted as a retry.
+/// One try on one endpoint. A pooled connection found closed at checkout is never used (any
+/// method); a reused one that closes before any byte of a response (the keep-alive race: the
+/// upstream closed it as the request went out) sends an idempotent request again on a fresh
+/// connection at once. Neither counts as a retry.
 /// `identity` set means a meshed peer proxy: mTLS + HTTP/2 whatever the service's protocol.
 /// `try_at` is when the try started, the clock reading pooled connections expire against.
 async fn try_endpoint(

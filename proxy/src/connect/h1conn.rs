@@ -39,9 +39,11 @@ const MAX_HEADERS: usize = 100;
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 /// Largest trailer section of a chunked response.
 const MAX_TRAILER_BYTES: usize = 16 * 1024;
-/// Free space ensured before each read; a read that fills it doubles it, up to the maximum.
+/// Free space ensured before each read: it doubles after a read that fills it, up to the
+/// maximum, and halves after one that uses under a quarter. A body of known length gets room
+/// for all of it (up to the maximum), so a 64 KiB response takes two reads, head and rest.
 const READ_SIZE: usize = 8 * 1024;
-const MAX_READ_SIZE: usize = 64 * 1024;
+const MAX_READ_SIZE: usize = 128 * 1024;
 /// A buffered request body up to this size goes out in the same write as the head.
 const COALESCE_BODY: usize = 16 * 1024;
 
@@ -136,7 +138,10 @@ impl H1Conn {
         let (resp, decode, keep_alive) = loop {
             if !self.buf.is_empty() {
                 received = true;
-                match parse_head(&mut self.buf, head_only) {
+                // The request's header map, no longer needed once a response is arriving, is
+                // cleared and filled with the response's: hyper's server hands it back for the
+                // next request, so in a steady stream no header map is allocated.
+                match parse_head(&mut self.buf, head_only, req.headers_mut()) {
                     Ok(Some(Parsed::Final(parts))) => break parts,
                     Ok(Some(Parsed::Informational)) => continue,
                     Ok(None) if self.buf.len() >= MAX_HEAD_BYTES => {
@@ -335,7 +340,7 @@ impl H1Conn {
         // An interim response (100 Continue) is consumed here; a final one is left for `send`.
         loop {
             let mut peek = self.buf.clone();
-            match parse_head(&mut peek, false)? {
+            match parse_head(&mut peek, false, &mut HeaderMap::new())? {
                 Some(Parsed::Informational) => self.buf = peek,
                 Some(Parsed::Final(_)) => return Ok(true),
                 None if self.buf.len() >= MAX_HEAD_BYTES => {
@@ -348,17 +353,26 @@ impl H1Conn {
 
     /// Makes room for the next read, reusing the buffer in place when nothing else holds it.
     fn reserve(&mut self) {
-        if self.buf.capacity() - self.buf.len() < self.read_size / 2 {
-            self.buf.reserve(self.read_size);
+        self.reserve_for(0);
+    }
+
+    /// Makes room for `expected` more bytes (or the adaptive read size, if larger).
+    fn reserve_for(&mut self, expected: usize) {
+        let want = self.read_size.max(expected.min(MAX_READ_SIZE));
+        if self.buf.capacity() - self.buf.len() < want / 2 {
+            self.buf.reserve(want);
         }
     }
 
-    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        self.reserve();
+    /// Reads into the buffer for a body that has `expected` bytes to come (0: unknown).
+    fn poll_read(&mut self, cx: &mut Context<'_>, expected: usize) -> Poll<io::Result<usize>> {
+        self.reserve_for(expected);
         let room = self.buf.capacity() - self.buf.len();
         let n = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf))?;
         if n == room && self.read_size < MAX_READ_SIZE {
             self.read_size *= 2;
+        } else if n < self.read_size / 4 && self.read_size > READ_SIZE {
+            self.read_size /= 2;
         }
         Poll::Ready(Ok(n))
     }
@@ -412,8 +426,8 @@ enum Parsed {
 }
 
 /// Parses a response head at the start of `buf`. `None` until it is complete. Header values
-/// share the buffer's memory (no copies).
-fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, BoxError> {
+/// share the buffer's memory (no copies); the header map is `recycle`'s allocation, taken.
+fn parse_head(buf: &mut BytesMut, head_only: bool, recycle: &mut HeaderMap) -> Result<Option<Parsed>, BoxError> {
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     // Offsets of each field's name and value in the head (the parser borrows the buffer,
     // which is then split off).
@@ -444,7 +458,9 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Box
     let status =
         StatusCode::from_u16(code).map_err(|_| Box::new(ProtocolError("upstream sent an invalid status code")))?;
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
+    let mut headers = std::mem::take(recycle);
+    headers.clear();
+    headers.reserve(count);
     let mut length: Option<u64> = None;
     let mut transfer_encoding = false;
     let mut chunked = false;
@@ -676,8 +692,8 @@ impl H1Body {
             && self.keep_alive
             && conn.buf.is_empty()
         {
-            // A large body grew the buffers; an idle connection keeps only the usual size.
-            if conn.buf.capacity() > 2 * READ_SIZE || conn.out.capacity() > 2 * COALESCE_BODY {
+            // Buffers grown past what the read size and body coalescing need are let go.
+            if conn.buf.capacity() > 2 * MAX_READ_SIZE || conn.out.capacity() > 2 * COALESCE_BODY {
                 conn.buf = BytesMut::new();
                 conn.out = Vec::new();
                 conn.read_size = READ_SIZE;
@@ -718,7 +734,13 @@ impl Body for H1Body {
                     return Poll::Ready(Some(Err(e)));
                 }
             }
-            match ready!(conn.poll_read(cx)) {
+            let expected = match this.decode {
+                Decode::Length(left) | Decode::Chunked(Chunk::Data(left)) => {
+                    usize::try_from(left).unwrap_or(usize::MAX)
+                }
+                _ => 0,
+            };
+            match ready!(conn.poll_read(cx, expected)) {
                 Ok(0) if matches!(this.decode, Decode::UntilClose) => {
                     this.decode = Decode::Done;
                     this.conn = None;
