@@ -32,6 +32,8 @@ pub struct Backend {
     state: Arc<State>,
     addr: SocketAddr,
     task: Option<JoinHandle<()>>,
+    /// While stopped, the port stays reserved for [`Backend::restart`] (see `net::Reserved`).
+    parked: Option<crate::net::Reserved>,
 }
 
 struct State {
@@ -57,7 +59,7 @@ impl Backend {
             upgraded: Mutex::new(Vec::new()),
         });
         let task = tokio::spawn(serve(listener, state.clone()));
-        Backend { state, addr, task: Some(task) }
+        Backend { state, addr, task: Some(task), parked: None }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -93,6 +95,7 @@ impl Backend {
         if let Some(task) = self.task.take() {
             task.abort();
             let _ = task.await;
+            self.parked = crate::net::reserve_addr(self.addr);
         }
         self.abort_upgraded();
     }
@@ -111,6 +114,7 @@ impl Backend {
                 Err(e) => panic!("rebind backend {} on {}: {e}", self.state.name, self.addr),
             }
         };
+        self.parked = None;
         self.task = Some(tokio::spawn(serve(listener, self.state.clone())));
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::client::{self, Req};
-use crate::net::{free_addr, free_addrs};
+use crate::net::{Reserved, reserve_addrs};
 use crate::tempdir::TempDir;
 
 /// Short, so tests see a closed stream's instance leave quickly and restarts warm up fast.
@@ -24,21 +24,28 @@ pub struct ControlPlane {
     listen: SocketAddr,
     admin: SocketAddr,
     starts: usize,
+    /// The ports it listens on, kept from other tests across kills and restarts.
+    _ports: Reserved,
 }
 
 impl ControlPlane {
     /// Starts `weft serve` with `policy` as its only policy file and waits for `/ready`.
     pub async fn start(policy: &str) -> ControlPlane {
-        ControlPlane::start_at(policy, free_addr()).await
+        let ports = reserve_addrs(2);
+        ControlPlane::launch(policy, ports.addrs()[0], ports.addrs()[1], ports).await
     }
 
-    /// Like [`ControlPlane::start`], with the discovery listener on `listen`.
+    /// Like [`ControlPlane::start`], with the discovery listener on `listen` (which the caller
+    /// keeps reserved, see `net::Reserved`, if it picked it ahead).
     pub async fn start_at(policy: &str, listen: SocketAddr) -> ControlPlane {
+        let ports = reserve_addrs(1);
+        ControlPlane::launch(policy, listen, ports.addr(), ports).await
+    }
+
+    async fn launch(policy: &str, listen: SocketAddr, admin: SocketAddr, ports: Reserved) -> ControlPlane {
         let dir = TempDir::new("control");
         std::fs::create_dir_all(dir.path().join("policy")).expect("create policy dir");
-        // Of two distinct free addresses at most one can be `listen`.
-        let admin = free_addrs(2).into_iter().find(|a| *a != listen).expect("a free admin address");
-        let mut cp = ControlPlane { child: None, dir, listen, admin, starts: 0 };
+        let mut cp = ControlPlane { child: None, dir, listen, admin, starts: 0, _ports: ports };
         cp.write_policy(policy);
         cp.restart().await;
         cp

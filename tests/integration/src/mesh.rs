@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::config::document;
-use crate::net::free_addr;
+use crate::net::{Reserved, reserve_addrs};
 use crate::tempdir::TempDir;
 
 /// `spiffe://cluster.local/ns/default/sa/<account>`.
@@ -95,6 +95,7 @@ pub struct ControlPlane {
     child: Child,
     addr: SocketAddr,
     _dir: TempDir,
+    _port: Reserved,
 }
 
 impl ControlPlane {
@@ -105,7 +106,8 @@ impl ControlPlane {
         let file = dir.path().join("tokens");
         let text: String = tokens.iter().map(|(t, id)| format!("{t} {id}\n")).collect();
         std::fs::write(&file, text).expect("write token file");
-        let addr = free_addr();
+        let port = reserve_addrs(1);
+        let addr = port.addr();
         let child = Command::new(crate::bin("weft"))
             .args(["serve", "--ca", &pki.ca_dir().display().to_string(), "--listen", &addr.to_string()])
             .args(["--admin", "127.0.0.1:0", "--registration-ttl", "1s"])
@@ -115,7 +117,7 @@ impl ControlPlane {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn weft serve");
-        let cp = ControlPlane { child, addr, _dir: dir };
+        let cp = ControlPlane { child, addr, _dir: dir, _port: port };
         crate::eventually("weft serve to listen", Duration::from_secs(10), || async {
             tokio::net::TcpStream::connect(addr).await.ok().map(drop)
         })

@@ -6,17 +6,51 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// A loopback address whose port was free a moment ago (bound to port 0, then released).
-///
-/// Another socket can take the port before the proxy binds it; `Proxy::start` retries with
-/// fresh ports when that happens.
-pub fn free_addr() -> SocketAddr {
-    free_addrs(1)[0]
+/// Loopback addresses kept for processes that bind them later (a proxy's listeners, a control
+/// plane): while this lives each port stays bound by a socket with `SO_REUSEADDR` that never
+/// listens. The kernel then hands the port to no one else (a released port could go to another
+/// test's backend before the process binds it) and a plain bind of it fails, while a listener
+/// that sets `SO_REUSEADDR` itself, as tokio's and the proxy's do, binds it normally.
+pub struct Reserved {
+    _holders: Vec<tokio::net::TcpSocket>,
+    addrs: Vec<SocketAddr>,
 }
 
-/// `n` distinct loopback addresses whose ports were free a moment ago. All `n` are bound before
-/// any is released: picked one after another, the kernel can hand a just-released port out
-/// again, and a proxy given the same port for two listeners refuses its config.
+impl Reserved {
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// The first address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+}
+
+/// `n` distinct reserved loopback addresses (see [`Reserved`]).
+pub fn reserve_addrs(n: usize) -> Reserved {
+    let holders: Vec<tokio::net::TcpSocket> = (0..n)
+        .map(|_| {
+            let holder = tokio::net::TcpSocket::new_v4().expect("tcp socket");
+            holder.set_reuseaddr(true).expect("SO_REUSEADDR");
+            holder.bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind 127.0.0.1:0");
+            holder
+        })
+        .collect();
+    let addrs = holders.iter().map(|h| h.local_addr().expect("local addr")).collect();
+    Reserved { _holders: holders, addrs }
+}
+
+/// Reserves `addr` itself (a port just released by its listener), if no one took it already.
+pub fn reserve_addr(addr: SocketAddr) -> Option<Reserved> {
+    let holder = tokio::net::TcpSocket::new_v4().ok()?;
+    holder.set_reuseaddr(true).ok()?;
+    holder.bind(addr).ok()?;
+    Some(Reserved { _holders: vec![holder], addrs: vec![addr] })
+}
+
+/// `n` distinct loopback addresses whose ports were free a moment ago (all bound before any is
+/// released). For a process outside the tests (benches); tests use [`reserve_addrs`].
 pub fn free_addrs(n: usize) -> Vec<SocketAddr> {
     let listeners: Vec<TcpListener> =
         (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")).collect();

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use crate::client::{self, Req, Resp};
 use crate::config::document;
-use crate::net::free_addrs;
+use crate::net::{Reserved, reserve_addrs};
 use crate::tempdir::TempDir;
 
 /// How long a proxy may take to report ready after it was spawned.
@@ -42,13 +42,16 @@ pub struct Proxy {
     admin: SocketAddr,
     inbound: Option<SocketAddr>,
     upstreams: Vec<(String, SocketAddr)>,
+    /// The listeners' ports, kept from other tests for the proxy's whole life (restarts too).
+    _ports: Reserved,
 }
 
 impl Proxy {
     /// Spawns the proxy and waits until `/ready` answers 200.
     ///
-    /// Listener ports are picked free just before spawning; if another socket took one in the
-    /// meantime (the proxy exits saying the address is in use), it is retried with new ports.
+    /// Listener ports are reserved for it (`net::Reserved`); should one still be taken (by a
+    /// process outside the tests: the proxy exits saying the address is in use), it is retried
+    /// with new ports.
     pub async fn start(cfg: ProxyConfig) -> Proxy {
         let mut attempt = 0;
         loop {
@@ -71,7 +74,8 @@ impl Proxy {
         std::fs::create_dir_all(&config_dir).expect("create config dir");
         let config_path = config_dir.join("proxy.yaml");
         let wanted = 2 + usize::from(cfg.inbound_app.is_some()) + cfg.upstreams.len();
-        let mut addrs = free_addrs(wanted).into_iter();
+        let ports = reserve_addrs(wanted);
+        let mut addrs = ports.addrs().iter().copied();
         let mut next = || addrs.next().expect("one free address per listener");
         let outbound = next();
         let admin = next();
@@ -88,7 +92,7 @@ impl Proxy {
             .stderr(log_file(dir.path(), "stderr.log"))
             .spawn()
             .expect("spawn weft-proxy");
-        Proxy { child, dir, config_path, proxy_doc, outbound, admin, inbound, upstreams }
+        Proxy { child, dir, config_path, proxy_doc, outbound, admin, inbound, upstreams, _ports: ports }
     }
 
     /// Polls `/ready` until it answers 200; an error if the process exits or time runs out.

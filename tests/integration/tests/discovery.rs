@@ -474,7 +474,9 @@ async fn a_stuck_subscriber_gets_a_resync_and_blocks_no_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_is_not_ready_until_its_first_control_plane_config() {
     let a = Backend::start("a").await;
-    let listen = weft_integration::net::free_addr();
+    // Reserved until the control plane binds it, so no other test's socket takes it meanwhile.
+    let reserved = weft_integration::net::reserve_addrs(1);
+    let listen = reserved.addr();
     let mut proxy = Proxy::spawn(&ProxyConfig {
         proxy_spec: format!("controlPlane: {{address: \"http://{listen}\"}}\n"),
         ..Default::default()
