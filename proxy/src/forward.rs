@@ -39,6 +39,10 @@ fn record(metrics: &RouteMetrics, status: u16, grpc_failed: bool, started: Insta
     metrics.record(status, grpc_failed, started.elapsed().as_secs_f64());
 }
 
+/// A reused HTTP/1.1 connection closed without a response within this long of the try's start
+/// was most likely closed by the upstream as the request went out (see `try_endpoint`).
+const KEEP_ALIVE_RACE: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Connect failures are retried on other endpoints at least this often, whatever the route
 /// says: nothing reached the upstream, so a retry cannot duplicate anything.
 const CONNECT_RETRIES: u32 = 2;
@@ -432,11 +436,15 @@ async fn try_endpoint(
                 let home = connect::Home { addr, idle_timeout: cluster.policy.idle_timeout };
                 match conn.send(req, home).await {
                     Ok(resp) => return Ok(resp.map(UpstreamBody::Http1)),
-                    // The upstream closed the connection without a word: on a reused one, most
-                    // likely the keep-alive race (it closed as the request went out); sent again
-                    // on a fresh one only when a repeat is harmless.
+                    // The upstream closed the connection without a word: on a reused one, and
+                    // at once, most likely the keep-alive race (it closed as the request went
+                    // out); sent again on a fresh one only when a repeat is harmless. A close
+                    // that comes later is the upstream failing the request (a `Reset`).
                     Err(connect::H1SendError::Closed(back, source))
-                        if reused && !fresh && headers::is_idempotent(back.method()) =>
+                        if reused
+                            && !fresh
+                            && headers::is_idempotent(back.method())
+                            && try_at.elapsed() < KEEP_ALIVE_RACE =>
                     {
                         (back, connect::ConnectError::Io { addr, source })
                     }

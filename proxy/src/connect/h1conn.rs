@@ -33,6 +33,8 @@ use crate::http::body::{BoxError, ReqBody};
 
 /// Largest response head accepted (status line and headers).
 const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Most interim (1xx) responses before the final one.
+const MAX_INTERIM: usize = 8;
 /// Most header fields in a response head (hyper's limit too).
 const MAX_HEADERS: usize = 100;
 /// Longest chunk-size line, extensions included.
@@ -79,6 +81,15 @@ pub struct ProtocolError(&'static str);
 
 fn failed(msg: &'static str) -> SendError {
     SendError::Failed(Box::new(ProtocolError(msg)))
+}
+
+/// What the upstream said while the request body was still going out.
+enum Early {
+    Nothing,
+    /// A final response that refuses the request: stop sending the body.
+    Refused,
+    /// A final response that accepts it: send the rest, then read the response.
+    Answered,
 }
 
 /// How the request body goes out.
@@ -134,7 +145,10 @@ impl H1Conn {
             }
         }
         let head_only = req.method() == Method::HEAD;
+        // A 2xx to CONNECT turns the connection into a tunnel whatever its framing says.
+        let tunnel = req.method() == Method::CONNECT;
         let mut received = false;
+        let mut interim = 0;
         let (resp, decode, keep_alive) = loop {
             if !self.buf.is_empty() {
                 received = true;
@@ -143,7 +157,11 @@ impl H1Conn {
                 // next request, so in a steady stream no header map is allocated.
                 match parse_head(&mut self.buf, head_only, req.headers_mut()) {
                     Ok(Some(Parsed::Final(parts))) => break parts,
-                    Ok(Some(Parsed::Informational)) => continue,
+                    Ok(Some(Parsed::Informational)) if interim < MAX_INTERIM => {
+                        interim += 1;
+                        continue;
+                    }
+                    Ok(Some(Parsed::Informational)) => return Err(failed("upstream sent too many interim responses")),
                     Ok(None) if self.buf.len() >= MAX_HEAD_BYTES => {
                         return Err(failed("upstream response head exceeds 64 KiB"));
                     }
@@ -166,9 +184,9 @@ impl H1Conn {
                 Err(e) => return Err(SendError::Failed(e.into())),
             }
         };
-        // A response that came before the request body was all sent leaves the connection
-        // in an unknown state.
-        let keep_alive = keep_alive && !early;
+        // A refusal that came before the request body was all sent leaves the connection in an
+        // unknown state.
+        let keep_alive = keep_alive && !early && !tunnel;
         let mut body = H1Body { conn: Some(self), decode, keep_alive, home };
         if body.is_end_stream() {
             // No body to read (HEAD, 204, 304, Content-Length: 0): free at once.
@@ -241,9 +259,26 @@ impl H1Conn {
     }
 
     /// Streams the request body after the head (still in `out`), each piece in one write when
-    /// small. Returns true when the upstream answered before the body was all sent (the rest
-    /// is not sent; the response is read next).
+    /// small; the head goes with the first piece when that is ready at once, else on its own
+    /// (the upstream sees the request while the client takes its time). Returns true when the
+    /// upstream refused the request before its body was all sent (an error status or
+    /// `Connection: close`): the rest is not sent, and the response is read next. An early
+    /// success answer does not stop the body; it is read once the body is all sent.
     async fn stream_body(
+        &mut self,
+        body: &mut ReqBody,
+        chunked: bool,
+        declared: Option<u64>,
+    ) -> Result<bool, BoxError> {
+        match self.stream_body_inner(body, chunked, declared).await {
+            // An upstream that answers early and closes without reading the rest makes a write
+            // fail (reset): its answer is still in the receive queue.
+            Err(e) if e.is::<io::Error>() && self.salvage() => Ok(true),
+            other => other,
+        }
+    }
+
+    async fn stream_body_inner(
         &mut self,
         body: &mut ReqBody,
         chunked: bool,
@@ -251,17 +286,38 @@ impl H1Conn {
     ) -> Result<bool, BoxError> {
         let mut sent = 0u64;
         let mut head_sent = false;
+        let mut answered = false;
+        let first = std::future::poll_fn(|cx| {
+            Poll::Ready(match Pin::new(&mut *body).poll_frame(cx) {
+                Poll::Ready(frame) => Some(frame),
+                Poll::Pending => None,
+            })
+        })
+        .await;
+        let mut next = match first {
+            Some(frame) => Some(frame),
+            None => {
+                self.io.write_all(&self.out).await?;
+                head_sent = true;
+                None
+            }
+        };
         loop {
-            let frame = tokio::select! {
-                biased;
-                ready = self.io.readable(), if head_sent => {
-                    ready?;
-                    if self.read_early()? {
-                        return Ok(true);
+            let frame = match next.take() {
+                Some(frame) => frame,
+                None => tokio::select! {
+                    biased;
+                    ready = self.io.readable(), if head_sent && !answered => {
+                        ready?;
+                        match self.read_early()? {
+                            Early::Refused => return Ok(true),
+                            Early::Answered => answered = true,
+                            Early::Nothing => {}
+                        }
+                        continue;
                     }
-                    continue;
-                }
-                frame = body.frame() => frame,
+                    frame = body.frame() => frame,
+                },
             };
             if head_sent {
                 self.out.clear();
@@ -299,7 +355,7 @@ impl H1Conn {
                     Err(frame) => {
                         if chunked && let Ok(trailers) = frame.into_trailers() {
                             self.out.extend_from_slice(b"0\r\n");
-                            for (name, value) in &trailers {
+                            for (name, value) in trailers.iter().filter(|(name, _)| forwardable_trailer(name)) {
                                 self.out.extend_from_slice(name.as_str().as_bytes());
                                 self.out.extend_from_slice(b": ");
                                 self.out.extend_from_slice(value.as_bytes());
@@ -325,30 +381,63 @@ impl H1Conn {
         Ok(false)
     }
 
-    /// Reads what the upstream sent while the request body was going out; true once a final
-    /// response head is complete.
-    fn read_early(&mut self) -> Result<bool, BoxError> {
+    /// Reads what the upstream sent while the request body was going out. Interim responses
+    /// (100 Continue) are consumed; a final head is left in the buffer for `send`.
+    fn read_early(&mut self) -> Result<Early, BoxError> {
         self.reserve();
         match self.io.try_read_buf(&mut self.buf) {
+            // Closed: fine if it answered first (the answer is in the buffer).
             Ok(0) => {
-                return Err(Box::new(ProtocolError("upstream closed the connection while the request body was sent")));
+                return match self.early_head()? {
+                    Early::Nothing => {
+                        Err(Box::new(ProtocolError("upstream closed the connection while the request body was sent")))
+                    }
+                    _ => Ok(Early::Refused),
+                };
             }
             Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Early::Nothing),
             Err(e) => return Err(e.into()),
         }
-        // An interim response (100 Continue) is consumed here; a final one is left for `send`.
+        self.early_head()
+    }
+
+    /// Whether a final response head is in the buffer (interim ones are consumed).
+    fn early_head(&mut self) -> Result<Early, BoxError> {
         loop {
+            // Parsed on a copy (a final head stays for `send`), and only once it is complete.
+            if !self.buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                if self.buf.len() >= MAX_HEAD_BYTES {
+                    return Err(Box::new(ProtocolError("upstream response head exceeds 64 KiB")));
+                }
+                return Ok(Early::Nothing);
+            }
             let mut peek = self.buf.clone();
             match parse_head(&mut peek, false, &mut HeaderMap::new())? {
                 Some(Parsed::Informational) => self.buf = peek,
-                Some(Parsed::Final(_)) => return Ok(true),
-                None if self.buf.len() >= MAX_HEAD_BYTES => {
-                    return Err(Box::new(ProtocolError("upstream response head exceeds 64 KiB")));
+                Some(Parsed::Final((resp, _, keep_alive))) => {
+                    let refused = resp.status().as_u16() >= 400 || !keep_alive;
+                    return Ok(if refused { Early::Refused } else { Early::Answered });
                 }
-                None => return Ok(false),
+                None => return Ok(Early::Nothing),
             }
         }
+    }
+
+    /// After a failed write: reads whatever the upstream sent before it closed (straight from
+    /// the socket: the runtime may not have seen it readable yet); true if that holds a final
+    /// response head.
+    fn salvage(&mut self) -> bool {
+        use std::io::Read as _;
+        let socket = socket2::SockRef::from(&self.io);
+        let mut chunk = [0u8; 4096];
+        while self.buf.len() < MAX_HEAD_BYTES {
+            match (&*socket).read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        matches!(self.early_head(), Ok(Early::Refused | Early::Answered))
     }
 
     /// Makes room for the next read, reusing the buffer in place when nothing else holds it.
@@ -381,6 +470,27 @@ impl H1Conn {
 /// Whether the request can be sent again as it is: its body was never consumed.
 fn replayable(req: &Request<ReqBody>) -> bool {
     matches!(req.body(), ReqBody::Buffered(_))
+}
+
+/// Whether a request trailer field may be forwarded: not one that frames the message, routes
+/// it, authenticates it or controls how it is handled (RFC 9110 §6.5.1), which a recipient
+/// could otherwise mistake for a header.
+fn forwardable_trailer(name: &HeaderName) -> bool {
+    const NOT_IN_TRAILERS: [HeaderName; 12] = [
+        header::AUTHORIZATION,
+        header::CACHE_CONTROL,
+        header::CONNECTION,
+        header::CONTENT_ENCODING,
+        header::CONTENT_LENGTH,
+        header::CONTENT_RANGE,
+        header::CONTENT_TYPE,
+        header::EXPECT,
+        header::HOST,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRANSFER_ENCODING,
+    ];
+    !NOT_IN_TRAILERS.contains(name) && name != header::TRAILER && name != header::RANGE
 }
 
 fn push_length(out: &mut Vec<u8>, n: u64) {
@@ -440,6 +550,9 @@ fn parse_head(buf: &mut BytesMut, head_only: bool, recycle: &mut HeaderMap) -> R
         let httparse::Status::Complete(len) = status else {
             return Ok(None);
         };
+        if len > MAX_HEAD_BYTES {
+            return Err(Box::new(ProtocolError("upstream response head exceeds 64 KiB")));
+        }
         let base = buf.as_ptr() as usize;
         for (span, field) in spans.iter_mut().zip(resp.headers.iter()) {
             let name = field.name.as_ptr() as usize - base;
@@ -505,13 +618,18 @@ fn parse_head(buf: &mut BytesMut, head_only: bool, recycle: &mut HeaderMap) -> R
         if length.is_some() {
             headers.remove(header::CONTENT_LENGTH);
         }
-        if chunked { (Decode::Chunked(Chunk::Size), length.is_none()) } else { (Decode::UntilClose, false) }
+        // In HTTP/1.0 Transfer-Encoding is faulty framing (RFC 9112 §6.1): never reused.
+        let reusable = length.is_none() && version != 0;
+        if chunked { (Decode::Chunked(Chunk::Size), reusable) } else { (Decode::UntilClose, false) }
     } else {
         match length {
             Some(n) => (Decode::Length(n), true),
             None => (Decode::UntilClose, false),
         }
     };
+    // This hop's own headers (Connection and those it names, Keep-Alive, Transfer-Encoding...)
+    // stop here; the client's side frames the body its own way.
+    crate::http::headers::strip_hop_by_hop(&mut headers);
     let mut resp = Response::new(());
     *resp.status_mut() = status;
     *resp.version_mut() = if version == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
@@ -598,6 +716,9 @@ impl Decode {
                         }
                         return Ok(Step::More);
                     };
+                    if eol > MAX_CHUNK_LINE {
+                        return Err(Box::new(ProtocolError("upstream sent an overlong chunk-size line")));
+                    }
                     let size = parse_chunk_size(&buf[..=eol])
                         .ok_or_else(|| Box::new(ProtocolError("upstream sent an invalid chunk size")))?;
                     buf.advance(eol + 1);
@@ -638,6 +759,9 @@ impl Decode {
                         }
                         return Ok(Step::More);
                     };
+                    if end + 4 > MAX_TRAILER_BYTES {
+                        return Err(Box::new(ProtocolError("upstream sent an invalid or overlong trailer section")));
+                    }
                     let trailers = parse_trailers(&buf[..end + 4])?;
                     buf.advance(end + 4);
                     *self = Decode::Done;
@@ -692,8 +816,9 @@ impl H1Body {
             && self.keep_alive
             && conn.buf.is_empty()
         {
-            // Buffers grown past what the read size and body coalescing need are let go.
-            if conn.buf.capacity() > 2 * MAX_READ_SIZE || conn.out.capacity() > 2 * COALESCE_BODY {
+            // A read buffer grown to the largest size is let go (`capacity()` only counts what
+            // is past the bytes handed on, so the read size tells what was allocated).
+            if conn.read_size >= MAX_READ_SIZE || conn.out.capacity() > 2 * COALESCE_BODY {
                 conn.buf = BytesMut::new();
                 conn.out = Vec::new();
                 conn.read_size = READ_SIZE;
@@ -843,7 +968,10 @@ mod tests {
         let (conn, mut server, addr) = pair().await;
         let upstream = tokio::spawn(async move {
             let first = read_request(&mut server, 0).await;
-            server.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n\r\nhello").await.unwrap();
+            server
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\nConnection: keep-alive, x-hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n\r\nhello")
+                .await
+                .unwrap();
             let second = read_request(&mut server, 3).await;
             server.write_all(b"HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
             (first, second)
@@ -851,6 +979,9 @@ mod tests {
         let resp = send_ok(conn, request(Method::GET, None), addr).await;
         assert_eq!(resp.status(), StatusCode::OK);
         assert_eq!(resp.headers()["x-a"], "1");
+        for hop in ["connection", "x-hop", "keep-alive"] {
+            assert!(!resp.headers().contains_key(hop), "hop-by-hop {hop} stops at the proxy");
+        }
         assert_eq!(resp.body().size_hint().exact(), Some(5));
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"hello");
@@ -1014,6 +1145,63 @@ mod tests {
         while conn.is_usable() {
             assert!(Instant::now() < deadline, "unasked bytes were never noticed");
             tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn connections_with_untrustworthy_framing_are_not_reused() {
+        // HTTP/1.0 with Transfer-Encoding (faulty framing), and a 2xx to CONNECT (a tunnel).
+        let cases: [(Method, &[u8]); 2] = [
+            (
+                Method::GET,
+                b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n",
+            ),
+            (Method::CONNECT, b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"),
+        ];
+        for (method, response) in cases {
+            let (conn, mut server, addr) = pair().await;
+            tokio::spawn(async move {
+                read_request(&mut server, 0).await;
+                server.write_all(response).await.unwrap();
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            });
+            let resp = send_ok(conn, request(method.clone(), None), addr).await;
+            resp.into_body().collect().await.unwrap();
+            assert!(pooled(addr).is_none(), "{method} {}", String::from_utf8_lossy(response));
+        }
+    }
+
+    #[tokio::test]
+    async fn limits_hold_on_complete_input_too() {
+        let long_line = format!("1;{}\r\nx\r\n0\r\n\r\n", "e".repeat(MAX_CHUNK_LINE + 10));
+        let interim =
+            "HTTP/1.1 103 Early Hints\r\n\r\n".repeat(MAX_INTERIM + 1) + "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+        let cases = [
+            (format!("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n{long_line}"), "overlong chunk-size line"),
+            (interim, "too many interim responses"),
+        ];
+        for (response, expected) in cases {
+            let (conn, mut server, addr) = pair().await;
+            tokio::spawn(async move {
+                read_request(&mut server, 0).await;
+                server.write_all(response.as_bytes()).await.unwrap();
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            });
+            let err = match conn.send(request(Method::GET, None), home(addr)).await {
+                Ok(resp) => resp.into_body().collect().await.expect_err("the body fails").to_string(),
+                Err(e) => send_error(Err(e)),
+            };
+            assert!(err.contains(expected), "{err} (expected {expected})");
+        }
+    }
+
+    #[test]
+    fn trailers_that_would_frame_route_or_authenticate_are_not_forwarded() {
+        for name in ["content-length", "transfer-encoding", "host", "authorization", "te", "trailer"] {
+            assert!(!forwardable_trailer(&HeaderName::from_static(name)), "{name}");
+        }
+        for name in ["grpc-status", "x-checksum", "server-timing"] {
+            assert!(forwardable_trailer(&HeaderName::from_static(name)), "{name}");
         }
     }
 

@@ -297,3 +297,65 @@ async fn http1_request_and_response_bodies_stream_through_intact() {
     assert!(head.contains(&format!("x-echo-body-len: {}", sent.len())), "{head}");
     assert!(raw[split..] == sent[..], "the chunked upload arrived whole and in order");
 }
+
+/// An upstream that answers before the request body is all sent: a refusal (413, closing
+/// without reading the rest) reaches the client as the upstream's own 413, not a 502, and a
+/// success answer does not cut the upload short (the upstream still reads all of it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_answers_during_an_upload_mean_what_the_upstream_meant() {
+    const BODY: usize = 200_000;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let (got_tx, mut got_rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else { return };
+            let got_tx = got_tx.clone();
+            tokio::spawn(async move {
+                let (head, rest) = read_head(&mut socket, IO_DEADLINE).await;
+                if head.contains("/refuse") {
+                    let _ = socket
+                        .write_all(
+                            b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\nconnection: close\r\n\r\nbig!",
+                        )
+                        .await;
+                    return; // closes with the body unread
+                }
+                socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
+                let mut got = rest.len();
+                let mut buf = vec![0u8; 65536];
+                while got < BODY {
+                    match tokio::time::timeout(IO_DEADLINE, socket.read(&mut buf)).await {
+                        Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                        Ok(Ok(n)) => got += n,
+                    }
+                }
+                let _ = got_tx.send(got);
+                tokio::time::sleep(IO_DEADLINE).await;
+            });
+        }
+    });
+    let proxy = Proxy::start(ProxyConfig { policy: service("api", "http", &[upstream]), ..Default::default() }).await;
+
+    // The client sends half its body and waits: the refusal must still come back.
+    let mut client = TcpStream::connect(proxy.outbound()).await.unwrap();
+    let head = format!("POST /refuse HTTP/1.1\r\nHost: api\r\nContent-Length: {BODY}\r\n\r\n");
+    client.write_all(head.as_bytes()).await.unwrap();
+    client.write_all(&vec![b'r'; BODY / 2]).await.unwrap();
+    let (head, rest) = read_head(&mut client, IO_DEADLINE).await;
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert!(rest.starts_with(b"big!") || rest.is_empty(), "{rest:?}");
+
+    // The whole body, in pauses, after the upstream already said 200.
+    let mut client = TcpStream::connect(proxy.outbound()).await.unwrap();
+    let head = format!("POST /accept HTTP/1.1\r\nHost: api\r\nContent-Length: {BODY}\r\n\r\n");
+    client.write_all(head.as_bytes()).await.unwrap();
+    for _ in 0..4 {
+        client.write_all(&vec![b'a'; BODY / 4]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let (head, _) = read_head(&mut client, IO_DEADLINE).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let got = tokio::time::timeout(IO_DEADLINE, got_rx.recv()).await.expect("the upstream finished reading");
+    assert_eq!(got, Some(BODY), "the upload was sent whole after the early 200");
+}
