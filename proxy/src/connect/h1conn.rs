@@ -578,6 +578,12 @@ fn parse_head(buf: &mut BytesMut, head_only: bool, recycle: &mut HeaderMap) -> R
     let mut transfer_encoding = false;
     let mut chunked = false;
     let mut close = version == 0;
+    // This hop's own headers (RFC 9110 §7.6.1: `Connection` and those it names, `Keep-Alive`,
+    // `Transfer-Encoding`, `Upgrade`...) stop here; the client's side frames the body its way.
+    // The `Connection` values, kept only to find the headers they name (no allocation for
+    // the usual single one).
+    let mut connection: (Option<HeaderValue>, Vec<HeaderValue>) = (None, Vec::new());
+    let mut names_others = false;
     for &[ns, ne, vs, ve] in &spans[..count] {
         let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
             .map_err(|_| Box::new(ProtocolError("upstream sent an invalid header name")))?;
@@ -598,17 +604,39 @@ fn parse_head(buf: &mut BytesMut, head_only: bool, recycle: &mut HeaderMap) -> R
                 .rsplit(|&b| b == b',')
                 .next()
                 .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            continue;
         } else if name == header::CONNECTION {
             for token in value.as_bytes().split(|&b| b == b',') {
                 let token = token.trim_ascii();
                 if token.eq_ignore_ascii_case(b"close") {
                     close = true;
-                } else if version == 0 && token.eq_ignore_ascii_case(b"keep-alive") {
-                    close = false;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    if version == 0 {
+                        close = false;
+                    }
+                } else if !token.is_empty() {
+                    names_others = true;
+                }
+            }
+            match connection.0 {
+                None => connection.0 = Some(value),
+                Some(_) => connection.1.push(value),
+            }
+            continue;
+        } else if is_hop_by_hop(&name) {
+            continue;
+        }
+        headers.append(name, value);
+    }
+    // Headers that `Connection` names are this hop's too (rare: most name none).
+    if names_others {
+        for value in connection.0.iter().chain(&connection.1) {
+            for token in value.as_bytes().split(|&b| b == b',') {
+                if let Ok(named) = HeaderName::from_bytes(token.trim_ascii()) {
+                    headers.remove(named);
                 }
             }
         }
-        headers.append(name, value);
     }
     let (decode, reusable) = if head_only || code == 204 || code == 304 {
         (Decode::Length(0), true)
@@ -627,14 +655,18 @@ fn parse_head(buf: &mut BytesMut, head_only: bool, recycle: &mut HeaderMap) -> R
             None => (Decode::UntilClose, false),
         }
     };
-    // This hop's own headers (Connection and those it names, Keep-Alive, Transfer-Encoding...)
-    // stop here; the client's side frames the body its own way.
-    crate::http::headers::strip_hop_by_hop(&mut headers);
     let mut resp = Response::new(());
     *resp.status_mut() = status;
     *resp.version_mut() = if version == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
     *resp.headers_mut() = headers;
     Ok(Some(Parsed::Final((resp, decode, reusable && !close))))
+}
+
+/// Hop-by-hop response fields besides `Connection` and `Transfer-Encoding` (handled apart).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+    const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+    name == header::UPGRADE || name == header::TE || *name == KEEP_ALIVE || *name == PROXY_CONNECTION
 }
 
 fn parse_error(e: httparse::Error) -> &'static str {
@@ -969,7 +1001,7 @@ mod tests {
         let upstream = tokio::spawn(async move {
             let first = read_request(&mut server, 0).await;
             server
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\nConnection: keep-alive, x-hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n\r\nhello")
+                .write_all(b"HTTP/1.1 200 OK\r\nX-Early: 1\r\nContent-Length: 5\r\nX-A: 1\r\nConnection: keep-alive, x-hop,X-Early\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n\r\nhello")
                 .await
                 .unwrap();
             let second = read_request(&mut server, 3).await;
@@ -979,7 +1011,7 @@ mod tests {
         let resp = send_ok(conn, request(Method::GET, None), addr).await;
         assert_eq!(resp.status(), StatusCode::OK);
         assert_eq!(resp.headers()["x-a"], "1");
-        for hop in ["connection", "x-hop", "keep-alive"] {
+        for hop in ["connection", "x-hop", "x-early", "keep-alive"] {
             assert!(!resp.headers().contains_key(hop), "hop-by-hop {hop} stops at the proxy");
         }
         assert_eq!(resp.body().size_hint().exact(), Some(5));
@@ -1006,6 +1038,7 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(5)).await;
         });
         let resp = send_ok(conn, request(Method::GET, None), addr).await;
+        assert!(!resp.headers().contains_key("transfer-encoding"), "the client's side frames the body itself");
         let collected = resp.into_body().collect().await.unwrap();
         assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
         assert_eq!(&collected.to_bytes()[..], b"hello world");
