@@ -83,6 +83,10 @@ fn failed(msg: &'static str) -> SendError {
     SendError::Failed(Box::new(ProtocolError(msg)))
 }
 
+fn head_too_large() -> BoxError {
+    Box::new(ProtocolError("upstream response head exceeds 64 KiB"))
+}
+
 /// What the upstream said while the request body was still going out.
 enum Early {
     Nothing,
@@ -162,9 +166,6 @@ impl H1Conn {
                         continue;
                     }
                     Ok(Some(Parsed::Informational)) => return Err(failed("upstream sent too many interim responses")),
-                    Ok(None) if self.buf.len() >= MAX_HEAD_BYTES => {
-                        return Err(failed("upstream response head exceeds 64 KiB"));
-                    }
                     Ok(None) => {}
                     Err(e) => return Err(SendError::Failed(e)),
                 }
@@ -217,10 +218,7 @@ impl H1Conn {
             if name == header::TRANSFER_ENCODING || name == header::CONNECTION {
                 continue;
             }
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
+            push_field(out, name, value);
         }
         let outgoing = match req.body() {
             ReqBody::Buffered(None) => {
@@ -287,6 +285,7 @@ impl H1Conn {
         let mut sent = 0u64;
         let mut head_sent = false;
         let mut answered = false;
+        let mut trailers = None;
         let first = std::future::poll_fn(|cx| {
             Poll::Ready(match Pin::new(&mut *body).poll_frame(cx) {
                 Poll::Ready(frame) => Some(frame),
@@ -353,17 +352,10 @@ impl H1Conn {
                         head_sent = true;
                     }
                     Err(frame) => {
-                        if chunked && let Ok(trailers) = frame.into_trailers() {
-                            self.out.extend_from_slice(b"0\r\n");
-                            for (name, value) in trailers.iter().filter(|(name, _)| forwardable_trailer(name)) {
-                                self.out.extend_from_slice(name.as_str().as_bytes());
-                                self.out.extend_from_slice(b": ");
-                                self.out.extend_from_slice(value.as_bytes());
-                                self.out.extend_from_slice(b"\r\n");
-                            }
-                            self.out.extend_from_slice(b"\r\n");
-                            self.io.write_all(&self.out).await?;
-                            return Ok(false);
+                        // Trailers end the body (only chunked framing can carry them).
+                        if let Ok(last) = frame.into_trailers() {
+                            trailers = Some(last);
+                            break;
                         }
                     }
                 },
@@ -373,7 +365,11 @@ impl H1Conn {
             return Err(Box::new(ProtocolError("request body shorter than its Content-Length")));
         }
         if chunked {
-            self.out.extend_from_slice(b"0\r\n\r\n");
+            self.out.extend_from_slice(b"0\r\n");
+            for (name, value) in trailers.iter().flatten().filter(|(name, _)| forwardable_trailer(name)) {
+                push_field(&mut self.out, name, value);
+            }
+            self.out.extend_from_slice(b"\r\n");
         }
         if !self.out.is_empty() {
             self.io.write_all(&self.out).await?;
@@ -408,7 +404,7 @@ impl H1Conn {
             // Parsed on a copy (a final head stays for `send`), and only once it is complete.
             if !self.buf.windows(4).any(|w| w == b"\r\n\r\n") {
                 if self.buf.len() >= MAX_HEAD_BYTES {
-                    return Err(Box::new(ProtocolError("upstream response head exceeds 64 KiB")));
+                    return Err(head_too_large());
                 }
                 return Ok(Early::Nothing);
             }
@@ -493,32 +489,33 @@ fn forwardable_trailer(name: &HeaderName) -> bool {
     !NOT_IN_TRAILERS.contains(name) && name != header::TRAILER && name != header::RANGE
 }
 
-fn push_length(out: &mut Vec<u8>, n: u64) {
-    out.extend_from_slice(b"content-length: ");
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    let mut n = n;
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
+/// `name: value` and its CRLF.
+fn push_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
     out.extend_from_slice(b"\r\n");
 }
 
+fn push_length(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(b"content-length: ");
+    push_number(out, n, 10);
+}
+
+/// A chunk-size line.
 fn push_hex(out: &mut Vec<u8>, n: usize) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let mut digits = [0u8; 16];
+    push_number(out, n as u64, 16);
+}
+
+/// `n` in base `radix` (10 or 16, upper-case digits) and a CRLF.
+fn push_number(out: &mut Vec<u8>, mut n: u64, radix: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
+    let mut digits = [0u8; 20];
     let mut i = digits.len();
-    let mut n = n;
     loop {
         i -= 1;
-        digits[i] = HEX[n & 0xf];
-        n >>= 4;
+        digits[i] = DIGITS[(n % radix) as usize];
+        n /= radix;
         if n == 0 {
             break;
         }
@@ -547,12 +544,11 @@ fn parse_head(buf: &mut BytesMut, head_only: bool, recycle: &mut HeaderMap) -> R
         let status = httparse::ParserConfig::default()
             .parse_response_with_uninit_headers(&mut resp, buf, &mut fields)
             .map_err(|e| Box::new(ProtocolError(parse_error(e))) as BoxError)?;
-        let httparse::Status::Complete(len) = status else {
-            return Ok(None);
+        let len = match status {
+            httparse::Status::Complete(len) if len <= MAX_HEAD_BYTES => len,
+            httparse::Status::Partial if buf.len() < MAX_HEAD_BYTES => return Ok(None),
+            _ => return Err(head_too_large()),
         };
-        if len > MAX_HEAD_BYTES {
-            return Err(Box::new(ProtocolError("upstream response head exceeds 64 KiB")));
-        }
         let base = buf.as_ptr() as usize;
         for (span, field) in spans.iter_mut().zip(resp.headers.iter()) {
             let name = field.name.as_ptr() as usize - base;
@@ -580,10 +576,9 @@ fn parse_head(buf: &mut BytesMut, head_only: bool, recycle: &mut HeaderMap) -> R
     let mut close = version == 0;
     // This hop's own headers (RFC 9110 §7.6.1: `Connection` and those it names, `Keep-Alive`,
     // `Transfer-Encoding`, `Upgrade`...) stop here; the client's side frames the body its way.
-    // The `Connection` values, kept only to find the headers they name (no allocation for
-    // the usual single one).
+    // The `Connection` values are kept to find the headers they name once all are in (no
+    // allocation for the usual single one).
     let mut connection: (Option<HeaderValue>, Vec<HeaderValue>) = (None, Vec::new());
-    let mut names_others = false;
     for &[ns, ne, vs, ve] in &spans[..count] {
         let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
             .map_err(|_| Box::new(ProtocolError("upstream sent an invalid header name")))?;
@@ -610,12 +605,8 @@ fn parse_head(buf: &mut BytesMut, head_only: bool, recycle: &mut HeaderMap) -> R
                 let token = token.trim_ascii();
                 if token.eq_ignore_ascii_case(b"close") {
                     close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                    if version == 0 {
-                        close = false;
-                    }
-                } else if !token.is_empty() {
-                    names_others = true;
+                } else if version == 0 && token.eq_ignore_ascii_case(b"keep-alive") {
+                    close = false;
                 }
             }
             match connection.0 {
@@ -623,20 +614,13 @@ fn parse_head(buf: &mut BytesMut, head_only: bool, recycle: &mut HeaderMap) -> R
                 Some(_) => connection.1.push(value),
             }
             continue;
-        } else if is_hop_by_hop(&name) {
+        } else if crate::http::headers::is_hop_by_hop(&name) || name == header::TE {
             continue;
         }
         headers.append(name, value);
     }
-    // Headers that `Connection` names are this hop's too (rare: most name none).
-    if names_others {
-        for value in connection.0.iter().chain(&connection.1) {
-            for token in value.as_bytes().split(|&b| b == b',') {
-                if let Ok(named) = HeaderName::from_bytes(token.trim_ascii()) {
-                    headers.remove(named);
-                }
-            }
-        }
+    for value in connection.0.iter().chain(&connection.1) {
+        crate::http::headers::remove_named_by_connection(&mut headers, value);
     }
     let (decode, reusable) = if head_only || code == 204 || code == 304 {
         (Decode::Length(0), true)
@@ -660,13 +644,6 @@ fn parse_head(buf: &mut BytesMut, head_only: bool, recycle: &mut HeaderMap) -> R
     *resp.version_mut() = if version == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
     *resp.headers_mut() = headers;
     Ok(Some(Parsed::Final((resp, decode, reusable && !close))))
-}
-
-/// Hop-by-hop response fields besides `Connection` and `Transfer-Encoding` (handled apart).
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-    const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-    name == header::UPGRADE || name == header::TE || *name == KEEP_ALIVE || *name == PROXY_CONNECTION
 }
 
 fn parse_error(e: httparse::Error) -> &'static str {
@@ -727,14 +704,7 @@ impl Decode {
                     *self = Decode::Done;
                     return Ok(Step::End);
                 }
-                Decode::Length(left) => {
-                    if buf.is_empty() {
-                        return Ok(Step::More);
-                    }
-                    let n = (*left).min(buf.len() as u64);
-                    *left -= n;
-                    return Ok(Step::Data(buf.split_to(n as usize).freeze()));
-                }
+                Decode::Length(left) => return Ok(take(buf, left)),
                 Decode::UntilClose => {
                     if buf.is_empty() {
                         return Ok(Step::More);
@@ -742,30 +712,24 @@ impl Decode {
                     return Ok(Step::Data(buf.split().freeze()));
                 }
                 Decode::Chunked(Chunk::Size) => {
-                    let Some(eol) = buf.iter().position(|&b| b == b'\n') else {
-                        if buf.len() > MAX_CHUNK_LINE {
-                            return Err(Box::new(ProtocolError("upstream sent an overlong chunk-size line")));
-                        }
-                        return Ok(Step::More);
-                    };
-                    if eol > MAX_CHUNK_LINE {
+                    let eol = buf.iter().position(|&b| b == b'\n');
+                    if eol.unwrap_or(buf.len()) > MAX_CHUNK_LINE {
                         return Err(Box::new(ProtocolError("upstream sent an overlong chunk-size line")));
                     }
+                    let Some(eol) = eol else {
+                        return Ok(Step::More);
+                    };
                     let size = parse_chunk_size(&buf[..=eol])
                         .ok_or_else(|| Box::new(ProtocolError("upstream sent an invalid chunk size")))?;
                     buf.advance(eol + 1);
                     *self = Decode::Chunked(if size == 0 { Chunk::Trailers } else { Chunk::Data(size) });
                 }
                 Decode::Chunked(Chunk::Data(left)) => {
-                    if buf.is_empty() {
-                        return Ok(Step::More);
-                    }
-                    let n = (*left).min(buf.len() as u64);
-                    *left -= n;
+                    let step = take(buf, left);
                     if *left == 0 {
                         *self = Decode::Chunked(Chunk::DataEnd);
                     }
-                    return Ok(Step::Data(buf.split_to(n as usize).freeze()));
+                    return Ok(step);
                 }
                 Decode::Chunked(Chunk::DataEnd) => {
                     if buf.len() < 2 {
@@ -783,25 +747,32 @@ impl Decode {
                         *self = Decode::Done;
                         return Ok(Step::End);
                     }
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        if buf.len() > MAX_TRAILER_BYTES || (buf.len() >= 2 && buf[0] == b'\r' && buf[1] != b'\n') {
-                            return Err(Box::new(ProtocolError(
-                                "upstream sent an invalid or overlong trailer section",
-                            )));
-                        }
-                        return Ok(Step::More);
-                    };
-                    if end + 4 > MAX_TRAILER_BYTES {
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|at| at + 4);
+                    let bare_cr = end.is_none() && buf.len() >= 2 && buf[0] == b'\r' && buf[1] != b'\n';
+                    if end.unwrap_or(buf.len()) > MAX_TRAILER_BYTES || bare_cr {
                         return Err(Box::new(ProtocolError("upstream sent an invalid or overlong trailer section")));
                     }
-                    let trailers = parse_trailers(&buf[..end + 4])?;
-                    buf.advance(end + 4);
+                    let Some(end) = end else {
+                        return Ok(Step::More);
+                    };
+                    let trailers = parse_trailers(&buf[..end])?;
+                    buf.advance(end);
                     *self = Decode::Done;
                     return Ok(Step::Trailers(trailers));
                 }
             }
         }
     }
+}
+
+/// Up to `left` buffered bytes of the body (`More` when none is buffered).
+fn take(buf: &mut BytesMut, left: &mut u64) -> Step {
+    if buf.is_empty() {
+        return Step::More;
+    }
+    let n = (*left).min(buf.len() as u64);
+    *left -= n;
+    Step::Data(buf.split_to(n as usize).freeze())
 }
 
 /// `1a;name=value\r\n` -> 26. Extensions are ignored; a bare LF is refused.
@@ -975,6 +946,31 @@ mod tests {
         String::from_utf8(got).unwrap()
     }
 
+    /// What the upstream does after its answer.
+    #[derive(Clone, Copy)]
+    enum Then {
+        Close,
+        Hold,
+    }
+
+    /// A client connection whose upstream reads one request, writes `pieces` (stopping at a
+    /// failed write), then closes or holds the connection open.
+    async fn answering(pieces: Vec<Vec<u8>>, then: Then) -> (H1Conn, SocketAddr) {
+        let (conn, mut server, addr) = pair().await;
+        tokio::spawn(async move {
+            read_request(&mut server, 0).await;
+            for piece in pieces {
+                if server.write_all(&piece).await.is_err() {
+                    return;
+                }
+            }
+            if let Then::Hold = then {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        });
+        (conn, addr)
+    }
+
     async fn send_ok(conn: H1Conn, req: Request<ReqBody>, addr: SocketAddr) -> Response<H1Body> {
         match conn.send(req, home(addr)).await {
             Ok(resp) => resp,
@@ -1047,12 +1043,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_response_without_framing_runs_until_close_and_is_not_reused() {
-        let (conn, mut server, addr) = pair().await;
-        tokio::spawn(async move {
-            read_request(&mut server, 0).await;
-            server.write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil ").await.unwrap();
-            server.write_all(b"close").await.unwrap();
-        });
+        let pieces = vec![b"HTTP/1.1 200 OK\r\n\r\nuntil ".to_vec(), b"close".to_vec()];
+        let (conn, addr) = answering(pieces, Then::Close).await;
         let resp = send_ok(conn, request(Method::GET, None), addr).await;
         assert_eq!(resp.body().size_hint().exact(), None);
         assert_eq!(&resp.into_body().collect().await.unwrap().to_bytes()[..], b"until close");
@@ -1082,15 +1074,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_response_with_both_framings_is_read_as_chunked_and_not_reused() {
-        let (conn, mut server, addr) = pair().await;
-        tokio::spawn(async move {
-            read_request(&mut server, 0).await;
-            server
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
-                .await
-                .unwrap();
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        });
+        let response =
+            b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+        let (conn, addr) = answering(vec![response.to_vec()], Then::Hold).await;
         let resp = send_ok(conn, request(Method::GET, None), addr).await;
         assert!(resp.headers().get("content-length").is_none());
         assert_eq!(&resp.into_body().collect().await.unwrap().to_bytes()[..], b"abc");
@@ -1099,11 +1085,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_cut_short_is_an_error() {
-        let (conn, mut server, addr) = pair().await;
-        tokio::spawn(async move {
-            read_request(&mut server, 0).await;
-            server.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc").await.unwrap();
-        });
+        let response = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc";
+        let (conn, addr) = answering(vec![response.to_vec()], Then::Close).await;
         let resp = send_ok(conn, request(Method::GET, None), addr).await;
         let err = resp.into_body().collect().await.expect_err("a truncated body fails");
         assert!(err.to_string().contains("before the response body ended"), "{err}");
@@ -1120,27 +1103,13 @@ mod tests {
             (b"HTTP/1.1 101 Switching Protocols\r\n\r\n", "switched protocols"),
         ];
         for (response, expected) in cases {
-            let (conn, mut server, addr) = pair().await;
-            tokio::spawn(async move {
-                read_request(&mut server, 0).await;
-                server.write_all(response).await.unwrap();
-                tokio::time::sleep(Duration::from_secs(5)).await;
-            });
+            let (conn, addr) = answering(vec![response.to_vec()], Then::Hold).await;
             let err = send_error(conn.send(request(Method::GET, None), home(addr)).await);
             assert!(err.contains(expected), "{err} (expected {expected})");
         }
-        let (conn, mut server, addr) = pair().await;
-        tokio::spawn(async move {
-            read_request(&mut server, 0).await;
-            server.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
-            let filler = format!("x-filler: {}\r\n", "y".repeat(1000));
-            for _ in 0..70 {
-                if server.write_all(filler.as_bytes()).await.is_err() {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        });
+        let filler = format!("x-filler: {}\r\n", "y".repeat(1000)).into_bytes();
+        let pieces = std::iter::once(b"HTTP/1.1 200 OK\r\n".to_vec()).chain(std::iter::repeat_n(filler, 70)).collect();
+        let (conn, addr) = answering(pieces, Then::Hold).await;
         let err = send_error(conn.send(request(Method::GET, None), home(addr)).await);
         assert!(err.contains("exceeds 64 KiB"), "{err}");
     }
@@ -1192,12 +1161,7 @@ mod tests {
             (Method::CONNECT, b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"),
         ];
         for (method, response) in cases {
-            let (conn, mut server, addr) = pair().await;
-            tokio::spawn(async move {
-                read_request(&mut server, 0).await;
-                server.write_all(response).await.unwrap();
-                tokio::time::sleep(Duration::from_secs(5)).await;
-            });
+            let (conn, addr) = answering(vec![response.to_vec()], Then::Hold).await;
             let resp = send_ok(conn, request(method.clone(), None), addr).await;
             resp.into_body().collect().await.unwrap();
             assert!(pooled(addr).is_none(), "{method} {}", String::from_utf8_lossy(response));
@@ -1214,12 +1178,7 @@ mod tests {
             (interim, "too many interim responses"),
         ];
         for (response, expected) in cases {
-            let (conn, mut server, addr) = pair().await;
-            tokio::spawn(async move {
-                read_request(&mut server, 0).await;
-                server.write_all(response.as_bytes()).await.unwrap();
-                tokio::time::sleep(Duration::from_secs(5)).await;
-            });
+            let (conn, addr) = answering(vec![response.into_bytes()], Then::Hold).await;
             let err = match conn.send(request(Method::GET, None), home(addr)).await {
                 Ok(resp) => resp.into_body().collect().await.expect_err("the body fails").to_string(),
                 Err(e) => send_error(Err(e)),

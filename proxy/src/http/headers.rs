@@ -20,23 +20,10 @@ const HOP_BY_HOP: [HeaderName; 4] = [
 /// Runs on every request, so it allocates nothing and hashes only what is present: one scan
 /// of the (few) headers decides whether anything needs removing at all.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
-    let mut upgrade = false;
-    if let Some(conn) = headers.remove(header::CONNECTION) {
-        for token in conn.as_bytes().split(|&b| b == b',') {
-            let token = token.trim_ascii();
-            if token.eq_ignore_ascii_case(b"upgrade") {
-                upgrade = true;
-            }
-            // `close` and `keep-alive` are the usual values; neither names a header left to remove.
-            let usual = token.is_empty()
-                || token.eq_ignore_ascii_case(b"close")
-                || token.eq_ignore_ascii_case(b"keep-alive")
-                || token.eq_ignore_ascii_case(b"te");
-            if !usual && let Ok(name) = HeaderName::from_bytes(token) {
-                headers.remove(name);
-            }
-        }
-    }
+    let upgrade = match headers.remove(header::CONNECTION) {
+        Some(conn) => remove_named_by_connection(headers, &conn),
+        None => false,
+    };
     let present = headers.keys().any(|name| HOP_BY_HOP.contains(name) || name == header::TE);
     if !present {
         return upgrade;
@@ -48,6 +35,32 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
         && !te.as_bytes().eq_ignore_ascii_case(b"trailers")
     {
         headers.remove(header::TE);
+    }
+    upgrade
+}
+
+/// Whether `name` is one of the hop-by-hop fields besides `Connection` and `TE` (which need
+/// their values looked at).
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name)
+}
+
+/// Removes the headers that a `Connection` value names; its usual tokens (`close`,
+/// `keep-alive`, `te`) name none left to remove. Returns whether it asked for an upgrade.
+pub fn remove_named_by_connection(headers: &mut HeaderMap, connection: &HeaderValue) -> bool {
+    let mut upgrade = false;
+    for token in connection.as_bytes().split(|&b| b == b',') {
+        let token = token.trim_ascii();
+        if token.eq_ignore_ascii_case(b"upgrade") {
+            upgrade = true;
+        }
+        let usual = token.is_empty()
+            || token.eq_ignore_ascii_case(b"close")
+            || token.eq_ignore_ascii_case(b"keep-alive")
+            || token.eq_ignore_ascii_case(b"te");
+        if !usual && let Ok(name) = HeaderName::from_bytes(token) {
+            headers.remove(name);
+        }
     }
     upgrade
 }
