@@ -27,25 +27,28 @@ impl Reserved {
     }
 }
 
+/// A socket bound to `addr` that never listens; with `reuse`, a listener that sets
+/// `SO_REUSEADDR` can still bind the same port (see [`Reserved`]).
+fn holder(addr: SocketAddr, reuse: bool) -> std::io::Result<tokio::net::TcpSocket> {
+    let holder = tokio::net::TcpSocket::new_v4()?;
+    holder.set_reuseaddr(reuse)?;
+    holder.bind(addr)?;
+    Ok(holder)
+}
+
+const ANY_LOOPBACK_PORT: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
 /// `n` distinct reserved loopback addresses (see [`Reserved`]).
 pub fn reserve_addrs(n: usize) -> Reserved {
-    let holders: Vec<tokio::net::TcpSocket> = (0..n)
-        .map(|_| {
-            let holder = tokio::net::TcpSocket::new_v4().expect("tcp socket");
-            holder.set_reuseaddr(true).expect("SO_REUSEADDR");
-            holder.bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind 127.0.0.1:0");
-            holder
-        })
-        .collect();
+    let holders: Vec<tokio::net::TcpSocket> =
+        (0..n).map(|_| holder(ANY_LOOPBACK_PORT, true).expect("bind 127.0.0.1:0")).collect();
     let addrs = holders.iter().map(|h| h.local_addr().expect("local addr")).collect();
     Reserved { _holders: holders, addrs }
 }
 
 /// Reserves `addr` itself (a port just released by its listener), if no one took it already.
 pub fn reserve_addr(addr: SocketAddr) -> Option<Reserved> {
-    let holder = tokio::net::TcpSocket::new_v4().ok()?;
-    holder.set_reuseaddr(true).ok()?;
-    holder.bind(addr).ok()?;
+    let holder = holder(addr, true).ok()?;
     Some(Reserved { _holders: vec![holder], addrs: vec![addr] })
 }
 
@@ -73,8 +76,8 @@ impl DeadAddr {
 
 /// A [`DeadAddr`]: for endpoints whose connections must fail.
 pub fn dead_addr() -> DeadAddr {
-    let holder = tokio::net::TcpSocket::new_v4().expect("tcp socket");
-    holder.bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind 127.0.0.1:0");
+    // Without SO_REUSEADDR: no listener can bind the port while this lives.
+    let holder = holder(ANY_LOOPBACK_PORT, false).expect("bind 127.0.0.1:0");
     let addr = holder.local_addr().expect("local addr");
     DeadAddr { _holder: holder, addr }
 }
