@@ -9,12 +9,11 @@ use http::header;
 use http::{Request, Response, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use crate::balance::{InFlight, PickError};
 use crate::clock;
 use crate::connect::{self, Conn};
-use crate::http::body::{BodyEnd, BoxError, MAX_REPLAY_BYTES, ReqBody, RespBody, UpstreamBody};
+use crate::http::body::{BodyEnd, BoxError, ClientBody, MAX_REPLAY_BYTES, ReqBody, RespBody, UpstreamBody};
 use crate::http::errors::ProxyError;
 use crate::http::headers;
 use crate::metrics::RouteMetrics;
@@ -67,7 +66,7 @@ enum TryFailure {
 /// All of it runs in this one async fn: awaiting another async fn moves that fn's whole
 /// future into this one's (twice per request, 2.2 KiB each, in callgrind), and the route
 /// timeout wrapped it once more. The route's deadline bounds each wait instead.
-pub async fn forward(rule: Arc<Rule>, req: Request<Incoming>, started: Instant, max_body: u64) -> Response<RespBody> {
+pub async fn forward(rule: Arc<Rule>, req: Request<ClientBody>, started: Instant, max_body: u64) -> Response<RespBody> {
     let cluster = rule.pick_backend().clone();
     let Some(permit) = cluster.shared.limit.try_acquire() else {
         tracing::warn!(service = %cluster.name, limit = cluster.policy.limits.max_concurrent_requests,
@@ -267,7 +266,7 @@ fn finish_error(rule: &Rule, e: ProxyError, started: Instant) -> Response<RespBo
 ///
 /// Synchronous unless the body must be buffered: an async fn here was one more future moved
 /// into `forward`'s on every request, and its result moved out again.
-fn prepare(rule: &Rule, cluster: &Cluster, req: Request<Incoming>, max_body: u64) -> Result<Prepared, ProxyError> {
+fn prepare(rule: &Rule, cluster: &Cluster, req: Request<ClientBody>, max_body: u64) -> Result<Prepared, ProxyError> {
     let (mut parts, body) = req.into_parts();
     let declared_len = body.size_hint().exact();
     if max_body > 0 && body.size_hint().lower() > max_body {
@@ -292,14 +291,14 @@ fn prepare(rule: &Rule, cluster: &Cluster, req: Request<Incoming>, max_body: u64
 enum Prepared {
     Ready((Request<ReqBody>, Option<Box<ReplayHead>>)),
     /// A replayable body to read into memory first.
-    Collect(http::request::Parts, Incoming),
+    Collect(http::request::Parts, ClientBody),
 }
 
 /// Reads a replayable body into memory (boxed: rare, and its future is large).
 async fn collect(
     cluster: &Cluster,
     parts: http::request::Parts,
-    body: Incoming,
+    body: ClientBody,
 ) -> Result<(Request<ReqBody>, Option<Box<ReplayHead>>), ProxyError> {
     let bytes = body.collect().await.map_err(|_| ProxyError::BadRequest)?.to_bytes();
     Ok(finish_prepare(cluster, Request::from_parts(parts, ReqBody::Buffered(Some(bytes))), true))
@@ -502,7 +501,7 @@ pub fn is_upgrade<B>(req: &Request<B>) -> bool {
 
 /// Forwards an Upgrade request on a dedicated HTTP/1.1 connection; after `101 Switching
 /// Protocols` both sides are spliced byte for byte until either closes.
-pub async fn forward_upgrade(rule: Arc<Rule>, mut req: Request<Incoming>, started: Instant) -> Response<RespBody> {
+pub async fn forward_upgrade(rule: Arc<Rule>, mut req: Request<ClientBody>, started: Instant) -> Response<RespBody> {
     let cluster = rule.pick_backend().clone();
     if cluster.protocol.is_h2() {
         return finish_error(&rule, ProxyError::BadRequest, started);

@@ -74,7 +74,7 @@ impl H2Conn {
             Ok(pair) => pair,
             Err(e) => return Err(SendError::Failed(e.into())),
         };
-        let mut pipe = (!end_of_stream).then(|| BodyPipe { body, stream, chunk: None });
+        let mut pipe = (!end_of_stream).then(|| BodyPipe::new(body, stream));
         let head = poll_fn(|cx| {
             if let Some(p) = pipe.as_mut()
                 && let Poll::Ready(result) = p.poll_send(cx)
@@ -99,14 +99,14 @@ impl H2Conn {
             });
         }
         let (parts, recv) = resp.into_parts();
-        let remaining =
-            parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-        Ok(Response::from_parts(parts, H2Body { recv, data_done: false, remaining }))
+        let body = H2Body::new(&parts.headers, recv);
+        Ok(Response::from_parts(parts, body))
     }
 }
 
-/// Copies a request body onto its HTTP/2 stream, within the peer's flow-control window.
-struct BodyPipe<B> {
+/// Copies a body onto its HTTP/2 stream, within the peer's flow-control window: a request's
+/// toward an upstream, or a response's toward an HTTP/2 client (`http::h2server`).
+pub struct BodyPipe<B> {
     body: B,
     stream: SendStream<Bytes>,
     /// Data read from the body and not yet sent, waiting for window.
@@ -118,8 +118,12 @@ where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
 {
+    pub fn new(body: B, stream: SendStream<Bytes>) -> BodyPipe<B> {
+        BodyPipe { body, stream, chunk: None }
+    }
+
     /// `Ready(Ok)` once the body is sent (or the peer said it needs no more of it).
-    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+    pub fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         loop {
             if let Some(chunk) = self.chunk.as_mut() {
                 self.stream.reserve_capacity(chunk.len());
@@ -175,13 +179,29 @@ where
     }
 }
 
-/// A response body read from an HTTP/2 stream; each chunk's window is given back to the
-/// peer once the chunk is handed on, so a slow client slows the upstream down.
+/// A body read from an HTTP/2 stream (an upstream's response, or an HTTP/2 client's request);
+/// each chunk's window is given back to the peer once the chunk is handed on, so a slow
+/// reader slows the sender down.
 pub struct H2Body {
     recv: RecvStream,
-    data_done: bool,
-    /// What `content-length` said is still to come.
-    remaining: Option<u64>,
+    /// What `content-length` said is still to come; `UNKNOWN_LENGTH` without one. Kept to 8
+    /// bytes: the body sits in every request's future, beside HTTP/1.1's.
+    remaining: u64,
+}
+
+const UNKNOWN_LENGTH: u64 = u64::MAX;
+
+impl H2Body {
+    /// The body of a message with these `headers`; `h2` has already checked that the data
+    /// adds up to their `content-length`.
+    pub fn new(headers: &http::HeaderMap, recv: RecvStream) -> H2Body {
+        let remaining = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(UNKNOWN_LENGTH, |n| n.min(UNKNOWN_LENGTH - 1));
+        H2Body { recv, remaining }
+    }
 }
 
 impl Body for H2Body {
@@ -190,18 +210,18 @@ impl Body for H2Body {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
         let this = &mut *self;
-        if !this.data_done {
-            match ready!(this.recv.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    let _ = this.recv.flow_control().release_capacity(data.len());
-                    if let Some(n) = this.remaining.as_mut() {
-                        *n = n.saturating_sub(data.len() as u64);
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
+        // Once the data has ended, `poll_data` keeps answering `None` (rarely asked: only
+        // while the trailers are awaited).
+        match ready!(this.recv.poll_data(cx)) {
+            Some(Ok(data)) => {
+                let _ = this.recv.flow_control().release_capacity(data.len());
+                if this.remaining != UNKNOWN_LENGTH {
+                    this.remaining = this.remaining.saturating_sub(data.len() as u64);
                 }
-                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
-                None => this.data_done = true,
+                return Poll::Ready(Some(Ok(Frame::data(data))));
             }
+            Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+            None => {}
         }
         match ready!(this.recv.poll_trailers(cx)) {
             Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
@@ -216,8 +236,8 @@ impl Body for H2Body {
 
     fn size_hint(&self) -> SizeHint {
         match self.remaining {
-            Some(n) => SizeHint::with_exact(n),
-            None => SizeHint::default(),
+            UNKNOWN_LENGTH => SizeHint::default(),
+            n => SizeHint::with_exact(n),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Request and response body types that flow through the proxy without boxing.
 //!
-//! Bodies stream straight through (hyper's `Incoming` on both sides) except where a retry needs
-//! a replayable copy: then a small body (≤ 64 KiB) is buffered once and cloned per try.
+//! Bodies stream straight through except where a retry needs a replayable copy: then a small
+//! body (≤ 64 KiB) is buffered once and cloned per try.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -17,12 +17,45 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Largest request body the proxy buffers so that a request can be retried.
 pub const MAX_REPLAY_BYTES: u64 = 64 * 1024;
 
+/// A request body as the client sends it: read by hyper's HTTP/1.1 server, or from an HTTP/2
+/// stream (`http::h2server`).
+pub enum ClientBody {
+    Http1(Incoming),
+    Http2(H2Body),
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ClientBody::Http1(inner) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
+            ClientBody::Http2(inner) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Http1(inner) => inner.is_end_stream(),
+            ClientBody::Http2(inner) => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Http1(inner) => inner.size_hint(),
+            ClientBody::Http2(inner) => inner.size_hint(),
+        }
+    }
+}
+
 /// A request body on its way to an upstream.
 pub enum ReqBody {
     /// Streams from the client as it arrives; usable for one try only.
-    Streaming(Incoming),
+    Streaming(ClientBody),
     /// A streamed body with a size limit; exceeding it aborts the stream.
-    Limited { inner: Incoming, remaining: u64 },
+    Limited { inner: ClientBody, remaining: u64 },
     /// Fully buffered (replayable).
     Buffered(Option<Bytes>),
 }
@@ -37,7 +70,7 @@ impl Body for ReqBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            ReqBody::Streaming(inner) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
+            ReqBody::Streaming(inner) => Pin::new(inner).poll_frame(cx),
             ReqBody::Limited { inner, remaining } => match Pin::new(inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Some(data) = frame.data_ref() {
@@ -49,7 +82,7 @@ impl Body for ReqBody {
                     }
                     Poll::Ready(Some(Ok(frame)))
                 }
-                other => other.map_err(Into::into),
+                other => other,
             },
             ReqBody::Buffered(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         }

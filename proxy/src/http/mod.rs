@@ -3,5 +3,6 @@
 
 pub mod body;
 pub mod errors;
+pub mod h2server;
 pub mod headers;
 pub mod server;

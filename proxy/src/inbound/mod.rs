@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::Request;
-use hyper::body::Incoming;
 
+use crate::http::body::ClientBody;
 use crate::http::errors::ProxyError;
 use crate::routing::Rule;
 use crate::state::ProxyState;
@@ -25,7 +25,7 @@ pub fn admit(
     state: &ProxyState,
     peer: SocketAddr,
     caller: Option<&str>,
-    req: &mut Request<Incoming>,
+    req: &mut Request<ClientBody>,
 ) -> Result<(Arc<Rule>, u64), ProxyError> {
     let (rule, max_body) = {
         let snap = state.config.load();

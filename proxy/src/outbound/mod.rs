@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use http::Request;
-use hyper::body::Incoming;
 
+use crate::http::body::ClientBody;
 use crate::http::errors::ProxyError;
 use crate::http::headers;
 use crate::routing::Rule;
@@ -18,7 +18,7 @@ use crate::state::ProxyState;
 pub fn route(
     state: &ProxyState,
     bound_service: Option<&str>,
-    req: &Request<Incoming>,
+    req: &Request<ClientBody>,
 ) -> Result<(Arc<Rule>, u64), ProxyError> {
     let snap = state.config.load();
     let routes = match bound_service {

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use weft_integration::client::{must, send};
+use weft_integration::client::{H2Conn, must, send};
 use weft_integration::{Backend, Proxy, ProxyConfig, Req, eventually, service};
 
 async fn proxy_with_grace(api: &Backend, grace: &str) -> Proxy {
@@ -21,8 +21,12 @@ async fn sigterm_drains_in_flight_requests_and_serves_late_calls() {
     let mut proxy = proxy_with_grace(&api, "5s").await;
     let outbound = proxy.outbound();
     let slow = tokio::spawn(async move { send(outbound, &Req::get("/delay/3000").host("api")).await });
-    eventually("the slow request to reach the backend", Duration::from_secs(10), || async {
-        (api.in_flight() == 1).then_some(())
+    // An HTTP/2 client's stream in flight too: its connection is told GOAWAY, and the stream
+    // still finishes.
+    let h2 = H2Conn::connect(outbound).await.expect("h2 connect");
+    let slow_h2 = tokio::spawn(async move { h2.send(&Req::get("/delay/3000/h2").host("api")).await });
+    eventually("the slow requests to reach the backend", Duration::from_secs(10), || async {
+        (api.in_flight() == 2).then_some(())
     })
     .await;
 
@@ -38,10 +42,13 @@ async fn sigterm_drains_in_flight_requests_and_serves_late_calls() {
     let late = must(proxy.outbound(), &Req::get("/late").host("api")).await;
     assert_eq!(late.status, 200, "late outbound call during the drain: {late:?}");
     assert_eq!(late.backend(), Some("api"));
-    assert_eq!(api.in_flight(), 1, "the slow request was still in flight");
+    assert_eq!(api.in_flight(), 2, "the slow requests were still in flight");
 
     let slow = slow.await.unwrap().expect("the in-flight request completes");
     assert_eq!(slow.status, 200, "{slow:?}");
+    let slow_h2 = slow_h2.await.unwrap().expect("the in-flight HTTP/2 stream completes");
+    assert_eq!(slow_h2.status, 200, "{slow_h2:?}");
+    assert_eq!(slow_h2.header("x-echo-path"), Some("/delay/3000/h2"));
     let status = proxy.wait_exit(Duration::from_secs(10)).await;
     let status = status.unwrap_or_else(|| panic!("still running {:?} after SIGTERM (grace 5 s)", term.elapsed()));
     assert!(status.success(), "exit after a clean drain: {status}");

@@ -112,6 +112,71 @@ async fn h2_client_reaches_http1_backend_multiplexed() {
     assert_eq!(api.hits(), 22);
 }
 
+/// An HTTP/2 client's uploads larger than the proxy's windows (1 MiB per stream and per
+/// connection) arrive whole, several at once on one connection: the proxy gives window back
+/// as it forwards each piece, so nothing stalls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_client_uploads_larger_than_the_proxy_windows_arrive_whole() {
+    let api = Backend::start("api").await;
+    let proxy = Proxy::start(ProxyConfig { policy: service("api", "http", &[api.addr()]), ..Default::default() }).await;
+
+    let conn = H2Conn::connect(proxy.outbound()).await.expect("h2 connect");
+    let uploads: Vec<_> = (0..3u8)
+        .map(|i| {
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                let body: Vec<u8> = (0..3 * 1024 * 1024 + 7).map(|n| (n % 251) as u8 ^ i).collect();
+                let resp = conn.send(&Req::post(&format!("/echo/{i}"), body.clone()).host("api")).await;
+                (body, resp)
+            })
+        })
+        .collect();
+    for upload in uploads {
+        let (body, resp) = upload.await.unwrap();
+        let resp = resp.expect("upload answered");
+        assert_eq!(resp.status, 200, "{resp:?}");
+        assert_eq!(resp.body.len(), body.len());
+        assert!(resp.body.as_ref() == body.as_slice(), "the 3 MiB body changed on the way");
+    }
+}
+
+/// A client that resets its stream (RST_STREAM) while the upstream is still working cancels
+/// the call: the proxy drops it, and its concurrency slot is free again at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_client_resetting_its_stream_cancels_the_upstream_call() {
+    let api = Backend::start("api").await;
+    let policy = service("api", "http", &[api.addr()])
+        + &weft_integration::document("TrafficPolicy", "api", "service: api\nlimits: {maxConcurrentRequests: 1}");
+    let proxy = Proxy::start(ProxyConfig { policy, ..Default::default() }).await;
+
+    let conn = H2Conn::connect(proxy.outbound()).await.expect("h2 connect");
+    let slow = {
+        let conn = conn.clone();
+        tokio::spawn(async move { conn.send(&Req::get("/delay/20000").host("api")).await })
+    };
+    eventually("the slow call to reach the backend", Duration::from_secs(10), || async {
+        (api.in_flight() == 1).then_some(())
+    })
+    .await;
+    let busy = conn.send(&Req::get("/busy").host("api")).await.expect("answered");
+    assert_eq!(busy.status, 503, "the one slot is taken: {busy:?}");
+    assert_eq!(busy.proxy_error(), Some("concurrency-limit"));
+    assert_eq!(
+        busy.header("content-length").and_then(|v| v.parse::<usize>().ok()),
+        Some(busy.body.len()),
+        "the proxy's own answer says its length"
+    );
+
+    // Dropping the client's request resets its stream (CANCEL).
+    slow.abort();
+    let resp = eventually("the slot to be free again", Duration::from_secs(5), || async {
+        let resp = conn.send(&Req::get("/after").host("api")).await.ok()?;
+        (resp.status == 200).then_some(resp)
+    })
+    .await;
+    assert_eq!(resp.header("x-echo-path"), Some("/after"));
+}
+
 fn grpc_frame(message: &[u8]) -> Vec<u8> {
     let mut frame = vec![0u8];
     frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
