@@ -28,9 +28,14 @@ pub struct GrpcRecord {
 }
 
 impl GrpcRecord {
-    pub fn finish(self, complete: bool, trailers: Option<&http::HeaderMap>) {
-        let ok = complete && trailers.and_then(|t| t.get("grpc-status")).is_none_or(|s| s.as_bytes() == b"0");
-        record(&self.rule.metrics, self.status, !ok, self.started);
+    /// `failed_status`: the trailers carried a `grpc-status` other than 0 (OK).
+    pub fn finish(self, complete: bool, failed_status: bool) {
+        record(&self.rule.metrics, self.status, !complete || failed_status, self.started);
+    }
+
+    /// Whether these trailers report a failed call.
+    pub fn is_failure(trailers: &http::HeaderMap) -> bool {
+        trailers.get("grpc-status").is_some_and(|s| s.as_bytes() != b"0")
     }
 }
 

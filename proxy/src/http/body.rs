@@ -113,9 +113,9 @@ pub struct BodyEnd {
 }
 
 impl BodyEnd {
-    fn finish(self, complete: bool, trailers: Option<&http::HeaderMap>) {
+    fn finish(self, complete: bool, failed_status: bool) {
         if let Some(grpc) = self.grpc {
-            grpc.finish(complete, trailers);
+            grpc.finish(complete, failed_status);
         }
         drop(self.permit);
     }
@@ -163,7 +163,9 @@ pub enum RespBody {
     /// A proxy-made response (errors, admin pages).
     Full(Option<Bytes>),
     /// Streams from the upstream.
-    Upstream { inner: UpstreamBody, end: Option<BodyEnd>, done: bool, trailers: Option<http::HeaderMap> },
+    /// `failed_status`: a gRPC call's trailers reported a failure (kept as a flag, not a copy
+    /// of the trailers: the body is moved with every response).
+    Upstream { inner: UpstreamBody, end: Option<BodyEnd>, done: bool, failed_status: bool },
 }
 
 impl RespBody {
@@ -177,7 +179,7 @@ impl RespBody {
     }
 
     pub fn upstream(inner: UpstreamBody, end: Option<BodyEnd>) -> RespBody {
-        RespBody::Upstream { inner, end, done: false, trailers: None }
+        RespBody::Upstream { inner, end, done: false, failed_status: false }
     }
 }
 
@@ -188,13 +190,13 @@ impl Body for RespBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             RespBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            RespBody::Upstream { inner, end, done, trailers } => {
+            RespBody::Upstream { inner, end, done, failed_status } => {
                 let polled = Pin::new(inner).poll_frame(cx);
                 match &polled {
                     Poll::Ready(None) => *done = true,
                     Poll::Ready(Some(Ok(frame))) if end.is_some() => {
                         if let Some(t) = frame.trailers_ref() {
-                            *trailers = Some(t.clone());
+                            *failed_status = crate::forward::GrpcRecord::is_failure(t);
                             *done = true;
                         }
                     }
@@ -223,11 +225,11 @@ impl Body for RespBody {
 
 impl Drop for RespBody {
     fn drop(&mut self) {
-        if let RespBody::Upstream { inner, end, done, trailers } = self
+        if let RespBody::Upstream { inner, end, done, failed_status } = self
             && let Some(end) = end.take()
         {
             let complete = *done || inner.is_end_stream();
-            end.finish(complete, trailers.as_ref());
+            end.finish(complete, *failed_status);
         }
     }
 }
