@@ -500,10 +500,12 @@ pub struct HttpLimits {
     pub max_header_bytes: u32,
     /// Request bodies larger than this get 413; 0 means no limit (bodies stream).
     pub max_body_bytes: u64,
-    /// A client that has not sent a whole request head within this is disconnected.
+    /// A request head must be complete this long after its first byte arrived, or the client
+    /// is disconnected (408).
     #[serde(with = "serde_duration")]
     pub header_read_timeout: Duration,
-    /// Idle client connections are closed after this long.
+    /// Client connections with nothing to do (no request in flight, no byte of the next head)
+    /// are closed after this long.
     #[serde(with = "serde_duration")]
     pub client_idle_timeout: Duration,
 }

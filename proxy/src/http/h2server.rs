@@ -19,6 +19,7 @@ use http_body::Body;
 
 use super::body::{ClientBody, RespBody};
 use super::server::{BoxedResponse, Handler};
+use super::timeouts::IdleTicker;
 use crate::connect::{BodyPipe, H2Body};
 
 /// Each stream may run this far ahead of the proxy reading its request body, and all of a
@@ -43,6 +44,7 @@ pub async fn handshake<S>(
     io: S,
     handler: Handler,
     wait: Duration,
+    idle_timeout: Duration,
     max_header_bytes: u32,
 ) -> Result<H2Connection<S>, H2ServeError>
 where
@@ -55,14 +57,17 @@ where
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .handshake::<_, Bytes>(io);
     let conn = tokio::time::timeout(wait, handshaking).await.map_err(|_| H2ServeError::HandshakeTimeout(wait))??;
-    Ok(H2Connection { conn, handler })
+    Ok(H2Connection { conn, handler, idle: Some(IdleTicker::new(idle_timeout)) })
 }
 
 /// A client's HTTP/2 connection: accepts its streams until it closes, or until
-/// `graceful_shutdown` has sent GOAWAY and the streams in flight have finished.
+/// `graceful_shutdown` has sent GOAWAY and the streams in flight have finished. Idle for
+/// `clientIdleTimeout`, it sends GOAWAY itself.
 pub struct H2Connection<S> {
     conn: h2::server::Connection<S, Bytes>,
     handler: Handler,
+    /// `None` once the connection is closing for idleness.
+    idle: Option<IdleTicker>,
 }
 
 impl<S> H2Connection<S>
@@ -84,8 +89,26 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         loop {
-            match ready!(this.conn.poll_accept(cx)) {
+            let accepted = match this.conn.poll_accept(cx) {
+                Poll::Ready(accepted) => accepted,
+                Poll::Pending => {
+                    let conn = &this.conn;
+                    match this.idle.as_mut().map(|idle| idle.poll_idle(cx, || conn.has_streams())) {
+                        Some(Poll::Ready(())) => {
+                            tracing::debug!("closing an idle HTTP/2 client connection (clientIdleTimeout)");
+                            this.idle = None;
+                            this.conn.graceful_shutdown();
+                            continue;
+                        }
+                        _ => return Poll::Pending,
+                    }
+                }
+            };
+            match accepted {
                 Some(Ok((req, respond))) => {
+                    if let Some(idle) = this.idle.as_mut() {
+                        idle.stream_started();
+                    }
                     let started = Instant::now();
                     let (parts, recv) = req.into_parts();
                     let body = ClientBody::Http2(H2Body::new(&parts.headers, recv));

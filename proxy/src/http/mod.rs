@@ -6,3 +6,4 @@ pub mod errors;
 pub mod h2server;
 pub mod headers;
 pub mod server;
+pub mod timeouts;

@@ -14,11 +14,12 @@ use std::time::{Duration, Instant};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::body::{ClientBody, RespBody};
 use super::h2server;
+use super::timeouts::{HeadTimer, ReadWatch};
 use crate::listeners::Side;
 use crate::metrics::METRICS;
 use crate::state::ProxyState;
@@ -35,12 +36,15 @@ pub enum Version {
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Tells HTTP/2 prior knowledge from HTTP/1.x by peeking at the first bytes, which stay in the
-/// socket. `None`: the client closed, failed, or sent nothing within `wait`.
-pub async fn sniff(stream: &TcpStream, wait: Duration) -> Option<Version> {
+/// socket. `None`: the client closed, failed, sent nothing within `idle`, or started the
+/// preface and did not finish it within `head`.
+pub async fn sniff(stream: &TcpStream, idle: Duration, head: Duration) -> Option<Version> {
     let mut buf = [0u8; 24];
+    // Nothing sent yet: the connection is idle, not slow.
+    let first = tokio::time::timeout(idle, stream.peek(&mut buf)).await.ok()?.ok()?;
     let decide = async {
+        let mut n = first;
         loop {
-            let n = stream.peek(&mut buf).await.ok()?;
             if n == 0 {
                 return None;
             }
@@ -53,13 +57,15 @@ pub async fn sniff(stream: &TcpStream, wait: Duration) -> Option<Version> {
             // Part of the preface so far (rare: it came in pieces); peeking again at once
             // would return the same bytes.
             tokio::time::sleep(Duration::from_millis(1)).await;
+            n = stream.peek(&mut buf).await.ok()?;
         }
     };
-    tokio::time::timeout(wait, decide).await.ok().flatten()
+    tokio::time::timeout(head, decide).await.ok().flatten()
 }
 
 /// Serves a plaintext client connection: sniffs its version, then serves it. A client that
-/// sends nothing within `headerReadTimeout` is closed.
+/// sends nothing within `clientIdleTimeout`, or only part of the HTTP/2 preface within
+/// `headerReadTimeout`, is closed.
 pub async fn serve_plaintext(
     stream: TcpStream,
     peer: SocketAddr,
@@ -67,8 +73,11 @@ pub async fn serve_plaintext(
     state: Arc<ProxyState>,
     caller: Option<Arc<str>>,
 ) {
-    let wait = state.config.load().proxy.http.header_read_timeout;
-    if let Some(version) = sniff(&stream, wait).await {
+    let (idle, head) = {
+        let snap = state.config.load();
+        (snap.proxy.http.client_idle_timeout, snap.proxy.http.header_read_timeout)
+    };
+    if let Some(version) = sniff(&stream, idle, head).await {
         serve(stream, version, peer, side, state, caller).await;
     }
 }
@@ -91,30 +100,39 @@ pub async fn serve<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let direction = side.direction();
-    let (header_read_timeout, max_header_bytes) = {
+    let (header_read_timeout, idle_timeout, max_header_bytes) = {
         let snap = state.config.load();
-        (snap.proxy.http.header_read_timeout, snap.proxy.http.max_header_bytes)
+        let http = &snap.proxy.http;
+        (http.header_read_timeout, http.client_idle_timeout, http.max_header_bytes)
     };
     let service = Handler { state: state.clone(), side, peer, caller };
     let ended = match version {
         Version::Http1 => {
+            let timer = HeadTimer::new(header_read_timeout, idle_timeout);
+            let head_begun = timer.head_begun();
+            let io = TokioIo::new(ReadWatch::new(stream, &timer));
             let conn = std::pin::pin!(
                 http1::Builder::new()
-                    .timer(TokioTimer::new())
+                    .timer(timer)
                     .header_read_timeout(header_read_timeout)
                     .max_buf_size((max_header_bytes as usize).max(8192))
                     // Once draining, each new connection serves one request and closes, so the
                     // app's late calls still work but nothing lingers.
                     .keep_alive(!state.is_draining())
-                    .serve_connection(TokioIo::new(stream), service)
+                    .serve_connection(io, service)
                     .with_upgrades()
             );
-            drive(&state, conn, |c| c.graceful_shutdown()).await.map_err(|e| e.to_string())
+            match drive(&state, conn, |c| c.graceful_shutdown()).await {
+                // Idle for clientIdleTimeout: an ordinary end, not the client's fault.
+                Err(e) if e.is_timeout() && !head_begun.load(std::sync::atomic::Ordering::Relaxed) => Ok(()),
+                ended => ended.map_err(|e| e.to_string()),
+            }
         }
         // Boxed: the HTTP/1.1 connection above stays inline, and the task of every
         // plaintext connection does not reserve room for HTTP/2's larger state too.
         Version::Http2 => Box::pin(async {
-            let mut conn = h2server::handshake(stream, service, header_read_timeout, max_header_bytes).await?;
+            let mut conn =
+                h2server::handshake(stream, service, header_read_timeout, idle_timeout, max_header_bytes).await?;
             drive(&state, Pin::new(&mut conn), |c| c.get_mut().graceful_shutdown()).await
         })
         .await
@@ -372,7 +390,7 @@ mod tests {
     async fn http1_is_known_from_the_first_byte_and_the_bytes_stay_in_the_socket() {
         let (mut client, server) = pair().await;
         client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
-        assert_eq!(sniff(&server, Duration::from_secs(5)).await, Some(Version::Http1));
+        assert_eq!(sniff(&server, Duration::from_secs(5), Duration::from_secs(5)).await, Some(Version::Http1));
         let mut buf = [0u8; 16];
         let n = server.peek(&mut buf).await.unwrap();
         assert_eq!(&buf[..n], b"GET / HTTP/1.1\r\n", "sniffing consumed nothing");
@@ -387,7 +405,7 @@ mod tests {
             client.write_all(&H2_PREFACE[10..]).await.unwrap();
             client
         });
-        assert_eq!(sniff(&server, Duration::from_secs(5)).await, Some(Version::Http2));
+        assert_eq!(sniff(&server, Duration::from_secs(5), Duration::from_secs(5)).await, Some(Version::Http2));
         drop(writer.await.unwrap());
     }
 
@@ -396,16 +414,26 @@ mod tests {
         let (mut client, server) = pair().await;
         // "PRI" is a valid (if odd) HTTP/1.1 method; only the full preface means HTTP/2.
         client.write_all(b"PRI /x HTTP/1.1\r\n").await.unwrap();
-        assert_eq!(sniff(&server, Duration::from_secs(5)).await, Some(Version::Http1));
+        assert_eq!(sniff(&server, Duration::from_secs(5), Duration::from_secs(5)).await, Some(Version::Http1));
     }
 
     #[tokio::test]
     async fn a_silent_or_closed_client_is_given_up() {
         let (client, server) = pair().await;
         let started = Instant::now();
-        assert_eq!(sniff(&server, Duration::from_millis(100)).await, None);
+        assert_eq!(sniff(&server, Duration::from_millis(100), Duration::from_secs(5)).await, None);
         assert!(started.elapsed() >= Duration::from_millis(100));
         drop(client);
-        assert_eq!(sniff(&server, Duration::from_secs(5)).await, None, "EOF before any byte");
+        assert_eq!(sniff(&server, Duration::from_secs(5), Duration::from_secs(5)).await, None, "EOF before any byte");
+    }
+
+    #[tokio::test]
+    async fn a_preface_left_unfinished_is_given_up_after_the_head_timeout() {
+        let (mut client, server) = pair().await;
+        client.write_all(&H2_PREFACE[..10]).await.unwrap();
+        let started = Instant::now();
+        assert_eq!(sniff(&server, Duration::from_secs(5), Duration::from_millis(100)).await, None);
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(100) && took < Duration::from_secs(5), "gave up after {took:?}");
     }
 }

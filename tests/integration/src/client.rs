@@ -183,6 +183,11 @@ impl H2Conn {
         Ok(H2Conn { sender })
     }
 
+    /// Whether the server has closed the connection (after GOAWAY, once it ends).
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+
     pub async fn send(&self, req: &Req) -> Result<Resp, BoxError> {
         let mut sender = self.sender.clone();
         bounded(async move {

@@ -5,9 +5,9 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use weft_integration::client::must;
-use weft_integration::net::{raw_exchange, read_until_close, status_of};
-use weft_integration::{Backend, Proxy, ProxyConfig, Req, document, service};
+use weft_integration::client::{H2Conn, must};
+use weft_integration::net::{raw_exchange, read_head, read_until_close, status_of};
+use weft_integration::{Backend, Proxy, ProxyConfig, Req, document, metric_sum, service};
 
 const RAW_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -87,6 +87,90 @@ async fn slow_header_sender_is_disconnected() {
         assert_eq!(status_of(&got), Some(408), "only a 408 may be sent: {:?}", String::from_utf8_lossy(&got));
     }
     assert_eq!(api.hits(), 0);
+}
+
+/// Two requests on one kept-alive connection, longer than headerReadTimeout (1 s) apart.
+async fn exchange_twice(name: &str, stream: &mut TcpStream, request: &[u8]) {
+    for i in 0..2 {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(1600)).await;
+        }
+        stream.write_all(request).await.unwrap();
+        let (head, _) = read_head(stream, RAW_DEADLINE).await;
+        assert!(head.starts_with("HTTP/1.1 204"), "{name}: request {i} on a kept-alive connection: {head:?}");
+    }
+}
+
+/// A keep-alive connection waiting for its next request is idle, not slow: it lasts
+/// `clientIdleTimeout`, and is then closed quietly (no 408). A head that has started to arrive
+/// must complete within `headerReadTimeout` of its first byte, however long the connection
+/// idled before. HTTP/2 connections with no stream open are closed (GOAWAY) after
+/// `clientIdleTimeout` too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_last_client_idle_timeout_and_slow_heads_header_read_timeout() {
+    let api = Backend::start("api").await;
+    let proxy = proxy_for(&api, "http: {headerReadTimeout: 1s, clientIdleTimeout: 3s}").await;
+    let request = b"GET /status/204 HTTP/1.1\r\nHost: api\r\n\r\n";
+
+    let mut idle = TcpStream::connect(proxy.outbound()).await.unwrap();
+    let mut slow = TcpStream::connect(proxy.outbound()).await.unwrap();
+    let h2 = H2Conn::connect(proxy.outbound()).await.expect("h2 connect");
+    assert_eq!(h2.send(&Req::get("/h2").host("api")).await.expect("h2 request").status, 200);
+    let h2_idle = tokio::spawn(async move {
+        let since = Instant::now();
+        while !h2.is_closed() && since.elapsed() < RAW_DEADLINE {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        since.elapsed()
+    });
+    exchange_twice("idle", &mut idle, request).await;
+    let idle_h1 = tokio::spawn(async move {
+        let since = Instant::now();
+        let mut got = Vec::new();
+        let closed = tokio::time::timeout(RAW_DEADLINE, read_until_close(&mut idle, &mut got)).await;
+        (closed.is_ok(), since.elapsed(), got)
+    });
+    exchange_twice("slow", &mut slow, request).await;
+
+    // The next head starts on `slow` after 1.6 s of idling, and never completes.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let first_byte = Instant::now();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: api\r\n").await.unwrap();
+    let (mut reader, mut writer) = slow.into_split();
+    let trickle = tokio::spawn(async move {
+        for i in 0..40 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if writer.write_all(format!("X-Slow-{i}: a\r\n").as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(RAW_DEADLINE, read_until_close(&mut reader, &mut got)).await;
+    let took = first_byte.elapsed();
+    trickle.abort();
+    assert!(closed.is_ok(), "a slow head was not cut off");
+    assert!(took >= Duration::from_millis(900), "cut off {took:?} after its first byte, before headerReadTimeout");
+    assert!(took < Duration::from_millis(2500), "cut off {took:?} after its first byte: that is the idle deadline");
+    if !got.is_empty() {
+        assert_eq!(status_of(&got), Some(408), "only a 408 may be sent: {:?}", String::from_utf8_lossy(&got));
+    }
+
+    let (closed, idled, got) = idle_h1.await.unwrap();
+    assert!(closed, "an idle HTTP/1.1 connection was never closed");
+    assert!(idled >= Duration::from_millis(2900), "closed after {idled:?} idle, before clientIdleTimeout 3s");
+    assert!(idled < Duration::from_millis(4500), "closed only after {idled:?} idle (clientIdleTimeout 3s)");
+    assert!(got.is_empty(), "an idle close sends nothing: {:?}", String::from_utf8_lossy(&got));
+
+    // HTTP/2 is checked every 0.75 s, so it is closed between 3 and 4.5 s of idling.
+    let idled = h2_idle.await.unwrap();
+    assert!(idled >= Duration::from_millis(2900), "HTTP/2 closed after {idled:?} idle, before clientIdleTimeout 3s");
+    assert!(idled < Duration::from_millis(5500), "HTTP/2 still open after {idled:?} idle (clientIdleTimeout 3s)");
+
+    // Idle closes are ordinary ends; the slow head is the one protocol error.
+    let metrics = proxy.metrics().await;
+    assert_eq!(metric_sum(&metrics, "weft_protocol_errors_total", &[]), 1.0, "{metrics}");
+    assert_eq!(api.hits(), 5, "the slow head never reached the backend");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
