@@ -501,7 +501,7 @@ pub struct HttpLimits {
     /// Request bodies larger than this get 413; 0 means no limit (bodies stream).
     pub max_body_bytes: u64,
     /// A request head must be complete this long after its first byte arrived, or the client
-    /// is disconnected (408).
+    /// is disconnected.
     #[serde(with = "serde_duration")]
     pub header_read_timeout: Duration,
     /// Client connections with nothing to do (no request in flight, no byte of the next head)

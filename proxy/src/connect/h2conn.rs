@@ -74,7 +74,7 @@ impl H2Conn {
             Ok(pair) => pair,
             Err(e) => return Err(SendError::Failed(e.into())),
         };
-        let mut pipe = (!end_of_stream).then(|| BodyPipe::new(body, stream));
+        let mut pipe = (!end_of_stream).then(|| BodyPipe::new(body, stream, Reason::CANCEL));
         let head = poll_fn(|cx| {
             if let Some(p) = pipe.as_mut()
                 && let Poll::Ready(result) = p.poll_send(cx)
@@ -111,6 +111,10 @@ pub struct BodyPipe<B> {
     stream: SendStream<Bytes>,
     /// Data read from the body and not yet sent, waiting for window.
     chunk: Option<Bytes>,
+    /// Why the stream is reset when the body fails, unless the failure carries an HTTP/2
+    /// reason of its own: CANCEL for a request (the client gave up), INTERNAL_ERROR for a
+    /// response (the upstream failed).
+    on_error: Reason,
 }
 
 impl<B> BodyPipe<B>
@@ -118,8 +122,8 @@ where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
 {
-    pub fn new(body: B, stream: SendStream<Bytes>) -> BodyPipe<B> {
-        BodyPipe { body, stream, chunk: None }
+    pub fn new(body: B, stream: SendStream<Bytes>, on_error: Reason) -> BodyPipe<B> {
+        BodyPipe { body, stream, chunk: None, on_error }
     }
 
     /// `Ready(Ok)` once the body is sent (or the peer said it needs no more of it).
@@ -161,8 +165,9 @@ where
                     return Poll::Ready(Ok(()));
                 }
                 Some(Err(e)) => {
-                    self.stream.send_reset(Reason::CANCEL);
-                    return Poll::Ready(Err(e.into()));
+                    let e: BoxError = e.into();
+                    self.stream.send_reset(h2_reason(&*e).unwrap_or(self.on_error));
+                    return Poll::Ready(Err(e));
                 }
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) if data.is_empty() => {}
@@ -177,6 +182,18 @@ where
             }
         }
     }
+}
+
+/// The HTTP/2 reason somewhere in an error's chain (an upstream's RST_STREAM, say).
+fn h2_reason(e: &(dyn std::error::Error + 'static)) -> Option<Reason> {
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        if let Some(reason) = e.downcast_ref::<h2::Error>().and_then(h2::Error::reason) {
+            return Some(reason);
+        }
+        cause = e.source();
+    }
+    None
 }
 
 /// A body read from an HTTP/2 stream (an upstream's response, or an HTTP/2 client's request);
@@ -195,11 +212,18 @@ impl H2Body {
     /// The body of a message with these `headers`; `h2` has already checked that the data
     /// adds up to their `content-length`.
     pub fn new(headers: &http::HeaderMap, recv: RecvStream) -> H2Body {
-        let remaining = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .map_or(UNKNOWN_LENGTH, |n| n.min(UNKNOWN_LENGTH - 1));
+        // A message whose HEADERS ended the stream has an empty body, `content-length` or
+        // not: its size must say so exactly (a retry needs a replayable body; GETs from
+        // most HTTP/2 clients carry no `content-length`).
+        let remaining = match headers.get(header::CONTENT_LENGTH) {
+            _ if recv.is_end_stream() => 0,
+            Some(v) => v
+                .to_str()
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .map_or(UNKNOWN_LENGTH, |n| n.min(UNKNOWN_LENGTH - 1)),
+            None => UNKNOWN_LENGTH,
+        };
         H2Body { recv, remaining }
     }
 }
@@ -379,6 +403,18 @@ mod tests {
             got.trailers.as_ref().and_then(|t| t.get("x-checksum")).map(|v| v.as_bytes()),
             Some(&b"1400000"[..])
         );
+    }
+
+    #[test]
+    fn a_reset_passes_on_the_upstream_reason_found_in_an_error_chain() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("upstream body failed")]
+        struct Wrapped(#[source] h2::Error);
+
+        let refused: BoxError = Box::new(Wrapped(h2::Error::from(Reason::REFUSED_STREAM)));
+        assert_eq!(h2_reason(&*refused), Some(Reason::REFUSED_STREAM), "found below the top error");
+        let plain: BoxError = Box::new(std::io::Error::other("connection reset"));
+        assert_eq!(h2_reason(&*plain), None, "no reason: the pipe's own default applies");
     }
 
     #[tokio::test]

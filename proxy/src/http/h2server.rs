@@ -185,9 +185,10 @@ fn send_head(respond: &mut SendResponse<Bytes>, resp: Response<RespBody>) -> Opt
     }
     let end = body.is_end_stream();
     match respond.send_response(Response::from_parts(parts, ()), end) {
-        Ok(stream) => (!end).then(|| BodyPipe::new(body, stream)),
+        Ok(stream) => (!end).then(|| BodyPipe::new(body, stream, Reason::INTERNAL_ERROR)),
         Err(e) => {
             tracing::debug!(error = %e, "could not send a response to an HTTP/2 client");
+            respond.send_reset(Reason::INTERNAL_ERROR);
             None
         }
     }

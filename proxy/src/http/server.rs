@@ -77,7 +77,20 @@ pub async fn serve_plaintext(
         let snap = state.config.load();
         (snap.proxy.http.client_idle_timeout, snap.proxy.http.header_read_timeout)
     };
-    if let Some(version) = sniff(&stream, idle, head).await {
+    // A connection that has sent nothing does not hold up a drain for longer than a slow
+    // head would.
+    let mut drain = state.drain_signal();
+    let idle = if state.is_draining() { head } else { idle };
+    let version = {
+        let mut sniffing = std::pin::pin!(sniff(&stream, idle, head));
+        tokio::select! {
+            biased;
+            version = &mut sniffing => version,
+            _ = drain.changed() => tokio::time::timeout(head, sniffing).await.ok().flatten(),
+        }
+    };
+    drop(drain);
+    if let Some(version) = version {
         serve(stream, version, peer, side, state, caller).await;
     }
 }

@@ -7,7 +7,10 @@
 //! 5 min): each close after 10 s idle is one more chance of the app reusing a connection just as
 //! the proxy closes it. `HeadTimer` gives hyper a timer that lasts `clientIdleTimeout` while no
 //! byte of the next head has arrived, and `headerReadTimeout` from the first one (`ReadWatch`
-//! sees it). An idle close is quiet (hyper closes without a 408); a slow head gets its 408.
+//! sees it). Either way hyper closes the connection without an answer; only the slow head
+//! counts as a protocol error. Known gap: bytes of a next head that hyper has already read
+//! with the previous request (pipelining) are not seen as a start, so such a head gets the
+//! idle deadline.
 //!
 //! HTTP/2: `IdleTicker` checks the connection four times per `clientIdleTimeout`; with no
 //! stream open and none started for four whole periods, the connection is sent GOAWAY (so
@@ -79,17 +82,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ReadWatch<S> {
 pub struct HeadTimer {
     read: Arc<AtomicBool>,
     head: Duration,
-    /// How much longer than `head` an idle connection may wait.
-    idle_extra: Duration,
+    idle: Duration,
 }
 
 impl HeadTimer {
     pub fn new(header_read_timeout: Duration, client_idle_timeout: Duration) -> HeadTimer {
-        HeadTimer {
-            read: Arc::new(AtomicBool::new(false)),
-            head: header_read_timeout,
-            idle_extra: client_idle_timeout.saturating_sub(header_read_timeout),
-        }
+        HeadTimer { read: Arc::new(AtomicBool::new(false)), head: header_read_timeout, idle: client_idle_timeout }
     }
 
     /// Whether a byte of the head being waited for has arrived: after hyper's header read
@@ -108,11 +106,12 @@ impl hyper::rt::Timer for HeadTimer {
     /// hyper asks for this when it starts waiting for a head, `headerReadTimeout` from now.
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
         self.read.store(false, Ordering::Relaxed);
+        let waiting_since = deadline.checked_sub(self.head).unwrap_or(deadline);
         Box::pin(HeadSleep {
-            sleep: tokio::time::sleep_until((deadline + self.idle_extra).into()),
+            sleep: tokio::time::sleep_until((waiting_since + self.idle).into()),
             read: self.read.clone(),
             head: self.head,
-            head_started: self.idle_extra.is_zero(),
+            head_started: false,
         })
     }
 }
@@ -136,11 +135,9 @@ impl Future for HeadSleep {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut this = self.project();
         if !*this.head_started && this.read.load(Ordering::Relaxed) {
+            // The head began with the read just made: its own deadline replaces the idle one.
             *this.head_started = true;
-            let head_deadline = tokio::time::Instant::now() + *this.head;
-            if head_deadline < this.sleep.deadline() {
-                this.sleep.as_mut().reset(head_deadline);
-            }
+            this.sleep.as_mut().reset(tokio::time::Instant::now() + *this.head);
         }
         this.sleep.poll(cx)
     }

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use weft_integration::client::{must, send};
+use weft_integration::client::{H2Conn, must, send};
 use weft_integration::metrics::metric_sum;
 use weft_integration::net::dead_addr;
 use weft_integration::{Backend, Limit, Proxy, ProxyConfig, Req, document, eventually, run_load, service};
@@ -129,8 +129,15 @@ async fn post_is_not_retried_on_5xx_but_idempotent_methods_are() {
     assert_eq!(resp.status, 503);
     assert_eq!(api.hits(), 4 + 3, "PUT is idempotent and retried like GET");
 
+    // An HTTP/2 GET ends its stream with its HEADERS and, from most clients, carries no
+    // content-length: its empty body must still count as replayable.
+    let h2 = H2Conn::connect(proxy.outbound()).await.expect("h2 connect");
+    let resp = h2.send(&Req::get("/status/503").host("api")).await.expect("h2 GET");
+    assert_eq!(resp.status, 503);
+    assert_eq!(api.hits(), 7 + 3, "an HTTP/2 GET is retried like an HTTP/1.1 one");
+
     let metrics = proxy.metrics().await;
-    assert_eq!(metric_sum(&metrics, "weft_retries_total", &[("service", "api")]), 4.0, "{metrics}");
+    assert_eq!(metric_sum(&metrics, "weft_retries_total", &[("service", "api")]), 6.0, "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
