@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use h2::Reason;
 use h2::server::SendResponse;
-use http::{Request, Response, header};
+use http::{HeaderValue, Request, Response, header};
 use http_body::Body;
 
 use super::body::{ClientBody, RespBody};
@@ -175,13 +175,19 @@ impl Future for Answer {
 /// Sends the response head; returns what is left to send of its body.
 fn send_head(respond: &mut SendResponse<Bytes>, resp: Response<RespBody>) -> Option<BodyPipe<RespBody>> {
     let (mut parts, body) = resp.into_parts();
-    // The proxy's own answers (errors) say their length; forwarded ones already do, or end
-    // with the stream. Responses never carry connection-specific fields here: the HTTP/1.1
-    // client drops them while it parses, and HTTP/2 forbids them on the upstream side too.
-    if let RespBody::Full(data) = &body
-        && !parts.headers.contains_key(header::CONTENT_LENGTH)
-    {
-        parts.headers.insert(header::CONTENT_LENGTH, data.as_ref().map_or(0, Bytes::len).into());
+    // The proxy's own answers (errors) say their length and date, as hyper's HTTP/1.1 server
+    // adds them; forwarded ones carry the upstream's. Responses never carry connection-specific
+    // fields here: the HTTP/1.1 client drops them while it parses, and HTTP/2 forbids them on
+    // the upstream side too.
+    if let RespBody::Full(data) = &body {
+        if !parts.headers.contains_key(header::CONTENT_LENGTH) {
+            parts.headers.insert(header::CONTENT_LENGTH, data.as_ref().map_or(0, Bytes::len).into());
+        }
+        if !parts.headers.contains_key(header::DATE)
+            && let Ok(date) = HeaderValue::from_str(&httpdate::fmt_http_date(std::time::SystemTime::now()))
+        {
+            parts.headers.insert(header::DATE, date);
+        }
     }
     let end = body.is_end_stream();
     match respond.send_response(Response::from_parts(parts, ()), end) {

@@ -166,6 +166,7 @@ async fn an_h2_client_resetting_its_stream_cancels_the_upstream_call() {
         Some(busy.body.len()),
         "the proxy's own answer says its length"
     );
+    assert!(busy.header("date").is_some_and(|d| d.ends_with(" GMT")), "and its date: {busy:?}");
 
     // Dropping the client's request resets its stream (CANCEL).
     slow.abort();
