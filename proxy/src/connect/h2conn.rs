@@ -215,14 +215,14 @@ impl H2Body {
         // A message whose HEADERS ended the stream has an empty body, `content-length` or
         // not: its size must say so exactly (a retry needs a replayable body; GETs from
         // most HTTP/2 clients carry no `content-length`).
-        let remaining = match headers.get(header::CONTENT_LENGTH) {
-            _ if recv.is_end_stream() => 0,
-            Some(v) => v
-                .to_str()
-                .ok()
+        let remaining = if recv.is_end_stream() {
+            0
+        } else {
+            headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok())
-                .map_or(UNKNOWN_LENGTH, |n| n.min(UNKNOWN_LENGTH - 1)),
-            None => UNKNOWN_LENGTH,
+                .map_or(UNKNOWN_LENGTH, |n| n.min(UNKNOWN_LENGTH - 1))
         };
         H2Body { recv, remaining }
     }

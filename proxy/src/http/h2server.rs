@@ -4,7 +4,7 @@
 //! (forwarding, then sending the response and its body) runs in a task of its own. hyper's
 //! HTTP/2 server did the same with more layers around each stream: its own body type over
 //! the stream, a second pass over the response's connection-specific headers, a date header,
-//! and a state machine per stream (callgrind: about 4 % of an h2 request's instructions).
+//! and a state machine per stream (callgrind: 62.7k -> 61.1k instructions per h2 request).
 
 use std::future::Future;
 use std::pin::Pin;

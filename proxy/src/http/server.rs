@@ -335,7 +335,13 @@ mod tests {
     }
 
     fn test_state() -> Arc<ProxyState> {
-        let docs = weft_api::parse_file("t.yaml", "kind: Proxy\nmetadata: {name: t}\nspec: {service: t}\n").unwrap();
+        test_state_with("")
+    }
+
+    /// A proxy state whose Proxy spec has `extra` (flow-map entries) besides its service.
+    fn test_state_with(extra: &str) -> Arc<ProxyState> {
+        let yaml = format!("kind: Proxy\nmetadata: {{name: t}}\nspec: {{service: t{extra}}}\n");
+        let docs = weft_api::parse_file("t.yaml", &yaml).unwrap();
         let snapshot = crate::config::snapshot::Snapshot::build(docs, "t.yaml", 1, None).unwrap();
         ProxyState::new(snapshot, "t.yaml".into(), None)
     }
@@ -376,13 +382,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_http2_client_that_never_finishes_its_handshake_is_closed() {
-        let docs = weft_api::parse_file(
-            "t.yaml",
-            "kind: Proxy\nmetadata: {name: t}\nspec: {service: t, http: {headerReadTimeout: 200ms}}\n",
-        )
-        .unwrap();
-        let snapshot = crate::config::snapshot::Snapshot::build(docs, "t.yaml", 1, None).unwrap();
-        let state = ProxyState::new(snapshot, "t.yaml".into(), None);
+        let state = test_state_with(", http: {headerReadTimeout: 200ms}");
         let (mut client, server) = tokio::io::duplex(4096);
         // Half a preface, then silence (as over TLS, where ALPN chose h2 before any byte).
         client.write_all(&H2_PREFACE[..10]).await.unwrap();

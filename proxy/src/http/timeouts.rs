@@ -99,8 +99,9 @@ impl HeadTimer {
 }
 
 impl hyper::rt::Timer for HeadTimer {
+    /// Any other wait hyper asks for is a plain one.
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(Plain { sleep: tokio::time::sleep(duration) })
+        hyper_util::rt::TokioTimer::new().sleep(duration)
     }
 
     /// hyper asks for this when it starts waiting for a head, `headerReadTimeout` from now.
@@ -144,23 +145,6 @@ impl Future for HeadSleep {
 }
 
 impl hyper::rt::Sleep for HeadSleep {}
-
-pin_project_lite::pin_project! {
-    struct Plain {
-        #[pin]
-        sleep: tokio::time::Sleep,
-    }
-}
-
-impl Future for Plain {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        self.project().sleep.poll(cx)
-    }
-}
-
-impl hyper::rt::Sleep for Plain {}
 
 /// Checks per `clientIdleTimeout`: an HTTP/2 connection is closed between 1 and 1.5 times it.
 const IDLE_CHECKS: u32 = 4;
