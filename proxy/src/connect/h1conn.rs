@@ -490,20 +490,20 @@ fn forwardable_trailer(name: &HeaderName) -> bool {
 }
 
 /// `name: value` and its CRLF.
-fn push_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+pub(crate) fn push_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
     out.extend_from_slice(name.as_str().as_bytes());
     out.extend_from_slice(b": ");
     out.extend_from_slice(value.as_bytes());
     out.extend_from_slice(b"\r\n");
 }
 
-fn push_length(out: &mut Vec<u8>, n: u64) {
+pub(crate) fn push_length(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(b"content-length: ");
     push_number(out, n, 10);
 }
 
 /// A chunk-size line.
-fn push_hex(out: &mut Vec<u8>, n: usize) {
+pub(crate) fn push_hex(out: &mut Vec<u8>, n: usize) {
     push_number(out, n as u64, 16);
 }
 
@@ -656,7 +656,7 @@ fn parse_error(e: httparse::Error) -> &'static str {
 }
 
 /// A Content-Length value: decimal digits only (no sign, no spaces inside), at most 19 of them.
-fn parse_length(v: &[u8]) -> Option<u64> {
+pub(crate) fn parse_length(v: &[u8]) -> Option<u64> {
     let v = v.trim_ascii();
     if v.is_empty() || v.len() > 19 {
         return None;

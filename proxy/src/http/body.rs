@@ -17,11 +17,13 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Largest request body the proxy buffers so that a request can be retried.
 pub const MAX_REPLAY_BYTES: u64 = 64 * 1024;
 
-/// A request body as the client sends it: read by hyper's HTTP/1.1 server, or from an HTTP/2
-/// stream (`http::h2server`).
+/// A request body as the client sends it: read by hyper's HTTP/1.1 server, from an HTTP/2
+/// stream (`http::h2server`), or already whole in the read buffer of `http::h1server`
+/// (`None`: no body).
 pub enum ClientBody {
     Http1(Incoming),
     Http2(H2Body),
+    Buffered(Option<Bytes>),
 }
 
 impl Body for ClientBody {
@@ -32,6 +34,7 @@ impl Body for ClientBody {
         match self.get_mut() {
             ClientBody::Http1(inner) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
             ClientBody::Http2(inner) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
+            ClientBody::Buffered(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         }
     }
 
@@ -39,6 +42,7 @@ impl Body for ClientBody {
         match self {
             ClientBody::Http1(inner) => inner.is_end_stream(),
             ClientBody::Http2(inner) => inner.is_end_stream(),
+            ClientBody::Buffered(data) => data.is_none(),
         }
     }
 
@@ -46,6 +50,7 @@ impl Body for ClientBody {
         match self {
             ClientBody::Http1(inner) => inner.size_hint(),
             ClientBody::Http2(inner) => inner.size_hint(),
+            ClientBody::Buffered(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
         }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod body;
 pub mod errors;
+pub mod h1server;
 pub mod h2server;
 pub mod headers;
 pub mod server;

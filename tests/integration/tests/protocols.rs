@@ -6,7 +6,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use weft_integration::client::{H2Conn, must, send_h2};
 use weft_integration::metrics::metric_sum;
-use weft_integration::net::read_head;
+use weft_integration::net::{read_head, read_until_close};
 use weft_integration::tcp_echo::{GREETING, expect_greeting, send_and_read_to_eof};
 use weft_integration::{Backend, Proxy, ProxyConfig, Req, TcpEcho, eventually, service};
 
@@ -424,4 +424,110 @@ async fn early_answers_during_an_upload_mean_what_the_upstream_meant() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let got = tokio::time::timeout(IO_DEADLINE, got_rx.recv()).await.expect("the upstream finished reading");
     assert_eq!(got, Some(BODY), "the upload was sent whole after the early 200");
+}
+
+/// What an HTTP/1.1 client pipelined on one connection (sent together, before any answer),
+/// answered in order: plain requests, one with a body, and one whose chunked body makes the
+/// proxy hand the rest of the connection to hyper's server (see `http::h1server`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_http1_requests_of_every_shape_are_answered_in_order() {
+    let api = Backend::start("api").await;
+    let proxy = Proxy::start(ProxyConfig { policy: service("api", "http", &[api.addr()]), ..Default::default() }).await;
+    let mut stream = TcpStream::connect(proxy.outbound()).await.unwrap();
+    let requests = b"GET /one HTTP/1.1\r\nHost: api\r\n\r\n\
+        POST /echo/two HTTP/1.1\r\nHost: api\r\nContent-Length: 5\r\n\r\nhello\
+        POST /echo/three HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nthree\r\n0\r\n\r\n\
+        GET /four HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n";
+    stream.write_all(requests).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(IO_DEADLINE, read_until_close(&mut stream, &mut got)).await.expect("closed after /four");
+    let text = String::from_utf8_lossy(&got).to_lowercase();
+    assert_eq!(text.matches("http/1.1 200 ok\r\n").count(), 4, "{text}");
+    let at = |needle: &str| text.find(needle).unwrap_or_else(|| panic!("no {needle:?} in {text}"));
+    let order = [
+        at("x-echo-path: /one"),
+        at("x-echo-path: /echo/two"),
+        at("x-echo-path: /echo/three"),
+        at("x-echo-path: /four"),
+    ];
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "answered out of order: {text}");
+    assert!(at("\r\n\r\nhello") < order[2] && at("\r\n\r\nthree") > order[2], "bodies went to their requests: {text}");
+    assert_eq!(api.hits(), 4);
+}
+
+/// Heads and bodies that do not arrive whole, `Expect: 100-continue`, and HTTP/1.0 are all
+/// served (by hyper's server, which the proxy hands such connections to).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_requests_in_pieces_expecting_continue_or_in_http_1_0_are_served() {
+    let api = Backend::start("api").await;
+    let proxy = Proxy::start(ProxyConfig { policy: service("api", "http", &[api.addr()]), ..Default::default() }).await;
+
+    // A head in two pieces, then a body that follows later, on a kept-alive connection that
+    // had a plain request first.
+    let mut stream = TcpStream::connect(proxy.outbound()).await.unwrap();
+    stream.write_all(b"GET /first HTTP/1.1\r\nHost: api\r\n\r\n").await.unwrap();
+    let (head, _) = read_head(&mut stream, IO_DEADLINE).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    stream.write_all(b"POST /echo/pieces HTTP/1.1\r\nHo").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stream.write_all(b"st: api\r\nContent-Length: 6\r\n\r\nab").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stream.write_all(b"cdef").await.unwrap();
+    let (head, body) = read_head(&mut stream, IO_DEADLINE).await;
+    assert!(head.starts_with("HTTP/1.1 200") && head.contains("x-echo-path: /echo/pieces"), "{head}");
+    let mut body = body;
+    while body.len() < 6 {
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(IO_DEADLINE, stream.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "closed before the body");
+        body.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(&body[..], b"abcdef");
+
+    // Expect: 100-continue: the interim answer comes before the body is sent.
+    let mut stream = TcpStream::connect(proxy.outbound()).await.unwrap();
+    stream
+        .write_all(b"POST /echo/continue HTTP/1.1\r\nHost: api\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = read_head(&mut stream, IO_DEADLINE).await;
+    assert!(head.starts_with("HTTP/1.1 100"), "{head}");
+    stream.write_all(b"ok").await.unwrap();
+    let (head, _) = read_head(&mut stream, IO_DEADLINE).await;
+    assert!(head.starts_with("HTTP/1.1 200") && head.contains("x-echo-path: /echo/continue"), "{head}");
+
+    // HTTP/1.0 without keep-alive: answered, then closed.
+    let mut stream = TcpStream::connect(proxy.outbound()).await.unwrap();
+    stream.write_all(b"GET /old HTTP/1.0\r\nHost: api\r\n\r\n").await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(IO_DEADLINE, read_until_close(&mut stream, &mut got)).await.expect("closed after answering");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.") && text.contains(" 200 ") && text.ends_with("api\n"), "{text}");
+    assert_eq!(api.hits(), 4);
+}
+
+/// An HTTP/1.1 client that closes its connection while the upstream is still working cancels
+/// the call: its concurrency slot is free again at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http1_client_closing_mid_call_cancels_the_upstream_call() {
+    let api = Backend::start("api").await;
+    let policy = service("api", "http", &[api.addr()])
+        + &weft_integration::document("TrafficPolicy", "api", "service: api\nlimits: {maxConcurrentRequests: 1}");
+    let proxy = Proxy::start(ProxyConfig { policy, ..Default::default() }).await;
+
+    let mut stream = TcpStream::connect(proxy.outbound()).await.unwrap();
+    stream.write_all(b"GET /delay/20000 HTTP/1.1\r\nHost: api\r\n\r\n").await.unwrap();
+    eventually("the slow call to reach the backend", Duration::from_secs(10), || async {
+        (api.in_flight() == 1).then_some(())
+    })
+    .await;
+    let busy = must(proxy.outbound(), &Req::get("/busy").host("api")).await;
+    assert_eq!(busy.proxy_error(), Some("concurrency-limit"), "the one slot is taken: {busy:?}");
+    drop(stream);
+    let resp = eventually("the slot to be free again", Duration::from_secs(5), || async {
+        let resp = must(proxy.outbound(), &Req::get("/after").host("api")).await;
+        (resp.status == 200).then_some(resp)
+    })
+    .await;
+    assert_eq!(resp.header("x-echo-path"), Some("/after"));
 }

@@ -1,0 +1,709 @@
+//! Serves HTTP/1.1 client connections: the request shapes nearly all traffic has, here, and
+//! everything else by hyper's server, which gets the connection and the bytes read so far.
+//!
+//! Taken here: an HTTP/1.1 head that arrived whole, fits `maxHeaderBytes`, and has either no
+//! body or a `Content-Length` body that arrived with it; no `Transfer-Encoding`, `Expect` or
+//! upgrade (including `CONNECT`). Anything else (a head in pieces, a streamed or chunked body,
+//! HTTP/1.0, an upgrade, a malformed head) goes to hyper, which answers, streams or refuses it
+//! as before, for the rest of that connection. With hyper for every request, its server was
+//! about 40 % of a proxied request's instructions (callgrind), and it gave up its read buffer
+//! on every request: right after taking a request it read ahead to see whether the client had
+//! gone, into a buffer the request's head still shared, so it allocated a new 8 KiB one.
+//!
+//! Here the connection's task parses the head in place (header values and the body share the
+//! read buffer's memory), routes the request (`Handler::call`), and while the answer is
+//! pending reads only into the buffer's spare room, which notices a client that has gone (the
+//! answer is dropped, and its upstream request with it) without reallocating. The response
+//! head goes out in one write with the body when that is small and ready. The header map of
+//! each response is kept for the next request's head.
+//!
+//! Idle time between requests is bounded by `clientIdleTimeout` with one timer per
+//! connection, armed when it first waits and pushed back only when it fires early; a head that
+//! does not arrive whole goes to hyper, whose header timer bounds it by `headerReadTimeout`.
+
+use std::future::Future;
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, StatusCode, Uri, Version};
+use http_body::Body;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use super::body::{BoxError, ClientBody, RespBody};
+use super::server::Handler;
+use crate::connect::{parse_length, push_field, push_hex, push_length};
+
+/// The read buffer's size; a head must arrive whole within it to be taken here.
+const READ_SIZE: usize = 8 * 1024;
+/// Spare room below which the buffer is compacted (or grown) before a read.
+const MIN_ROOM: usize = 1024;
+/// Most header fields in a request head (hyper's limit too).
+const MAX_HEADERS: usize = 100;
+/// A response body piece up to this size is copied next to the head (one write for both).
+const COALESCE_BODY: usize = 16 * 1024;
+
+/// How a connection served here ended.
+pub enum Served<S> {
+    /// The client closed it, it idled out, draining closed it, or it broke.
+    Ended(Result<(), H1Error>),
+    /// The next request is not one this server takes: hyper serves the connection from here,
+    /// starting with the bytes already read.
+    Handover(S, Bytes),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum H1Error {
+    #[error("client connection failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("response body failed: {0}")]
+    Body(BoxError),
+    #[error("response body ended {0} bytes short of its Content-Length")]
+    ShortBody(u64),
+    #[error("invalid request head: {0}")]
+    BadRequest(&'static str),
+}
+
+/// A request head parsed from the buffer, with what serving it needs to know.
+struct Parsed {
+    req: Request<ClientBody>,
+    /// The client asked to close the connection after this request.
+    close: bool,
+    /// `HEAD`: the response has no body whatever its framing says.
+    head_only: bool,
+    /// The client accepts trailers (`TE: trailers`).
+    trailers: bool,
+}
+
+enum Next {
+    Request(Parsed),
+    /// Not a request taken here (see the module doc); nothing was consumed.
+    Handover,
+    /// A head hyper would accept but `http` types cannot hold (nothing else; answered 400).
+    Bad(&'static str),
+}
+
+/// Serves `io` until it ends or hands it to hyper. `idle_timeout` bounds the wait for each
+/// request after the first (the first byte of the first was seen before this was called).
+pub async fn serve<S>(mut io: S, handler: &Handler, idle_timeout: Duration, max_head: usize) -> Served<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut buf = BytesMut::with_capacity(READ_SIZE);
+    let mut out: Vec<u8> = Vec::new();
+    let mut recycle = HeaderMap::new();
+    let mut idle_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    let mut idle_since = Instant::now();
+    loop {
+        if buf.is_empty() {
+            match wait_for_bytes(&mut io, &mut buf, handler, &mut idle_timer, idle_since + idle_timeout).await {
+                Ok(true) => {}
+                Ok(false) => return Served::Ended(Ok(())),
+                Err(e) => return Served::Ended(Err(e.into())),
+            }
+        }
+        // Requests and responses are moved out of the locals that held them before each
+        // await; the blocks end those locals (a moved-from local still takes room in the
+        // connection's future while its scope lasts).
+        let taken = match parse(&mut buf, &mut recycle, max_head) {
+            Next::Request(Parsed { req, close, head_only, trailers }) => {
+                Ok((handler.call(req, Instant::now()), close, head_only, trailers))
+            }
+            Next::Handover => return Served::Handover(io, buf.freeze()),
+            Next::Bad(why) => Err(why),
+        };
+        let (answer, close, head_only, trailers) = match taken {
+            Ok(taken) => taken,
+            Err(why) => {
+                let _ =
+                    io.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+                let _ = io.shutdown().await;
+                return Served::Ended(Err(H1Error::BadRequest(why)));
+            }
+        };
+        let keep_alive = !close;
+        let mut pump = {
+            let Some(resp) = answer_or_gone(&mut io, &mut buf, answer).await else {
+                // The client went away; dropping the answer cancels its upstream request.
+                return Served::Ended(Ok(()));
+            };
+            let keep_alive = keep_alive && !handler.is_draining();
+            let (parts, body) = resp.into_parts();
+            encode_head(&mut out, &mut recycle, parts, body, keep_alive, head_only, trailers)
+        };
+        match std::future::poll_fn(|cx| pump.poll(cx, &mut io, &mut out)).await {
+            Ok(true) => {}
+            Ok(_) => {
+                let _ = io.shutdown().await;
+                return Served::Ended(Ok(()));
+            }
+            Err(e) => return Served::Ended(Err(e)),
+        }
+        idle_since = Instant::now();
+    }
+}
+
+/// Waits for the next request's first bytes: true once some are in `buf`; false when the
+/// client closed, `deadline` passed with nothing sent, or draining began.
+async fn wait_for_bytes<S: AsyncRead + Unpin>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    handler: &Handler,
+    timer: &mut Option<Pin<Box<tokio::time::Sleep>>>,
+    deadline: Instant,
+) -> io::Result<bool> {
+    make_room(buf);
+    std::future::poll_fn(|cx| {
+        match tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf) {
+            Poll::Ready(Ok(n)) => return Poll::Ready(Ok(n > 0)),
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => {}
+        }
+        // A request already sent is served (with `connection: close`) even once draining.
+        if handler.is_draining() {
+            return Poll::Ready(Ok(false));
+        }
+        // One timer per connection: armed the first time, and moved to the current deadline
+        // only when it fires (deadlines only move later).
+        let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
+        while timer.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= deadline {
+                return Poll::Ready(Ok(false));
+            }
+            timer.as_mut().reset(deadline.into());
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Compacts the buffer, or grows it, when little room is left to read into. Compacting
+/// reuses the allocation once the requests that shared it are gone.
+fn make_room(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < MIN_ROOM {
+        buf.reserve(READ_SIZE);
+    }
+}
+
+/// Awaits the answer; meanwhile reads whatever the client sends into the buffer's spare room
+/// (a pipelined request stays there). `None`: the client closed or broke the connection.
+async fn answer_or_gone<S: AsyncRead + Unpin, F: Future + Unpin>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    mut answer: F,
+) -> Option<F::Output> {
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(resp) = Pin::new(&mut answer).poll(cx) {
+            return Poll::Ready(Some(resp));
+        }
+        // With no room left, the client is not read until this answer is sent.
+        while buf.capacity() > buf.len() {
+            match tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Pending => break,
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Parses the request head at the start of `buf`, and takes it (with its body) when it is one
+/// served here.
+fn parse(buf: &mut BytesMut, recycle: &mut HeaderMap, max_head: usize) -> Next {
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    // Offsets of each field's name and value, and of the target, in the head (the parser
+    // borrows the buffer, which is then split off).
+    let mut spans = [[0u32; 4]; MAX_HEADERS];
+    let mut body_len: Option<u64> = None;
+    let mut close = false;
+    let mut trailers = false;
+    let (len, method, target, count) = {
+        let mut head = httparse::Request::new(&mut []);
+        let len = match head.parse_with_uninit_headers(buf, &mut fields) {
+            Ok(httparse::Status::Complete(len)) if len <= max_head && head.version == Some(1) => len,
+            _ => return Next::Handover,
+        };
+        let (Some(method), Some(path)) = (head.method, head.path) else { return Next::Handover };
+        let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Next::Handover };
+        if method == Method::CONNECT {
+            return Next::Handover;
+        }
+        let base = buf.as_ptr() as usize;
+        let target = path.as_ptr() as usize - base;
+        let target = [target, target + path.len()];
+        for (span, field) in spans.iter_mut().zip(head.headers.iter()) {
+            let (name, value) = (field.name.as_bytes(), field.value);
+            match name.len() {
+                14 if name.eq_ignore_ascii_case(b"content-length") => {
+                    let Some(n) = parse_length(value) else { return Next::Handover };
+                    if body_len.is_some_and(|m| m != n) {
+                        return Next::Handover;
+                    }
+                    body_len = Some(n);
+                }
+                17 if name.eq_ignore_ascii_case(b"transfer-encoding") => return Next::Handover,
+                6 if name.eq_ignore_ascii_case(b"expect") => return Next::Handover,
+                7 if name.eq_ignore_ascii_case(b"upgrade") => return Next::Handover,
+                10 if name.eq_ignore_ascii_case(b"connection") => {
+                    for token in value.split(|&b| b == b',') {
+                        let token = token.trim_ascii();
+                        if token.eq_ignore_ascii_case(b"close") {
+                            close = true;
+                        } else if token.eq_ignore_ascii_case(b"upgrade") {
+                            return Next::Handover;
+                        }
+                    }
+                }
+                2 if name.eq_ignore_ascii_case(b"te") => {
+                    trailers |= value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
+                }
+                _ => {}
+            }
+            let name = field.name.as_ptr() as usize - base;
+            let value = field.value.as_ptr() as usize - base;
+            *span = [name as u32, (name + field.name.len()) as u32, value as u32, (value + field.value.len()) as u32];
+        }
+        (len, method, target, head.headers.len())
+    };
+    // A body still on its way is streamed by hyper.
+    let body_len = body_len.unwrap_or(0);
+    if ((buf.len() - len) as u64) < body_len {
+        return Next::Handover;
+    }
+    let head = buf.split_to(len).freeze();
+    let body = (body_len > 0).then(|| buf.split_to(body_len as usize).freeze());
+    let Ok(uri) = Uri::from_maybe_shared(head.slice(target[0]..target[1])) else {
+        return Next::Bad("invalid request target");
+    };
+    let mut headers = std::mem::take(recycle);
+    headers.clear();
+    headers.reserve(count);
+    for &[ns, ne, vs, ve] in &spans[..count] {
+        let Ok(name) = HeaderName::from_bytes(&head[ns as usize..ne as usize]) else {
+            return Next::Bad("invalid header name");
+        };
+        let Ok(value) = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize)) else {
+            return Next::Bad("invalid header value");
+        };
+        headers.append(name, value);
+    }
+    let head_only = method == Method::HEAD;
+    let mut req = Request::new(ClientBody::Buffered(body));
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = headers;
+    Next::Request(Parsed { req, close, head_only, trailers })
+}
+
+/// Writes the status line and header fields into `out`, and says how the body follows. The
+/// header map is kept in `recycle` for the next request.
+fn encode_head(
+    out: &mut Vec<u8>,
+    recycle: &mut HeaderMap,
+    mut parts: http::response::Parts,
+    body: RespBody,
+    keep_alive: bool,
+    head_only: bool,
+    trailers: bool,
+) -> Pump {
+    let status = parts.status;
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let mut declared: Option<u64> = None;
+    let mut dated = false;
+    let mut close = !keep_alive;
+    for (name, value) in &parts.headers {
+        if name == header::CONTENT_LENGTH {
+            declared = parse_length(value.as_bytes());
+        } else if name == header::DATE {
+            dated = true;
+        } else if name == header::TRANSFER_ENCODING {
+            // The body is framed here.
+            continue;
+        } else if name == header::CONNECTION {
+            close |= value.as_bytes().split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+            continue;
+        }
+        push_field(out, name, value);
+    }
+    *recycle = std::mem::take(&mut parts.headers);
+    recycle.clear();
+    if !dated {
+        push_date(out);
+    }
+    let bodiless = head_only
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    // Bytes still to send of a body with a declared length; `None`: chunked.
+    let left = if bodiless {
+        Some(0)
+    } else if let Some(n) = declared {
+        Some(n)
+    } else if let Some(n) = body.size_hint().exact() {
+        push_length(out, n);
+        Some(n)
+    } else {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        None
+    };
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    // A HEAD's upstream body (none on the wire) is dropped unread, which finishes it.
+    let body = if bodiless { None } else { Some(body) };
+    Pump { body, left, close, trailers, sent: 0, large: None, ended: false }
+}
+
+/// Sends a response body after its head (in `out`), framed as the head said. A poll-driven
+/// struct rather than an async fn: it is part of every connection's future, idle or not.
+struct Pump {
+    /// `None` once ended (or for a response without a body).
+    body: Option<RespBody>,
+    /// Bytes still to send of a body with a declared length; `None`: chunked.
+    left: Option<u64>,
+    /// The connection closes after this response.
+    close: bool,
+    /// The client accepts trailers.
+    trailers: bool,
+    /// How much of `out` is written.
+    sent: usize,
+    /// A piece of body too large to copy into `out`, written after it.
+    large: Option<Bytes>,
+    /// Everything is in `out` (or `large`): write it, and done.
+    ended: bool,
+}
+
+impl Pump {
+    fn poll<S: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: &mut S,
+        out: &mut Vec<u8>,
+    ) -> Poll<Result<bool, H1Error>> {
+        loop {
+            // The head waits in `out` for the first piece of body, and a body's last piece for
+            // its end, so that a small response goes out in one write.
+            if !self.ended && self.large.is_none() {
+                match self.next_piece(cx, out) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    // Nothing more yet: what there is goes out meanwhile.
+                    Poll::Pending if self.sent == out.len() && self.large.is_none() => return Poll::Pending,
+                    Poll::Pending => {}
+                }
+            }
+            while self.sent < out.len() {
+                let n = ready!(Pin::new(&mut *io).poll_write(cx, &out[self.sent..]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
+                }
+                self.sent += n;
+            }
+            while let Some(large) = &mut self.large {
+                let n = ready!(Pin::new(&mut *io).poll_write(cx, large))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
+                }
+                large.advance(n);
+                if large.is_empty() {
+                    self.large = None;
+                }
+            }
+            ready!(Pin::new(&mut *io).poll_flush(cx))?;
+            out.clear();
+            self.sent = 0;
+            if self.ended {
+                return Poll::Ready(match self.left {
+                    Some(short @ 1..) => Err(H1Error::ShortBody(short)),
+                    _ => Ok(!self.close),
+                });
+            }
+        }
+    }
+
+    /// Takes the body's pieces that are ready into `out` (or `large`), until the body ends
+    /// (`ended`), a piece is ready to go out, or none is ready.
+    fn next_piece(&mut self, cx: &mut Context<'_>, out: &mut Vec<u8>) -> Poll<Result<(), H1Error>> {
+        loop {
+            let Some(body) = self.body.as_mut().filter(|b| !b.is_end_stream() && self.left != Some(0)) else {
+                self.finish(out, None);
+                return Poll::Ready(Ok(()));
+            };
+            let frame = match ready!(Pin::new(body).poll_frame(cx)) {
+                None => {
+                    self.finish(out, None);
+                    return Poll::Ready(Ok(()));
+                }
+                Some(Err(e)) => return Poll::Ready(Err(H1Error::Body(e))),
+                Some(Ok(frame)) => frame,
+            };
+            let data = match frame.into_data() {
+                Ok(data) => data,
+                Err(frame) => {
+                    // Trailers end the body.
+                    self.finish(out, frame.into_trailers().ok());
+                    return Poll::Ready(Ok(()));
+                }
+            };
+            if data.is_empty() {
+                continue;
+            }
+            let mut data = data;
+            match &mut self.left {
+                Some(left) => {
+                    let n = data.len() as u64;
+                    if n > *left {
+                        // More than the upstream declared: the client gets what was declared,
+                        // and the connection is not trusted with another request.
+                        data.truncate(*left as usize);
+                        self.close = true;
+                    }
+                    *left -= data.len() as u64;
+                }
+                None => push_hex(out, data.len()),
+            }
+            // A large piece with a declared length is written as it is; chunks are copied, to
+            // go out with their framing.
+            if data.len() > COALESCE_BODY && self.left.is_some() {
+                self.large = Some(data);
+                return Poll::Ready(Ok(()));
+            }
+            out.extend_from_slice(&data);
+            if self.left.is_none() {
+                out.extend_from_slice(b"\r\n");
+            }
+            if self.close || self.left == Some(0) || self.body.as_ref().is_some_and(|b| b.is_end_stream()) {
+                continue;
+            }
+            return Poll::Ready(Ok(()));
+        }
+    }
+
+    /// The body ended: the chunked terminator (with trailers, if the client takes them).
+    fn finish(&mut self, out: &mut Vec<u8>, fields: Option<HeaderMap>) {
+        self.ended = true;
+        self.body = None;
+        if self.left.is_none() {
+            out.extend_from_slice(b"0\r\n");
+            if let (true, Some(fields)) = (self.trailers, fields) {
+                for (name, value) in &fields {
+                    push_field(out, name, value);
+                }
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
+/// Appends a `date` field, formatted at most once a second per thread.
+fn push_date(out: &mut Vec<u8>) {
+    thread_local! {
+        static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = SystemTime::now();
+    let second = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(at, text)| {
+        if *at != second {
+            *at = second;
+            *text = httpdate::fmt_http_date(now);
+        }
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(text.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    });
+}
+
+/// A client socket whose first reads return bytes already read from it (for hyper, after a
+/// handover).
+pub struct Rewind<S> {
+    prefix: Bytes,
+    io: S,
+}
+
+impl<S> Rewind<S> {
+    pub fn new(io: S, prefix: Bytes) -> Rewind<S> {
+        Rewind { prefix, io }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use http::Response;
+
+    const MAX_HEAD: usize = 8192;
+
+    fn taken(raw: &[u8]) -> (Parsed, BytesMut) {
+        let mut buf = BytesMut::from(raw);
+        match parse(&mut buf, &mut HeaderMap::new(), MAX_HEAD) {
+            Next::Request(p) => (p, buf),
+            Next::Handover => panic!("handed over: {:?}", String::from_utf8_lossy(raw)),
+            Next::Bad(why) => panic!("bad: {why}"),
+        }
+    }
+
+    fn handed_over(raw: &[u8], max_head: usize) -> bool {
+        let mut buf = BytesMut::from(raw);
+        let next = parse(&mut buf, &mut HeaderMap::new(), max_head);
+        assert_eq!(&buf[..], raw, "nothing is consumed unless the request is taken");
+        matches!(next, Next::Handover)
+    }
+
+    #[test]
+    fn a_whole_head_is_taken_with_its_body_and_the_next_request_stays() {
+        let (p, rest) =
+            taken(b"POST /a?b=c HTTP/1.1\r\nHost: api\r\nContent-Length: 5\r\nX-A: 1\r\nx-a: 2\r\n\r\nhelloGET /next");
+        assert_eq!(&rest[..], b"GET /next", "a pipelined request stays in the buffer");
+        assert_eq!(p.req.method(), Method::POST);
+        assert_eq!(p.req.uri().path_and_query().map(|p| p.as_str()), Some("/a?b=c"));
+        assert_eq!(p.req.headers().get_all("x-a").iter().count(), 2, "repeated fields are kept");
+        assert_eq!(p.req.headers()["host"], "api");
+        assert!(!p.close && !p.head_only && !p.trailers);
+        assert!(matches!(p.req.body(), ClientBody::Buffered(Some(b)) if &b[..] == b"hello"));
+
+        let (p, rest) = taken(b"HEAD / HTTP/1.1\r\nConnection: keep-alive, close\r\nTE: deflate, trailers\r\n\r\n");
+        assert!(rest.is_empty());
+        assert!(p.close && p.head_only && p.trailers);
+        assert!(p.req.body().is_end_stream(), "no body");
+    }
+
+    #[test]
+    fn requests_not_taken_here_are_left_whole_for_hyper() {
+        for raw in [
+            &b"GET / HTTP/1.1\r\nHost: a\r\n"[..],
+            b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nhalf",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            b"GET / HTTP/1.1\r\nconnection: upgrade\r\n\r\n",
+            b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
+            b"GET / HTTP/1.0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+            b"POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\na",
+            b"THIS IS NOT HTTP\r\n\r\n",
+        ] {
+            assert!(handed_over(raw, MAX_HEAD), "{:?} was taken", String::from_utf8_lossy(raw));
+        }
+        // A head over maxHeaderBytes is hyper's to refuse (431).
+        let raw = b"GET / HTTP/1.1\r\nX-Big: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+        assert!(handed_over(raw, raw.len() - 1));
+        let taken = parse(&mut BytesMut::from(&raw[..]), &mut HeaderMap::new(), raw.len());
+        assert!(matches!(taken, Next::Request(_)), "a head of exactly maxHeaderBytes is taken");
+    }
+
+    /// The wire bytes of `resp` answered on a keep-alive connection (or not), and whether the
+    /// connection could take another request.
+    async fn written(resp: Response<RespBody>, keep_alive: bool, head_only: bool) -> (String, bool) {
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        let mut out = Vec::new();
+        let mut recycle = HeaderMap::new();
+        let (parts, body) = resp.into_parts();
+        let mut pump = encode_head(&mut out, &mut recycle, parts, body, keep_alive, head_only, false);
+        let again = std::future::poll_fn(|cx| pump.poll(cx, &mut server, &mut out)).await.unwrap();
+        drop(server);
+        let mut wire = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut client, &mut wire).await.unwrap();
+        (String::from_utf8(wire).unwrap(), again)
+    }
+
+    #[tokio::test]
+    async fn responses_are_framed_dated_and_say_when_the_connection_closes() {
+        let mut resp = Response::new(RespBody::full("hello"));
+        resp.headers_mut().insert("x-a", HeaderValue::from_static("1"));
+        let (wire, again) = written(resp, true, false).await;
+        assert!(wire.starts_with("HTTP/1.1 200 OK\r\nx-a: 1\r\ndate: "), "{wire}");
+        assert!(wire.ends_with(" GMT\r\ncontent-length: 5\r\n\r\nhello"), "{wire}");
+        assert!(again);
+
+        // The upstream's own date and length are kept; a closing connection says so.
+        let mut resp = Response::new(RespBody::full("hi"));
+        *resp.status_mut() = StatusCode::NOT_FOUND;
+        resp.headers_mut().insert(header::DATE, HeaderValue::from_static("Tue, 01 Dec 2026 00:00:00 GMT"));
+        resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from_static("2"));
+        let (wire, again) = written(resp, false, false).await;
+        assert_eq!(
+            wire,
+            "HTTP/1.1 404 Not Found\r\ndate: Tue, 01 Dec 2026 00:00:00 GMT\r\ncontent-length: 2\r\n\
+             connection: close\r\n\r\nhi"
+        );
+        assert!(!again);
+
+        // HEAD: the head only, with the length the body would have had.
+        let (wire, again) = written(Response::new(RespBody::full("hello")), true, true).await;
+        assert!(wire.ends_with("\r\n\r\n") && !wire.contains("hello"), "{wire}");
+        assert!(again);
+    }
+
+    #[tokio::test]
+    async fn a_body_shorter_than_its_declared_length_fails_the_connection() {
+        let mut resp = Response::new(RespBody::full("abc"));
+        resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
+        let (_client, mut server) = tokio::io::duplex(64 * 1024);
+        let (mut out, mut recycle) = (Vec::new(), HeaderMap::new());
+        let (parts, body) = resp.into_parts();
+        let mut pump = encode_head(&mut out, &mut recycle, parts, body, true, false, false);
+        let sent = std::future::poll_fn(|cx| pump.poll(cx, &mut server, &mut out)).await;
+        assert!(matches!(sent, Err(H1Error::ShortBody(7))), "{sent:?}");
+    }
+
+    #[test]
+    fn an_idle_connection_future_stays_small() {
+        // Held by every open HTTP/1.1 client connection, idle or not (with hyper's server it
+        // was about 1 KiB, plus hyper's buffers).
+        let size = crate::test_support::future_size(serve::<tokio::net::TcpStream>);
+        assert!(size <= 832, "h1server::serve's future is {size} bytes");
+    }
+}
