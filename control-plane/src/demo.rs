@@ -6,6 +6,8 @@
 //! first, then the control plane withdrawing the dead instance, then re-adding it.
 //!
 //! Every process it starts is a child that dies with it; Ctrl-C or SIGTERM stops them all.
+//! Their logs and configs are removed on exit unless `WEFT_DEMO_KEEP` is set (to read what
+//! a sidecar said about a failed request).
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -135,7 +137,9 @@ pub fn run(args: &[String]) -> u8 {
         mesh.stop_all().await;
         code
     });
-    let _ = std::fs::remove_dir_all(&dir);
+    if std::env::var_os("WEFT_DEMO_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     code
 }
 
@@ -428,12 +432,30 @@ async fn load_worker(tally: Arc<Tally>) {
                 let idx = usize::from(body.ends_with(b"payments-2"));
                 tally.by_instance[idx].fetch_add(1, Ordering::Relaxed);
             }
-            _ => {
-                tally.failed.fetch_add(1, Ordering::Relaxed);
+            outcome => {
+                let failed = tally.failed.fetch_add(1, Ordering::Relaxed) + 1;
+                if failed <= SHOWN_FAILURES {
+                    eprintln!("  -- request failed: {}", failure_reason(outcome));
+                }
             }
         }
         tally.latencies_us.lock().await.push(t0.elapsed().as_micros() as u64);
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The first few failed requests are shown with their reason; more would flood the table.
+const SHOWN_FAILURES: u64 = 5;
+
+/// A failed request in one line: the status and body (which names the hop that failed, and a
+/// sidecar's `weft-proxy-error` reason), or the client's error.
+fn failure_reason(outcome: Result<(StatusCode, Bytes), String>) -> String {
+    match outcome {
+        Ok((status, body)) => {
+            let body = String::from_utf8_lossy(&body);
+            format!("{status}: {}", body.trim_end())
+        }
+        Err(e) => format!("no response from the frontend: {e}"),
     }
 }
 

@@ -36,6 +36,13 @@ async fn the_demo_mesh_runs_on_mtls_survives_a_dead_instance_and_stops_cleanly()
         .expect("weft demo starts");
     let pid = child.id().expect("pid");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // The demo names each failed request's reason on stderr: kept for the messages below.
+    let mut stderr = child.stderr.take().unwrap();
+    let said = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut text).await;
+        text
+    });
     let mut output = String::new();
     let mut rows = Vec::new();
     let mut checked_mtls = false;
@@ -84,11 +91,12 @@ async fn the_demo_mesh_runs_on_mtls_survives_a_dead_instance_and_stops_cleanly()
     }
     let exit = tokio::time::timeout(Duration::from_secs(20), child.wait()).await.expect("demo exits on Ctrl-C");
     assert!(exit.is_ok(), "{output}");
+    let said = said.await.unwrap_or_default();
 
     // Nothing failed, though payments-2 was killed without a goodbye and restarted.
-    assert!(rows.iter().all(|r| r.2 == 0), "failed requests:\n{output}");
+    assert!(rows.iter().all(|r| r.2 == 0), "failed requests:\n{output}{said}");
     let stopped = output.lines().find(|l| l.contains("stopping;")).unwrap_or_else(|| panic!("{output}"));
-    assert!(stopped.ends_with(" 0 failed"), "{stopped}");
+    assert!(stopped.ends_with(" 0 failed"), "{stopped}\n{said}");
     assert!(last.1 > 500, "too little traffic went through the mesh:\n{output}");
     // The control plane withdrew the dead instance and took the restarted one back.
     let endpoints: Vec<u64> = rows.iter().map(|r| r.3).collect();
