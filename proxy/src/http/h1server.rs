@@ -46,6 +46,8 @@ const MIN_ROOM: usize = 1024;
 const MAX_HEADERS: usize = 100;
 /// A response body piece up to this size is copied next to the head (one write for both).
 const COALESCE_BODY: usize = 16 * 1024;
+/// The write buffer is let go after a response that grew it beyond this.
+const MAX_KEPT_OUT: usize = 2 * COALESCE_BODY;
 
 /// How a connection served here ended.
 pub enum Served<S> {
@@ -142,6 +144,10 @@ where
                 return Served::Ended(Ok(()));
             }
             Err(e) => return Served::Ended(Err(e)),
+        }
+        // A large head or chunked body grew the write buffer: it is not kept while idle.
+        if out.capacity() > MAX_KEPT_OUT {
+            out = Vec::new();
         }
         idle_since = Instant::now();
     }
