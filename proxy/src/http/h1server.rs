@@ -46,6 +46,8 @@ const MIN_ROOM: usize = 1024;
 const MAX_HEADERS: usize = 100;
 /// A response body piece up to this size is copied next to the head (one write for both).
 const COALESCE_BODY: usize = 16 * 1024;
+/// The write buffer's initial size.
+const OUT_SIZE: usize = 512;
 /// The write buffer is let go after a response that grew it beyond this.
 const MAX_KEPT_OUT: usize = 2 * COALESCE_BODY;
 
@@ -96,7 +98,9 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut buf = BytesMut::with_capacity(READ_SIZE);
-    let mut out: Vec<u8> = Vec::new();
+    // Sized for a usual head and a small body: growing it step by step from empty cost about
+    // 2k instructions per connection (callgrind, a new connection per request: 32.6k -> 30.1k).
+    let mut out: Vec<u8> = Vec::with_capacity(OUT_SIZE);
     let mut recycle = HeaderMap::new();
     let mut idle_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let mut idle_since = Instant::now();
@@ -147,7 +151,7 @@ where
         }
         // A large head or chunked body grew the write buffer: it is not kept while idle.
         if out.capacity() > MAX_KEPT_OUT {
-            out = Vec::new();
+            out = Vec::with_capacity(OUT_SIZE);
         }
         idle_since = Instant::now();
     }
