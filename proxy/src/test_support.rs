@@ -22,6 +22,7 @@ macro_rules! future_size_for_arity {
 }
 
 future_size_for_arity!(A, B);
+future_size_for_arity!(A, B, C);
 future_size_for_arity!(A, B, C, D);
 future_size_for_arity!(A, B, C, D, E);
 

@@ -471,7 +471,7 @@ fn replayable(req: &Request<ReqBody>) -> bool {
 /// Whether a request trailer field may be forwarded: not one that frames the message, routes
 /// it, authenticates it or controls how it is handled (RFC 9110 §6.5.1), which a recipient
 /// could otherwise mistake for a header.
-fn forwardable_trailer(name: &HeaderName) -> bool {
+pub(crate) fn forwardable_trailer(name: &HeaderName) -> bool {
     const NOT_IN_TRAILERS: [HeaderName; 12] = [
         header::AUTHORIZATION,
         header::CACHE_CONTROL,

@@ -36,12 +36,14 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::body::{BoxError, ClientBody, RespBody};
 use super::server::Handler;
-use crate::connect::{parse_length, push_field, push_hex, push_length};
+use crate::connect::{forwardable_trailer, parse_length, push_field, push_hex, push_length};
 
 /// The read buffer's size; a head must arrive whole within it to be taken here.
 const READ_SIZE: usize = 8 * 1024;
 /// Spare room below which the buffer is compacted (or grown) before a read.
 const MIN_ROOM: usize = 1024;
+/// How long a closing connection waits for its TLS close_notify to go out.
+const QUIET_CLOSE: Duration = Duration::from_secs(1);
 /// Most header fields in a request head (hyper's limit too).
 const MAX_HEADERS: usize = 100;
 /// A response body piece up to this size is copied next to the head (one write for both).
@@ -70,6 +72,10 @@ pub enum H1Error {
     ShortBody(u64),
     #[error("invalid request head: {0}")]
     BadRequest(&'static str),
+    #[error("request head not complete within {0:?}")]
+    HeadTimeout(Duration),
+    #[error("client closed the connection in the middle of a request head")]
+    Incomplete,
 }
 
 /// A request head parsed from the buffer, with what serving it needs to know.
@@ -85,15 +91,27 @@ struct Parsed {
 
 enum Next {
     Request(Parsed),
+    /// Part of a head, within `maxHeaderBytes` so far; nothing was consumed.
+    Partial,
     /// Not a request taken here (see the module doc); nothing was consumed.
     Handover,
     /// A head hyper would accept but `http` types cannot hold (nothing else; answered 400).
     Bad(&'static str),
 }
 
-/// Serves `io` until it ends or hands it to hyper. `idle_timeout` bounds the wait for each
-/// request after the first (the first byte of the first was seen before this was called).
-pub async fn serve<S>(mut io: S, handler: &Handler, idle_timeout: Duration, max_head: usize) -> Served<S>
+/// How long a connection may wait and how large a head may be.
+#[derive(Clone, Copy)]
+pub struct Limits {
+    /// `clientIdleTimeout`: for the first byte of each request.
+    pub idle: Duration,
+    /// `headerReadTimeout`: for the rest of a head once it has begun.
+    pub head: Duration,
+    /// `maxHeaderBytes`.
+    pub max_head: usize,
+}
+
+/// Serves `io` until it ends or hands it to hyper.
+pub async fn serve<S>(mut io: S, handler: &Handler, limits: Limits) -> Served<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -104,23 +122,45 @@ where
     let mut recycle = HeaderMap::new();
     let mut idle_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let mut idle_since = Instant::now();
+    // When the head being read must be complete, once part of it has arrived.
+    let mut head_by: Option<Instant> = None;
+    // Once draining, a connection that has been answered closes rather than wait; a new one
+    // gets its first request served (with `connection: close`).
+    let mut answered = false;
     loop {
         if buf.is_empty() {
-            match wait_for_bytes(&mut io, &mut buf, handler, &mut idle_timer, idle_since + idle_timeout).await {
-                Ok(true) => {}
-                Ok(false) => return Served::Ended(Ok(())),
-                Err(e) => return Served::Ended(Err(e.into())),
+            match wait_for_bytes(&mut io, &mut buf, handler, &mut idle_timer, idle_since + limits.idle, answered).await
+            {
+                Wait::Bytes => {}
+                Wait::Closed | Wait::TimedOut => {
+                    quiet_close(&mut io, &mut idle_timer).await;
+                    return Served::Ended(Ok(()));
+                }
+                Wait::Failed(e) => return Served::Ended(Err(e.into())),
             }
         }
         // Requests and responses are moved out of the locals that held them before each
         // await; the blocks end those locals (a moved-from local still takes room in the
         // connection's future while its scope lasts).
-        let taken = match parse(&mut buf, &mut recycle, max_head) {
+        let taken = match parse(&mut buf, &mut recycle, limits.max_head) {
             Next::Request(Parsed { req, close, head_only, trailers }) => {
-                Ok((handler.call(req, Instant::now()), close, head_only, trailers))
+                head_by = None;
+                Some(Ok((handler.call(req, Instant::now()), close, head_only, trailers)))
             }
-            Next::Handover => return Served::Handover(io, buf.freeze()),
-            Next::Bad(why) => Err(why),
+            // The rest of a usual head is on its way (a head can arrive in several reads, in
+            // TCP segments or TLS records): waited for below, up to headerReadTimeout.
+            Next::Partial if buf.len() < READ_SIZE => None,
+            Next::Partial | Next::Handover => return Served::Handover(io, buf.freeze()),
+            Next::Bad(why) => Some(Err(why)),
+        };
+        let Some(taken) = taken else {
+            let by = *head_by.get_or_insert_with(|| Instant::now() + limits.head);
+            match wait_for_bytes(&mut io, &mut buf, handler, &mut idle_timer, by, false).await {
+                Wait::Bytes => continue,
+                Wait::Closed => return Served::Ended(Err(H1Error::Incomplete)),
+                Wait::TimedOut => return Served::Ended(Err(H1Error::HeadTimeout(limits.head))),
+                Wait::Failed(e) => return Served::Ended(Err(e.into())),
+            }
         };
         let (answer, close, head_only, trailers) = match taken {
             Ok(taken) => taken,
@@ -137,6 +177,7 @@ where
                 // The client went away; dropping the answer cancels its upstream request.
                 return Served::Ended(Ok(()));
             };
+            answered = true;
             let keep_alive = keep_alive && !handler.is_draining();
             let (parts, body) = resp.into_parts();
             encode_head(&mut out, &mut recycle, parts, body, keep_alive, head_only, trailers)
@@ -157,46 +198,76 @@ where
     }
 }
 
-/// Waits for the next request's first bytes: true once some are in `buf`; false when the
-/// client closed, `deadline` passed with nothing sent, or draining began.
+/// What waiting for a client's bytes came to.
+enum Wait {
+    /// Some arrived (in `buf`).
+    Bytes,
+    /// The client closed, or draining began (where that closes).
+    Closed,
+    /// The deadline passed.
+    TimedOut,
+    Failed(io::Error),
+}
+
+/// Waits for more bytes from the client, until `deadline`; with `drain_closes`, only until
+/// draining begins. One timer per connection: armed the first time, moved earlier when a
+/// deadline is earlier, and moved later only when it fires.
 async fn wait_for_bytes<S: AsyncRead + Unpin>(
     io: &mut S,
     buf: &mut BytesMut,
     handler: &Handler,
     timer: &mut Option<Pin<Box<tokio::time::Sleep>>>,
     deadline: Instant,
-) -> io::Result<bool> {
+    drain_closes: bool,
+) -> Wait {
     make_room(buf);
+    let deadline = tokio::time::Instant::from_std(deadline);
     std::future::poll_fn(|cx| {
         match tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf) {
-            Poll::Ready(Ok(n)) => return Poll::Ready(Ok(n > 0)),
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Ready(Ok(0)) => return Poll::Ready(Wait::Closed),
+            Poll::Ready(Ok(_)) => return Poll::Ready(Wait::Bytes),
+            Poll::Ready(Err(e)) => return Poll::Ready(Wait::Failed(e)),
             Poll::Pending => {}
         }
-        // A request already sent is served (with `connection: close`) even once draining.
-        if handler.is_draining() {
-            return Poll::Ready(Ok(false));
+        if drain_closes && handler.is_draining() {
+            return Poll::Ready(Wait::Closed);
         }
-        // One timer per connection: armed the first time, and moved to the current deadline
-        // only when it fires (deadlines only move later).
-        let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
+        let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() > deadline {
+            timer.as_mut().reset(deadline);
+        }
         while timer.as_mut().poll(cx).is_ready() {
-            if Instant::now() >= deadline {
-                return Poll::Ready(Ok(false));
+            if tokio::time::Instant::now() >= deadline {
+                return Poll::Ready(Wait::TimedOut);
             }
-            timer.as_mut().reset(deadline.into());
+            timer.as_mut().reset(deadline);
         }
         Poll::Pending
     })
     .await
 }
 
-/// Compacts the buffer, or grows it, when little room is left to read into. Compacting
-/// reuses the allocation once the requests that shared it are gone.
+/// Makes room to read into: a whole buffer's worth when it is empty (which reuses the
+/// allocation in place once the requests that shared it are gone, so a head never arrives cut
+/// short by leftover room), and more when little is left after a partial head.
 fn make_room(buf: &mut BytesMut) {
-    if buf.capacity() - buf.len() < MIN_ROOM {
+    let room = buf.capacity() - buf.len();
+    if room < MIN_ROOM || buf.is_empty() && room < READ_SIZE {
         buf.reserve(READ_SIZE);
     }
+}
+
+/// Ends a connection that closes between requests: a TLS client gets its close_notify, for
+/// at most `QUIET_CLOSE` (on the connection's one timer).
+async fn quiet_close<S: AsyncWrite + Unpin>(io: &mut S, timer: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
+    let by = tokio::time::Instant::now() + QUIET_CLOSE;
+    let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(by)));
+    timer.as_mut().reset(by);
+    std::future::poll_fn(|cx| {
+        let done = Pin::new(&mut *io).poll_shutdown(cx).is_ready() || timer.as_mut().poll(cx).is_ready();
+        if done { Poll::Ready(()) } else { Poll::Pending }
+    })
+    .await
 }
 
 /// Awaits the answer; meanwhile reads whatever the client sends into the buffer's spare room
@@ -237,6 +308,7 @@ fn parse(buf: &mut BytesMut, recycle: &mut HeaderMap, max_head: usize) -> Next {
         let mut head = httparse::Request::new(&mut []);
         let len = match head.parse_with_uninit_headers(buf, &mut fields) {
             Ok(httparse::Status::Complete(len)) if len <= max_head && head.version == Some(1) => len,
+            Ok(httparse::Status::Partial) if buf.len() <= max_head => return Next::Partial,
             _ => return Next::Handover,
         };
         let (Some(method), Some(path)) = (head.method, head.path) else { return Next::Handover };
@@ -301,6 +373,10 @@ fn parse(buf: &mut BytesMut, recycle: &mut HeaderMap, max_head: usize) -> Next {
         let Ok(value) = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize)) else {
             return Next::Bad("invalid header value");
         };
+        // Equal duplicates were accepted above; one is passed on.
+        if name == header::CONTENT_LENGTH && headers.contains_key(header::CONTENT_LENGTH) {
+            continue;
+        }
         headers.append(name, value);
     }
     let head_only = method == Method::HEAD;
@@ -335,7 +411,9 @@ fn encode_head(
     let mut close = !keep_alive;
     for (name, value) in &parts.headers {
         if name == header::CONTENT_LENGTH {
-            declared = parse_length(value.as_bytes());
+            // Written once below, whatever the map holds.
+            declared = declared.or_else(|| parse_length(value.as_bytes()));
+            continue;
         } else if name == header::DATE {
             dated = true;
         } else if name == header::TRANSFER_ENCODING {
@@ -356,7 +434,11 @@ fn encode_head(
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    // Bytes still to send of a body with a declared length; `None`: chunked.
+    // Bytes still to send of a body with a declared length; `None`: chunked. A bodiless
+    // response keeps the length it declared (a HEAD's is the GET's).
+    if let Some(n) = declared {
+        push_length(out, n);
+    }
     let left = if bodiless {
         Some(0)
     } else if let Some(n) = declared {
@@ -509,7 +591,7 @@ impl Pump {
         if self.left.is_none() {
             out.extend_from_slice(b"0\r\n");
             if let (true, Some(fields)) = (self.trailers, fields) {
-                for (name, value) in &fields {
+                for (name, value) in fields.iter().filter(|(name, _)| forwardable_trailer(name)) {
                     push_field(out, name, value);
                 }
             }
@@ -556,6 +638,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
             let n = this.prefix.len().min(buf.remaining());
             buf.put_slice(&this.prefix[..n]);
             this.prefix.advance(n);
+            if this.prefix.is_empty() {
+                // An empty slice would still hold the whole read buffer.
+                this.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut this.io).poll_read(cx, buf)
@@ -600,7 +686,7 @@ mod tests {
         let mut buf = BytesMut::from(raw);
         match parse(&mut buf, &mut HeaderMap::new(), MAX_HEAD) {
             Next::Request(p) => (p, buf),
-            Next::Handover => panic!("handed over: {:?}", String::from_utf8_lossy(raw)),
+            Next::Handover | Next::Partial => panic!("not taken: {:?}", String::from_utf8_lossy(raw)),
             Next::Bad(why) => panic!("bad: {why}"),
         }
     }
@@ -628,13 +714,39 @@ mod tests {
         assert!(rest.is_empty());
         assert!(p.close && p.head_only && p.trailers);
         assert!(p.req.body().is_end_stream(), "no body");
+
+        // Equal Content-Length fields are one length: passed on once.
+        let (p, _) = taken(b"POST / HTTP/1.1\r\nContent-Length: 2\r\ncontent-length: 2\r\n\r\nok");
+        assert_eq!(p.req.headers().get_all(header::CONTENT_LENGTH).iter().count(), 1);
+    }
+
+    #[test]
+    fn an_empty_buffer_always_has_a_whole_head_of_room_and_keeps_its_allocation() {
+        let mut buf = BytesMut::with_capacity(READ_SIZE);
+        let start = buf.as_ptr();
+        buf.extend_from_slice(&[b'a'; 4600]);
+        // A large request taken, and gone by the time the next one is read.
+        drop(buf.split_to(4600).freeze());
+        make_room(&mut buf);
+        assert!(buf.capacity() >= READ_SIZE, "room left: {}", buf.capacity());
+        assert_eq!(buf.as_ptr(), start, "the same allocation, from its start");
+    }
+
+    #[tokio::test]
+    async fn a_handed_over_connection_does_not_keep_the_read_buffer() {
+        let read = Bytes::from(vec![b'x'; 100]);
+        let probe = read.clone();
+        let (_client, server) = tokio::io::duplex(1024);
+        let mut io = Rewind::new(server, read);
+        let mut got = [0u8; 100];
+        tokio::io::AsyncReadExt::read_exact(&mut io, &mut got).await.unwrap();
+        assert!(probe.is_unique(), "the prefix's memory is let go once it has been read");
     }
 
     #[test]
     fn requests_not_taken_here_are_left_whole_for_hyper() {
         for raw in [
-            &b"GET / HTTP/1.1\r\nHost: a\r\n"[..],
-            b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nhalf",
+            &b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nhalf"[..],
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
             b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
             b"GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
@@ -647,9 +759,15 @@ mod tests {
         ] {
             assert!(handed_over(raw, MAX_HEAD), "{:?} was taken", String::from_utf8_lossy(raw));
         }
-        // A head over maxHeaderBytes is hyper's to refuse (431).
+        // A head over maxHeaderBytes is hyper's to refuse (431; hyper's own limit is at least
+        // 8 KiB, so a lower setting holds from there).
         let raw = b"GET / HTTP/1.1\r\nX-Big: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
         assert!(handed_over(raw, raw.len() - 1));
+        assert!(handed_over(&raw[..40], 39), "so is the part of one that already is");
+        // Part of a head within the limit is waited for.
+        let mut part = BytesMut::from(&raw[..40]);
+        assert!(matches!(parse(&mut part, &mut HeaderMap::new(), raw.len()), Next::Partial));
+        assert_eq!(part.len(), 40, "nothing consumed");
         let taken = parse(&mut BytesMut::from(&raw[..]), &mut HeaderMap::new(), raw.len());
         assert!(matches!(taken, Next::Request(_)), "a head of exactly maxHeaderBytes is taken");
     }
@@ -691,6 +809,14 @@ mod tests {
         );
         assert!(!again);
 
+        // However many Content-Length fields the response has, one goes out.
+        let mut resp = Response::new(RespBody::full("hello"));
+        resp.headers_mut().append(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        resp.headers_mut().append(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        let (wire, again) = written(resp, true, false).await;
+        assert_eq!(wire.matches("content-length").count(), 1, "{wire}");
+        assert!(wire.ends_with("content-length: 5\r\n\r\nhello") && again, "{wire}");
+
         // HEAD: the head only, with the length the body would have had.
         let (wire, again) = written(Response::new(RespBody::full("hello")), true, true).await;
         assert!(wire.ends_with("\r\n\r\n") && !wire.contains("hello"), "{wire}");
@@ -712,8 +838,8 @@ mod tests {
     #[test]
     fn an_idle_connection_future_stays_small() {
         // Held by every open HTTP/1.1 client connection, idle or not (with hyper's server it
-        // was about 1 KiB, plus hyper's buffers).
+        // was about 1 KiB, plus hyper's buffers): 896 bytes.
         let size = crate::test_support::future_size(serve::<tokio::net::TcpStream>);
-        assert!(size <= 832, "h1server::serve's future is {size} bytes");
+        assert!(size <= 960, "h1server::serve's future is {size} bytes");
     }
 }
