@@ -1,8 +1,8 @@
 //! How long a client connection may wait: `headerReadTimeout` for a request head that has
 //! started to arrive, `clientIdleTimeout` for a connection with nothing to do.
 //!
-//! HTTP/1.1 served by `h1server` has its own idle timer, and hands any head that does not
-//! arrive whole to hyper; the rest of this is for the connections hyper serves.
+//! HTTP/1.1 served by `h1server` has its own timer for both (see there); what follows is for
+//! the connections it hands to hyper.
 //!
 //! HTTP/1.1 on hyper: hyper runs one timer while it waits for a request head, from the moment it starts
 //! waiting, so an idle keep-alive connection was closed after `headerReadTimeout` (10 s) and
