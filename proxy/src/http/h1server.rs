@@ -34,7 +34,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
 use http_body::Body;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::body::{BoxError, ClientBody, RespBody};
 use super::server::Handler;
@@ -459,13 +459,14 @@ fn encode_head(
     out.extend_from_slice(b"\r\n");
     // A HEAD's upstream body (none on the wire) is dropped unread, which finishes it.
     let body = if bodiless { None } else { Some(body) };
-    Pump { body, left, close, trailers, sent: 0, large: None, ended: false }
+    Pump { body, left, close, trailers, sent: 0, large: None }
 }
 
 /// Sends a response body after its head (in `out`), framed as the head said. A poll-driven
 /// struct rather than an async fn: it is part of every connection's future, idle or not.
 struct Pump {
-    /// `None` once ended (or for a response without a body).
+    /// `None` once everything is in `out` (or `large`): then it is written, and done. A
+    /// response without a body starts so.
     body: Option<RespBody>,
     /// Bytes still to send of a body with a declared length; `None`: chunked.
     left: Option<u64>,
@@ -477,8 +478,6 @@ struct Pump {
     sent: usize,
     /// A piece of body too large to copy into `out`, written after it.
     large: Option<Bytes>,
-    /// Everything is in `out` (or `large`): write it, and done.
-    ended: bool,
 }
 
 impl Pump {
@@ -491,7 +490,7 @@ impl Pump {
         loop {
             // The head waits in `out` for the first piece of body, and a body's last piece for
             // its end, so that a small response goes out in one write.
-            if !self.ended && self.large.is_none() {
+            if self.body.is_some() && self.large.is_none() {
                 match self.next_piece(cx, out) {
                     Poll::Ready(Ok(())) => {}
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -520,7 +519,7 @@ impl Pump {
             ready!(Pin::new(&mut *io).poll_flush(cx))?;
             out.clear();
             self.sent = 0;
-            if self.ended {
+            if self.body.is_none() {
                 return Poll::Ready(match self.left {
                     Some(short @ 1..) => Err(H1Error::ShortBody(short)),
                     _ => Ok(!self.close),
@@ -530,7 +529,7 @@ impl Pump {
     }
 
     /// Takes the body's pieces that are ready into `out` (or `large`), until the body ends
-    /// (`ended`), a piece is ready to go out, or none is ready.
+    /// (`body` taken), a piece is ready to go out, or none is ready.
     fn next_piece(&mut self, cx: &mut Context<'_>, out: &mut Vec<u8>) -> Poll<Result<(), H1Error>> {
         loop {
             let Some(body) = self.body.as_mut().filter(|b| !b.is_end_stream() && self.left != Some(0)) else {
@@ -589,7 +588,6 @@ impl Pump {
 
     /// The body ended: the chunked terminator (with trailers, if the client takes them).
     fn finish(&mut self, out: &mut Vec<u8>, fields: Option<HeaderMap>) {
-        self.ended = true;
         self.body = None;
         if self.left.is_none() {
             out.extend_from_slice(b"0\r\n");
@@ -619,62 +617,6 @@ fn push_date(out: &mut Vec<u8>) {
         out.extend_from_slice(text.as_bytes());
         out.extend_from_slice(b"\r\n");
     });
-}
-
-/// A client socket whose first reads return bytes already read from it (for hyper, after a
-/// handover).
-pub struct Rewind<S> {
-    prefix: Bytes,
-    io: S,
-}
-
-impl<S> Rewind<S> {
-    pub fn new(io: S, prefix: Bytes) -> Rewind<S> {
-        Rewind { prefix, io }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.prefix.is_empty() {
-            let n = this.prefix.len().min(buf.remaining());
-            buf.put_slice(&this.prefix[..n]);
-            this.prefix.advance(n);
-            if this.prefix.is_empty() {
-                // An empty slice would still hold the whole read buffer.
-                this.prefix = Bytes::new();
-            }
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.io).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
 }
 
 #[cfg(test)]
@@ -733,17 +675,6 @@ mod tests {
         make_room(&mut buf);
         assert!(buf.capacity() >= READ_SIZE, "room left: {}", buf.capacity());
         assert_eq!(buf.as_ptr(), start, "the same allocation, from its start");
-    }
-
-    #[tokio::test]
-    async fn a_handed_over_connection_does_not_keep_the_read_buffer() {
-        let read = Bytes::from(vec![b'x'; 100]);
-        let probe = read.clone();
-        let (_client, server) = tokio::io::duplex(1024);
-        let mut io = Rewind::new(server, read);
-        let mut got = [0u8; 100];
-        tokio::io::AsyncReadExt::read_exact(&mut io, &mut got).await.unwrap();
-        assert!(probe.is_unique(), "the prefix's memory is let go once it has been read");
     }
 
     #[test]

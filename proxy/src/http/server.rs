@@ -122,12 +122,9 @@ pub async fn serve<S>(
     let service = Handler { state: state.clone(), side, peer, caller };
     let ended = match version {
         Version::Http1 => {
+            let limits =
+                h1server::Limits { idle: idle_timeout, head: header_read_timeout, max_head: max_header_bytes as usize };
             let served = {
-                let limits = h1server::Limits {
-                    idle: idle_timeout,
-                    head: header_read_timeout,
-                    max_head: max_header_bytes as usize,
-                };
                 let fast = std::pin::pin!(h1server::serve(stream, &service, limits));
                 // Draining is noticed by the connection itself (between requests); `drive` wakes it.
                 drive(&state, fast, |_| {}).await
@@ -136,16 +133,7 @@ pub async fn serve<S>(
                 h1server::Served::Ended(ended) => ended.map_err(|e| e.to_string()),
                 // Rare (see `h1server`), and with hyper's larger state: boxed.
                 h1server::Served::Handover(stream, read) => {
-                    Box::pin(serve_hyper(
-                        stream,
-                        read,
-                        service,
-                        &state,
-                        header_read_timeout,
-                        idle_timeout,
-                        max_header_bytes,
-                    ))
-                    .await
+                    Box::pin(serve_hyper(stream, read, service, &state, limits)).await
                 }
             }
         }
@@ -172,21 +160,19 @@ async fn serve_hyper<S>(
     read: bytes::Bytes,
     service: Handler,
     state: &ProxyState,
-    header_read_timeout: Duration,
-    idle_timeout: Duration,
-    max_header_bytes: u32,
+    limits: h1server::Limits,
 ) -> Result<(), String>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let timer = HeadTimer::new(header_read_timeout, idle_timeout);
+    let timer = HeadTimer::new(limits.head, limits.idle);
     let head_begun = timer.head_begun();
-    let io = TokioIo::new(ReadWatch::new(h1server::Rewind::new(stream, read), &timer));
+    let io = TokioIo::new(ReadWatch::new(stream, read, &timer));
     let conn = std::pin::pin!(
         http1::Builder::new()
             .timer(timer)
-            .header_read_timeout(header_read_timeout)
-            .max_buf_size((max_header_bytes as usize).max(8192))
+            .header_read_timeout(limits.head)
+            .max_buf_size(limits.max_head.max(8192))
             // Once draining, each new connection serves one request and closes, so the
             // app's late calls still work but nothing lingers.
             .keep_alive(!state.is_draining())

@@ -28,23 +28,37 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// A client socket that notes when bytes arrive, for `HeadTimer`.
+/// A client socket that notes when bytes arrive, for `HeadTimer`. Its first reads return
+/// `prefix`: what `h1server` had read before it handed the connection to hyper.
 pub struct ReadWatch<S> {
     io: S,
+    prefix: Bytes,
     read: Arc<AtomicBool>,
 }
 
 impl<S> ReadWatch<S> {
-    pub fn new(io: S, timer: &HeadTimer) -> ReadWatch<S> {
-        ReadWatch { io, read: timer.read.clone() }
+    pub fn new(io: S, prefix: Bytes, timer: &HeadTimer) -> ReadWatch<S> {
+        ReadWatch { io, prefix, read: timer.read.clone() }
     }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for ReadWatch<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+            if this.prefix.is_empty() {
+                // An empty slice would still hold the whole read buffer.
+                this.prefix = Bytes::new();
+            }
+            this.read.store(true, Ordering::Relaxed);
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.io).poll_read(cx, buf);
         if buf.filled().len() > before {
@@ -201,5 +215,25 @@ impl IdleTicker {
         // Registers the waker for the new deadline.
         let _ = self.tick.as_mut().poll(cx);
         Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bytes_read_before_a_handover_come_first_count_as_a_head_begun_and_are_let_go() {
+        let read = Bytes::from(b"GET / HTTP/1.1\r\n".to_vec());
+        let probe = read.clone();
+        let (mut client, server) = tokio::io::duplex(1024);
+        let timer = HeadTimer::new(Duration::from_secs(1), Duration::from_secs(1));
+        let mut io = ReadWatch::new(server, read, &timer);
+        tokio::io::AsyncWriteExt::write_all(&mut client, b"Host: a\r\n").await.unwrap();
+        let mut got = [0u8; 25];
+        tokio::io::AsyncReadExt::read_exact(&mut io, &mut got).await.unwrap();
+        assert_eq!(&got, b"GET / HTTP/1.1\r\nHost: a\r\n", "the replayed bytes, then the socket's");
+        assert!(timer.head_begun().load(Ordering::Relaxed));
+        assert!(probe.is_unique(), "the replayed bytes' memory is let go once they are read");
     }
 }

@@ -140,14 +140,19 @@ async fn h2_client_uploads_larger_than_the_proxy_windows_arrive_whole() {
     }
 }
 
+/// A proxy in front of `api` that lets one request at a time through to it.
+async fn proxy_with_one_slot(api: &Backend) -> Proxy {
+    let policy = service("api", "http", &[api.addr()])
+        + &weft_integration::document("TrafficPolicy", "api", "service: api\nlimits: {maxConcurrentRequests: 1}");
+    Proxy::start(ProxyConfig { policy, ..Default::default() }).await
+}
+
 /// A client that resets its stream (RST_STREAM) while the upstream is still working cancels
 /// the call: the proxy drops it, and its concurrency slot is free again at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2_client_resetting_its_stream_cancels_the_upstream_call() {
     let api = Backend::start("api").await;
-    let policy = service("api", "http", &[api.addr()])
-        + &weft_integration::document("TrafficPolicy", "api", "service: api\nlimits: {maxConcurrentRequests: 1}");
-    let proxy = Proxy::start(ProxyConfig { policy, ..Default::default() }).await;
+    let proxy = proxy_with_one_slot(&api).await;
 
     let conn = H2Conn::connect(proxy.outbound()).await.expect("h2 connect");
     let slow = {
@@ -511,9 +516,7 @@ async fn http1_requests_in_pieces_expecting_continue_or_in_http_1_0_are_served()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http1_client_closing_mid_call_cancels_the_upstream_call() {
     let api = Backend::start("api").await;
-    let policy = service("api", "http", &[api.addr()])
-        + &weft_integration::document("TrafficPolicy", "api", "service: api\nlimits: {maxConcurrentRequests: 1}");
-    let proxy = Proxy::start(ProxyConfig { policy, ..Default::default() }).await;
+    let proxy = proxy_with_one_slot(&api).await;
 
     let mut stream = TcpStream::connect(proxy.outbound()).await.unwrap();
     stream.write_all(b"GET /delay/20000 HTTP/1.1\r\nHost: api\r\n\r\n").await.unwrap();
