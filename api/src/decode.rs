@@ -145,6 +145,7 @@ fn spec_fields(kind: &str) -> &'static [&'static str] {
             "admin",
             "tls",
             "controlPlane",
+            "identityDir",
             "stateDir",
             "workers",
             "shutdownGrace",

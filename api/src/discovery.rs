@@ -149,7 +149,7 @@ impl WatchMessage {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
     pub version: u64,
-    /// Names this stream in acks.
+    /// Names this stream in acks and leaves: a secret only this stream's proxy learns.
     pub session: String,
     /// Service documents (without endpoints: those are in `endpoints`), Routes,
     /// TrafficPolicies, the proxy's own AuthorizationPolicy and the Mesh. Never a Proxy.
@@ -210,7 +210,11 @@ pub struct StatusReport {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProxyStatus {
+    /// A name for the stream (not the stream's secret session id, which only its proxy knows).
     pub session: String,
+    /// The SPIFFE id the proxy proved with its client certificate (absent on plaintext).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
     pub name: String,
     /// `name.namespace` of the proxy's service.
     pub service: String,

@@ -436,6 +436,11 @@ pub struct ProxySpec {
     pub admin: AdminSpec,
     pub tls: Option<TlsFiles>,
     pub control_plane: Option<ControlPlaneSpec>,
+    /// Where a certificate from the control plane and its key are kept (mode 0600) so that a
+    /// restart while the control plane is down serves at once. Put it on memory-backed storage
+    /// (tmpfs, an `emptyDir` with `medium: Memory`), never on the config volume; unset, the key
+    /// lives only in the process.
+    pub identity_dir: Option<String>,
     pub state_dir: Option<String>,
     /// Runtime threads (one current-thread runtime each); 0 means one per available core.
     pub workers: u16,
@@ -488,8 +493,15 @@ pub struct TlsFiles {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ControlPlaneSpec {
+    /// `https://HOST:PORT` (TLS, the control plane's certificate verified against
+    /// `trust_bundle_file`), or `http://` for a control plane on loopback.
     pub address: String,
     pub join_token_file: Option<String>,
+    /// PEM roots the control plane's certificate must chain to (required with `https://`).
+    pub trust_bundle_file: Option<String>,
+    /// The SPIFFE id the control plane must prove; default
+    /// `spiffe://<trustDomain>/ns/weft/sa/weft-control`.
+    pub identity: Option<String>,
 }
 
 /// Limits that protect the proxy from bad or slow clients.
@@ -556,6 +568,7 @@ impl ProxySpec {
             admin: AdminSpec::default(),
             tls: None,
             control_plane: None,
+            identity_dir: None,
             state_dir: None,
             workers: 0,
             shutdown_grace: Duration::from_secs(30),

@@ -10,7 +10,10 @@ use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use crate::decode::nearest;
-use crate::{AuthorizationPolicy, Diagnostics, Document, Mesh, Proxy, Route, RouteMatch, Service, TrafficPolicy};
+use crate::{
+    AuthorizationPolicy, ControlPlaneSpec, Diagnostics, Document, Mesh, Proxy, Route, RouteMatch, Service,
+    TrafficPolicy,
+};
 
 /// Backend and endpoint weights. Zero is refused: "no traffic" is said by removing the entry.
 pub(crate) const WEIGHT: RangeInclusive<i128> = 1..=u32::MAX as i128;
@@ -121,6 +124,42 @@ pub(crate) fn check_url(s: &str) -> Result<(), String> {
         Some(h) if !h.is_empty() => Ok(()),
         _ => Err(format!("invalid address {s:?}; write http://HOST:PORT or https://HOST:PORT")),
     }
+}
+
+/// Whether `address` (`http://HOST:PORT…`, `https://…` or `HOST:PORT`) names a loopback host.
+pub fn is_loopback_address(address: &str) -> bool {
+    let rest = address.strip_prefix("https://").or_else(|| address.strip_prefix("http://")).unwrap_or(address);
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => authority,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// How a proxy may reach its control plane: TLS needs the roots to verify it by, and a join
+/// token (a bearer credential) never crosses a network in clear. Returns the problems with
+/// `address` and with `trustBundleFile`.
+fn check_control_plane_transport(cp: &ControlPlaneSpec) -> (Result<(), String>, Result<(), String>) {
+    let tls = cp.address.starts_with("https://");
+    let bundle = match (tls, &cp.trust_bundle_file) {
+        (true, None) => Err("an https:// control plane needs trustBundleFile: the PEM roots its certificate must \
+                             chain to (the mesh CA's ca.pem)"
+            .to_string()),
+        (false, Some(_)) => Err("trustBundleFile is used only with an https:// control-plane address".to_string()),
+        _ => Ok(()),
+    };
+    let address = if !tls && cp.join_token_file.is_some() && !is_loopback_address(&cp.address) {
+        Err(format!(
+            "{:?} is plaintext and not on loopback: the join token would cross the network in clear; use https:// \
+             with trustBundleFile",
+            cp.address
+        ))
+    } else {
+        Ok(())
+    };
+    (address, bundle)
 }
 
 pub(crate) fn check_not_empty(s: &str) -> Result<(), String> {
@@ -401,6 +440,14 @@ impl Checker<'_> {
         }
         if let Some(cp) = &s.control_plane {
             self.rule(line, "spec.controlPlane.address", check_url(&cp.address));
+            let (address, bundle) = check_control_plane_transport(cp);
+            self.rule(line, "spec.controlPlane.address", address);
+            self.rule(line, "spec.controlPlane.trustBundleFile", bundle);
+            if cp.address.starts_with("https://") && s.tls.is_none() && cp.join_token_file.is_none() {
+                let msg = "an https:// control plane knows a proxy by its mesh certificate: set joinTokenFile (or tls \
+                           files) so this proxy has one";
+                self.error(line, "spec.controlPlane.joinTokenFile", msg.to_string());
+            }
         }
         self.rule(line, "spec.workers", check_range(s.workers.into(), &WORKERS));
         let header_bytes = check_range(s.http.max_header_bytes.into(), &AT_LEAST_ONE_U32);
@@ -473,6 +520,31 @@ mod tests {
         assert!(check_service_ref("payments.shop").is_ok() && check_service_ref("payments").is_ok());
         assert!(check_service_ref("a.b.c").is_err() && check_service_ref("A.b").is_err());
         assert!(check_url("https://weft-control:8086").is_ok() && check_url("weft:8086").is_err());
+    }
+
+    #[test]
+    fn a_control_plane_is_reached_over_tls_unless_it_is_on_loopback() {
+        let proxy = |cp: &str| {
+            problems(&format!("kind: Proxy\nmetadata: {{name: p}}\nspec:\n  service: p\n  controlPlane: {cp}\n"))
+        };
+        assert_eq!(
+            proxy("{address: \"https://cp:8086\", trustBundleFile: ca.pem, joinTokenFile: t}"),
+            Vec::<String>::new()
+        );
+        assert_eq!(proxy("{address: \"http://127.0.0.1:8086\", joinTokenFile: t}"), Vec::<String>::new());
+        assert_eq!(proxy("{address: \"http://[::1]:8086\", joinTokenFile: t}"), Vec::<String>::new());
+        assert_eq!(proxy("{address: \"http://cp:8086\"}"), Vec::<String>::new(), "no credential to leak");
+        let p = proxy("{address: \"https://cp:8086\", joinTokenFile: t}");
+        assert!(
+            p.len() == 1 && p[0].contains("spec.controlPlane.trustBundleFile: an https:// control plane needs"),
+            "{p:?}"
+        );
+        let p = proxy("{address: \"http://cp:8086\", joinTokenFile: t}");
+        assert!(p.len() == 1 && p[0].contains("spec.controlPlane.address: \"http://cp:8086\" is plaintext"), "{p:?}");
+        let p = proxy("{address: \"http://localhost:8086\", trustBundleFile: ca.pem}");
+        assert!(p.len() == 1 && p[0].contains("used only with an https://"), "{p:?}");
+        assert!(is_loopback_address("127.0.0.2:1") && is_loopback_address("http://LOCALHOST:1/"));
+        assert!(!is_loopback_address("http://10.0.0.1:8086") && !is_loopback_address("https://[::2]:1"));
     }
 
     #[test]

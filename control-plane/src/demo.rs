@@ -204,7 +204,8 @@ impl Mesh {
     }
 
     /// A fresh dev CA for this run and one join token per sidecar: `ca/`, `join-tokens` (for
-    /// the control plane) and `NAME.token` beside each sidecar's config (its `joinTokenFile`).
+    /// the control plane), `NAME.token` beside each sidecar's config (its `joinTokenFile`) and
+    /// `trust.pem` (the root the sidecars verify the control plane's certificate by).
     /// Returns the CA directory and the join-token file.
     fn dev_ca(&self) -> Result<(String, String), u8> {
         let failed = |e: &dyn std::fmt::Display| {
@@ -216,6 +217,7 @@ impl Mesh {
         std::fs::create_dir_all(&ca_dir).map_err(|e| failed(&e))?;
         crate::ca::write_file(&ca_dir.join(crate::ca::CA_CERT_FILE), &cert, false).map_err(|e| failed(&e))?;
         crate::ca::write_file(&ca_dir.join(crate::ca::CA_KEY_FILE), &key, true).map_err(|e| failed(&e))?;
+        crate::ca::write_file(&self.dir.join("trust.pem"), &cert, false).map_err(|e| failed(&e))?;
         let mut lines = String::from("# join token, then the SPIFFE id it earns\n");
         let sidecars = [("frontend", "frontend"), (PAYMENTS[0].0, "payments"), (PAYMENTS[1].0, "payments")];
         for (name, service) in sidecars {
@@ -345,7 +347,9 @@ async fn payments_endpoints() -> u64 {
 
 async fn drive(mesh: &mut Mesh, mut payments: Vec<Option<DemoServer>>) -> u8 {
     println!("weft demo: a mesh on loopback (logs and configs in {})", mesh.dir.display());
-    println!("  control plane  discovery {CONTROL_LISTEN}, admin http://{CONTROL_ADMIN} (/metrics, /v1/status)");
+    println!(
+        "  control plane  discovery https://{CONTROL_LISTEN} (TLS), admin http://{CONTROL_ADMIN} (/metrics, /v1/status)"
+    );
     println!("  frontend       app {APP}, sidecar inbound {INBOUND}, admin http://{ADMIN}");
     for (i, (name, addr)) in PAYMENTS.iter().enumerate() {
         println!("  {name:<14} app {addr}, sidecar admin http://{}, registered by its sidecar", PAYMENTS_ADMINS[i]);

@@ -107,6 +107,17 @@ fn spawn_workers(workers: usize, mut bound: Vec<Bound>, state: &Arc<ProxyState>)
     }
 }
 
+/// A config that cannot work, found after start (a control plane whose certificate does not
+/// verify): the proxy stops with status 1 and this reason rather than retry forever.
+static FATAL: std::sync::LazyLock<tokio::sync::watch::Sender<Option<String>>> =
+    std::sync::LazyLock::new(|| tokio::sync::watch::Sender::new(None));
+
+/// Stops the proxy with exit status 1, saying `reason`.
+pub fn fatal(reason: String) {
+    tracing::error!("{reason}; stopping");
+    FATAL.send_replace(Some(reason));
+}
+
 async fn control_loop(
     state: Arc<ProxyState>,
     admin: std::net::TcpListener,
@@ -127,9 +138,16 @@ async fn control_loop(
     crate::discovery::start(&state);
     tokio::spawn(signals(state.clone()));
     let mut drain = state.drain_signal();
+    let mut fatal = FATAL.subscribe();
     while !*drain.borrow_and_update() {
-        if drain.changed().await.is_err() {
-            return 1;
+        tokio::select! {
+            changed = drain.changed() => if changed.is_err() { return 1 },
+            _ = fatal.changed() => {
+                if let Some(reason) = fatal.borrow().as_ref() {
+                    eprintln!("weft-proxy: {reason}");
+                }
+                return 1;
+            }
         }
     }
     let began = Instant::now();

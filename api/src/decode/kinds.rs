@@ -247,9 +247,12 @@ impl Decoder<'_> {
             key_file: self.required_string(&m, "keyFile", validate::check_not_empty),
             bundle_file: self.required_string(&m, "bundleFile", validate::check_not_empty),
         });
-        let control_plane = self.sub(spec, "controlPlane", &["address", "joinTokenFile"]).map(|m| ControlPlaneSpec {
+        let cp_fields = ["address", "joinTokenFile", "trustBundleFile", "identity"];
+        let control_plane = self.sub(spec, "controlPlane", &cp_fields).map(|m| ControlPlaneSpec {
             address: self.required_string(&m, "address", validate::check_url),
             join_token_file: self.string(&m, "joinTokenFile", validate::check_not_empty),
+            trust_bundle_file: self.string(&m, "trustBundleFile", validate::check_not_empty),
+            identity: self.string(&m, "identity", validate::check_spiffe_id),
         });
         let http_fields = ["maxHeaderBytes", "maxBodyBytes", "headerReadTimeout", "clientIdleTimeout"];
         let http = match self.sub(spec, "http", &http_fields) {
@@ -278,6 +281,7 @@ impl Decoder<'_> {
             admin,
             tls,
             control_plane,
+            identity_dir: self.string(spec, "identityDir", validate::check_not_empty),
             state_dir: self.string(spec, "stateDir", validate::check_not_empty),
             workers: self.integer(spec, "workers", validate::WORKERS).unwrap_or(d.workers),
             shutdown_grace: self.duration(spec, "shutdownGrace", false).unwrap_or(d.shutdown_grace),
@@ -525,7 +529,9 @@ spec:
   upstreams: [{service: payments, listen: 127.0.0.1:9101}]
   admin: {listen: 127.0.0.1:4191}
   tls: {certFile: id.pem, keyFile: id-key.pem, bundleFile: bundle.pem}
-  controlPlane: {address: "https://weft-control.weft:8086", joinTokenFile: /var/run/weft/token}
+  controlPlane: {address: "https://weft-control.weft:8086", joinTokenFile: /var/run/weft/token,
+                 trustBundleFile: /var/run/weft/trust.pem, identity: "spiffe://cluster.local/ns/weft/sa/cp"}
+  identityDir: /var/run/weft/identity
   stateDir: /var/lib/weft
   workers: 2
   shutdownGrace: 10s
@@ -550,7 +556,10 @@ spec:
             control_plane: Some(ControlPlaneSpec {
                 address: "https://weft-control.weft:8086".to_string(),
                 join_token_file: Some("/var/run/weft/token".to_string()),
+                trust_bundle_file: Some("/var/run/weft/trust.pem".to_string()),
+                identity: Some("spiffe://cluster.local/ns/weft/sa/cp".to_string()),
             }),
+            identity_dir: Some("/var/run/weft/identity".to_string()),
             state_dir: Some("/var/lib/weft".to_string()),
             workers: 2,
             shutdown_grace: Duration::from_secs(10),

@@ -43,6 +43,8 @@ pub struct Issued {
     /// The leaf first, then any intermediates.
     pub chain_pem: String,
     pub not_after: SystemTime,
+    /// The serial number as hex, for the audit log.
+    pub serial: String,
 }
 
 impl Authority {
@@ -174,10 +176,12 @@ impl Authority {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         params.not_before = to_offset(not_before);
         params.not_after = to_offset(not_after);
-        params.serial_number = Some(random_serial()?);
+        let serial = random_serial()?;
+        let serial_hex = serial.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        params.serial_number = Some(serial);
         params.use_authority_key_identifier_extension = true;
         let cert = params.signed_by(public_key, &self.signer)?;
-        Ok(Issued { chain_pem: format!("{}{}", cert.pem(), self.intermediates_pem), not_after })
+        Ok(Issued { chain_pem: format!("{}{}", cert.pem(), self.intermediates_pem), not_after, serial: serial_hex })
     }
 }
 

@@ -31,14 +31,53 @@ struct CsrResponse<'a> {
     not_after: u64,
 }
 
-/// Answers one `POST /v1/certificates`. The join token comes as `Authorization: Bearer <token>`.
-pub async fn handle<B>(issuer: &Issuer, req: Request<B>) -> Response<Full<Bytes>>
+/// Answers one `POST /v1/certificates` (the join token comes as `Authorization: Bearer
+/// <token>`), and writes the audit line and counts the result: every certificate issued or
+/// refused, with the identity, serial and expiry or the reason, never the token.
+pub async fn handle<B>(
+    issuer: &Issuer,
+    metrics: &crate::serve::metrics::ControlMetrics,
+    peer: std::net::SocketAddr,
+    req: Request<B>,
+) -> Response<Full<Bytes>>
 where
     B: http_body::Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let (resp, audit) = answer(issuer, req).await;
+    match audit {
+        Audit::Issued { id, serial, not_after } => {
+            metrics.certificates.with_label_values(&["issued"]).inc();
+            tracing::info!(%peer, %id, serial, not_after, "certificate issued");
+        }
+        Audit::Refused { reason, message } => {
+            metrics.certificates.with_label_values(&[reason]).inc();
+            tracing::warn!(%peer, reason, "certificate refused: {message}");
+        }
+    }
+    resp
+}
+
+/// What the audit log says about one request.
+enum Audit {
+    Issued { id: String, serial: String, not_after: u64 },
+    Refused { reason: &'static str, message: String },
+}
+
+async fn answer<B>(issuer: &Issuer, req: Request<B>) -> (Response<Full<Bytes>>, Audit)
+where
+    B: http_body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let refused = |status: StatusCode, reason: &'static str, message: String| {
+        (error(status, &message), Audit::Refused { reason, message })
+    };
     if req.method() != http::Method::POST {
-        return error(StatusCode::METHOD_NOT_ALLOWED, "use POST with a JSON body {\"csr\": \"<PEM>\"}");
+        return refused(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "bad-request",
+            "use POST with a JSON body {\"csr\": \"<PEM>\"}".to_string(),
+        );
     }
     let token = req
         .headers()
@@ -47,31 +86,42 @@ where
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_string);
     let Some(token) = token else {
-        return error(StatusCode::UNAUTHORIZED, "send the join token as `Authorization: Bearer <token>`");
+        return refused(
+            StatusCode::UNAUTHORIZED,
+            "no-token",
+            "send the join token as `Authorization: Bearer <token>`".to_string(),
+        );
     };
     let body = match Limited::new(req.into_body(), MAX_REQUEST_BYTES).collect().await {
         Ok(b) => b.to_bytes(),
-        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("cannot read the request body: {e}")),
+        Err(e) => return refused(StatusCode::BAD_REQUEST, "bad-request", format!("cannot read the request body: {e}")),
     };
     let request: CsrRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("the body must be {{\"csr\": \"<PEM>\"}}: {e}")),
+        Err(e) => {
+            return refused(
+                StatusCode::BAD_REQUEST,
+                "bad-request",
+                format!("the body must be {{\"csr\": \"<PEM>\"}}: {e}"),
+            );
+        }
     };
     match issuer.sign_csr(&token, &request.csr) {
-        Ok(issued) => {
+        Ok((id, issued)) => {
             let not_after =
                 issued.not_after.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
             let body = CsrResponse { certificate: &issued.chain_pem, bundle: issuer.bundle_pem(), not_after };
-            json(StatusCode::OK, serde_json::to_vec(&body).unwrap_or_default())
+            let audit = Audit::Issued { id: id.to_string(), serial: issued.serial.clone(), not_after };
+            (json(StatusCode::OK, serde_json::to_vec(&body).unwrap_or_default()), audit)
         }
         Err(e) => {
-            let status = match e {
-                CaError::UnknownToken => StatusCode::UNAUTHORIZED,
-                CaError::CsrIdentityMismatch { .. } => StatusCode::FORBIDDEN,
-                CaError::BadCsr { .. } => StatusCode::BAD_REQUEST,
-                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            let (status, reason) = match e {
+                CaError::UnknownToken => (StatusCode::UNAUTHORIZED, "unknown-token"),
+                CaError::CsrIdentityMismatch { .. } => (StatusCode::FORBIDDEN, "wrong-identity"),
+                CaError::BadCsr { .. } => (StatusCode::BAD_REQUEST, "bad-csr"),
+                _ => (StatusCode::INTERNAL_SERVER_ERROR, "error"),
             };
-            error(status, &e.to_string())
+            refused(status, reason, e.to_string())
         }
     }
 }

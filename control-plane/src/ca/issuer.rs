@@ -3,8 +3,10 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use rcgen::{CertificateSigningRequestParams, SanType};
 use weft_api::SpiffeId;
 
@@ -12,7 +14,7 @@ use super::CaError;
 use super::authority::{Authority, Issued};
 
 /// Join tokens and the identity each one grants. Tokens are kept only as SHA-256 digests.
-#[derive(Default)]
+#[derive(Default, PartialEq)]
 pub struct JoinTokens {
     by_digest: HashMap<[u8; 32], SpiffeId>,
 }
@@ -54,6 +56,14 @@ impl JoinTokens {
         Ok(tokens)
     }
 
+    pub fn len(&self) -> usize {
+        self.by_digest.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_digest.is_empty()
+    }
+
     fn lookup(&self, token: &str) -> Option<&SpiffeId> {
         // Comparing digests keeps the lookup's timing independent of how much of a guess was right.
         self.by_digest.get(&digest(token))
@@ -68,7 +78,8 @@ fn digest(token: &str) -> [u8; 32] {
 /// The serving CA: an [`Authority`], the join tokens it honours and the lifetime it gives.
 pub struct Issuer {
     authority: Authority,
-    tokens: JoinTokens,
+    /// Swapped whole when the token file changes.
+    tokens: ArcSwap<JoinTokens>,
     ttl: Duration,
 }
 
@@ -78,17 +89,36 @@ impl Issuer {
         if ttl.is_zero() {
             return Err(CaError::ZeroTtl);
         }
-        Ok(Issuer { authority, tokens, ttl })
+        Ok(Issuer { authority, tokens: ArcSwap::from_pointee(tokens), ttl })
+    }
+
+    /// Honours `tokens` from now on (the token file changed); false when they are the same.
+    pub fn set_tokens(&self, tokens: JoinTokens) -> bool {
+        if **self.tokens.load() == tokens {
+            return false;
+        }
+        self.tokens.store(Arc::new(tokens));
+        true
+    }
+
+    pub fn token_count(&self) -> usize {
+        self.tokens.load().len()
     }
 
     pub fn bundle_pem(&self) -> &str {
         self.authority.bundle_pem()
     }
 
+    /// The CA itself (the control plane signs its own serving certificate with it).
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
     /// Signs `csr_pem` for the holder of `token`. Refuses an unknown token, a CSR whose
     /// signature does not verify, and a CSR that asks for any name other than the token's id.
-    pub fn sign_csr(&self, token: &str, csr_pem: &str) -> Result<Issued, CaError> {
-        let allowed = self.tokens.lookup(token).ok_or(CaError::UnknownToken)?;
+    pub fn sign_csr(&self, token: &str, csr_pem: &str) -> Result<(SpiffeId, Issued), CaError> {
+        let tokens = self.tokens.load();
+        let allowed = tokens.lookup(token).ok_or(CaError::UnknownToken)?;
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| CaError::BadCsr { reason: format!("{e} (it must be a signed PEM CERTIFICATE REQUEST)") })?;
         let requested: Vec<String> = csr
@@ -104,7 +134,7 @@ impl Issuer {
             let requested = if requested.is_empty() { "no name".to_string() } else { requested.join(", ") };
             return Err(CaError::CsrIdentityMismatch { expected: allowed.to_string(), requested });
         }
-        self.authority.sign(allowed, &csr.public_key, self.ttl)
+        Ok((allowed.clone(), self.authority.sign(allowed, &csr.public_key, self.ttl)?))
     }
 }
 
@@ -141,7 +171,10 @@ mod tests {
     #[test]
     fn signs_exactly_the_id_the_token_grants() {
         let issuer = issuer();
-        let issued = issuer.sign_csr(TOKEN, &csr(vec![uri("spiffe://cluster.local/ns/shop/sa/frontend")])).unwrap();
+        let (id, issued) =
+            issuer.sign_csr(TOKEN, &csr(vec![uri("spiffe://cluster.local/ns/shop/sa/frontend")])).unwrap();
+        assert_eq!(id.to_string(), "spiffe://cluster.local/ns/shop/sa/frontend");
+        assert_eq!(issued.serial.len(), 32, "16 bytes of serial as hex for the audit log");
         let der = super::super::authority::pem_certificates(&issued.chain_pem, "leaf").unwrap();
         let (_, cert) =
             <x509_parser::certificate::X509Certificate as x509_parser::prelude::FromDer<_>>::from_der(&der[0]).unwrap();
@@ -170,6 +203,23 @@ mod tests {
         // A CSR whose signature does not match its content is refused.
         let tampered = good.replace(&good[100..104], "AAAA");
         assert!(issuer.sign_csr(TOKEN, &tampered).is_err());
+    }
+
+    #[test]
+    fn a_new_token_set_replaces_the_old_one_whole() {
+        let issuer = issuer();
+        let good = csr(vec![uri("spiffe://cluster.local/ns/shop/sa/payments")]);
+        let new = "another-token-0123456789";
+        assert!(matches!(issuer.sign_csr(new, &good), Err(CaError::UnknownToken)));
+        let tokens =
+            JoinTokens::parse(&format!("{new} spiffe://cluster.local/ns/shop/sa/payments\n"), Path::new("t")).unwrap();
+        assert!(issuer.set_tokens(tokens));
+        assert!(issuer.sign_csr(new, &good).is_ok(), "the added token works at once");
+        assert!(matches!(issuer.sign_csr(TOKEN, &good), Err(CaError::UnknownToken)), "the removed one no longer does");
+        let same =
+            JoinTokens::parse(&format!("{new} spiffe://cluster.local/ns/shop/sa/payments\n"), Path::new("t")).unwrap();
+        assert!(!issuer.set_tokens(same), "an unchanged file is no change");
+        assert_eq!(issuer.token_count(), 1);
     }
 
     #[test]

@@ -1,6 +1,10 @@
 //! The discovery listener: `GET /v1/watch` (a stream of newline-delimited JSON that also
-//! self-registers the proxy), `POST /v1/ack` and `POST /v1/leave`. HTTP/2 with prior
-//! knowledge (h2c) or HTTP/1.1 on the same port.
+//! self-registers the proxy), `POST /v1/ack`, `POST /v1/leave` and the CA's
+//! `POST /v1/certificates`. TLS (the control plane's own certificate; client certificates
+//! name the caller) or, from loopback, plaintext; HTTP/2 or HTTP/1.1 either way.
+//!
+//! Over TLS a watch, ack or leave needs the proxy's mesh certificate: a proxy watches only as
+//! the service its SPIFFE id names, and acks or leaves only streams it opened itself.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -17,7 +21,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::{Interval, Sleep};
 use weft_api::EndpointSpec;
@@ -26,6 +31,7 @@ use weft_api::discovery::{Ack, Leave, WatchMessage, WatchRequest};
 use super::catalog::{Catalog, Item, Subscriber};
 use super::policy::service_key;
 use super::registry::self_registration::{Registration, SelfRegistration};
+use super::tls::{Accept, Caller, HANDSHAKE_TIMEOUT, ServingTls, Transport, classify};
 
 pub type ResponseBody = UnsyncBoxBody<Bytes, Infallible>;
 
@@ -41,6 +47,10 @@ pub struct Discovery {
     pub heartbeat: Duration,
     /// Signs proxies' CSRs on `POST /v1/certificates` when `weft serve --ca` is given.
     pub issuer: Option<Arc<crate::ca::Issuer>>,
+    /// TLS with the control plane's own certificate (with `--ca`).
+    pub tls: Option<Arc<ServingTls>>,
+    /// Plaintext from any peer, not only loopback (`--insecure-plaintext`).
+    pub insecure_plaintext: bool,
 }
 
 pub async fn serve(listener: TcpListener, discovery: Arc<Discovery>) {
@@ -54,19 +64,60 @@ pub async fn serve(listener: TcpListener, discovery: Arc<Discovery>) {
             }
         };
         let _ = stream.set_nodelay(true);
-        let discovery = discovery.clone();
-        tokio::spawn(async move {
-            let heartbeat = discovery.heartbeat;
-            let svc = service_fn(move |req| {
-                let discovery = discovery.clone();
-                async move { Ok::<_, Infallible>(discovery.route(peer, req).await) }
-            });
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(heartbeat)).keep_alive_timeout(heartbeat);
-            if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
-                tracing::debug!(%peer, error = %e, "discovery connection ended");
+        tokio::spawn(connection(stream, peer, discovery.clone()));
+    }
+}
+
+/// One connection: its transport decided by its first byte, then HTTP/1.1 or HTTP/2.
+async fn connection(stream: TcpStream, peer: SocketAddr, discovery: Arc<Discovery>) {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
+        Ok(Ok(1)) => {}
+        _ => return,
+    }
+    match classify(first[0], peer, discovery.tls.is_some(), discovery.insecure_plaintext) {
+        Accept::Tls => {
+            let tls = discovery.tls.clone().expect("classified as TLS only with a TLS config");
+            match tls.accept(stream).await {
+                Ok((stream, id)) => {
+                    let caller = Caller { peer, transport: Transport::Tls(id) };
+                    serve_http(TokioIo::new(stream), caller, discovery).await
+                }
+                Err(e) => tracing::warn!(%peer, error = %e, "discovery connection refused"),
             }
-        });
+        }
+        Accept::Plain => {
+            serve_http(TokioIo::new(stream), Caller { peer, transport: Transport::Plain }, discovery).await
+        }
+        Accept::Refuse(why) => {
+            discovery.catalog.metrics.refused.with_label_values(&["connection", "plaintext"]).inc();
+            tracing::warn!(%peer, "discovery connection refused: {why}");
+            let mut stream = stream;
+            let body = format!("this control plane refused the connection: {why}\n");
+            let answer = format!(
+                "HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(answer.as_bytes())).await;
+        }
+    }
+}
+
+async fn serve_http<I>(io: TokioIo<I>, caller: Caller, discovery: Arc<Discovery>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let heartbeat = discovery.heartbeat;
+    let peer = caller.peer;
+    let svc = service_fn(move |req| {
+        let discovery = discovery.clone();
+        let caller = caller.clone();
+        async move { Ok::<_, Infallible>(discovery.route(&caller, req).await) }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(heartbeat)).keep_alive_timeout(heartbeat);
+    if let Err(e) = builder.serve_connection(io, svc).await {
+        tracing::debug!(%peer, error = %e, "discovery connection ended");
     }
 }
 
@@ -78,31 +129,36 @@ pub fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<ResponseBody
 }
 
 impl Discovery {
-    async fn route(&self, peer: SocketAddr, req: Request<Incoming>) -> Response<ResponseBody> {
+    async fn route(&self, caller: &Caller, req: Request<Incoming>) -> Response<ResponseBody> {
         match (req.method().clone(), req.uri().path()) {
-            (Method::GET, "/v1/watch") => self.watch(peer, req.uri().query().unwrap_or("")),
+            (Method::GET, "/v1/watch") => self.watch(caller, req.uri().query().unwrap_or("")),
             (Method::POST, "/v1/ack") => match read_json::<Ack>(req).await {
-                Ok(ack) if self.catalog.ack(&ack.session, ack.version, ack.cert_not_after) => {
-                    full(StatusCode::NO_CONTENT, "")
-                }
-                Ok(ack) => full(StatusCode::NOT_FOUND, format!("no open stream {:?}; reconnect\n", ack.session)),
+                Ok(ack) => match self.stream_of(caller, "ack", &ack.session) {
+                    Ok(_) if self.catalog.ack(&ack.session, ack.version, ack.cert_not_after) => {
+                        full(StatusCode::NO_CONTENT, "")
+                    }
+                    Ok(_) => full(StatusCode::NOT_FOUND, "no such open stream; reconnect\n"),
+                    Err(resp) => *resp,
+                },
                 Err(resp) => resp,
             },
             (Method::POST, "/v1/leave") => match read_json::<Leave>(req).await {
-                Ok(leave) => match self.catalog.subscriber(&leave.session) {
-                    Some(sub) => {
+                Ok(leave) => match self.stream_of(caller, "leave", &leave.session) {
+                    Ok(sub) => {
                         if let Some(addr) = sub.address {
                             tracing::info!(service = %sub.self_key, %addr, "proxy left (draining)");
                             self.self_registration.leave(&sub.self_key, addr);
                         }
                         full(StatusCode::NO_CONTENT, "")
                     }
-                    None => full(StatusCode::NOT_FOUND, format!("no open stream {:?}\n", leave.session)),
+                    Err(resp) => *resp,
                 },
                 Err(resp) => resp,
             },
             (_, crate::ca::http::CERTIFICATES_PATH) => match &self.issuer {
-                Some(issuer) => crate::ca::http::handle(issuer, req).await.map(|b| b.boxed_unsync()),
+                Some(issuer) => crate::ca::http::handle(issuer, &self.catalog.metrics, caller.peer, req)
+                    .await
+                    .map(|b| b.boxed_unsync()),
                 None => full(
                     StatusCode::NOT_FOUND,
                     "this control plane does not sign certificates; start it with --ca DIR --join-token-file FILE\n",
@@ -115,15 +171,74 @@ impl Discovery {
         }
     }
 
-    fn watch(&self, peer: SocketAddr, query: &str) -> Response<ResponseBody> {
-        let req = match WatchRequest::from_query(query) {
+    /// The open stream `session` names, if `caller` may act on it: over TLS only the identity
+    /// that opened it may; on plaintext the secret session id is the credential.
+    fn stream_of(
+        &self,
+        caller: &Caller,
+        route: &str,
+        session: &str,
+    ) -> Result<Arc<Subscriber>, Box<Response<ResponseBody>>> {
+        let caller_id = match &caller.transport {
+            Transport::Tls(None) => return Err(Box::new(self.refuse(caller, route, Refusal::NoCertificate))),
+            Transport::Tls(Some(id)) => Some(id.to_string()),
+            Transport::Plain => None,
+        };
+        let Some(sub) = self.catalog.subscriber(session) else {
+            return Err(Box::new(full(StatusCode::NOT_FOUND, "no such open stream; reconnect\n")));
+        };
+        if caller_id.is_some() && caller_id != sub.identity {
+            return Err(Box::new(self.refuse(caller, route, Refusal::OtherIdentity)));
+        }
+        Ok(sub)
+    }
+
+    /// Answers 401 or 403, counts it, and logs who was refused.
+    fn refuse(&self, caller: &Caller, route: &str, why: Refusal) -> Response<ResponseBody> {
+        let (status, reason, message) = match why {
+            Refusal::NoCertificate => (
+                StatusCode::UNAUTHORIZED,
+                "no-client-certificate",
+                "present this proxy's mesh certificate (mutual TLS); a proxy without one may only request a certificate",
+            ),
+            Refusal::OtherIdentity => {
+                (StatusCode::FORBIDDEN, "other-identity", "a proxy may act only as the identity its certificate names")
+            }
+        };
+        self.catalog.metrics.refused.with_label_values(&[route, reason]).inc();
+        let id = match &caller.transport {
+            Transport::Tls(Some(id)) => id.to_string(),
+            _ => "none".to_string(),
+        };
+        tracing::warn!(peer = %caller.peer, caller = %id, route, reason, "discovery request refused");
+        full(status, format!("{message}\n"))
+    }
+
+    fn watch(&self, caller: &Caller, query: &str) -> Response<ResponseBody> {
+        let mut req = match WatchRequest::from_query(query) {
             Ok(r) => r,
             Err(e) => return full(StatusCode::BAD_REQUEST, format!("/v1/watch: {e}\n")),
         };
+        let peer = caller.peer;
         let key = match (req.service.split_once('.'), &req.namespace) {
             (Some(_), _) => req.service.clone(),
             (None, Some(ns)) => service_key(&req.service, ns),
             (None, None) => service_key(&req.service, weft_api::DEFAULT_NAMESPACE),
+        };
+        // Over TLS the certificate says who is watching: the service is its service account in
+        // its namespace, and the instance it registers is reached under that same id.
+        let caller_id = match &caller.transport {
+            Transport::Tls(None) => return self.refuse(caller, "watch", Refusal::NoCertificate),
+            Transport::Tls(Some(id)) => {
+                if key != service_key(id.service_account(), id.namespace())
+                    || req.identity.as_ref().is_some_and(|i| *i != id.to_string())
+                {
+                    return self.refuse(caller, "watch", Refusal::OtherIdentity);
+                }
+                req.identity = Some(id.to_string());
+                Some(id.to_string())
+            }
+            Transport::Plain => None,
         };
         // An instance listening on every interface is reached at the address it called from.
         let address =
@@ -132,8 +247,8 @@ impl Discovery {
             Some(a) => format!("{key}@{a}"),
             None => format!("{key}@{peer}"),
         });
-        let (sub, rx) = self.catalog.subscribe(key.clone(), name, address);
-        tracing::info!(session = %sub.session, proxy = %sub.name, "watch stream opened");
+        let (sub, rx) = self.catalog.subscribe_as(key.clone(), name, address, caller_id);
+        tracing::info!(stream = %sub.public_id, proxy = %sub.name, identity = ?sub.identity, "watch stream opened");
         let registration = address.map(|a| {
             self.self_registration
                 .register(&key, EndpointSpec { address: a, weight: 1, identity: req.identity.clone() })
@@ -156,6 +271,14 @@ impl Discovery {
         r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/x-ndjson"));
         r
     }
+}
+
+/// Why a caller may not do what it asked.
+enum Refusal {
+    /// Over TLS without a client certificate.
+    NoCertificate,
+    /// A certificate for another proxy than the one asked about.
+    OtherIdentity,
 }
 
 async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, Response<ResponseBody>> {
@@ -235,7 +358,7 @@ impl Body for WatchBody {
 
 impl Drop for WatchBody {
     fn drop(&mut self) {
-        tracing::info!(session = %self.sub.session, proxy = %self.sub.name, "watch stream closed");
+        tracing::info!(stream = %self.sub.public_id, proxy = %self.sub.name, "watch stream closed");
         self.catalog.unsubscribe(&self.sub.session);
     }
 }

@@ -16,6 +16,20 @@ pub fn load(dir: &Path) -> Result<Vec<(String, Vec<Document>)>, Vec<Diagnostic>>
 /// Calls `on_change` (from a blocking thread) after each burst of changes under `dir`.
 /// Returns once the watch is set up; the watch lives as long as the process.
 pub fn watch(dir: PathBuf, on_change: impl Fn() + Send + 'static) -> Result<(), String> {
+    watch_with(dir, RecursiveMode::Recursive, on_change)
+}
+
+/// Calls `on_change` after each burst of changes to `file`, seen through its folder (so the
+/// atomic renames editors and ConfigMap volumes make are seen too).
+pub fn watch_file(file: &Path, on_change: impl Fn() + Send + 'static) -> Result<(), String> {
+    let dir = match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    watch_with(dir, RecursiveMode::NonRecursive, on_change)
+}
+
+fn watch_with(dir: PathBuf, mode: RecursiveMode, on_change: impl Fn() + Send + 'static) -> Result<(), String> {
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if event.is_ok() {
@@ -23,7 +37,7 @@ pub fn watch(dir: PathBuf, on_change: impl Fn() + Send + 'static) -> Result<(), 
         }
     })
     .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
-    watcher.watch(&dir, RecursiveMode::Recursive).map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+    watcher.watch(&dir, mode).map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
     std::thread::Builder::new()
         .name("weft-folder-watch".into())
         .spawn(move || {

@@ -16,6 +16,12 @@ pub struct ControlMetrics {
     pub policy_reloads: IntCounterVec,
     /// Fresh snapshots sent on open streams, by reason (`overflow`, `policy`, `scope`).
     pub resyncs: IntCounterVec,
+    /// Discovery requests refused for who sent them, by route and reason.
+    pub refused: IntCounterVec,
+    /// Certificate requests by result (`issued`, or why one was refused).
+    pub certificates: IntCounterVec,
+    /// Join token file reloads by result (applied, rejected).
+    pub token_reloads: IntCounterVec,
 }
 
 /// From 1 ms (a loopback push) to 30 s (a proxy that was stuck).
@@ -63,6 +69,26 @@ impl ControlMetrics {
         )
         .expect("valid metric");
         registry.register(Box::new(resyncs.clone())).expect("metric registered once");
+        let counters = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("metric registered once");
+            c
+        };
+        let refused = counters(
+            "weft_control_requests_refused_total",
+            "Discovery requests refused for the caller's identity (none, or another proxy's), by route and reason.",
+            &["route", "reason"],
+        );
+        let certificates = counters(
+            "weft_control_certificates_total",
+            "Certificate signing requests by result: issued, or the reason for a refusal.",
+            &["result"],
+        );
+        let token_reloads = counters(
+            "weft_control_join_token_reloads_total",
+            "Join token file reloads by result (applied, rejected: the last good tokens stay).",
+            &["result"],
+        );
         weft_proxy::metrics::register_process_metrics(&registry);
         ControlMetrics {
             registry,
@@ -73,6 +99,9 @@ impl ControlMetrics {
             policy_errors,
             policy_reloads,
             resyncs,
+            refused,
+            certificates,
+            token_reloads,
         }
     }
 

@@ -12,6 +12,7 @@ pub mod folder;
 pub mod metrics;
 pub mod policy;
 pub mod registry;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use weft_api::{Document, SpiffeId};
 
 use catalog::Catalog;
 use discovery::Discovery;
@@ -28,7 +30,8 @@ use registry::{Registry, SelfRegistration, YamlDirRegistry};
 pub const USAGE: &str = "\
 Usage: weft serve [--policy DIR] [--registry DIR] [--listen ADDR] [--admin ADDR]
                   [--registration-ttl DURATION] [--heartbeat DURATION]
-                  [--ca DIR --join-token-file FILE [--cert-ttl DURATION]]
+                  [--ca DIR --join-token-file FILE [--cert-ttl DURATION] [--identity SPIFFE_ID]]
+                  [--insecure-plaintext]
 
 Runs the control plane.
 
@@ -37,7 +40,8 @@ Runs the control plane.
                            policy keeps serving
   --registry DIR           folder of Service documents whose endpoints are registrations,
                            watched (default: the policy folder)
-  --listen ADDR            discovery API, HTTP/2 (h2c) or HTTP/1.1 (default 0.0.0.0:8086)
+  --listen ADDR            discovery API, HTTP/2 or HTTP/1.1 (default 0.0.0.0:8086): TLS with --ca,
+                           plaintext only from loopback peers
   --admin ADDR             /metrics, /ready, /live, /v1/status, /v1/snapshot (default 127.0.0.1:9990)
   --registration-ttl DUR   how long a proxy's instance stays after its stream closes, and how
                            long a starting control plane waits for proxies to re-register
@@ -49,8 +53,13 @@ Runs the control plane.
                            CA in DIR (ca.pem, ca-key.pem, optional trust-bundle.pem; see
                            `weft ca init`)
   --join-token-file FILE   bootstrap credentials for --ca: one `<token> <spiffe-id>` per line;
-                           a token only ever gets a certificate for its own id
+                           a token only ever gets a certificate for its own id; watched (an
+                           invalid change is logged and the last good tokens stay)
   --cert-ttl DURATION      lifetime of issued certificates (default 24h); proxies renew at 70 %
+  --identity SPIFFE_ID     the control plane's own id in its serving certificate (default
+                           spiffe://<the Mesh's trustDomain>/ns/weft/sa/weft-control)
+  --insecure-plaintext     accept plaintext discovery from any peer, not only loopback: anyone
+                           who reaches the port can then read policy and act as any proxy
 ";
 
 #[derive(Clone, Debug)]
@@ -65,7 +74,14 @@ pub struct ServeArgs {
     pub ca: Option<PathBuf>,
     pub join_token_file: Option<PathBuf>,
     pub cert_ttl: Duration,
+    /// The control plane's own SPIFFE id (default from the Mesh's trust domain).
+    pub identity: Option<SpiffeId>,
+    pub insecure_plaintext: bool,
 }
+
+/// The namespace and service account of the control plane's default identity.
+pub const DEFAULT_NAMESPACE: &str = "weft";
+pub const DEFAULT_SERVICE_ACCOUNT: &str = "weft-control";
 
 impl Default for ServeArgs {
     fn default() -> Self {
@@ -79,6 +95,8 @@ impl Default for ServeArgs {
             ca: None,
             join_token_file: None,
             cert_ttl: Duration::from_secs(24 * 3600),
+            identity: None,
+            insecure_plaintext: false,
         }
     }
 }
@@ -88,6 +106,10 @@ impl ServeArgs {
         let mut out = ServeArgs::default();
         let mut it = args.iter();
         while let Some(flag) = it.next() {
+            if flag == "--insecure-plaintext" {
+                out.insecure_plaintext = true;
+                continue;
+            }
             let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
             match flag.as_str() {
                 "--policy" => out.policy = Some(value()?.into()),
@@ -99,11 +121,18 @@ impl ServeArgs {
                 "--ca" => out.ca = Some(value()?.into()),
                 "--join-token-file" => out.join_token_file = Some(value()?.into()),
                 "--cert-ttl" => out.cert_ttl = parse_duration(flag, value()?)?,
+                "--identity" => {
+                    let v = value()?;
+                    out.identity = Some(SpiffeId::parse(v).map_err(|e| format!("--identity: {e}"))?);
+                }
                 other => return Err(format!("unknown option {other:?}")),
             }
         }
         if out.ca.is_some() != out.join_token_file.is_some() {
             return Err("--ca and --join-token-file go together".into());
+        }
+        if out.identity.is_some() && out.ca.is_none() {
+            return Err("--identity names the certificate --ca signs for the control plane; give --ca too".into());
         }
         Ok(out)
     }
@@ -179,6 +208,7 @@ pub async fn start(args: &ServeArgs) -> Result<Running, String> {
     };
     let catalog = Catalog::new(args.registration_ttl);
     catalog.set_cert_ttl(args.cert_ttl);
+    let mut trust_domain = weft_api::MeshSpec::default().trust_domain;
     // Without --registry the policy folder's Service endpoints are the YAML registry: one parse
     // feeds both.
     let shared_registry = match (&args.policy, &args.registry) {
@@ -193,8 +223,29 @@ pub async fn start(args: &ServeArgs) -> Result<Running, String> {
         if let Some(r) = &shared_registry {
             r.take_instances(&mut files);
         }
+        trust_domain = files
+            .iter()
+            .flat_map(|(_, docs)| docs)
+            .find_map(|d| match d {
+                Document::Mesh(m) => Some(m.spec.trust_domain.clone()),
+                _ => None,
+            })
+            .unwrap_or(trust_domain);
         catalog.set_policy(Policy::new(files));
     }
+    let tls = match &issuer {
+        Some(issuer) => {
+            let id = match &args.identity {
+                Some(id) => id.clone(),
+                None => SpiffeId::new(&trust_domain, DEFAULT_NAMESPACE, DEFAULT_SERVICE_ACCOUNT)
+                    .map_err(|e| format!("the control plane's identity: {e}"))?,
+            };
+            let tls = Arc::new(tls::ServingTls::new(issuer, id, args.cert_ttl)?);
+            tls.renew_forever(issuer.clone(), args.cert_ttl);
+            Some(tls)
+        }
+        None => None,
+    };
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {} (discovery): {e}", args.listen))?;
@@ -218,9 +269,25 @@ pub async fn start(args: &ServeArgs) -> Result<Running, String> {
         let source = r.source();
         r.start().map_err(|e| format!("registry {source}: {e}"))?;
     }
+    if let (Some(issuer), Some(file)) = (&issuer, &args.join_token_file) {
+        let (issuer, file, c) = (issuer.clone(), file.clone(), catalog.clone());
+        folder::watch_file(&file.clone(), move || reload_tokens(&issuer, &file, &c))?;
+    }
     let signs = issuer.is_some();
-    let discovery =
-        Arc::new(Discovery { catalog: catalog.clone(), self_registration, heartbeat: args.heartbeat, issuer });
+    let transport = match (&tls, args.insecure_plaintext) {
+        (Some(t), false) => format!("TLS as {} (plaintext from loopback peers only)", t.id),
+        (Some(t), true) => format!("TLS as {}, and plaintext from ANY peer (--insecure-plaintext)", t.id),
+        (None, false) => "plaintext from loopback peers only (no --ca: no TLS)".to_string(),
+        (None, true) => "plaintext from ANY peer, unauthenticated (--insecure-plaintext, no --ca)".to_string(),
+    };
+    let discovery = Arc::new(Discovery {
+        catalog: catalog.clone(),
+        self_registration,
+        heartbeat: args.heartbeat,
+        issuer,
+        tls,
+        insecure_plaintext: args.insecure_plaintext,
+    });
     tokio::spawn(discovery::serve(listener, discovery));
     tokio::spawn(admin::serve(admin, catalog.clone()));
     tracing::info!(
@@ -229,9 +296,12 @@ pub async fn start(args: &ServeArgs) -> Result<Running, String> {
         policy = ?args.policy,
         version = catalog.version(),
         signs_certificates = signs,
-        "weft control plane {} serving",
+        "weft control plane {} serving; discovery: {transport}",
         env!("CARGO_PKG_VERSION")
     );
+    if args.insecure_plaintext {
+        tracing::warn!("--insecure-plaintext: any peer that reaches {listen} can read policy and act as any proxy");
+    }
     Ok(Running { catalog, listen, admin: admin_addr })
 }
 
@@ -252,6 +322,22 @@ fn reload_policy(catalog: &Catalog, dir: &std::path::Path, registry: Option<&Yam
                 tracing::error!(problem = %p, "policy change rejected; the last good policy keeps serving");
             }
             catalog.set_policy_errors(problems.iter().map(ToString::to_string).collect());
+        }
+    }
+}
+
+fn reload_tokens(issuer: &crate::ca::Issuer, file: &std::path::Path, catalog: &Catalog) {
+    match crate::ca::JoinTokens::load(file) {
+        Ok(tokens) => {
+            let n = tokens.len();
+            if issuer.set_tokens(tokens) {
+                catalog.metrics.token_reloads.with_label_values(&["applied"]).inc();
+                tracing::info!(file = %file.display(), tokens = n, "join tokens reloaded");
+            }
+        }
+        Err(e) => {
+            catalog.metrics.token_reloads.with_label_values(&["rejected"]).inc();
+            tracing::error!(error = %e, kept = issuer.token_count(), "join token file change rejected; the last good tokens stay");
         }
     }
 }

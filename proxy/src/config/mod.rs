@@ -46,12 +46,12 @@ fn resolve_paths(spec: &mut weft_api::ProxySpec, base: &Path) {
         resolve(base, &mut tls.key_file);
         resolve(base, &mut tls.bundle_file);
     }
-    if let Some(cp) = &mut spec.control_plane
-        && let Some(t) = &mut cp.join_token_file
-    {
-        resolve(base, t);
+    if let Some(cp) = &mut spec.control_plane {
+        for file in [&mut cp.join_token_file, &mut cp.trust_bundle_file].into_iter().flatten() {
+            resolve(base, file);
+        }
     }
-    if let Some(dir) = &mut spec.state_dir {
+    for dir in [&mut spec.state_dir, &mut spec.identity_dir].into_iter().flatten() {
         resolve(base, dir);
     }
 }

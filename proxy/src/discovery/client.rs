@@ -1,5 +1,5 @@
-//! The watch stream to the control plane: one HTTP/2 (h2c) connection carrying the stream and
-//! the acks. Reconnects with jittered backoff; the proxy serves its current config throughout.
+//! The watch stream to the control plane: one HTTP/2 connection (TLS with this proxy's mesh
+//! certificate for an `https://` control plane) carrying the stream and the acks. Reconnects with jittered backoff; the proxy serves its current config throughout.
 //! Anything that does not parse or build is rejected (logged, counted, not acked) and the
 //! stream is reopened for a fresh snapshot.
 
@@ -11,7 +11,6 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpStream;
 use weft_api::MtlsMode;
 use weft_api::discovery::{Ack, Leave, WatchMessage, WatchRequest};
 
@@ -20,6 +19,7 @@ use super::persist::Persister;
 use super::{DISCOVERY, apply};
 use crate::retry::backoff;
 use crate::state::ProxyState;
+use crate::tls::control_plane::ControlPlaneTarget;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The control plane sends a heartbeat every 10 s on an idle stream.
@@ -29,32 +29,17 @@ const MAX_LINE_BYTES: usize = 128 * 1024 * 1024;
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// `http://host:port` or `host:port` → `host:port`.
-pub fn authority(address: &str) -> Result<String, String> {
-    if address.starts_with("https://") {
-        return Err(format!(
-            "{address}: TLS to the control plane comes with mesh mTLS; use http:// (plaintext, loopback or a trusted network) for now"
-        ));
-    }
-    let rest = address.strip_prefix("http://").unwrap_or(address);
-    let authority = rest.split('/').next().unwrap_or_default();
-    if authority.is_empty() || !authority.contains(':') {
-        return Err(format!(
-            "{address}: the control plane address needs a host and a port, e.g. http://127.0.0.1:8086"
-        ));
-    }
-    Ok(authority.to_string())
-}
-
-/// Keeps a watch stream open to `authority` (see [`authority`]) for the life of the process.
+/// Keeps a watch stream open to the control plane for the life of the process.
 /// A draining proxy withdraws its registration but stays subscribed: the app's late outbound
 /// calls during the drain still go where the control plane says.
-pub async fn run(state: Arc<ProxyState>, authority: String, request: WatchRequest) {
+pub async fn run(state: Arc<ProxyState>, target: Arc<ControlPlaneTarget>, request: WatchRequest) {
     let mut failures = 0u32;
+    let authority = target.authority.clone();
     let mut persister = Persister::new(state.config.load().proxy.state_dir.as_deref());
     // With mTLS on, peers must verify this instance's identity, so it registers only once it
-    // has a certificate (readiness waits for both anyway).
-    if crate::tls::inbound_mode(&state) != MtlsMode::Off {
+    // has a certificate (readiness waits for both anyway); a TLS control plane knows a proxy
+    // by its certificate alone.
+    if crate::tls::inbound_mode(&state) != MtlsMode::Off || target.scheme() == "https" {
         let mut installs = crate::tls::installs();
         if crate::tls::current().is_none() {
             tracing::info!("waiting for this proxy's certificate before registering with the control plane");
@@ -72,7 +57,7 @@ pub async fn run(state: Arc<ProxyState>, authority: String, request: WatchReques
         if crate::tls::inbound_mode(&state) != MtlsMode::Off {
             request.identity = crate::tls::current().map(|tls| tls.id.to_string());
         }
-        let result = session(&state, &authority, &request, &mut failures, &mut persister).await;
+        let result = session(&state, &target, &request, &mut failures, &mut persister).await;
         persister.flush(&state);
         DISCOVERY.connected.set(0);
         match result {
@@ -95,21 +80,23 @@ pub async fn run(state: Arc<ProxyState>, authority: String, request: WatchReques
 
 async fn session(
     state: &ProxyState,
-    authority: &str,
+    target: &ControlPlaneTarget,
     request: &WatchRequest,
     failures: &mut u32,
     persister: &mut Persister,
 ) -> Result<(), String> {
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(authority))
-        .await
-        .map_err(|_| format!("connect to {authority} timed out"))?
-        .map_err(|e| format!("cannot connect to {authority}: {e}"))?;
-    let _ = stream.set_nodelay(true);
+    let stream = target.connect(b"h2", true).await.map_err(|e| {
+        if e.is_fatal() {
+            crate::runtime::fatal(e.to_string());
+        }
+        e.to_string()
+    })?;
+    let authority = &*format!("{}://{}", target.scheme(), target.authority);
     let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
         .await
         .map_err(|e| format!("HTTP/2 handshake with {authority}: {e}"))?;
     tokio::spawn(conn);
-    let uri = format!("http://{authority}/v1/watch?{}", request.to_query());
+    let uri = format!("{authority}/v1/watch?{}", request.to_query());
     let req = Request::get(uri).body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
     let resp = tokio::time::timeout(CONNECT_TIMEOUT * 5, send.send_request(req))
         .await
@@ -121,6 +108,8 @@ async fn session(
         return Err(format!("watch refused with {status}: {}", String::from_utf8_lossy(&body).trim()));
     }
     DISCOVERY.connected.set(1);
+    // The control plane answers again: a proxy still without a certificate asks at once.
+    crate::tls::csr::control_plane_answered();
     let mut body = resp.into_body();
     let mut drain = state.drain_signal();
     let mut buf: Vec<u8> = Vec::new();
@@ -266,7 +255,7 @@ fn reject(why: String) -> String {
 
 fn post<T: serde::Serialize>(authority: &str, path: &str, body: &T) -> Option<Request<Full<Bytes>>> {
     let json = serde_json::to_vec(body).ok()?;
-    Request::post(format!("http://{authority}{path}"))
+    Request::post(format!("{authority}{path}"))
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(json)))
         .ok()
@@ -290,18 +279,5 @@ async fn leave(send: &mut SendRequest<Full<Bytes>>, authority: &str, session: St
     match tokio::time::timeout(Duration::from_secs(1), send.send_request(req)).await {
         Ok(Ok(resp)) if resp.status().is_success() => tracing::info!("registration withdrawn from the control plane"),
         _ => tracing::warn!("could not withdraw the registration; it expires with the control plane's TTL"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn addresses_take_a_scheme_or_none() {
-        assert_eq!(authority("http://127.0.0.1:8086").unwrap(), "127.0.0.1:8086");
-        assert_eq!(authority("weft-control:8086/").unwrap(), "weft-control:8086");
-        assert!(authority("https://weft-control.weft:8086").unwrap_err().contains("mTLS"));
-        assert!(authority("http://nohost").unwrap_err().contains("port"));
     }
 }

@@ -129,10 +129,10 @@ pub fn start(state: &Arc<ProxyState>) {
     LazyLock::force(&DISCOVERY);
     let snap = state.config.load_full();
     let Some(cp) = snap.proxy.control_plane.clone() else { return };
-    let authority = match client::authority(&cp.address) {
-        Ok(a) => a,
+    let target = match crate::tls::control_plane::ControlPlaneTarget::new(&cp, &snap.mesh.trust_domain) {
+        Ok(t) => Arc::new(t),
         Err(e) => {
-            tracing::error!("controlPlane.address {e}; serving the file's config without a control plane");
+            crate::runtime::fatal(format!("controlPlane: {e}"));
             return;
         }
     };
@@ -171,5 +171,5 @@ pub fn start(state: &Arc<ProxyState>) {
         identity: None,
         name: None,
     };
-    tokio::spawn(client::run(state.clone(), authority, request));
+    tokio::spawn(client::run(state.clone(), target, request));
 }

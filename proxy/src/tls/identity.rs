@@ -21,6 +21,7 @@ pub const ALPN_H2: &[u8] = b"h2";
 /// Everything needed to speak mTLS as this workload, built once per certificate.
 pub struct MeshTls {
     pub id: SpiffeId,
+    pub not_before: SystemTime,
     pub not_after: SystemTime,
     pub(super) key: Arc<CertifiedKey>,
     pub(super) anchors: Arc<[TrustAnchor<'static>]>,
@@ -45,7 +46,7 @@ impl MeshTls {
         if roots.is_empty() {
             return Err(bad("bundle", "no CERTIFICATE block".to_string()));
         }
-        let (id, not_after) = leaf_identity(leaf).map_err(|reason| bad("certificate", reason))?;
+        let (id, not_before, not_after) = leaf_identity(leaf).map_err(|reason| bad("certificate", reason))?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let certified = CertifiedKey::from_der(certs, key, &provider)
             .map_err(|e| bad("key", format!("{e}; the key must belong to the first certificate")))?;
@@ -64,7 +65,7 @@ impl MeshTls {
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(Arc::new(FixedKey(key.clone())));
         server.alpn_protocols = vec![ALPN_H2.to_vec(), b"http/1.1".to_vec()];
-        Ok(MeshTls { id, not_after, key, anchors, server: Arc::new(server), provider })
+        Ok(MeshTls { id, not_before, not_after, key, anchors, server: Arc::new(server), provider })
     }
 
     /// Time left before the certificate expires (zero once it has).
@@ -93,12 +94,12 @@ impl rustls::client::ResolvesClientCert for FixedKey {
     }
 }
 
-/// The SPIFFE id (the one URI SAN) and expiry of a leaf certificate.
-pub fn leaf_identity(der: &CertificateDer<'_>) -> Result<(SpiffeId, SystemTime), String> {
+/// The SPIFFE id (the one URI SAN) and validity of a leaf certificate.
+pub fn leaf_identity(der: &CertificateDer<'_>) -> Result<(SpiffeId, SystemTime, SystemTime), String> {
     let (_, cert) = X509Certificate::from_der(der).map_err(|e| format!("not an X.509 certificate: {e}"))?;
     let id = spiffe_id_of(&cert)?;
-    let secs = cert.validity().not_after.timestamp().max(0) as u64;
-    Ok((id, SystemTime::UNIX_EPOCH + Duration::from_secs(secs)))
+    let at = |t: x509_parser::time::ASN1Time| SystemTime::UNIX_EPOCH + Duration::from_secs(t.timestamp().max(0) as u64);
+    Ok((id, at(cert.validity().not_before), at(cert.validity().not_after)))
 }
 
 /// The SPIFFE id a peer's leaf certificate carries: exactly one `spiffe://` URI SAN.

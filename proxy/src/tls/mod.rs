@@ -7,10 +7,12 @@
 //! handshakes get the new certificate while existing connections carry on.
 
 pub mod connect;
+pub mod control_plane;
 pub mod csr;
 pub mod files;
 pub mod identity;
 pub mod inbound;
+pub mod stored;
 pub mod verify;
 
 use std::sync::Arc;
@@ -35,6 +37,9 @@ pub enum TlsError {
     Refused(String),
     #[error("cannot reach the control plane at {address}: {reason}")]
     ControlPlane { address: String, reason: String },
+    /// The control plane's certificate does not verify; `fatal` when none ever has.
+    #[error("{reason}")]
+    Untrusted { reason: String, fatal: bool },
 }
 
 static CURRENT: ArcSwapOption<MeshTls> = ArcSwapOption::const_empty();

@@ -90,49 +90,127 @@ pub fn meshed_service_speaking(name: &str, protocol: &str, addr: SocketAddr, ide
     document("Service", name, &format!("ports: [{{port: 80, protocol: {protocol}}}]\n{endpoints}"))
 }
 
-/// The minimal control plane (`weft serve`) signing CSRs, killed on drop.
+/// The minimal control plane (`weft serve`) signing CSRs, killed on drop. Its discovery port
+/// speaks TLS (its certificate from `pki`) and, from loopback, plaintext.
 pub struct ControlPlane {
-    child: Child,
+    child: Option<Child>,
     addr: SocketAddr,
-    _dir: TempDir,
-    _port: Reserved,
+    admin: SocketAddr,
+    ca_dir: PathBuf,
+    dir: TempDir,
+    ttl: String,
+    starts: usize,
+    _ports: Reserved,
 }
 
 impl ControlPlane {
     /// Starts `weft serve` with `pki`'s CA, honouring `tokens` (token, SPIFFE id), giving
     /// certificates `ttl` (e.g. `4s`).
     pub async fn start(pki: &Pki, tokens: &[(&str, &str)], ttl: &str) -> ControlPlane {
+        let cp = ControlPlane::stopped(pki, tokens, ttl);
+        let mut cp = cp;
+        cp.restart().await;
+        cp
+    }
+
+    /// Like [`ControlPlane::start`], without starting it (see [`ControlPlane::restart`]).
+    pub fn stopped(pki: &Pki, tokens: &[(&str, &str)], ttl: &str) -> ControlPlane {
         let dir = TempDir::new("cp");
-        let file = dir.path().join("tokens");
+        let ports = reserve_addrs(2);
+        let (addr, admin) = (ports.addrs()[0], ports.addrs()[1]);
+        let cp = ControlPlane {
+            child: None,
+            addr,
+            admin,
+            ca_dir: pki.ca_dir(),
+            dir,
+            ttl: ttl.to_string(),
+            starts: 0,
+            _ports: ports,
+        };
         let text: String = tokens.iter().map(|(t, id)| format!("{t} {id}\n")).collect();
-        std::fs::write(&file, text).expect("write token file");
-        let port = reserve_addrs(1);
-        let addr = port.addr();
+        cp.write_tokens(&text);
+        cp
+    }
+
+    /// Replaces the join token file (atomically, as an operator's tooling would).
+    pub fn write_tokens(&self, text: &str) {
+        let tmp = self.dir.path().join(".tokens.tmp");
+        std::fs::write(&tmp, text).expect("write token file");
+        std::fs::rename(&tmp, self.dir.path().join("tokens")).expect("rename token file");
+    }
+
+    /// Starts it (again), on the same ports, and waits until it accepts connections.
+    pub async fn restart(&mut self) {
+        self.starts += 1;
+        let log = std::fs::File::create(self.dir.path().join(format!("serve-{}.log", self.starts))).expect("log");
         let child = Command::new(crate::bin("weft"))
-            .args(["serve", "--ca", &pki.ca_dir().display().to_string(), "--listen", &addr.to_string()])
-            .args(["--admin", "127.0.0.1:0", "--registration-ttl", "1s"])
-            .args(["--join-token-file", &file.display().to_string(), "--cert-ttl", ttl])
+            .args(["serve", "--ca", &self.ca_dir.display().to_string(), "--listen", &self.addr.to_string()])
+            .args(["--admin", &self.admin.to_string(), "--registration-ttl", "1s"])
+            .arg("--join-token-file")
+            .arg(self.dir.path().join("tokens"))
+            .args(["--cert-ttl", &self.ttl])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("spawn weft serve");
-        let cp = ControlPlane { child, addr, _dir: dir, _port: port };
+        self.child = Some(child);
+        let addr = self.addr;
         crate::eventually("weft serve to listen", Duration::from_secs(10), || async {
             tokio::net::TcpStream::connect(addr).await.ok().map(drop)
         })
         .await;
-        cp
     }
 
+    /// Kills it at once (SIGKILL).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Plaintext, accepted from loopback.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The discovery address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn admin(&self) -> SocketAddr {
+        self.admin
+    }
+
+    /// The Proxy spec line for this control plane over TLS, trusting `pki`'s root, with
+    /// `token` as the join token (written to a file of its own).
+    pub fn tls_line(&self, pki: &Pki, name: &str, token: &str) -> String {
+        let path = self.dir.path().join(format!("{name}.token"));
+        std::fs::write(&path, token).expect("write join token");
+        format!(
+            "controlPlane: {{address: \"https://{}\", trustBundleFile: \"{}\", joinTokenFile: \"{}\"}}",
+            self.addr,
+            pki.ca_dir().join("ca.pem").display(),
+            path.display()
+        )
+    }
+
+    /// Everything it logged, across restarts.
+    pub fn logs(&self) -> String {
+        (1..=self.starts)
+            .map(|i| std::fs::read_to_string(self.dir.path().join(format!("serve-{i}.log"))).unwrap_or_default())
+            .collect()
     }
 }
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("----- weft serve log -----\n{}", self.logs());
+        }
+        self.kill();
     }
 }

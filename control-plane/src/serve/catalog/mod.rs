@@ -98,9 +98,24 @@ pub enum Item {
     Resync,
 }
 
+/// 128 bits from the system's CSPRNG, as hex: a session id nobody can guess.
+fn secret_session_id() -> String {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 16];
+    ring::rand::SystemRandom::new().fill(&mut bytes).expect("the system random number generator works");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// One open watch stream.
 pub struct Subscriber {
+    /// The stream's secret: 128 random bits, known only to the proxy that opened it (it comes
+    /// in the stream's snapshot). On plaintext it is what authorises acks and leaves.
     pub session: String,
+    /// A name for the stream that can be shown (`weft status`); never a credential.
+    pub public_id: String,
+    /// The SPIFFE id of the client certificate the stream was opened with (TLS): acks and
+    /// leaves for it must come from the same identity.
+    pub identity: Option<String>,
     /// `name.namespace` of the proxy's service.
     pub self_key: String,
     pub name: String,
@@ -480,10 +495,23 @@ impl Catalog {
         name: String,
         address: Option<SocketAddr>,
     ) -> (Arc<Subscriber>, mpsc::Receiver<Item>) {
+        self.subscribe_as(self_key, name, address, None)
+    }
+
+    /// Opens a stream for a proxy of `self_key` that proved `identity` with its certificate.
+    pub fn subscribe_as(
+        &self,
+        self_key: String,
+        name: String,
+        address: Option<SocketAddr>,
+        identity: Option<String>,
+    ) -> (Arc<Subscriber>, mpsc::Receiver<Item>) {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         let sub = Arc::new(Subscriber {
-            session: format!("{:x}-{id}", self.epoch),
+            session: secret_session_id(),
+            public_id: format!("{:x}-{id}", self.epoch),
+            identity,
             self_key,
             name,
             address,

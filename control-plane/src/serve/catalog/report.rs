@@ -24,7 +24,8 @@ impl Catalog {
                     .map(|at| now.duration_since(at).as_secs_f64())
                     .unwrap_or(0.0);
                 ProxyStatus {
-                    session: sub.session.clone(),
+                    session: sub.public_id.clone(),
+                    identity: sub.identity.clone(),
                     name: sub.name.clone(),
                     service: sub.self_key.clone(),
                     address: sub.address,
