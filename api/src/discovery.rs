@@ -194,6 +194,61 @@ pub struct Leave {
     pub session: String,
 }
 
+/// Body of `POST /v1/report`: what a proxy has served since it started (cumulative counters;
+/// the control plane turns two reports into rates). Sent every few seconds on the watch's
+/// connection, so `weft stat` works with no Prometheus.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficReport {
+    pub session: String,
+    /// The proxy's build version.
+    #[serde(default)]
+    pub proxy_version: String,
+    /// The mTLS mode its inbound listener applies (`strict`, `permissive`, `off`).
+    #[serde(default)]
+    pub mtls: String,
+    pub stats: Vec<TrafficStat>,
+}
+
+/// One direction, service and route of one proxy, cumulative.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficStat {
+    /// `inbound` (served to this proxy's app) or `outbound` (the app's calls).
+    pub direction: String,
+    pub service: String,
+    pub route: String,
+    pub requests: u64,
+    /// 5xx answers and failed gRPC calls.
+    pub failures: u64,
+    /// Upper bounds (seconds) of the latency histogram's buckets, and the cumulative count of
+    /// requests at or below each.
+    pub bounds: Vec<f64>,
+    pub buckets: Vec<u64>,
+}
+
+/// Golden metrics of one direction, service and route over the last `windowSeconds`, summed
+/// over every proxy that reported it (`weft stat`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficSummary {
+    pub direction: String,
+    pub service: String,
+    pub route: String,
+    pub proxies: usize,
+    pub requests_per_second: f64,
+    /// Share of requests that did not fail (1.0 with no requests).
+    pub success_rate: f64,
+    /// Latency percentiles in seconds (absent with no requests in the window).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p50: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p95: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99: Option<f64>,
+    pub window_seconds: f64,
+}
+
 /// `GET /v1/status` on the control plane's admin listener; `weft status -o json` prints it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -205,6 +260,12 @@ pub struct StatusReport {
     pub policy_errors: Vec<String>,
     pub proxies: Vec<ProxyStatus>,
     pub services: Vec<ServiceStatus>,
+    /// Per direction, service and route, from the proxies' reports (`weft stat`).
+    #[serde(default)]
+    pub traffic: Vec<TrafficSummary>,
+    /// When the CA's own certificate expires (Unix seconds), with `--ca`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_not_after: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -212,6 +273,11 @@ pub struct StatusReport {
 pub struct ProxyStatus {
     /// A name for the stream (not the stream's secret session id, which only its proxy knows).
     pub session: String,
+    /// The proxy's build version and inbound mTLS mode, from its last traffic report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtls: Option<String>,
     /// The SPIFFE id the proxy proved with its client certificate (absent on plaintext).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,

@@ -12,6 +12,7 @@ Commands:
   proxy ARGS...   run the sidecar proxy (the same as `weft-proxy ARGS...`)
   serve [OPTS]    run the control plane: policy, registry, discovery streams
   status [OPTS]   proxies connected, the version each applied and its lag, registrations
+  stat [OPTS]     per service and route: request rate, success rate, p50/p95/p99 (no Prometheus needed)
 
 Run `weft COMMAND --help` for a command's options.
 ";
@@ -26,6 +27,7 @@ fn main() -> ExitCode {
         Some("proxy") => return proxy(&args[1..]),
         Some("serve") => weft_control::serve::run(&args[1..]),
         Some("status") => weft_control::status::run(&args[1..]),
+        Some("stat") => weft_control::status::run_stat(&args[1..]),
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
             0

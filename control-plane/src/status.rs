@@ -24,14 +24,48 @@ and the registered instances of each service.
 
 const DEFAULT_URL: &str = "http://127.0.0.1:9990";
 
+pub const STAT_USAGE: &str = "\
+Usage: weft stat [--control-plane URL] [-o json]
+
+Golden metrics per direction, service and route over the last 30 s: request rate, success rate
+and p50/p95/p99 latency, summed over every proxy, from what the proxies report to the control
+plane every 2 s (no Prometheus needed). `inbound` is what a service's sidecars served to it,
+`outbound` what its callers' sidecars sent.
+
+  --control-plane URL   the control plane's admin address (default http://127.0.0.1:9990)
+  -o json               print the rows as JSON
+";
+
+/// `weft status`.
 pub fn run(args: &[String]) -> u8 {
+    run_view(args, "weft status", USAGE, table, serde_json::to_string_pretty)
+}
+
+/// `weft stat`.
+pub fn run_stat(args: &[String]) -> u8 {
+    run_view(
+        args,
+        "weft stat",
+        STAT_USAGE,
+        |_, report| stat_table(report),
+        |r| serde_json::to_string_pretty(&r.traffic),
+    )
+}
+
+fn run_view(
+    args: &[String],
+    name: &str,
+    usage: &str,
+    text: impl Fn(&str, &StatusReport) -> String,
+    json_of: impl Fn(&StatusReport) -> serde_json::Result<String>,
+) -> u8 {
     let mut url = DEFAULT_URL.to_string();
     let mut json = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match (a.as_str(), it.clone().next()) {
             ("-h" | "--help", _) => {
-                print!("{USAGE}");
+                print!("{usage}");
                 return 0;
             }
             ("--control-plane", Some(v)) => {
@@ -46,7 +80,7 @@ pub fn run(args: &[String]) -> u8 {
                 it.next();
             }
             _ => {
-                eprintln!("weft status: unexpected argument {a:?}\n\n{USAGE}");
+                eprintln!("{name}: unexpected argument {a:?}\n\n{usage}");
                 return 2;
             }
         }
@@ -54,28 +88,34 @@ pub fn run(args: &[String]) -> u8 {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("weft status: cannot start a runtime: {e}");
+            eprintln!("{name}: cannot start a runtime: {e}");
             return 1;
         }
     };
     let body = match rt.block_on(fetch(&url)) {
         Ok(b) => b,
         Err(e) => {
-            eprintln!("weft status: {url}: {e}");
+            eprintln!("{name}: {url}: {e}");
             return 1;
         }
     };
-    if json {
-        println!("{}", String::from_utf8_lossy(&body).trim_end());
-        return 0;
-    }
     match serde_json::from_slice::<StatusReport>(&body) {
+        Ok(report) if json => match json_of(&report) {
+            Ok(j) => {
+                println!("{j}");
+                0
+            }
+            Err(e) => {
+                eprintln!("{name}: {e}");
+                1
+            }
+        },
         Ok(report) => {
-            print!("{}", table(&url, &report));
+            print!("{}", text(&url, &report));
             0
         }
         Err(e) => {
-            eprintln!("weft status: {url} answered something that is not a status report: {e}");
+            eprintln!("{name}: {url} answered something that is not a status report: {e}");
             1
         }
     }
@@ -102,6 +142,37 @@ async fn fetch(url: &str) -> Result<Bytes, String> {
     Ok(body)
 }
 
+/// The traffic rows as aligned text.
+pub fn stat_table(r: &StatusReport) -> String {
+    let mut out = String::new();
+    if r.traffic.is_empty() {
+        out.push_str("no traffic reported yet (proxies report every 2 s; rates need two reports)\n");
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "{:<9} {:<28} {:<20} {:>7} {:>9} {:>8} {:>9} {:>9} {:>9}",
+        "DIRECTION", "SERVICE", "ROUTE", "PROXIES", "RPS", "SUCCESS", "P50", "P95", "P99"
+    );
+    let ms = |v: Option<f64>| v.map_or("-".to_string(), |s| format!("{:.1}ms", s * 1000.0));
+    for t in &r.traffic {
+        let _ = writeln!(
+            out,
+            "{:<9} {:<28} {:<20} {:>7} {:>9.1} {:>7.2}% {:>9} {:>9} {:>9}",
+            t.direction,
+            t.service,
+            t.route,
+            t.proxies,
+            t.requests_per_second,
+            t.success_rate * 100.0,
+            ms(t.p50),
+            ms(t.p95),
+            ms(t.p99)
+        );
+    }
+    out
+}
+
 /// The report as aligned text.
 pub fn table(url: &str, r: &StatusReport) -> String {
     let mut out = String::new();
@@ -111,6 +182,15 @@ pub fn table(url: &str, r: &StatusReport) -> String {
         format!("REJECTED ({} problems; the last good policy is serving)", r.policy_errors.len())
     };
     let _ = writeln!(out, "control plane {url}  version {}  policy {policy}", r.version);
+    if let Some(at) = r.ca_not_after {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let left = at as f64 - now as f64;
+        let _ = writeln!(
+            out,
+            "CA certificate expires in {}",
+            weft_api::duration::format_duration(std::time::Duration::from_secs_f64(left.max(0.0)))
+        );
+    }
     for p in r.policy_errors.iter().take(10) {
         let _ = writeln!(out, "  {p}");
     }
@@ -118,20 +198,22 @@ pub fn table(url: &str, r: &StatusReport) -> String {
     if !r.proxies.is_empty() {
         let _ = writeln!(
             out,
-            "{:<36} {:<24} {:<18} {:<8} {:>9} {:>8}  CERTIFICATE",
-            "PROXY", "SERVICE", "APPLIED", "STATE", "LAG", "RESYNCS"
+            "{:<36} {:<24} {:<18} {:<8} {:>9} {:>8} {:<10} {:<8}  CERTIFICATE",
+            "PROXY", "SERVICE", "APPLIED", "STATE", "LAG", "RESYNCS", "MTLS", "VERSION"
         );
         for p in &r.proxies {
             let state = if p.acked_version >= p.sent_version { "current" } else { "behind" };
             let _ = writeln!(
                 out,
-                "{:<36} {:<24} {:<18} {:<8} {:>8.3}s {:>8}  {}",
+                "{:<36} {:<24} {:<18} {:<8} {:>8.3}s {:>8} {:<10} {:<8}  {}",
                 p.name,
                 p.service,
                 p.acked_version,
                 state,
                 p.lag_seconds,
                 p.resyncs,
+                p.mtls.as_deref().unwrap_or("-"),
+                p.proxy_version.as_deref().unwrap_or("-"),
                 certificate(p)
             );
         }
@@ -188,12 +270,29 @@ mod tests {
                 service: "payments.shop".into(),
                 instances: [("self-registration".to_string(), 2)].into(),
             }],
+            ..StatusReport::default()
         };
         let text = table("http://127.0.0.1:9990", &report);
         assert!(text.contains("REJECTED (1 problems"), "{text}");
         assert!(text.contains("p.yaml:3: spec.ports[0].port"), "{text}");
         assert!(text.contains("frontend.shop@127.0.0.1:4143") && text.contains("behind"), "{text}");
         assert!(text.contains("self-registration=2"), "{text}");
+        let mut report = report;
+        report.traffic = vec![weft_api::discovery::TrafficSummary {
+            direction: "outbound".into(),
+            service: "payments.shop".into(),
+            route: "api".into(),
+            proxies: 2,
+            requests_per_second: 12.5,
+            success_rate: 0.995,
+            p50: Some(0.0012),
+            p95: None,
+            p99: Some(0.25),
+            window_seconds: 30.0,
+        }];
+        let stat = stat_table(&report);
+        assert!(stat.contains("payments.shop") && stat.contains("12.5") && stat.contains("99.50%"), "{stat}");
+        assert!(stat.contains("1.2ms") && stat.contains("250.0ms") && stat.contains(" -"), "{stat}");
         assert!(text.contains("expires in 3h02m NEAR EXPIRY"), "{text}");
         assert!(text.contains("certificates near expiry (renewal overdue): frontend.shop@127.0.0.1:4143"), "{text}");
     }

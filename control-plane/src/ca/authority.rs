@@ -148,6 +148,11 @@ impl Authority {
         &self.bundle_pem
     }
 
+    /// When the CA's own certificate expires.
+    pub fn not_after(&self) -> SystemTime {
+        self.not_after
+    }
+
     /// Signs a leaf for `id` over `public_key`, valid for `ttl` (cut at the CA's own expiry).
     /// The leaf carries only the URI SAN and may serve as client and server of mutual TLS.
     pub fn sign(&self, id: &SpiffeId, public_key: &impl PublicKeyData, ttl: Duration) -> Result<Issued, CaError> {

@@ -26,7 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::{Interval, Sleep};
 use weft_api::EndpointSpec;
-use weft_api::discovery::{Ack, Leave, WatchMessage, WatchRequest};
+use weft_api::discovery::{Ack, Leave, TrafficReport, WatchMessage, WatchRequest};
 
 use super::catalog::{Catalog, Item, Subscriber};
 use super::policy::service_key;
@@ -149,6 +149,16 @@ impl Discovery {
                             tracing::info!(service = %sub.self_key, %addr, "proxy left (draining)");
                             self.self_registration.leave(&sub.self_key, addr);
                         }
+                        full(StatusCode::NO_CONTENT, "")
+                    }
+                    Err(resp) => *resp,
+                },
+                Err(resp) => resp,
+            },
+            (Method::POST, "/v1/report") => match read_json::<TrafficReport>(req).await {
+                Ok(report) => match self.stream_of(caller, "report", &report.session) {
+                    Ok(sub) => {
+                        self.catalog.report(&sub, report);
                         full(StatusCode::NO_CONTENT, "")
                     }
                     Err(resp) => *resp,

@@ -208,6 +208,10 @@ pub async fn start(args: &ServeArgs) -> Result<Running, String> {
     };
     let catalog = Catalog::new(args.registration_ttl);
     catalog.set_cert_ttl(args.cert_ttl);
+    if let Some(issuer) = &issuer {
+        let at = issuer.authority().not_after().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs());
+        catalog.set_ca_not_after(at.unwrap_or_default());
+    }
     let mut trust_domain = weft_api::MeshSpec::default().trust_domain;
     // Without --registry the policy folder's Service endpoints are the YAML registry: one parse
     // feeds both.

@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use weft_api::MtlsMode;
-use weft_api::discovery::{Ack, Leave, WatchMessage, WatchRequest};
+use weft_api::discovery::{Ack, Leave, TrafficReport, WatchMessage, WatchRequest};
 
 use super::layer::ControlPlaneLayer;
 use super::persist::Persister;
@@ -122,6 +122,8 @@ async fn session(
     let mut acked: Option<u64> = None;
     let mut installs = crate::tls::installs();
     installs.mark_unchanged();
+    let mut report_tick = tokio::time::interval(super::report::REPORT_EVERY);
+    report_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         if !left
             && state.is_draining()
@@ -144,6 +146,18 @@ async fn session(
             }
             // Wakes the loop, which withdraws the registration above.
             _ = drain.changed(), if !left => continue,
+            _ = report_tick.tick() => {
+                if let Some(s) = &session_id {
+                    let report = TrafficReport {
+                        session: s.clone(),
+                        proxy_version: env!("CARGO_PKG_VERSION").to_string(),
+                        mtls: format!("{:?}", crate::tls::inbound_mode(state)).to_lowercase(),
+                        stats: super::report::gather(),
+                    };
+                    spawn_post(&send, authority, "/v1/report", &report);
+                }
+                continue;
+            }
             // A renewed certificate: ack the applied version again with the new expiry.
             Ok(()) = installs.changed() => {
                 if let (Some(s), Some(version)) = (&session_id, acked) {
@@ -262,13 +276,18 @@ fn post<T: serde::Serialize>(authority: &str, path: &str, body: &T) -> Option<Re
 }
 
 fn spawn_ack(send: &SendRequest<Full<Bytes>>, authority: &str, ack: Ack) {
-    let Some(req) = post(authority, "/v1/ack", &ack) else { return };
+    spawn_post(send, authority, "/v1/ack", &ack);
+}
+
+/// Sends `body` to `path` on the stream's connection without waiting for the answer.
+fn spawn_post<T: serde::Serialize>(send: &SendRequest<Full<Bytes>>, authority: &str, path: &'static str, body: &T) {
+    let Some(req) = post(authority, path, body) else { return };
     let mut send = send.clone();
     tokio::spawn(async move {
         match send.send_request(req).await {
             Ok(resp) if resp.status().is_success() => {}
-            Ok(resp) => tracing::debug!(status = %resp.status(), version = ack.version, "ack not accepted"),
-            Err(e) => tracing::debug!(error = %e, version = ack.version, "ack not sent"),
+            Ok(resp) => tracing::debug!(status = %resp.status(), path, "not accepted by the control plane"),
+            Err(e) => tracing::debug!(error = %e, path, "not sent to the control plane"),
         }
     });
 }

@@ -9,6 +9,7 @@
 pub mod client;
 pub mod layer;
 pub mod persist;
+pub mod report;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -354,3 +354,46 @@ async fn a_join_token_added_to_a_running_control_plane_works_and_every_certifica
     let reloads = |result: &str| metric_sum(&metrics, "weft_control_join_token_reloads_total", &[("result", result)]);
     assert!(reloads("rejected") >= 1.0 && reloads("applied") >= 1.0, "{metrics}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weft_stat_shows_each_services_rate_success_and_latency_from_the_proxies_reports() {
+    let pki = Pki::new("trust-stat");
+    let cp = control_plane(&pki).await;
+    let app = Backend::start("app").await;
+    let server = server(&cp, &pki, &app).await;
+    let identity = TempDir::in_memory("identity");
+    let client = Proxy::start(client_config(&cp, &pki, &server, &identity.path().join("client"))).await;
+    // One call in ten fails; every call takes at least 5 ms at the app.
+    let report = run_load(client.upstream("server"), 4, Limit::For(Duration::from_secs(5)), |i| {
+        Req::get(if i % 10 == 0 { "/status/500/delay/5" } else { "/delay/5" })
+    })
+    .await;
+    assert!(report.responses > 100, "{}", report.summary());
+    let url = format!("http://{}", cp.admin());
+    let rows = eventually("both sides of the traffic in weft stat", Duration::from_secs(10), || async {
+        let out = std::process::Command::new(weft_integration::bin("weft"))
+            .args(["stat", "--control-plane", &url, "-o", "json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        let side = |d: &str| rows.iter().any(|r| r["direction"] == d && r["service"] == "server");
+        (side("outbound") && side("inbound")).then_some(rows)
+    })
+    .await;
+    for row in rows.iter().filter(|r| r["service"] == "server") {
+        let success = row["successRate"].as_f64().unwrap();
+        assert!((0.85..=0.95).contains(&success), "one in ten failed: {row}");
+        assert!(row["requestsPerSecond"].as_f64().unwrap() > 1.0, "{row}");
+        let p50 = row["p50"].as_f64().unwrap();
+        assert!(p50 >= 0.004, "every call takes 5 ms at the app: {row}");
+        assert!(row["p99"].as_f64().unwrap() >= p50, "{row}");
+    }
+    let table = std::process::Command::new(weft_integration::bin("weft"))
+        .args(["status", "--control-plane", &url])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("strict") && table.contains(env!("CARGO_PKG_VERSION")), "{table}");
+    assert!(table.contains("CA certificate expires in"), "{table}");
+}

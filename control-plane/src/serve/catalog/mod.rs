@@ -21,6 +21,7 @@ use super::metrics::ControlMetrics;
 use super::policy::Policy;
 
 mod report;
+pub mod traffic;
 
 /// Messages queued per stream before the stream is marked for a resync.
 pub const STREAM_BUFFER: usize = 64;
@@ -145,6 +146,10 @@ struct Progress {
     resyncs: u64,
     /// The proxy's certificate expiry as it last reported it (Unix seconds).
     cert_not_after: Option<u64>,
+    /// Its traffic reports of the last [`traffic::WINDOW`], oldest first.
+    reports: VecDeque<(Instant, Vec<weft_api::discovery::TrafficStat>)>,
+    proxy_version: Option<String>,
+    mtls: Option<String>,
 }
 
 impl Subscriber {
@@ -193,6 +198,7 @@ pub struct Catalog {
     /// Certificate lifetime the mesh issues (`--cert-ttl`); a proxy whose certificate has less
     /// than a fifth of it left missed its renewal (proxies renew at 70 %).
     cert_ttl_secs: AtomicU64,
+    ca_not_after: AtomicU64,
 }
 
 struct Inner {
@@ -314,10 +320,20 @@ impl Catalog {
             next_session: AtomicU64::new(1),
             epoch: version,
             cert_ttl_secs: AtomicU64::new(24 * 3600),
+            ca_not_after: AtomicU64::new(0),
         })
     }
 
     /// The certificate lifetime `weft status` judges "near expiry" against.
+    /// When the CA's own certificate expires (Unix seconds), shown by `weft status`.
+    pub fn set_ca_not_after(&self, at: u64) {
+        self.ca_not_after.store(at, Ordering::Relaxed);
+    }
+
+    pub fn ca_not_after(&self) -> Option<u64> {
+        Some(self.ca_not_after.load(Ordering::Relaxed)).filter(|t| *t > 0)
+    }
+
     pub fn set_cert_ttl(&self, ttl: Duration) {
         self.cert_ttl_secs.store(ttl.as_secs().max(1), Ordering::Relaxed);
     }
@@ -568,6 +584,19 @@ impl Catalog {
             SnapshotParts::take(&inner, scope)
         };
         parts.finish(self_key, "preview")
+    }
+
+    /// Keeps a traffic report of `sub` (reports older than the window are let go).
+    pub fn report(&self, sub: &Subscriber, report: weft_api::discovery::TrafficReport) {
+        let now = Instant::now();
+        let mut p = lock(&sub.progress);
+        p.reports.push_back((now, report.stats));
+        while p.reports.len() > 2 && p.reports.front().is_some_and(|(at, _)| now.duration_since(*at) > traffic::WINDOW)
+        {
+            p.reports.pop_front();
+        }
+        p.proxy_version = Some(report.proxy_version).filter(|v| !v.is_empty());
+        p.mtls = Some(report.mtls).filter(|v| !v.is_empty());
     }
 
     /// Records an ack; false when the session is unknown (the stream closed or belongs to

@@ -25,6 +25,8 @@ impl Catalog {
                     .unwrap_or(0.0);
                 ProxyStatus {
                     session: sub.public_id.clone(),
+                    proxy_version: p.proxy_version.clone(),
+                    mtls: p.mtls.clone(),
                     identity: sub.identity.clone(),
                     name: sub.name.clone(),
                     service: sub.self_key.clone(),
@@ -51,12 +53,18 @@ impl Catalog {
                 ServiceStatus { service: key.clone(), instances }
             })
             .collect();
+        let guards: Vec<_> = inner.subscribers.values().map(|(sub, _)| lock(&sub.progress)).collect();
+        let reports: Vec<Vec<_>> = guards.iter().map(|p| p.reports.iter().cloned().collect()).collect();
+        drop(guards);
+        let intervals: Vec<_> = reports.iter().filter_map(|r| super::traffic::interval(r)).collect();
         StatusReport {
             version: inner.version,
             policy_valid: inner.policy_errors.is_empty(),
             policy_errors: inner.policy_errors.clone(),
             proxies,
             services,
+            traffic: super::traffic::summarize(&intervals),
+            ca_not_after: self.ca_not_after(),
         }
     }
 
