@@ -1,6 +1,6 @@
 //! Header hygiene between hops: hop-by-hop headers stay on their own connection, the Host
-//! the upstream is told is the one routing used, and the request target is rewritten into
-//! the form the upstream protocol expects.
+//! the upstream is told is the one routing used, an h2c upgrade is never passed on, and the
+//! request target is rewritten into the form the upstream protocol expects.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, Scheme, Uri};
@@ -99,6 +99,68 @@ pub fn check_host(uri: &Uri, headers: &HeaderMap) -> HostCheck {
         None if second.is_some() => HostCheck::Ambiguous,
         None => HostCheck::Agrees,
     }
+}
+
+/// Removes an HTTP/1.1 `Upgrade: h2c` offer (RFC 7540 §3.2): the `h2c` token (and `Upgrade`
+/// when nothing else is left), `HTTP2-Settings`, and the `Connection` tokens that named them.
+/// The request is then served as plain HTTP/1.1, as Envoy does. Passed on, an upstream that
+/// accepted it would answer 101 and the proxy would tunnel the rest of the connection: later
+/// requests on it would bypass routing and authorization (h2c smuggling). Other upgrades
+/// (WebSocket) are left alone. Returns whether anything was removed.
+///
+/// Only requests with an `Upgrade` field get here (rare): it may allocate.
+pub fn strip_h2c_upgrade(headers: &mut HeaderMap) -> bool {
+    let is_h2c = |t: &[u8]| t.eq_ignore_ascii_case(b"h2c");
+    let offered = headers.get_all(header::UPGRADE).iter().any(|v| tokens(v.as_bytes()).any(is_h2c));
+    let settings = headers.contains_key(HTTP2_SETTINGS);
+    if !offered && !settings {
+        return false;
+    }
+    headers.remove(HTTP2_SETTINGS);
+    let mut upgrade_left = true;
+    if offered {
+        let rest = without_tokens(headers.get_all(header::UPGRADE).iter(), |t| is_h2c(t));
+        headers.remove(header::UPGRADE);
+        match rest {
+            Some(rest) => {
+                headers.insert(header::UPGRADE, rest);
+            }
+            None => upgrade_left = false,
+        }
+    }
+    if headers.contains_key(header::CONNECTION) {
+        let named = |t: &[u8]| {
+            t.eq_ignore_ascii_case(b"http2-settings") || (!upgrade_left && t.eq_ignore_ascii_case(b"upgrade"))
+        };
+        let rest = without_tokens(headers.get_all(header::CONNECTION).iter(), named);
+        headers.remove(header::CONNECTION);
+        if let Some(rest) = rest {
+            headers.insert(header::CONNECTION, rest);
+        }
+    }
+    true
+}
+
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+
+/// The non-empty, trimmed tokens of a comma-separated field value.
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|t| !t.is_empty())
+}
+
+/// The tokens of all `values` except those `drop` picks, as one value; `None` when none is left.
+fn without_tokens<'a>(
+    values: impl Iterator<Item = &'a HeaderValue>,
+    drop: impl Fn(&[u8]) -> bool,
+) -> Option<HeaderValue> {
+    let mut kept: Vec<u8> = Vec::new();
+    for token in values.flat_map(|v| tokens(v.as_bytes())).filter(|t| !drop(t)) {
+        if !kept.is_empty() {
+            kept.extend_from_slice(b", ");
+        }
+        kept.extend_from_slice(token);
+    }
+    if kept.is_empty() { None } else { HeaderValue::from_bytes(&kept).ok() }
 }
 
 /// Whether a retry of this method cannot change the outcome (RFC 9110 §9.2.2).
@@ -290,6 +352,36 @@ mod tests {
         let mut req = Request::get("/x").header("host", "echo:80").body(()).unwrap();
         to_http1(&mut req);
         assert_eq!(req.headers()[header::HOST], "echo:80", "origin-form keeps its Host");
+    }
+
+    #[test]
+    fn an_h2c_upgrade_offer_is_removed_and_other_upgrades_are_kept() {
+        // (Connection, Upgrade, HTTP2-Settings present) -> (Connection, Upgrade) after.
+        let cases = [
+            ("Upgrade, HTTP2-Settings", "h2c", true, None, None),
+            ("keep-alive, upgrade, http2-settings", "H2C", true, Some("keep-alive"), None),
+            ("Upgrade, HTTP2-Settings", "h2c, websocket", true, Some("Upgrade"), Some("websocket")),
+            ("Upgrade", "websocket", false, Some("Upgrade"), Some("websocket")),
+            ("HTTP2-Settings", "", true, None, None),
+        ];
+        for (connection, upgrade, settings, connection_after, upgrade_after) in cases {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONNECTION, HeaderValue::from_static(connection));
+            if !upgrade.is_empty() {
+                h.insert(header::UPGRADE, HeaderValue::from_static(upgrade));
+            }
+            if settings {
+                h.insert("http2-settings", HeaderValue::from_static("AAMAAABkAARAAAAAAAIAAAAA"));
+            }
+            h.insert("x-kept", HeaderValue::from_static("1"));
+            let changed = strip_h2c_upgrade(&mut h);
+            assert_eq!(changed, upgrade.contains("h2") || settings, "{connection} / {upgrade}");
+            assert!(h.get("http2-settings").is_none(), "{connection} / {upgrade}");
+            let text = |name| h.get(name).map(|v: &HeaderValue| v.to_str().unwrap());
+            assert_eq!(text(header::CONNECTION), connection_after, "{connection} / {upgrade}");
+            assert_eq!(text(header::UPGRADE), upgrade_after, "{connection} / {upgrade}");
+            assert_eq!(h["x-kept"], "1");
+        }
     }
 
     #[test]

@@ -202,7 +202,12 @@ impl hyper::service::Service<Request<Incoming>> for Handler {
     type Error = Infallible;
     type Future = ResponseFuture;
 
-    fn call(&self, req: Request<Incoming>) -> ResponseFuture {
+    fn call(&self, mut req: Request<Incoming>) -> ResponseFuture {
+        // The one place an h2c upgrade can arrive: `h1server` hands every request with an
+        // Upgrade field to hyper, and HTTP/2 refuses the field.
+        if req.headers().contains_key(http::header::UPGRADE) {
+            super::headers::strip_h2c_upgrade(req.headers_mut());
+        }
         ResponseFuture(Handler::call(self, req.map(ClientBody::Http1), Instant::now()))
     }
 }
