@@ -512,12 +512,13 @@ pub struct HttpLimits {
     pub max_header_bytes: u32,
     /// Request bodies larger than this get 413; 0 means no limit (bodies stream).
     pub max_body_bytes: u64,
-    /// A request head must be complete this long after its first byte arrived, or the client
-    /// is disconnected.
+    /// A request head (for HTTP/2, a header block) must be complete this long after its first
+    /// byte arrived, or the client is disconnected.
     #[serde(with = "serde_duration")]
     pub header_read_timeout: Duration,
     /// Client connections with nothing to do (no request in flight, no byte of the next head)
-    /// are closed after this long.
+    /// are closed after this long (HTTP/2: GOAWAY, then closed at most 1 s later whatever the
+    /// client does).
     #[serde(with = "serde_duration")]
     pub client_idle_timeout: Duration,
 }

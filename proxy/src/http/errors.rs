@@ -34,6 +34,8 @@ pub enum ProxyError {
     BodyTooLarge,
     /// The request could not be turned into a valid upstream request.
     BadRequest,
+    /// The request names its host ambiguously: several Host fields, or userinfo in the target.
+    BadHost,
     /// The proxy is shutting down and will not open new upstream work.
     ShuttingDown,
     /// The caller's identity is not allowed by the AuthorizationPolicy.
@@ -52,7 +54,7 @@ impl ProxyError {
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::ConnectFailed | ProxyError::UpstreamReset | ProxyError::TlsFailed => StatusCode::BAD_GATEWAY,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::BadRequest => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest | ProxyError::BadHost => StatusCode::BAD_REQUEST,
             ProxyError::Unauthorized => StatusCode::FORBIDDEN,
         }
     }
@@ -72,6 +74,7 @@ impl ProxyError {
             ProxyError::TlsFailed => "tls-failed",
             ProxyError::BodyTooLarge => "body-too-large",
             ProxyError::BadRequest => "bad-request",
+            ProxyError::BadHost => "bad-host",
             ProxyError::ShuttingDown => "shutting-down",
             ProxyError::Unauthorized => "unauthorized",
         }
@@ -94,6 +97,7 @@ impl ProxyError {
             }
             ProxyError::BodyTooLarge => "the request body is larger than the proxy's http.maxBodyBytes",
             ProxyError::BadRequest => "the request cannot be forwarded as written",
+            ProxyError::BadHost => "send one Host header, and no userinfo in the request target",
             ProxyError::ShuttingDown => "this proxy is shutting down",
             ProxyError::Unauthorized => "the caller is not allowed by the service's AuthorizationPolicy",
         }

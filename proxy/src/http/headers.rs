@@ -1,4 +1,5 @@
-//! Header hygiene between hops: hop-by-hop headers stay on their own connection, and the
+//! Header hygiene between hops: hop-by-hop headers stay on their own connection, the Host
+//! the upstream is told is the one routing used, an h2c upgrade is never passed on, and the
 //! request target is rewritten into the form the upstream protocol expects.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -65,6 +66,103 @@ pub fn remove_named_by_connection(headers: &mut HeaderMap, connection: &HeaderVa
     upgrade
 }
 
+/// How a request's Host fields compare with its target, so that routing, authorization,
+/// metrics and the upstream all act on one host. The target's authority (absolute-form,
+/// HTTP/2 `:authority`) wins over Host (RFC 9112 §3.2.2, RFC 9113 §8.3.1): an app behind
+/// the proxy that read a different Host than the one routed would act for another service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostCheck {
+    /// One Host and no authority, no Host, or a Host equal to the authority.
+    Agrees,
+    /// The authority and Host differ (or Host is repeated): the Host fields are dropped, and
+    /// an HTTP/1 upstream gets the authority as Host (`to_http1`).
+    Conflicts,
+    /// Several Host fields and no authority to decide (RFC 9112 §3.2: 400), or an authority
+    /// with userinfo (RFC 9113 §8.3.1, RFC 9110 §4.2.4).
+    Ambiguous,
+}
+
+/// Compares the target's authority with the Host fields. Runs on every request: it
+/// allocates nothing, and looks Host up once.
+pub fn check_host(uri: &Uri, headers: &HeaderMap) -> HostCheck {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let (first, second) = (hosts.next(), hosts.next());
+    match uri.authority() {
+        Some(authority) if authority.as_str().contains('@') => HostCheck::Ambiguous,
+        Some(authority) => match (first, second) {
+            (None, _) => HostCheck::Agrees,
+            (Some(host), None) if host.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes()) => {
+                HostCheck::Agrees
+            }
+            _ => HostCheck::Conflicts,
+        },
+        None if second.is_some() => HostCheck::Ambiguous,
+        None => HostCheck::Agrees,
+    }
+}
+
+/// Removes an HTTP/1.1 `Upgrade: h2c` offer (RFC 7540 §3.2): the `h2c` token (and `Upgrade`
+/// when nothing else is left), `HTTP2-Settings`, and the `Connection` tokens that named them.
+/// The request is then served as plain HTTP/1.1, as Envoy does. Passed on, an upstream that
+/// accepted it would answer 101 and the proxy would tunnel the rest of the connection: later
+/// requests on it would bypass routing and authorization (h2c smuggling). Other upgrades
+/// (WebSocket) are left alone. Returns whether anything was removed.
+///
+/// Only requests with an `Upgrade` field get here (rare): it may allocate.
+pub fn strip_h2c_upgrade(headers: &mut HeaderMap) -> bool {
+    let is_h2c = |t: &[u8]| t.eq_ignore_ascii_case(b"h2c");
+    let offered = headers.get_all(header::UPGRADE).iter().any(|v| tokens(v.as_bytes()).any(is_h2c));
+    let settings = headers.contains_key(HTTP2_SETTINGS);
+    if !offered && !settings {
+        return false;
+    }
+    headers.remove(HTTP2_SETTINGS);
+    let mut upgrade_left = true;
+    if offered {
+        let rest = without_tokens(headers.get_all(header::UPGRADE).iter(), |t| is_h2c(t));
+        headers.remove(header::UPGRADE);
+        match rest {
+            Some(rest) => {
+                headers.insert(header::UPGRADE, rest);
+            }
+            None => upgrade_left = false,
+        }
+    }
+    if headers.contains_key(header::CONNECTION) {
+        let named = |t: &[u8]| {
+            t.eq_ignore_ascii_case(b"http2-settings") || (!upgrade_left && t.eq_ignore_ascii_case(b"upgrade"))
+        };
+        let rest = without_tokens(headers.get_all(header::CONNECTION).iter(), named);
+        headers.remove(header::CONNECTION);
+        if let Some(rest) = rest {
+            headers.insert(header::CONNECTION, rest);
+        }
+    }
+    true
+}
+
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+
+/// The non-empty, trimmed tokens of a comma-separated field value.
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|t| !t.is_empty())
+}
+
+/// The tokens of all `values` except those `drop` picks, as one value; `None` when none is left.
+fn without_tokens<'a>(
+    values: impl Iterator<Item = &'a HeaderValue>,
+    drop: impl Fn(&[u8]) -> bool,
+) -> Option<HeaderValue> {
+    let mut kept: Vec<u8> = Vec::new();
+    for token in values.flat_map(|v| tokens(v.as_bytes())).filter(|t| !drop(t)) {
+        if !kept.is_empty() {
+            kept.extend_from_slice(b", ");
+        }
+        kept.extend_from_slice(token);
+    }
+    if kept.is_empty() { None } else { HeaderValue::from_bytes(&kept).ok() }
+}
+
 /// Whether a retry of this method cannot change the outcome (RFC 9110 §9.2.2).
 pub fn is_idempotent(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
@@ -90,13 +188,17 @@ fn strip_port(host: &str) -> &str {
     }
 }
 
-/// Rewrites the request for an HTTP/1.1 upstream: origin-form target and a Host header.
+/// Rewrites the request for an HTTP/1.1 upstream: origin-form target and a Host header,
+/// which is the target's authority when it has one (whatever Host said: see `check_host`).
 pub fn to_http1<B>(req: &mut Request<B>) {
-    if req.headers().get(header::HOST).is_none()
-        && let Some(auth) = req.uri().authority()
-        && let Ok(v) = HeaderValue::from_str(auth.as_str())
-    {
-        req.headers_mut().insert(header::HOST, v);
+    if let Some(auth) = req.uri().authority() {
+        let agrees = req
+            .headers()
+            .get(header::HOST)
+            .is_some_and(|h| h.as_bytes().eq_ignore_ascii_case(auth.as_str().as_bytes()));
+        if !agrees && let Ok(v) = HeaderValue::from_str(auth.as_str()) {
+            req.headers_mut().insert(header::HOST, v);
+        }
     }
     if req.uri().scheme().is_some() || req.uri().authority().is_some() {
         let pq = req.uri().path_and_query().cloned();
@@ -213,6 +315,73 @@ mod tests {
         to_http2(&mut req, &Authority::from_static("127.0.0.1:1"));
         assert_eq!(req.uri().to_string(), "http://payments:8080/v1/a");
         assert!(req.headers().get(header::HOST).is_none());
+    }
+
+    #[test]
+    fn the_targets_authority_decides_the_host() {
+        use HostCheck::*;
+        let cases: [(&str, &[&str], HostCheck); 11] = [
+            ("/x", &["echo"], Agrees),
+            ("/x", &[], Agrees),
+            ("/x", &["echo", "evil"], Ambiguous),
+            ("/x", &["echo", "echo"], Ambiguous),
+            ("http://echo/x", &[], Agrees),
+            ("http://echo/x", &["echo"], Agrees),
+            ("http://echo:8080/x", &["ECHO:8080"], Agrees),
+            ("http://echo/x", &["evil"], Conflicts),
+            ("http://echo:8080/x", &["echo"], Conflicts),
+            ("http://echo/x", &["echo", "evil"], Conflicts),
+            ("http://user@echo/x", &["echo"], Ambiguous),
+        ];
+        for (target, hosts, expected) in cases {
+            let uri: Uri = target.parse().unwrap();
+            let mut headers = HeaderMap::new();
+            for host in hosts {
+                headers.append(header::HOST, HeaderValue::from_static(host));
+            }
+            assert_eq!(check_host(&uri, &headers), expected, "{target} with Host {hosts:?}");
+        }
+    }
+
+    #[test]
+    fn an_http1_upstream_is_told_the_authority_as_host() {
+        let mut req = Request::get("http://echo/x").header("host", "evil").header("host", "evil2").body(()).unwrap();
+        to_http1(&mut req);
+        assert_eq!(req.headers().get_all(header::HOST).iter().collect::<Vec<_>>(), ["echo"]);
+        assert_eq!(req.uri(), "/x");
+        let mut req = Request::get("/x").header("host", "echo:80").body(()).unwrap();
+        to_http1(&mut req);
+        assert_eq!(req.headers()[header::HOST], "echo:80", "origin-form keeps its Host");
+    }
+
+    #[test]
+    fn an_h2c_upgrade_offer_is_removed_and_other_upgrades_are_kept() {
+        // (Connection, Upgrade, HTTP2-Settings present) -> (Connection, Upgrade) after.
+        let cases = [
+            ("Upgrade, HTTP2-Settings", "h2c", true, None, None),
+            ("keep-alive, upgrade, http2-settings", "H2C", true, Some("keep-alive"), None),
+            ("Upgrade, HTTP2-Settings", "h2c, websocket", true, Some("Upgrade"), Some("websocket")),
+            ("Upgrade", "websocket", false, Some("Upgrade"), Some("websocket")),
+            ("HTTP2-Settings", "", true, None, None),
+        ];
+        for (connection, upgrade, settings, connection_after, upgrade_after) in cases {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONNECTION, HeaderValue::from_static(connection));
+            if !upgrade.is_empty() {
+                h.insert(header::UPGRADE, HeaderValue::from_static(upgrade));
+            }
+            if settings {
+                h.insert("http2-settings", HeaderValue::from_static("AAMAAABkAARAAAAAAAIAAAAA"));
+            }
+            h.insert("x-kept", HeaderValue::from_static("1"));
+            let changed = strip_h2c_upgrade(&mut h);
+            assert_eq!(changed, upgrade.contains("h2") || settings, "{connection} / {upgrade}");
+            assert!(h.get("http2-settings").is_none(), "{connection} / {upgrade}");
+            let text = |name| h.get(name).map(|v: &HeaderValue| v.to_str().unwrap());
+            assert_eq!(text(header::CONNECTION), connection_after, "{connection} / {upgrade}");
+            assert_eq!(text(header::UPGRADE), upgrade_after, "{connection} / {upgrade}");
+            assert_eq!(h["x-kept"], "1");
+        }
     }
 
     #[test]

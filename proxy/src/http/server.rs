@@ -19,6 +19,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::body::{ClientBody, RespBody};
+use super::errors::ProxyError;
+use super::headers::HostCheck;
 use super::timeouts::{HeadTimer, ReadWatch};
 use super::{h1server, h2server};
 use crate::listeners::Side;
@@ -200,7 +202,12 @@ impl hyper::service::Service<Request<Incoming>> for Handler {
     type Error = Infallible;
     type Future = ResponseFuture;
 
-    fn call(&self, req: Request<Incoming>) -> ResponseFuture {
+    fn call(&self, mut req: Request<Incoming>) -> ResponseFuture {
+        // The one place an h2c upgrade can arrive: `h1server` hands every request with an
+        // Upgrade field to hyper, and HTTP/2 refuses the field.
+        if req.headers().contains_key(http::header::UPGRADE) {
+            super::headers::strip_h2c_upgrade(req.headers_mut());
+        }
         ResponseFuture(Handler::call(self, req.map(ClientBody::Http1), Instant::now()))
     }
 }
@@ -226,6 +233,14 @@ impl Handler {
     /// with routing inside three such layers, each request copied about 20 KiB of future
     /// state (callgrind: memcpy was 13 % of the instructions).
     fn respond(&self, mut req: Request<ClientBody>, started: Instant) -> BoxedResponse {
+        // Routing, authorization, metrics and the upstream must all see one host.
+        match super::headers::check_host(req.uri(), req.headers()) {
+            HostCheck::Agrees => {}
+            HostCheck::Conflicts => {
+                req.headers_mut().remove(http::header::HOST);
+            }
+            HostCheck::Ambiguous => return Box::pin(std::future::ready(ProxyError::BadHost.response())),
+        }
         let routed = match &self.side {
             Side::Outbound => crate::outbound::route(&self.state, None, &req),
             Side::Upstream(service) => crate::outbound::route(&self.state, Some(service), &req),

@@ -18,7 +18,11 @@
 //! HTTP/2: `IdleTicker` checks the connection four times per `clientIdleTimeout`; with no
 //! stream open and none started for four whole periods, the connection is sent GOAWAY (so
 //! between 1 and 1.5 times `clientIdleTimeout` after its last stream). Nothing is done per
-//! request but counting it.
+//! request but counting it. `h2server` then closes it after a short grace whether or not the
+//! client answers. A header block (HEADERS and its CONTINUATION frames) must arrive whole
+//! within `headerReadTimeout`: h2 buffers a partial one silently, so `HeaderBlockWatch`
+//! follows the frame headers the client sends (payloads are skipped, not read) and says
+//! when one is open.
 
 use std::future::Future;
 use std::io;
@@ -218,6 +222,121 @@ impl IdleTicker {
     }
 }
 
+/// An HTTP/2 client socket that says, through a flag `h2server` reads, whether the client is
+/// in the middle of a header block. It looks at the bytes h2 reads, so the flag is exact
+/// whenever h2 has read all that arrived. The cost is a few operations per frame.
+pub struct HeaderBlockWatch<S> {
+    io: S,
+    scan: FrameScan,
+    open: Arc<AtomicBool>,
+}
+
+impl<S> HeaderBlockWatch<S> {
+    /// Watches `io` from its first byte (the client's preface); `open` is the flag.
+    pub fn new(io: S, open: Arc<AtomicBool>) -> HeaderBlockWatch<S> {
+        HeaderBlockWatch { io, scan: FrameScan::new(), open }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for HeaderBlockWatch<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            let was = this.scan.in_block;
+            if this.scan.feed(&buf.filled()[before..]) != was {
+                this.open.store(this.scan.in_block, Ordering::Relaxed);
+            }
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for HeaderBlockWatch<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// Frame types that carry a header block (RFC 9113 §6.2, §6.6, §6.10), and its end flag.
+const HEADERS: u8 = 0x1;
+const PUSH_PROMISE: u8 = 0x5;
+const CONTINUATION: u8 = 0x9;
+const END_HEADERS: u8 = 0x4;
+
+/// Where a client's HTTP/2 byte stream is: in a frame's payload (skipped), or in a frame
+/// header (kept, 9 bytes); and whether a header block has begun and not ended.
+struct FrameScan {
+    /// Bytes to pass over before the next frame header: the preface, then each payload.
+    skip: usize,
+    head: [u8; 9],
+    have: usize,
+    /// The frame being passed over ends its header block.
+    ends_block: bool,
+    in_block: bool,
+}
+
+impl FrameScan {
+    fn new() -> FrameScan {
+        FrameScan { skip: 24, head: [0; 9], have: 0, ends_block: false, in_block: false }
+    }
+
+    /// Follows the next `bytes` of the stream; returns whether a header block is open after them.
+    fn feed(&mut self, mut bytes: &[u8]) -> bool {
+        loop {
+            let n = self.skip.min(bytes.len());
+            self.skip -= n;
+            bytes = &bytes[n..];
+            if self.skip > 0 {
+                break;
+            }
+            if self.ends_block {
+                self.ends_block = false;
+                self.in_block = false;
+            }
+            if bytes.is_empty() {
+                break;
+            }
+            let n = (self.head.len() - self.have).min(bytes.len());
+            self.head[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+            self.have += n;
+            bytes = &bytes[n..];
+            if self.have < self.head.len() {
+                break;
+            }
+            self.have = 0;
+            let [l0, l1, l2, kind, flags, ..] = self.head;
+            self.skip = usize::from(l0) << 16 | usize::from(l1) << 8 | usize::from(l2);
+            if matches!(kind, HEADERS | PUSH_PROMISE | CONTINUATION) {
+                self.in_block = true;
+                self.ends_block = flags & END_HEADERS != 0;
+            }
+        }
+        self.in_block
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,5 +354,48 @@ mod tests {
         assert_eq!(&got, b"GET / HTTP/1.1\r\nHost: a\r\n", "the replayed bytes, then the socket's");
         assert!(timer.head_begun().load(Ordering::Relaxed));
         assert!(probe.is_unique(), "the replayed bytes' memory is let go once they are read");
+    }
+
+    /// A frame header: payload length, type, flags, stream 1.
+    fn frame(len: usize, kind: u8, flags: u8) -> Vec<u8> {
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags, 0, 0, 0, 1];
+        f.resize(9 + len, 0xab);
+        f
+    }
+
+    #[test]
+    fn a_header_block_is_open_from_its_first_frame_to_the_end_of_the_one_that_ends_it() {
+        let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        let settings = frame(6, 0x4, 0);
+        let whole = frame(5, HEADERS, END_HEADERS | 0x1);
+        let begun = frame(5, HEADERS, 0);
+        let more = frame(3, CONTINUATION, 0);
+        let last = frame(2, CONTINUATION, END_HEADERS);
+        let data = frame(4, 0x0, 0x1);
+        // (what arrives, in pieces of this size) -> a header block is open after each piece.
+        let cases: [(Vec<&[u8]>, usize, bool); 6] = [
+            (vec![preface, &settings], 1, false),
+            (vec![preface, &settings, &whole, &data], 7, false),
+            (vec![preface, &settings, &begun], 100, true),
+            (vec![preface, &begun, &more], 3, true),
+            (vec![preface, &begun, &more, &last, &data], 2, false),
+            // A HEADERS frame that declares END_HEADERS but whose payload has not all come.
+            (vec![preface, &whole[..whole.len() - 1]], 100, true),
+        ];
+        for (i, (frames, piece, open)) in cases.into_iter().enumerate() {
+            let stream: Vec<u8> = frames.concat();
+            let mut scan = FrameScan::new();
+            let mut after = false;
+            for chunk in stream.chunks(piece) {
+                after = scan.feed(chunk);
+            }
+            assert_eq!(after, open, "case {i}");
+        }
+        // The flag follows every read: open during the block, closed once its last byte is in.
+        let mut scan = FrameScan::new();
+        assert!(!scan.feed(preface));
+        assert!(scan.feed(&begun));
+        assert!(scan.feed(&last[..last.len() - 1]));
+        assert!(!scan.feed(&last[last.len() - 1..]));
     }
 }

@@ -1,12 +1,14 @@
 //! An HTTP backend (HTTP/1.1 and h2c) that says who it is and does what each request asks.
 //!
 //! Responses carry `x-backend: <name>` and echo the method, path, host, HTTP version and body
-//! length in `x-echo-*` headers; request headers starting with `x-` (and `weft-client-id`) come back as `x-seen-<name>`.
+//! length in `x-echo-*` headers; request headers starting with `x-` (and `weft-client-id`,
+//! `upgrade`, `http2-settings`) come back as `x-seen-<name>`.
 //! Behaviour is picked by the request: a path segment pair `/status/<code>` or `/delay/<ms>`
 //! anywhere in the path (or headers `x-status`, `x-delay-ms`), a path starting with `/echo`
 //! returns the request body, `content-type: application/grpc` gets a gRPC-style answer whose
 //! trailer `grpc-status` comes from the request header `x-grpc-status`, and an
-//! `Upgrade: websocket` request is switched to a raw byte echo.
+//! `Upgrade: websocket` (or `h2c`, as a server that takes the offer would) request is switched
+//! to a raw byte echo.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -167,8 +169,12 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
     state.hits.fetch_add(1, Ordering::SeqCst);
     state.in_flight.fetch_add(1, Ordering::SeqCst);
     let _guard = InFlight(&state);
-    let is_upgrade =
-        req.headers().get(http::header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let is_upgrade = req.headers().get(http::header::UPGRADE).is_some_and(|v| {
+        v.as_bytes().split(|&b| b == b',').any(|t| {
+            let t = t.trim_ascii();
+            t.eq_ignore_ascii_case(b"websocket") || t.eq_ignore_ascii_case(b"h2c")
+        })
+    });
     let is_grpc =
         req.headers().get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     Ok(if is_upgrade {
@@ -241,7 +247,9 @@ fn upgrade(state: &State, mut req: Request<Incoming>) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::new()).boxed_unsync());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let mut headers = echo_headers(state, &req);
-    insert(&mut headers, "upgrade", "websocket");
+    let asked = req.headers().get(http::header::UPGRADE).and_then(|v| v.to_str().ok()).unwrap_or("websocket");
+    let protocol = if asked.to_ascii_lowercase().contains("h2c") { "h2c" } else { "websocket" };
+    insert(&mut headers, "upgrade", protocol);
     insert(&mut headers, "connection", "upgrade");
     *resp.headers_mut() = headers;
     resp
@@ -262,7 +270,7 @@ fn echo_headers(state: &State, req: &Request<Incoming>) -> HeaderMap {
     insert(&mut headers, "x-echo-host", host);
     insert(&mut headers, "x-echo-version", &format!("{:?}", req.version()));
     for (name, value) in req.headers() {
-        if (name.as_str().starts_with("x-") || name.as_str() == "weft-client-id")
+        if (name.as_str().starts_with("x-") || matches!(name.as_str(), "weft-client-id" | "upgrade" | "http2-settings"))
             && let Ok(seen) = HeaderName::try_from(format!("x-seen-{}", name.as_str()))
         {
             headers.insert(seen, value.clone());

@@ -7,7 +7,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use weft_integration::client::{H2Conn, must};
 use weft_integration::net::{raw_exchange, read_head, read_until_close, status_of};
-use weft_integration::{Backend, Proxy, ProxyConfig, Req, document, metric_sum, service};
+use weft_integration::{Backend, Proxy, ProxyConfig, Req, document, eventually, metric_sum, service};
 
 const RAW_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -171,6 +171,60 @@ async fn idle_connections_last_client_idle_timeout_and_slow_heads_header_read_ti
     let metrics = proxy.metrics().await;
     assert_eq!(metric_sum(&metrics, "weft_protocol_errors_total", &[]), 1.0, "{metrics}");
     assert_eq!(api.hits(), 5, "the slow head never reached the backend");
+}
+
+/// What every HTTP/2 client sends first: the preface and a SETTINGS frame (here empty).
+const H2_HELLO: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+/// A HEADERS frame on stream 1 (`:method: GET`, END_STREAM) without END_HEADERS: the header
+/// block is left open, as if CONTINUATION frames were to follow.
+const H2_OPEN_HEADER_BLOCK: &[u8] = b"\x00\x00\x01\x01\x01\x00\x00\x00\x01\x82";
+
+/// Writes `bytes` on a new connection, never answers anything (not the GOAWAY, not the
+/// PING), and returns how long the proxy took to close it (`None`: still open at `limit`).
+async fn closed_after(addr: std::net::SocketAddr, bytes: &'static [u8], limit: Duration) -> Option<Duration> {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let start = Instant::now();
+    stream.write_all(bytes).await.unwrap();
+    let mut ignored = Vec::new();
+    tokio::time::timeout(limit, read_until_close(&mut stream, &mut ignored)).await.ok()?;
+    Some(start.elapsed())
+}
+
+/// An HTTP/2 client that goes silent is closed within a bounded time of its timeout, whatever
+/// it does: h2 alone sends GOAWAY and a PING at `clientIdleTimeout` and waits for the answer
+/// forever (100 such clients once held 100 sockets for good). A client that stops inside a
+/// header block is closed at `headerReadTimeout` (h2 buffers the partial block silently).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_http2_clients_are_closed_within_their_timeouts() {
+    let api = Backend::start("api").await;
+    let proxy = proxy_for(&api, "http: {headerReadTimeout: 500ms, clientIdleTimeout: 2s}").await;
+    let limit = Duration::from_secs(15);
+
+    let mut silent = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        silent.spawn(closed_after(proxy.outbound(), H2_HELLO, limit));
+    }
+    let hello_then_stall = [H2_HELLO, H2_OPEN_HEADER_BLOCK].concat().leak();
+    let stalled = tokio::spawn(closed_after(proxy.outbound(), hello_then_stall, limit));
+    eventually("every connection counted open", Duration::from_secs(5), || async {
+        (metric_sum(&proxy.metrics().await, "weft_open_connections", &[]) >= 20.0).then_some(())
+    })
+    .await;
+
+    let took = stalled.await.unwrap().expect("a client stalled inside a header block was never closed");
+    assert!(took >= Duration::from_millis(450), "closed after {took:?}, before headerReadTimeout 500ms");
+    assert!(took < Duration::from_millis(1800), "closed only after {took:?}: headerReadTimeout is 500ms");
+    // GOAWAY comes between 1 and 1.5 times clientIdleTimeout; the close at most 1 s later.
+    while let Some(took) = silent.join_next().await {
+        let took = took.unwrap().expect("a silent HTTP/2 client was still connected 15 s later");
+        assert!(took >= Duration::from_millis(1900), "closed after {took:?}, before clientIdleTimeout 2s");
+        assert!(took < Duration::from_millis(5000), "closed only after {took:?} (clientIdleTimeout 2s)");
+    }
+    eventually("no connection left open", Duration::from_secs(5), || async {
+        (metric_sum(&proxy.metrics().await, "weft_open_connections", &[]) == 0.0).then_some(())
+    })
+    .await;
+    assert_eq!(api.hits(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use weft_integration::client::must;
+use weft_integration::client::{must, send_h2};
 use weft_integration::mesh::{ControlPlane, IdentityFiles, Pki, meshed_service, spiffe};
 use weft_integration::net::raw_exchange;
 use weft_integration::tcp_echo::send_and_read_to_eof;
@@ -168,6 +168,25 @@ async fn permissive_accepts_plaintext_and_mtls_and_counts_each() {
     let by =
         |t: &'static str| async move { counter(server, "weft_inbound_connections_total", &[("transport", t)]).await };
     assert_eq!((by("plaintext").await, by("mtls").await), (1.0, 1.0));
+}
+
+/// Calls into the app follow the outbound rule for hosts: the target's authority wins, so the
+/// app reads the host the caller addressed, never a conflicting Host beside it (permissive
+/// mode lets a test send plaintext; mTLS connections are served by the same code).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inbound_call_reaches_the_app_with_its_authority_as_host() {
+    let pki = Pki::new("mtls-inbound-host");
+    let app = Backend::start("app").await;
+    let server = server(&pki.issue("server", &spiffe("server"), "1h"), &app, &mesh("permissive")).await;
+
+    let h2 = Req::get("/h2").host("server").header("host", "evil");
+    let resp = send_h2(server.inbound(), &h2).await.expect("h2 request");
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(resp.header("x-echo-host"), Some("server"), "HTTP/2 :authority with a conflicting host");
+    let resp = must(server.inbound(), &Req::get("http://server/h1").host("evil")).await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(resp.header("x-echo-host"), Some("server"), "HTTP/1.1 absolute-form with a conflicting Host");
+    assert_eq!(resp.header("x-echo-path"), Some("/h1"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -268,6 +268,39 @@ async fn websocket_upgrade_passes_through() {
     assert_eq!(api.hits(), 1);
 }
 
+/// An `Upgrade: h2c` offer is taken out and the request served as plain HTTP/1.1 (as Envoy
+/// does): passed on, a backend that accepts it (this one would) answers 101, and the proxy
+/// would tunnel the rest of the connection, out of reach of routing and authorization (h2c
+/// smuggling). The next request on the connection is routed on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_upgrade_is_served_as_plain_http1_and_never_tunnelled() {
+    let api = Backend::start("api").await;
+    let proxy = Proxy::start(ProxyConfig { policy: service("api", "http", &[api.addr()]), ..Default::default() }).await;
+
+    let mut stream = TcpStream::connect(proxy.outbound()).await.unwrap();
+    stream
+        .write_all(
+            b"GET /first HTTP/1.1\r\nHost: api\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\
+              HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let (head, rest) = read_head(&mut stream, IO_DEADLINE).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "an h2c offer must get a plain answer, got:\n{head}");
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.contains("x-backend: api"), "{head}");
+    assert!(!lower.contains("x-seen-upgrade") && !lower.contains("x-seen-http2-settings"), "offer passed on: {head}");
+    let mut body = vec![0u8; "api\n".len() - rest.len()];
+    tokio::time::timeout(IO_DEADLINE, stream.read_exact(&mut body)).await.expect("body in time").unwrap();
+
+    // A tunnel would hand these bytes to the backend; the proxy routes them, and knows no `nowhere`.
+    stream.write_all(b"GET /second HTTP/1.1\r\nHost: nowhere\r\n\r\n").await.unwrap();
+    let (head, _) = read_head(&mut stream, IO_DEADLINE).await;
+    assert!(head.starts_with("HTTP/1.1 404"), "the next request was not routed:\n{head}");
+    assert!(head.to_ascii_lowercase().contains("weft-proxy-error: unknown-service"), "{head}");
+    assert_eq!(api.hits(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opaque_tcp_through_upstream_port() {
     let echo = TcpEcho::start().await;

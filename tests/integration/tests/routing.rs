@@ -1,6 +1,9 @@
 //! Routing: which backend gets a request, by host form, path, method, header, weight and port.
 
-use weft_integration::client::must;
+use std::time::Duration;
+
+use weft_integration::client::{must, send_h2};
+use weft_integration::net::{raw_exchange, status_of};
 use weft_integration::{Backend, Limit, Proxy, ProxyConfig, Req, document, run_load, service};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -29,6 +32,59 @@ async fn every_host_form_reaches_the_named_service() {
     assert_eq!(resp.header("x-echo-path"), Some("/abs"));
     assert_eq!(api.hits(), 5);
     assert_eq!(web.hits(), 2);
+}
+
+/// The host a request is routed by is the host its upstream is told: the target's authority
+/// wins over a conflicting Host (RFC 9112 §3.2.2, RFC 9113 §8.3.1), so a call that routing,
+/// authorization and metrics count as `echo`'s never reaches `echo`'s app saying `Host: evil`.
+/// Checked on each server a request can meet: the proxy's own HTTP/1.1 server, hyper's (a
+/// chunked body is handed to it), HTTP/2, and an HTTP/2 upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_is_told_the_host_that_routing_used() {
+    let echo = Backend::start("echo").await;
+    let evil = Backend::start("evil").await;
+    let echo2 = Backend::start("echo2").await;
+    let proxy = Proxy::start(ProxyConfig {
+        policy: service("echo", "http", &[echo.addr()])
+            + &service("evil", "http", &[evil.addr()])
+            + &service("echo2", "http2", &[echo2.addr()]),
+        ..Default::default()
+    })
+    .await;
+
+    let resp = must(proxy.outbound(), &Req::get("http://echo/x").host("evil")).await;
+    assert_eq!((resp.status, resp.backend()), (200, Some("echo")), "{resp:?}");
+    assert_eq!(resp.header("x-echo-host"), Some("echo"), "HTTP/1.1 absolute-form with a conflicting Host");
+
+    let chunked =
+        b"POST http://echo/x HTTP/1.1\r\nHost: evil\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+    let raw = raw_exchange(proxy.outbound(), chunked, Duration::from_secs(10)).await;
+    assert_eq!(status_of(&raw), Some(200), "{:?}", String::from_utf8_lossy(&raw));
+    let raw = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+    assert!(
+        raw.contains("\r\nx-backend: echo\r\n") && raw.contains("\r\nx-echo-host: echo\r\n"),
+        "hyper's server: {raw}"
+    );
+
+    let h2 = Req::get("/x").host("echo").header("host", "evil");
+    let resp = send_h2(proxy.outbound(), &h2).await.expect("h2 request");
+    assert_eq!((resp.status, resp.backend()), (200, Some("echo")), "{resp:?}");
+    assert_eq!(resp.header("x-echo-host"), Some("echo"), "HTTP/2 :authority with a conflicting host");
+    assert_eq!(resp.header("x-echo-version"), Some("HTTP/1.1"));
+
+    let resp = send_h2(proxy.outbound(), &Req::get("/x").host("echo2").header("host", "evil")).await.expect("h2");
+    assert_eq!((resp.status, resp.backend()), (200, Some("echo2")), "{resp:?}");
+    assert_eq!(resp.header("x-echo-host"), Some("echo2"), "an HTTP/2 upstream gets the :authority, no host");
+
+    // Two Host fields and no authority to decide between them: refused (RFC 9112 §3.2).
+    let twice = b"GET /x HTTP/1.1\r\nHost: echo\r\nHost: evil\r\n\r\n";
+    let raw = raw_exchange(proxy.outbound(), twice, Duration::from_secs(10)).await;
+    assert_eq!(status_of(&raw), Some(400), "{:?}", String::from_utf8_lossy(&raw));
+    let raw = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+    assert!(raw.contains("weft-proxy-error: bad-host"), "{raw}");
+
+    assert_eq!(evil.hits(), 0, "the service named only by Host never saw a request");
+    assert_eq!((echo.hits(), echo2.hits()), (3, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
