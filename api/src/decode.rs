@@ -25,16 +25,35 @@ pub fn decode_documents(file: &str, text: &str) -> Result<Vec<Document>, Diagnos
 /// `weft check` uses this so that one broken document does not hide what a whole folder
 /// declares (a Route elsewhere naming that Service must not be reported as dangling).
 pub fn decode_best_effort(file: &str, text: &str) -> (Vec<Document>, Diagnostics) {
+    let decoded = decode_file(file, text);
+    (decoded.documents, decoded.problems)
+}
+
+/// A file's documents (best effort), its problems, and whether the documents show everything
+/// the file declares.
+pub(crate) struct Decoded {
+    pub(crate) documents: Vec<Document>,
+    pub(crate) problems: Diagnostics,
+    /// False after a YAML syntax error (the rest of the file is unread), a document whose kind
+    /// could not be read, or one without a usable name: the file may declare a service that
+    /// `documents` does not show.
+    pub(crate) complete: bool,
+}
+
+pub(crate) fn decode_file(file: &str, text: &str) -> Decoded {
     let stream = yaml::parse_stream(text);
-    let mut d = Decoder { file, out: Vec::new() };
-    let docs = stream.documents.iter().filter(|n| !n.is_null()).filter_map(|n| d.document(n)).collect();
+    let mut d = Decoder { file, out: Vec::new(), lines: FieldLines::default() };
+    let nodes: Vec<&Node> = stream.documents.iter().filter(|n| !n.is_null()).collect();
+    let docs: Vec<Document> = nodes.iter().filter_map(|n| d.document(n)).collect();
+    let complete =
+        stream.error.is_none() && docs.len() == nodes.len() && docs.iter().all(|doc| !doc.metadata().name.is_empty());
     if let Some(e) = stream.error {
         d.error((e.line, e.column), "", format!("invalid YAML: {} (column {})", e.message, e.column));
     }
     // Fields are decoded in the order the code reads them; users read the file top to bottom.
     d.out.sort_by_key(|(at, _)| *at);
     let problems = d.out.into_iter().map(|(_, diagnostic)| diagnostic).collect();
-    (docs, Diagnostics(problems))
+    Decoded { documents: docs, problems: Diagnostics(problems), complete }
 }
 
 const KINDS: &[&str] = &["Service", "Route", "TrafficPolicy", "AuthorizationPolicy", "Mesh", "Proxy"];
@@ -88,7 +107,8 @@ impl Decoder<'_> {
         let metadata = self.metadata(&top, line);
         let kind = kind?;
         let spec = self.sub_or_empty(&top, "spec", spec_fields(kind))?;
-        Some(match kind {
+        self.lines = FieldLines::default();
+        let mut doc = match kind {
             "Service" => Document::Service(Service { metadata, spec: self.service(&spec) }),
             "Route" => Document::Route(Route { metadata, spec: self.route(&spec) }),
             "TrafficPolicy" => Document::TrafficPolicy(TrafficPolicy { metadata, spec: self.traffic_policy(&spec) }),
@@ -97,7 +117,9 @@ impl Decoder<'_> {
             }
             "Mesh" => Document::Mesh(Mesh { metadata, spec: self.mesh(&spec) }),
             _ => Document::Proxy(Proxy { metadata, spec: self.proxy(&spec) }),
-        })
+        };
+        doc.metadata_mut().fields = std::mem::take(&mut self.lines);
+        Some(doc)
     }
 
     fn kind(&mut self, top: &Map) -> Option<&'static str> {
@@ -118,12 +140,18 @@ impl Decoder<'_> {
         let Some(m) =
             self.required(top, "metadata").and_then(|n| self.mapping(n, "metadata".into(), &["name", "namespace"]))
         else {
-            return Metadata { name: String::new(), namespace: DEFAULT_NAMESPACE.to_string(), line };
+            return Metadata {
+                name: String::new(),
+                namespace: DEFAULT_NAMESPACE.to_string(),
+                line,
+                fields: FieldLines::default(),
+            };
         };
         Metadata {
             name: self.required_string(&m, "name", check_name),
             namespace: self.string(&m, "namespace", check_name).unwrap_or_else(|| DEFAULT_NAMESPACE.to_string()),
             line,
+            fields: FieldLines::default(),
         }
     }
 }
@@ -173,7 +201,7 @@ mod tests {
     }
 
     pub(super) fn meta(name: &str, namespace: &str, line: usize) -> Metadata {
-        Metadata { name: name.to_string(), namespace: namespace.to_string(), line }
+        Metadata { name: name.to_string(), namespace: namespace.to_string(), line, fields: FieldLines::default() }
     }
 
     pub(super) fn addr(s: &str) -> SocketAddr {

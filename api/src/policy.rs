@@ -38,6 +38,17 @@ impl Document {
         }
     }
 
+    pub fn metadata_mut(&mut self) -> &mut Metadata {
+        match self {
+            Document::Service(d) => &mut d.metadata,
+            Document::Route(d) => &mut d.metadata,
+            Document::TrafficPolicy(d) => &mut d.metadata,
+            Document::AuthorizationPolicy(d) => &mut d.metadata,
+            Document::Mesh(d) => &mut d.metadata,
+            Document::Proxy(d) => &mut d.metadata,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Document::Service(_) => "Service",
@@ -58,6 +69,31 @@ pub struct Metadata {
     /// 1-based line of the document's first key, for diagnostics that span documents.
     #[serde(skip)]
     pub line: usize,
+    /// Lines of the fields that checks across documents point at.
+    #[serde(skip)]
+    pub fields: FieldLines,
+}
+
+impl Metadata {
+    /// The line `path` (e.g. `spec.service`) was written on, else the document's line.
+    pub fn line_of(&self, path: &str) -> usize {
+        self.fields.0.get(path).copied().unwrap_or(self.line)
+    }
+}
+
+/// Lines of fields by path (`spec.service`, `spec.rules[0].backends[1].service`), filled by the
+/// decoder for the fields that name other documents. Documents built in code or received as
+/// JSON have none, and their problems point at the document's line.
+///
+/// Always equal: where a field was written is not what it means, so documents that differ only
+/// in layout compare equal (the control plane publishes no new version for a reformatted file).
+#[derive(Clone, Debug, Default)]
+pub struct FieldLines(pub BTreeMap<String, usize>);
+
+impl PartialEq for FieldLines {
+    fn eq(&self, _: &FieldLines) -> bool {
+        true
+    }
 }
 
 // ---------------------------------------------------------------- Service
@@ -560,6 +596,12 @@ pub enum LogFormat {
 }
 
 impl ProxySpec {
+    /// Whether this proxy can get a certificate: static files, or a control plane with a
+    /// bootstrap credential. Without one, a Mesh asking for mTLS cannot be honoured.
+    pub fn has_identity_source(&self) -> bool {
+        self.tls.is_some() || self.control_plane.as_ref().is_some_and(|cp| cp.join_token_file.is_some())
+    }
+
     pub fn defaults_for(service: &str) -> Self {
         ProxySpec {
             service: service.to_string(),

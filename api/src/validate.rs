@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::decode::nearest;
 use crate::{
-    AuthorizationPolicy, ControlPlaneSpec, Diagnostics, Document, Mesh, Proxy, Route, RouteMatch, Service,
+    AuthorizationPolicy, ControlPlaneSpec, Diagnostics, Document, Mesh, MtlsMode, Proxy, Route, RouteMatch, Service,
     TrafficPolicy,
 };
 
@@ -118,10 +118,12 @@ pub(crate) fn check_spiffe_id(s: &str) -> Result<(), String> {
     crate::SpiffeId::parse(s).map(drop).map_err(|e| e.to_string())
 }
 
+/// The proxy dials `HOST:PORT` itself, so the port must be written out.
 pub(crate) fn check_url(s: &str) -> Result<(), String> {
-    let host = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://"));
-    match host {
-        Some(h) if !h.is_empty() => Ok(()),
+    let rest = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://"));
+    let authority = rest.map(|r| r.split('/').next().unwrap_or_default());
+    match authority.and_then(|a| a.rsplit_once(':')) {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => Ok(()),
         _ => Err(format!("invalid address {s:?}; write http://HOST:PORT or https://HOST:PORT")),
     }
 }
@@ -162,122 +164,392 @@ fn check_control_plane_transport(cp: &ControlPlaneSpec) -> (Result<(), String>, 
     (address, bundle)
 }
 
+/// Header values the proxy can compare against: visible ASCII, spaces and tabs (RFC 9110).
+pub(crate) fn check_header_value(s: &str) -> Result<(), String> {
+    if s.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)) {
+        Ok(())
+    } else {
+        Err(format!("invalid header value {s:?}; use visible ASCII characters, spaces and tabs"))
+    }
+}
+
+/// A route's `timeout` covers the first try and every retry, so one try cannot outlast it.
+pub(crate) fn check_per_try_timeout(per_try: Duration, route: Duration) -> Result<(), String> {
+    if per_try <= route {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} is longer than the rule's timeout {}; the route timeout bounds all tries together, \
+             so shorten perTryTimeout or raise timeout",
+            crate::duration::format_duration(per_try),
+            crate::duration::format_duration(route)
+        ))
+    }
+}
+
+/// A `tracing` filter as the proxy parses it (`Targets`): comma-separated `LEVEL`, `TARGET` or
+/// `TARGET[{FIELD,...}]=LEVEL`, where LEVEL is off, error, warn, info, debug, trace or 0-5.
+pub fn check_log_level(s: &str) -> Result<(), String> {
+    const LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace", "0", "1", "2", "3", "4", "5", ""];
+    if s.is_empty() {
+        return Err("must not be empty".to_string());
+    }
+    for directive in s.split(',') {
+        let Some((target, level)) = directive.split_once('=') else { continue };
+        let problem = if level.contains('=') {
+            Some("has more than one '='".to_string())
+        } else if !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(level)) {
+            Some(format!("names the unknown level {level:?}; use off, error, warn, info, debug or trace"))
+        } else if let Some((_, fields)) = target.split_once("[{") {
+            (fields.contains("[{") || !fields.ends_with("}]")).then(|| "has a malformed [{field,...}] list".to_string())
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(format!("invalid log filter {s:?}: {directive:?} {problem}"));
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn check_not_empty(s: &str) -> Result<(), String> {
     if s.is_empty() { Err("must not be empty".to_string()) } else { Ok(()) }
 }
 
-/// Checks one file's documents: every value rule, fields that depend on each other, at most one
-/// Proxy and one Mesh, and no two documents with the same kind, namespace and name.
+/// Checks one file's documents on their own: every value rule, fields that depend on each
+/// other, and at most one Proxy (a file is one sidecar's `--config`). What involves several
+/// documents is `validate_set`'s.
 pub fn validate_documents(file: &str, docs: &[Document]) -> Result<(), Diagnostics> {
     let mut c = Checker { file, out: Diagnostics::default() };
-    let mut first_of_kind: HashMap<&str, usize> = HashMap::new();
-    let mut seen: HashMap<(&str, &str, &str), usize> = HashMap::new();
+    let mut first_proxy: Option<usize> = None;
     for doc in docs {
-        let meta = doc.metadata();
         c.document(doc);
-        if matches!(doc, Document::Proxy(_) | Document::Mesh(_)) {
-            if let Some(first) = first_of_kind.get(doc.kind()) {
-                let msg = format!("a file may hold only one {} document (the first is at line {first})", doc.kind());
-                c.error(meta.line, "kind", msg);
-            } else {
-                first_of_kind.insert(doc.kind(), meta.line);
-            }
-        }
-        let key = (doc.kind(), meta.namespace.as_str(), meta.name.as_str());
-        match seen.get(&key) {
-            Some(first) => {
-                let msg = format!("{} {} is declared twice (first at line {first})", doc.kind(), qualified(doc));
-                c.error(meta.line, "metadata.name", msg);
-            }
-            None => {
-                seen.insert(key, meta.line);
+        if let Document::Proxy(p) = doc {
+            match first_proxy {
+                Some(first) => {
+                    let msg = format!("a file may hold only one Proxy document; the first is at {file}:{first}");
+                    c.error(p.metadata.line, "kind", msg);
+                }
+                None => first_proxy = Some(p.metadata.line),
             }
         }
     }
     c.out.into_result()
 }
 
-/// Checks a set of files that are deployed together (a policy folder): documents declared in
-/// more than one file, and references to services that no file declares. Per-file problems are
-/// `validate_documents`'s job and are not repeated here.
+/// Checks what a set of files deployed together (a policy folder, or the one file of
+/// `weft-proxy --config`) means as a whole:
 ///
-/// References are only checked when the set declares at least one Service: a folder for a
-/// registry-fed control plane holds policy only, and its services come from the registry.
+/// - no two documents with the same kind, namespace and name;
+/// - conflicts: one Mesh, and per service (name + namespace, however it is written) at most
+///   one Route, one TrafficPolicy and one AuthorizationPolicy. A proxy would otherwise take
+///   some of one and some of the other; like `istioctl analyze`, both documents are named;
+/// - references to services nobody declares. A Service declares its service, a Proxy the
+///   service it stands beside, and a Proxy with a `controlPlane` the services of its upstream
+///   ports (the control plane names their endpoints). Set-wide, references are only checked
+///   when the set declares at least one Service: a folder for a registry-fed control plane
+///   holds policy only, and its services come from the registry;
+/// - for each file holding a Proxy, what `weft-proxy --config` needs of that file alone: its
+///   Routes, TrafficPolicies and upstream ports name services declared in the file, and a Mesh
+///   asking for mTLS (in the file, or from the control plane) comes with an identity.
 pub fn validate_set(files: &[(String, Vec<Document>)]) -> Result<(), Diagnostics> {
-    let mut out = Diagnostics::default();
-    let mut seen: HashMap<(&str, &str, &str), (&str, usize)> = HashMap::new();
-    for (file, docs) in files {
-        for doc in docs {
-            let meta = doc.metadata();
-            // A missing name was reported while decoding; it cannot clash with anything.
-            if meta.name.is_empty() {
-                continue;
-            }
-            let key = (doc.kind(), meta.namespace.as_str(), meta.name.as_str());
-            match seen.get(&key) {
-                Some((first_file, first_line)) if first_file != file => {
-                    let msg =
-                        format!("{} {} is also declared in {first_file}:{first_line}", doc.kind(), qualified(doc));
-                    out.push(file, meta.line, "metadata.name", msg);
-                }
-                Some(_) => {}
-                None => {
-                    seen.insert(key, (file, meta.line));
-                }
-            }
-        }
-    }
+    let files: Vec<(&str, &[Document])> = files.iter().map(|(f, docs)| (f.as_str(), docs.as_slice())).collect();
+    SetCheck { files: &files, unread: &[] }.run()
+}
 
-    let services: HashSet<(&str, &str)> = files
-        .iter()
-        .flat_map(|(_, docs)| docs)
-        .filter_map(|doc| match doc {
-            Document::Service(s) => Some((s.metadata.namespace.as_str(), s.metadata.name.as_str())),
-            _ => None,
-        })
-        .collect();
-    if !services.is_empty() {
-        for (file, docs) in files {
-            for doc in docs {
-                for (line, path, reference) in service_references(doc) {
-                    let (ns, name) = resolve(reference, &doc.metadata().namespace);
-                    if reference.is_empty() || services.contains(&(ns, name)) {
-                        continue;
-                    }
-                    let mut msg = format!("service {name:?} is not declared in namespace {ns:?}");
-                    let mut in_ns: Vec<&str> = services.iter().filter(|(n, _)| *n == ns).map(|(_, s)| *s).collect();
-                    in_ns.sort_unstable(); // ties in `nearest` go the same way every run
-                    if let Some(near) = nearest(name, &in_ns) {
-                        msg.push_str(&format!("; did you mean {near:?}?"));
-                    }
-                    out.push(file, line, path, msg);
-                }
-            }
-        }
+/// What `weft-proxy` needs of the documents it runs from (its file, with the control plane's
+/// on top): a Proxy document, and `validate_set`'s rules for them as one file. Value rules are
+/// `validate_documents`'s, applied where the documents came in.
+pub fn validate_proxy_config(source: &str, docs: &[Document]) -> Result<(), Diagnostics> {
+    let mut out = SetCheck { files: &[(source, docs)], unread: &[] }.run().err().unwrap_or_default();
+    if !docs.iter().any(|d| matches!(d, Document::Proxy(_))) {
+        out.push(source, 1, "kind", "no Proxy document: weft-proxy needs one to know what to listen on");
     }
     out.into_result()
 }
 
-/// Every place a document names a service it depends on: (line, field path, service).
-fn service_references(doc: &Document) -> Vec<(usize, String, &str)> {
-    let line = doc.metadata().line;
+/// Text of a file that did not decode completely, and so may declare what the documents
+/// decoded from it do not show.
+pub(crate) struct Unread<'a> {
+    pub(crate) file: &'a str,
+    pub(crate) text: &'a str,
+}
+
+pub(crate) struct SetCheck<'a> {
+    pub(crate) files: &'a [(&'a str, &'a [Document])],
+    /// References to a name written anywhere in these are not reported: the broken file may
+    /// declare it, and its own problem is reported already.
+    pub(crate) unread: &'a [Unread<'a>],
+}
+
+/// (namespace, name) of a service.
+type ServiceKey<'a> = (&'a str, &'a str);
+
+/// Where a document or field was written.
+#[derive(Clone, Copy)]
+struct At<'a> {
+    file: &'a str,
+    line: usize,
+}
+
+impl std::fmt::Display for At<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.file, self.line)
+    }
+}
+
+impl<'a> SetCheck<'a> {
+    pub(crate) fn run(&self) -> Result<(), Diagnostics> {
+        let mut out = Diagnostics::default();
+        self.duplicates_and_conflicts(&mut out);
+        let mut reported = HashSet::new();
+        let everything: Vec<(&str, &Document)> =
+            self.files.iter().flat_map(|(f, docs)| docs.iter().map(move |d| (*f, d))).collect();
+        if everything.iter().any(|(_, d)| matches!(d, Document::Service(_))) {
+            let declared = declared_services(everything.iter().map(|(_, d)| *d));
+            for (file, doc) in &everything {
+                for r in service_references(doc) {
+                    self.reference(&mut out, &mut reported, file, doc, &r, &declared, None);
+                }
+            }
+        }
+        for &(file, docs) in self.files {
+            if docs.iter().any(|d| matches!(d, Document::Proxy(_))) {
+                self.proxy_file(&mut out, &mut reported, file, docs);
+            }
+        }
+        out.into_result()
+    }
+
+    fn duplicates_and_conflicts(&self, out: &mut Diagnostics) {
+        let mut names: HashMap<(&str, &str, &str), At> = HashMap::new();
+        let mut targets: HashMap<(&str, ServiceKey), (&Document, At)> = HashMap::new();
+        let mut mesh: Option<(&Document, At)> = None;
+        for &(file, docs) in self.files {
+            for doc in docs {
+                let meta = doc.metadata();
+                let at = At { file, line: meta.line };
+                // A missing name was reported while decoding; it cannot clash with anything.
+                if !meta.name.is_empty() {
+                    let key = (doc.kind(), meta.namespace.as_str(), meta.name.as_str());
+                    if let Some(first) = names.get(&key) {
+                        let msg = format!("{} {} is already declared at {first}", doc.kind(), qualified(doc));
+                        out.push(file, meta.line, "metadata.name", msg);
+                        continue;
+                    }
+                    names.insert(key, at);
+                }
+                if matches!(doc, Document::Mesh(_)) {
+                    match mesh {
+                        Some((first, first_at)) => {
+                            let msg = format!(
+                                "Mesh {:?} conflicts with Mesh {:?} at {first_at}: a mesh has one Mesh document; \
+                                 keep one and delete the other",
+                                meta.name,
+                                first.metadata().name
+                            );
+                            out.push(file, meta.line, "kind", msg);
+                        }
+                        None => mesh = Some((doc, at)),
+                    }
+                    continue;
+                }
+                let Some(target) = applies_to(doc) else { continue };
+                let at = At { file, line: meta.line_of("spec.service") };
+                match targets.get(&(doc.kind(), target)) {
+                    Some((first, first_at)) => {
+                        let (ns, name) = target;
+                        let msg = format!(
+                            "{kind} {} conflicts with {kind} {} at {first_at}: both apply to service \
+                             \"{name}.{ns}\", which takes one {kind}; {}",
+                            qualified(doc),
+                            qualified(first),
+                            merge_hint(doc),
+                            kind = doc.kind(),
+                        );
+                        out.push(file, at.line, "spec.service", msg);
+                    }
+                    None => {
+                        targets.insert((doc.kind(), target), (doc, at));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The rules `weft-proxy --config` applies to its one file.
+    fn proxy_file(
+        &self,
+        out: &mut Diagnostics,
+        reported: &mut HashSet<(String, usize, String)>,
+        file: &str,
+        docs: &[Document],
+    ) {
+        let declared = declared_services(docs.iter());
+        for doc in docs {
+            let refs = match doc {
+                Document::Route(_) | Document::TrafficPolicy(_) | Document::Proxy(_) => service_references(doc),
+                _ => Vec::new(),
+            };
+            for r in refs {
+                self.reference(out, reported, file, doc, &r, &declared, Some("in this file"));
+            }
+        }
+        let mesh_in_file = docs.iter().find_map(|d| match d {
+            Document::Mesh(m) => Some((m, file)),
+            _ => None,
+        });
+        let mesh_in_set = || {
+            self.files.iter().find_map(|&(f, docs)| {
+                docs.iter().find_map(|d| match d {
+                    Document::Mesh(m) => Some((m, f)),
+                    _ => None,
+                })
+            })
+        };
+        for doc in docs {
+            let Document::Proxy(p) = doc else { continue };
+            // A proxy with a control plane is sent the mesh's Mesh document.
+            let mesh = mesh_in_file.or_else(|| p.spec.control_plane.as_ref().and(mesh_in_set()));
+            let Some((mesh, mesh_file)) = mesh else { continue };
+            if mesh.spec.mtls == MtlsMode::Off || p.spec.has_identity_source() {
+                continue;
+            }
+            let mode = format!("{:?}", mesh.spec.mtls).to_lowercase();
+            let msg = format!(
+                "the Mesh at {}:{} asks for mtls: {mode} but Proxy {} has no identity: set spec.tls (cert, key \
+                 and bundle files) or spec.controlPlane with a joinTokenFile, or set the Mesh's mtls: off",
+                mesh_file,
+                mesh.metadata.line_of("spec.mtls"),
+                qualified(doc),
+            );
+            out.push(file, p.metadata.line, "spec.tls", msg);
+        }
+    }
+
+    /// Reports `r` unless it resolves in `declared`, was reported already, or may be declared
+    /// by a file that did not decode.
+    #[allow(clippy::too_many_arguments)] // one call per scope; a struct would only rename them
+    fn reference(
+        &self,
+        out: &mut Diagnostics,
+        reported: &mut HashSet<(String, usize, String)>,
+        file: &str,
+        doc: &Document,
+        r: &Reference,
+        declared: &HashSet<ServiceKey>,
+        scope: Option<&str>,
+    ) {
+        let (ns, name) = resolve(r.service, &doc.metadata().namespace);
+        let line = doc.metadata().line_of(&r.path);
+        if r.service.is_empty() || declared.contains(&(ns, name)) || self.may_be_declared(name, file, line) {
+            return;
+        }
+        if !reported.insert((file.to_string(), line, r.path.clone())) {
+            return;
+        }
+        let mut msg = match scope {
+            None => format!("service {name:?} is not declared in namespace {ns:?}"),
+            Some(scope) => format!(
+                "service {name:?} (namespace {ns:?}) is not declared {scope}; weft-proxy --config needs its Service \
+                 document in the same file"
+            ),
+        };
+        let mut in_ns: Vec<&str> = declared.iter().filter(|(n, _)| *n == ns).map(|(_, s)| *s).collect();
+        in_ns.sort_unstable(); // ties in `nearest` go the same way every run
+        if let Some(near) = nearest(name, &in_ns) {
+            msg.push_str(&format!("; did you mean {near:?}?"));
+        }
+        out.push(file, line, r.path.clone(), msg);
+    }
+
+    /// Whether `name` is written in a file that did not decode (other than on the referring
+    /// line itself).
+    fn may_be_declared(&self, name: &str, file: &str, line: usize) -> bool {
+        self.unread.iter().any(|u| {
+            u.text.lines().enumerate().any(|(i, text)| {
+                !(u.file == file && i + 1 == line)
+                    && text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-')).any(|word| word == name)
+            })
+        })
+    }
+}
+
+/// What to do about two documents of `doc`'s kind for one service.
+fn merge_hint(doc: &Document) -> &'static str {
+    match doc {
+        Document::Route(_) => "merge their rules into one Route (rules are tried in order)",
+        Document::AuthorizationPolicy(_) => "merge their rules into one AuthorizationPolicy",
+        _ => "keep one and delete the other",
+    }
+}
+
+/// The service (namespace, name) a Route, TrafficPolicy or AuthorizationPolicy applies to,
+/// however its `spec.service` is written; `None` for other kinds. Each service takes at most
+/// one document of each of these kinds.
+pub fn applies_to(doc: &Document) -> Option<(&str, &str)> {
+    let ns = doc.metadata().namespace.as_str();
+    let service = match doc {
+        Document::Route(r) => &r.spec.service,
+        Document::TrafficPolicy(t) => &t.spec.service,
+        Document::AuthorizationPolicy(a) => &a.spec.service,
+        _ => return None,
+    };
+    (!service.is_empty()).then(|| resolve(service, ns))
+}
+
+/// The services `docs` declare (see `validate_set`).
+fn declared_services<'a>(docs: impl Iterator<Item = &'a Document>) -> HashSet<ServiceKey<'a>> {
+    let mut out = HashSet::new();
+    for doc in docs {
+        let ns = doc.metadata().namespace.as_str();
+        match doc {
+            Document::Service(s) => {
+                out.insert((ns, s.metadata.name.as_str()));
+            }
+            Document::Proxy(p) => {
+                out.insert((ns, p.spec.service.as_str()));
+                if p.spec.control_plane.is_some() {
+                    out.extend(p.spec.upstreams.iter().map(|u| resolve(&u.service, ns)));
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// A place where a document names a service it depends on.
+struct Reference<'a> {
+    path: String,
+    service: &'a str,
+}
+
+/// Every place a document names a service it depends on.
+fn service_references(doc: &Document) -> Vec<Reference<'_>> {
+    fn at(path: String, service: &str) -> Reference<'_> {
+        Reference { path, service }
+    }
     match doc {
         Document::Route(r) => {
-            let mut refs = vec![(line, "spec.service".to_string(), r.spec.service.as_str())];
+            let mut refs = vec![at("spec.service".to_string(), &r.spec.service)];
             for (i, rule) in r.spec.rules.iter().enumerate() {
                 for (j, b) in rule.backends.iter().enumerate() {
-                    refs.push((rule.line, format!("spec.rules[{i}].backends[{j}].service"), b.service.as_str()));
+                    refs.push(at(format!("spec.rules[{i}].backends[{j}].service"), &b.service));
                 }
             }
             refs
         }
-        Document::TrafficPolicy(t) => {
-            vec![(line, "spec.service".to_string(), t.spec.service.as_str())]
-        }
-        Document::AuthorizationPolicy(a) => {
-            vec![(line, "spec.service".to_string(), a.spec.service.as_str())]
-        }
-        Document::Service(_) | Document::Mesh(_) | Document::Proxy(_) => Vec::new(),
+        Document::TrafficPolicy(t) => vec![at("spec.service".to_string(), &t.spec.service)],
+        Document::AuthorizationPolicy(a) => vec![at("spec.service".to_string(), &a.spec.service)],
+        Document::Proxy(p) => p
+            .spec
+            .upstreams
+            .iter()
+            .enumerate()
+            .map(|(i, u)| at(format!("spec.upstreams[{i}].service"), &u.service))
+            .collect(),
+        Document::Service(_) | Document::Mesh(_) => Vec::new(),
     }
 }
 
@@ -359,6 +631,9 @@ impl Checker<'_> {
                 self.rule(rule.line, format!("{path}.attempts"), check_range(retry.attempts.into(), &RETRY_ATTEMPTS));
                 if let Some(t) = retry.per_try_timeout {
                     self.rule(rule.line, format!("{path}.perTryTimeout"), check_positive(t));
+                    if let Some(route) = rule.timeout {
+                        self.rule(rule.line, format!("{path}.perTryTimeout"), check_per_try_timeout(t, route));
+                    }
                 }
                 if retry.backoff_base > retry.backoff_max {
                     self.error(rule.line, format!("{path}.backoffMax"), "must not be shorter than backoffBase");
@@ -380,8 +655,9 @@ impl Checker<'_> {
         for (i, method) in m.methods.iter().enumerate() {
             self.rule(line, format!("{path}.methods[{i}]"), check_method(method));
         }
-        for name in m.headers.keys() {
+        for (name, value) in &m.headers {
             self.rule(line, format!("{path}.headers.{name}"), check_header_name(name));
+            self.rule(line, format!("{path}.headers.{name}"), check_header_value(value));
         }
     }
 
@@ -454,7 +730,7 @@ impl Checker<'_> {
         self.rule(line, "spec.http.maxHeaderBytes", header_bytes);
         self.rule(line, "spec.http.headerReadTimeout", check_positive(s.http.header_read_timeout));
         self.rule(line, "spec.http.clientIdleTimeout", check_positive(s.http.client_idle_timeout));
-        self.rule(line, "spec.log.level", check_not_empty(&s.log.level));
+        self.rule(line, "spec.log.level", check_log_level(&s.log.level));
 
         // Port 0 asks the OS for a free port, so several such listeners never collide.
         let mut listeners = Vec::new();
@@ -520,6 +796,7 @@ mod tests {
         assert!(check_service_ref("payments.shop").is_ok() && check_service_ref("payments").is_ok());
         assert!(check_service_ref("a.b.c").is_err() && check_service_ref("A.b").is_err());
         assert!(check_url("https://weft-control:8086").is_ok() && check_url("weft:8086").is_err());
+        assert!(check_url("http://weft-control").is_err(), "the proxy dials HOST:PORT");
     }
 
     #[test]
@@ -565,19 +842,221 @@ mod tests {
         );
     }
 
+    /// Every problem `check_files` finds in `files`, as printed.
+    fn check(files: &[(&str, &str)]) -> Vec<String> {
+        let files: Vec<(String, String)> = files.iter().map(|(f, t)| (f.to_string(), t.to_string())).collect();
+        crate::check_files(&files).1.iter().map(ToString::to_string).collect()
+    }
+
     #[test]
     fn one_proxy_and_one_mesh_per_file_and_no_duplicates() {
-        let text = "kind: Mesh\nmetadata: {name: a}\n---\nkind: Mesh\nmetadata: {name: b}\n---\n".to_string()
+        let text = "kind: Mesh\nmetadata: {name: a}\nspec: {mtls: off}\n---\nkind: Mesh\nmetadata: {name: b}\n---\n"
+            .to_string()
             + SERVICE
             + "---\n"
-            + SERVICE;
+            + SERVICE
+            + "---\nkind: Proxy\nmetadata: {name: p}\nspec: {service: p}\n---\nkind: Proxy\nmetadata: {name: q}\nspec: {service: q}\n";
         assert_eq!(
-            problems(&text),
+            check(&[("f.yaml", &text)]),
             [
-                "f.yaml:4: kind: a file may hold only one Mesh document (the first is at line 1)",
-                "f.yaml:11: metadata.name: Service \"shop/payments\" is declared twice (first at line 7)",
+                "f.yaml:5: kind: Mesh \"b\" conflicts with Mesh \"a\" at f.yaml:1: a mesh has one Mesh document; keep one and delete the other",
+                "f.yaml:12: metadata.name: Service \"shop/payments\" is already declared at f.yaml:8",
+                "f.yaml:20: kind: a file may hold only one Proxy document; the first is at f.yaml:16",
             ]
         );
+    }
+
+    const PROXY: &str = "kind: Proxy\nmetadata: {name: frontend, namespace: shop}\nspec:\n  service: frontend\n  outbound: {listen: 127.0.0.1:4140}\n";
+
+    #[test]
+    fn a_strict_mesh_needs_the_proxy_to_have_an_identity() {
+        // The issue's reproduction: a Proxy with no tls files and no join token, and a strict Mesh.
+        let strict = format!("{PROXY}---\nkind: Mesh\nmetadata: {{name: default}}\nspec: {{mtls: strict}}\n");
+        assert_eq!(
+            check(&[("p.yaml", &strict)]),
+            [
+                "p.yaml:1: spec.tls: the Mesh at p.yaml:9 asks for mtls: strict but Proxy \"shop/frontend\" has no identity: set spec.tls (cert, key and bundle files) or spec.controlPlane with a joinTokenFile, or set the Mesh's mtls: off"
+            ]
+        );
+        assert_eq!(check(&[("p.yaml", &strict.replace("mtls: strict", "mtls: off"))]), Vec::<String>::new());
+        let permissive = strict.replace("mtls: strict", "mtls: permissive");
+        assert!(check(&[("p.yaml", &permissive)])[0].contains("asks for mtls: permissive"));
+        let files = strict.replace(
+            "  service: frontend\n",
+            "  service: frontend\n  tls: {certFile: c.pem, keyFile: k.pem, bundleFile: b.pem}\n",
+        );
+        assert_eq!(check(&[("p.yaml", &files)]), Vec::<String>::new());
+        // A control plane without a join token cannot issue a certificate either.
+        let no_token =
+            strict.replace("  service: frontend\n", "  service: frontend\n  controlPlane: {address: http://cp:8086}\n");
+        assert_eq!(check(&[("p.yaml", &no_token)]).len(), 1);
+        let token =
+            no_token.replace("http://cp:8086}", "\"https://cp:8086\", trustBundleFile: ca.pem, joinTokenFile: t}");
+        assert_eq!(check(&[("p.yaml", &token)]), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_proxy_with_a_control_plane_gets_the_folders_mesh() {
+        let proxy =
+            PROXY.replace("  service: frontend\n", "  service: frontend\n  controlPlane: {address: http://cp:8086}\n");
+        let mesh = "kind: Mesh\nmetadata: {name: default}\nspec:\n  mtls: strict\n";
+        let found = check(&[("mesh.yaml", mesh), ("proxy.yaml", &proxy)]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("proxy.yaml:1: spec.tls: the Mesh at mesh.yaml:4 asks for mtls: strict"),
+            "{found:?}"
+        );
+        // Without a control plane the proxy never sees that Mesh.
+        assert_eq!(check(&[("mesh.yaml", mesh), ("proxy.yaml", PROXY)]), Vec::<String>::new());
+    }
+
+    const ROUTE_A: &str =
+        "kind: Route\nmetadata: {name: a, namespace: shop}\nspec:\n  service: payments\n  rules: [{timeout: 1s}]\n";
+
+    #[test]
+    fn two_routes_for_one_service_conflict_naming_both() {
+        let route_b = ROUTE_A.replace("name: a", "name: b");
+        let text = format!("{SERVICE}---\n{ROUTE_A}---\n{route_b}");
+        assert_eq!(
+            check(&[("f.yaml", &text)]),
+            [
+                "f.yaml:14: spec.service: Route \"shop/b\" conflicts with Route \"shop/a\" at f.yaml:8: both apply to service \"payments.shop\", which takes one Route; merge their rules into one Route (rules are tried in order)"
+            ]
+        );
+        // Across files of one folder too.
+        let found = check(&[("a.yaml", &format!("{SERVICE}---\n{ROUTE_A}")), ("b.yaml", &route_b)]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0]
+                .starts_with("b.yaml:4: spec.service: Route \"shop/b\" conflicts with Route \"shop/a\" at a.yaml:8")
+        );
+    }
+
+    #[test]
+    fn routes_conflict_by_the_service_they_resolve_to_not_by_how_it_is_written() {
+        let other = "kind: Service\nmetadata: {name: payments, namespace: other}\nspec: {ports: [{port: 80}]}\n";
+        // Same name in two namespaces: two services, no conflict.
+        let elsewhere = ROUTE_A.replace("namespace: shop", "namespace: other");
+        assert_eq!(
+            check(&[("f.yaml", &format!("{SERVICE}---\n{other}---\n{ROUTE_A}---\n{elsewhere}"))]),
+            Vec::<String>::new()
+        );
+        // A Route in another namespace naming payments.shop decides the same service.
+        let qualified = elsewhere.replace("service: payments", "service: payments.shop");
+        let found = check(&[("f.yaml", &format!("{SERVICE}---\n{other}---\n{ROUTE_A}---\n{qualified}"))]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("Route \"other/a\" conflicts with Route \"shop/a\""), "{found:?}");
+        assert!(found[0].contains("service \"payments.shop\""), "{found:?}");
+    }
+
+    #[test]
+    fn two_traffic_or_authorization_policies_for_one_service_conflict() {
+        let tp = "kind: TrafficPolicy\nmetadata: {name: a, namespace: shop}\nspec: {service: payments}\n";
+        let tp2 = "kind: TrafficPolicy\nmetadata: {name: b, namespace: shop}\nspec: {service: payments, loadBalancer: round-robin}\n";
+        let found = check(&[("a.yaml", &format!("{SERVICE}---\n{tp}")), ("b.yaml", tp2)]);
+        assert_eq!(
+            found,
+            [
+                "b.yaml:3: spec.service: TrafficPolicy \"shop/b\" conflicts with TrafficPolicy \"shop/a\" at a.yaml:7: both apply to service \"payments.shop\", which takes one TrafficPolicy; keep one and delete the other"
+            ]
+        );
+        let authz = "kind: AuthorizationPolicy\nmetadata: {name: a, namespace: shop}\nspec: {service: payments, default: allow}\n";
+        let authz2 = authz.replace("name: a", "name: b").replace("allow", "deny");
+        let found = check(&[("a.yaml", &format!("{SERVICE}---\n{authz}---\n{authz2}"))]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("a.yaml:11: spec.service: AuthorizationPolicy \"shop/b\" conflicts with AuthorizationPolicy \"shop/a\" at a.yaml:7"), "{found:?}");
+    }
+
+    #[test]
+    fn two_meshes_in_a_folder_conflict() {
+        let strict = "kind: Mesh\nmetadata: {name: default}\nspec: {mtls: strict}\n";
+        let off = "kind: Mesh\nmetadata: {name: dev}\nspec: {mtls: off}\n";
+        assert_eq!(
+            check(&[("a.yaml", strict), ("b.yaml", off)]),
+            [
+                "b.yaml:1: kind: Mesh \"dev\" conflicts with Mesh \"default\" at a.yaml:1: a mesh has one Mesh document; keep one and delete the other"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_dangling_reference_points_at_the_field() {
+        let route =
+            "kind: Route\nmetadata: {name: r, namespace: shop}\nspec:\n  rules: [{timeout: 1s}]\n  service: paymnts\n";
+        assert_eq!(
+            check(&[("a.yaml", SERVICE), ("b.yaml", route)]),
+            [
+                "b.yaml:5: spec.service: service \"paymnts\" is not declared in namespace \"shop\"; did you mean \"payments\"?"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_proxys_file_must_declare_what_it_routes_to() {
+        // No Service at all: a policy folder would wait for a registry, but weft-proxy --config
+        // resolves its Routes, TrafficPolicies and upstream ports in this file.
+        let text = format!(
+            "{PROXY}  upstreams: [{{service: ledger, listen: 127.0.0.1:9101}}]\n---\n{ROUTE_A}---\nkind: TrafficPolicy\nmetadata: {{name: t, namespace: shop}}\nspec:\n  service: payments\n"
+        );
+        let found = check(&[("p.yaml", &text)]);
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(found[0].starts_with("p.yaml:6: spec.upstreams[0].service: service \"ledger\" (namespace \"shop\") is not declared in this file"), "{found:?}");
+        assert!(found[1].starts_with("p.yaml:11: spec.service: service \"payments\""), "{found:?}");
+        assert!(found[2].starts_with("p.yaml:17: spec.service: service \"payments\""), "{found:?}");
+        // With a control plane, upstream ports name services whose endpoints it will send.
+        let cp =
+            text.replace("  service: frontend\n", "  service: frontend\n  controlPlane: {address: http://cp:8086}\n");
+        assert_eq!(check(&[("p.yaml", &cp)]).len(), 2);
+    }
+
+    #[test]
+    fn a_broken_file_hides_no_declaration() {
+        // The issue's reproduction: a.yaml would have declared payments-v2 but for a syntax error.
+        let broken = "kind: Service\nmetadata: {name: payments-v2, namespace: shop}\nspec:\n  ports: [{port: 80}\n";
+        let route = "kind: Route\nmetadata: {name: r, namespace: shop}\nspec:\n  service: payments\n  rules:\n    - backends: [{service: payments-v2}]\n    - backends: [{service: payments-v3}]\n";
+        let found = check(&[("a.yaml", broken), ("b.yaml", SERVICE), ("c.yaml", route)]);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0].starts_with("a.yaml:5: invalid YAML: "), "{found:?}");
+        // payments-v3 is written nowhere else, so it is dangling whatever a.yaml holds.
+        assert!(
+            found[1].starts_with("c.yaml:7: spec.rules[1].backends[0].service: service \"payments-v3\""),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn problems_come_sorted_by_file_then_line() {
+        let bad = "kind: Service\nmetadata: {name: s}\nspec: {ports: [{port: 0}]}\n---\nkind: Servce\n";
+        let found = check(&[("b.yaml", bad), ("a.yaml", "kind: Mesh\nmetadata: {name: m, x: 1}\n")]);
+        let at: Vec<&str> = found.iter().map(|p| p.split(": ").next().unwrap()).collect();
+        assert_eq!(at, ["b.yaml:3", "b.yaml:5", "b.yaml:5", "a.yaml:2"], "files in the order given");
+    }
+
+    #[test]
+    fn per_try_timeout_must_fit_in_the_route_timeout() {
+        let text = "kind: Route\nmetadata: {name: r}\nspec:\n  service: s\n  rules:\n    - timeout: 1s\n      retry:\n        attempts: 2\n        perTryTimeout: 2s\n    - timeout: 1s\n      retry: {perTryTimeout: 1s}\n";
+        let message = "spec.rules[0].retry.perTryTimeout: 2s is longer than the rule's timeout 1s; the route timeout bounds all tries together, so shorten perTryTimeout or raise timeout";
+        assert_eq!(check(&[("f.yaml", text)]), [format!("f.yaml:9: {message}")]);
+        // Documents built in code get the same rule, at the rule's line.
+        let mut docs = decode_documents("f.yaml", &text.replace("perTryTimeout: 2s", "perTryTimeout: 1s")).unwrap();
+        if let Document::Route(r) = &mut docs[0] {
+            r.spec.rules[0].retry.as_mut().unwrap().per_try_timeout = Some(Duration::from_secs(2));
+        }
+        assert_eq!(validate_documents("f.yaml", &docs).unwrap_err().to_string(), format!("f.yaml:6: {message}"));
+    }
+
+    #[test]
+    fn log_filters_header_values_and_addresses_the_proxy_would_refuse() {
+        for ok in ["info", "weft_proxy=debug,warn", "a[{x,y}]=TRACE", "weft", "3", "info,"] {
+            assert!(check_log_level(ok).is_ok(), "{ok:?}");
+        }
+        for bad in ["", "weft=loud", "a=b=c", "a[{x=info", "a[{x}][{y}]=info"] {
+            assert!(check_log_level(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_header_value("true").is_ok() && check_header_value("a b\tc").is_ok());
+        assert!(check_header_value("caf\u{e9}").is_err() && check_header_value("a\u{7f}").is_err());
+        assert!(check_url("http://127.0.0.1:8086").is_ok() && check_url("https://cp.weft:8086/x").is_ok());
+        assert!(check_url("http://cp").is_err() && check_url("http://:8086").is_err());
     }
 
     #[test]
@@ -619,7 +1098,7 @@ mod tests {
         assert_eq!(
             set(&[("a.yaml", SERVICE), ("b.yaml", SERVICE), ("c.yaml", route)]),
             [
-                "b.yaml:1: metadata.name: Service \"shop/payments\" is also declared in a.yaml:1",
+                "b.yaml:1: metadata.name: Service \"shop/payments\" is already declared at a.yaml:1",
                 "c.yaml:6: spec.rules[0].backends[0].service: service \"paymnts\" is not declared in namespace \"shop\"; did you mean \"payments\"?",
             ]
         );

@@ -7,7 +7,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use weft_api::{Diagnostic, Document, decode, validate};
+use weft_api::{Diagnostic, Document};
 
 pub const USAGE: &str = "\
 Usage: weft check PATH...
@@ -16,7 +16,8 @@ Validates Weft policy files. Each PATH is a YAML file or a folder, searched recu
 *.yaml and *.yml files. All files are checked together, so references between them resolve.
 Prints every problem as FILE:LINE: field.path: message.
 
-Exit status: 0 when everything is valid, 1 when any problem was found, 2 on usage errors.
+Exit status: 0 when everything is valid, 1 when any problem was found, 2 on usage errors
+(an unknown option, no PATH, or a PATH that does not exist).
 ";
 
 /// What a check found: the problems in file order, and how much was read.
@@ -42,29 +43,18 @@ pub fn check_paths(paths: &[PathBuf]) -> Report {
     let mut seen = std::collections::HashSet::new();
     files.retain(|f| seen.insert(f.clone()));
 
-    let mut set: Vec<(String, Vec<Document>)> = Vec::new();
+    let mut texts = Vec::new();
     for path in &files {
-        let name = path.display().to_string();
-        let text = match fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(e) => {
-                report.problems.push(unreadable(path, &e));
-                continue;
-            }
-        };
-        report.files += 1;
-        let (docs, problems) = decode::decode_best_effort(&name, &text);
-        // Per-file checks run only on files that decoded cleanly: decoding swaps bad values
-        // for defaults, and checking those would report what the user did not write.
-        if problems.is_empty() {
-            report.problems.extend(validate::validate_documents(&name, &docs).err().map(|d| d.0).unwrap_or_default());
-        } else {
-            report.problems.extend(problems.0);
+        match fs::read_to_string(path) {
+            Ok(text) => texts.push((path.display().to_string(), text)),
+            Err(e) => report.problems.push(unreadable(path, &e)),
         }
-        report.documents += docs.len();
-        set.push((name, docs));
     }
-    report.problems.extend(validate::validate_set(&set).err().map(|d| d.0).unwrap_or_default());
+    report.files = texts.len();
+    // The same check as `weft-proxy --config` and `weft serve`: they accept what this accepts.
+    let (set, problems) = weft_api::check_files(&texts);
+    report.documents = set.iter().map(|(_, docs)| docs.len()).sum();
+    report.problems.extend(problems);
     report.set = set;
 
     // File order as given (folders sorted), then line: the order people fix things in.
@@ -131,6 +121,13 @@ pub fn run(args: &[String]) -> u8 {
         return 2;
     }
 
+    // A PATH that is not there is a mistyped command, not an invalid policy.
+    for path in &paths {
+        if let Err(e) = fs::metadata(path) {
+            eprintln!("weft check: {}: {}\n\n{USAGE}", path.display(), missing(&e));
+            return 2;
+        }
+    }
     let report = check_paths(&paths);
     if report.problems.is_empty() && report.files == 0 {
         eprintln!("weft check: no .yaml or .yml files found");
@@ -150,6 +147,13 @@ pub fn run(args: &[String]) -> u8 {
     };
     eprintln!("{} in {}", plural(report.problems.len(), "problem"), plural(files, "file"));
     1
+}
+
+fn missing(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::NotFound => "no such file or folder".to_string(),
+        _ => format!("cannot read: {e}"),
+    }
 }
 
 fn plural(n: usize, word: &str) -> String {

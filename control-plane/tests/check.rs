@@ -47,11 +47,12 @@ fn broken_fixture_reports_every_problem_with_file_line_and_path() {
         format!(
             "{p}:6: spec.ports[0].protocol: invalid value \"htp\"; did you mean \"http\"? valid values: http, http2, grpc, tcp"
         ),
-        format!(
-            "{p}:16: spec.rules[0].backends[0].service: service \"payments-v3\" is not declared in namespace \"shop\"; did you mean \"payments\"?"
-        ),
         format!("{p}:17: spec.rules[0].timout: unknown field; did you mean \"timeout\"?"),
         format!("{p}:18: spec.rules[0].retry.perTryTimeout: duration \"500\" needs a unit (ms, s, m, h)"),
+        // At the backend's own line, not the rule's.
+        format!(
+            "{p}:19: spec.rules[0].backends[0].service: service \"payments-v3\" is not declared in namespace \"shop\"; did you mean \"payments\"?"
+        ),
         format!(
             "{p}:26: spec.loadBalancer: invalid value \"round-robbin\"; did you mean \"round-robin\"? valid values: peak-ewma, round-robin, least-request"
         ),
@@ -81,9 +82,12 @@ fn exit_status_and_output_follow_the_cli_contract() {
     assert!(stdout.lines().all(|l| l.starts_with("tests/fixtures/broken/")), "{stdout}");
     assert_eq!(stderr.trim(), "7 problems in 2 files");
 
-    let (code, stdout, _) = weft(&["check", "tests/fixtures/no-such-file.yaml"]);
-    assert_eq!(code, 1);
-    assert!(stdout.starts_with("tests/fixtures/no-such-file.yaml:0: cannot read: "), "{stdout}");
+    // A PATH that does not exist is a usage error, not an invalid policy.
+    let (code, stdout, stderr) = weft(&["check", "tests/fixtures/no-such-file.yaml"]);
+    assert_eq!(code, 2);
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(stderr.starts_with("weft check: tests/fixtures/no-such-file.yaml: no such file or folder"), "{stderr}");
+    assert_eq!(weft(&["check", "tests/fixtures/broken", "/nonexistent"]).0, 2);
 
     assert_eq!(weft(&["check"]).0, 2);
     assert_eq!(weft(&["check", "--bogus", "x.yaml"]).0, 2);
@@ -91,4 +95,51 @@ fn exit_status_and_output_follow_the_cli_contract() {
     let (code, stdout, _) = weft(&["--help"]);
     assert_eq!(code, 0);
     assert!(stdout.contains("check PATH..."), "{stdout}");
+}
+
+/// A fresh folder under the system temp dir holding `files`.
+fn folder(label: &str, files: &[(&str, &str)]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("weft-check-{label}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    dir
+}
+
+const SERVICE: &str = "kind: Service\nmetadata: {name: payments, namespace: shop}\nspec: {ports: [{port: 80}]}\n";
+
+#[test]
+fn serve_refuses_a_policy_folder_with_conflicts_naming_both_documents() {
+    let route = |name: &str| {
+        format!(
+            "kind: Route\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  service: payments\n  rules: [{{timeout: 1s}}]\n"
+        )
+    };
+    let dir = folder("conflict", &[("a.yaml", &format!("{SERVICE}---\n{}", route("a"))), ("b.yaml", &route("b"))]);
+    let problems = weft_control::serve::folder::load(&dir).expect_err("two Routes for payments.shop");
+    let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    let (a, b) = (dir.join("a.yaml").display().to_string(), dir.join("b.yaml").display().to_string());
+    assert_eq!(
+        lines,
+        [format!(
+            "{b}:4: spec.service: Route \"shop/b\" conflicts with Route \"shop/a\" at {a}:8: both apply to service \"payments.shop\", which takes one Route; merge their rules into one Route (rules are tried in order)"
+        )]
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_syntax_error_hides_no_declaration_from_the_other_files() {
+    // syntax.yaml would declare payments-v2; the Route's reference to it is not reported, and
+    // the syntax error comes in file order, not after follow-on errors.
+    let broken = "kind: Service\nmetadata: {name: payments-v2, namespace: shop}\nspec:\n  ports: [{port: 80}\n";
+    let route = "kind: Route\nmetadata: {name: r, namespace: shop}\nspec:\n  service: payments\n  rules: [{backends: [{service: payments-v2}]}]\n";
+    let dir = folder("syntax", &[("a-route.yaml", route), ("b-service.yaml", SERVICE), ("c-syntax.yaml", broken)]);
+    let report = check_paths(std::slice::from_ref(&dir));
+    let lines: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].starts_with(&format!("{}:5: invalid YAML: ", dir.join("c-syntax.yaml").display())), "{lines:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

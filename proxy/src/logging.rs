@@ -69,4 +69,30 @@ mod tests {
         let off = with_access("warn,access=off".parse::<Targets>().unwrap());
         assert!(!off.would_enable("access", &Level::INFO));
     }
+
+    /// `weft check` validates `spec.log.level` without tracing; it must accept exactly the
+    /// filters this parser accepts, or a checked file could still fail to start.
+    #[test]
+    fn weft_check_accepts_the_log_filters_the_proxy_parses() {
+        let cases = [
+            "info",
+            "WARN",
+            "weft_proxy=debug,warn",
+            "weft",
+            "3",
+            "info,",
+            "a[{x,y}]=trace",
+            "weft=loud",
+            "a=b=c",
+            "a[{x=info",
+            "a[{x}][{y}]=info",
+            "a=7",
+            "=info",
+        ];
+        for level in cases {
+            let proxy = level.parse::<Targets>().is_ok();
+            let check = weft_api::validate::check_log_level(level).is_ok();
+            assert_eq!(check, proxy, "{level:?}: weft check says {check}, the proxy {proxy}");
+        }
+    }
 }

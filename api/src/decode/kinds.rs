@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use super::join;
 use super::reader::{Decoder, Map, key_text};
 use crate::validate::{
-    self, check_header_name, check_http_path, check_method, check_name, check_service_ref, check_spiffe_id,
+    self, check_header_name, check_header_value, check_http_path, check_method, check_name, check_service_ref,
+    check_spiffe_id,
 };
 use crate::yaml::{Node, Value};
 use crate::*;
@@ -40,6 +41,7 @@ impl Decoder<'_> {
 
     pub(super) fn route(&mut self, spec: &Map) -> RouteSpec {
         let service = self.required_string(spec, "service", check_service_ref);
+        self.mark(spec, "service");
         let mut rules = Vec::new();
         for (path, node) in self.list(spec, "rules") {
             let Some(m) = self.mapping(node, path, &["match", "backends", "timeout", "retry"]) else {
@@ -55,11 +57,21 @@ impl Decoder<'_> {
                     continue;
                 };
                 let service = self.required_string(&b, "service", check_service_ref);
+                self.mark(&b, "service");
                 let weight = self.integer(&b, "weight", validate::WEIGHT).unwrap_or(1);
                 backends.push(BackendRef { service, weight });
             }
             let timeout = self.duration(&m, "timeout", true);
-            let retry = self.sub(&m, "retry", RETRY_FIELDS).map(|r| self.retry(&r));
+            let retry = self.sub(&m, "retry", RETRY_FIELDS).map(|r| {
+                let retry = self.retry(&r);
+                if let (Some(route), Some(per_try), Some(node)) =
+                    (timeout, retry.per_try_timeout, r.get("perTryTimeout"))
+                    && let Err(message) = validate::check_per_try_timeout(per_try, route)
+                {
+                    self.error(node.pos(), &r.path("perTryTimeout"), message);
+                }
+                retry
+            });
             rules.push(RouteRule { matches, backends, timeout, retry, line: node.line });
         }
         RouteSpec { service, rules }
@@ -109,6 +121,10 @@ impl Decoder<'_> {
                     continue;
                 }
             };
+            if let Err(message) = check_header_value(&text) {
+                self.error(value.pos(), &value_path, message);
+                continue;
+            }
             if headers.insert(name, text).is_some() {
                 self.error(key.pos(), &value_path, "header is listed twice (names ignore case)");
             }
@@ -139,6 +155,7 @@ impl Decoder<'_> {
 
     pub(super) fn traffic_policy(&mut self, spec: &Map) -> TrafficPolicySpec {
         let service = self.required_string(spec, "service", check_service_ref);
+        self.mark(spec, "service");
         let d = TrafficPolicySpec::defaults_for(&service);
         let limits = match self.sub(spec, "limits", &["maxConcurrentRequests", "maxPendingRequests"]) {
             Some(m) => Limits {
@@ -192,6 +209,7 @@ impl Decoder<'_> {
 
     pub(super) fn authorization(&mut self, spec: &Map) -> AuthorizationSpec {
         let service = self.required_string(spec, "service", check_service_ref);
+        self.mark(spec, "service");
         let default = self.choice(spec, "default", AUTHZ_ACTIONS, authz_action).unwrap_or_default();
         let mut rules = Vec::new();
         for (path, node) in self.list(spec, "rules") {
@@ -211,6 +229,7 @@ impl Decoder<'_> {
 
     pub(super) fn mesh(&mut self, spec: &Map) -> MeshSpec {
         let d = MeshSpec::default();
+        self.mark(spec, "mtls");
         MeshSpec {
             trust_domain: self.string(spec, "trustDomain", validate::check_trust_domain).unwrap_or(d.trust_domain),
             mtls: self.choice(spec, "mtls", MTLS_MODES, mtls_mode).unwrap_or(d.mtls),
@@ -220,6 +239,9 @@ impl Decoder<'_> {
 
     pub(super) fn proxy(&mut self, spec: &Map) -> ProxySpec {
         let service = self.required_string(spec, "service", check_name);
+        for key in ["service", "tls", "controlPlane"] {
+            self.mark(spec, key);
+        }
         let d = ProxySpec::defaults_for(&service);
         let inbound = self.sub(spec, "inbound", &["listen", "app", "protocol"]).and_then(|m| {
             let listen = self.address(&m, "listen").unwrap_or(SocketAddr::from(([0, 0, 0, 0], 4143)));
@@ -236,6 +258,7 @@ impl Decoder<'_> {
                 continue;
             };
             let service = self.required_string(&m, "service", check_service_ref);
+            self.mark(&m, "service");
             upstreams.extend(self.required_address(&m, "listen").map(|listen| UpstreamSpec { service, listen }));
         }
         let admin = match self.sub(spec, "admin", &["listen"]) {
@@ -269,7 +292,7 @@ impl Decoder<'_> {
         let log = match self.sub(spec, "log", &["format", "level", "accessLog"]) {
             Some(m) => LogSpec {
                 format: self.choice(&m, "format", LOG_FORMATS, log_format).unwrap_or(d.log.format),
-                level: self.string(&m, "level", validate::check_not_empty).unwrap_or(d.log.level),
+                level: self.string(&m, "level", validate::check_log_level).unwrap_or(d.log.level),
                 access_log: self.boolean(&m, "accessLog").unwrap_or(d.log.access_log),
             },
             None => d.log,

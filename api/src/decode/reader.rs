@@ -44,6 +44,8 @@ pub(super) struct Decoder<'f> {
     pub(super) file: &'f str,
     /// Problems with the (line, column) they start at, so they can be sorted into reading order.
     pub(super) out: Vec<((usize, usize), Diagnostic)>,
+    /// The current document's field lines (see [`crate::FieldLines`]).
+    pub(super) lines: crate::FieldLines,
 }
 
 impl Decoder<'_> {
@@ -51,6 +53,13 @@ impl Decoder<'_> {
         let diagnostic =
             Diagnostic { file: self.file.to_string(), line: at.0, path: path.to_string(), message: message.into() };
         self.out.push((at, diagnostic));
+    }
+
+    /// Remembers the line of `key` in `m`, for problems found later across documents.
+    pub(super) fn mark(&mut self, m: &Map, key: &str) {
+        if let Some(node) = m.get(key) {
+            self.lines.0.insert(m.path(key), node.line);
+        }
     }
 
     /// Checks that `node` is a mapping holding only `fields`, each at most once.

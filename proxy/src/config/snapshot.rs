@@ -59,12 +59,17 @@ fn resolve_ref(reference: &str, namespace: &str) -> String {
 impl Snapshot {
     /// Compiles `docs` into a snapshot. State that must survive a reload (endpoint health,
     /// budgets, limits) is taken over from `prev` for services and endpoints that still exist.
+    ///
+    /// What the documents must satisfy together (references, conflicts, an identity for mTLS)
+    /// is weft-api's `validate_proxy_config`, the check `weft check` runs too; compiling
+    /// relies on it.
     pub fn build(
         docs: Vec<Document>,
         source: &str,
         version: u64,
         prev: Option<&Snapshot>,
     ) -> Result<Snapshot, Diagnostics> {
+        weft_api::validate::validate_proxy_config(source, &docs)?;
         let mut diags = Diagnostics::default();
         let mut proxy_doc = None;
         let mut mesh = MeshSpec::default();
@@ -80,7 +85,7 @@ impl Snapshot {
             }
         }
         let Some(proxy_doc) = proxy_doc else {
-            diags.push(source, 1, "kind", "no Proxy document: weft-proxy needs one to know what to listen on");
+            diags.push(source, 1, "kind", "no Proxy document");
             return Err(diags);
         };
         let proxy_ns = proxy_doc.metadata.namespace.clone();
@@ -96,9 +101,6 @@ impl Snapshot {
             let cluster = build_cluster(&k, &svc.metadata.name, protocol, &svc.spec.endpoints, policy, prev);
             clusters.insert(cluster.key.clone(), Arc::new(cluster));
         }
-        for (k, _) in policies {
-            diags.push(source, 1, "spec.service", format!("TrafficPolicy for {k}, which has no Service document"));
-        }
 
         // Routes, grouped by the service they decide.
         let mut rules_by_service: HashMap<String, Vec<Arc<Rule>>> = HashMap::new();
@@ -107,12 +109,8 @@ impl Snapshot {
             let ns = &route.metadata.namespace;
             let svc_key = resolve_ref(&route.spec.service, ns);
             let Some(own) = clusters.get(svc_key.as_str()) else {
-                diags.push(
-                    source,
-                    route.metadata.line,
-                    "spec.service",
-                    format!("Route {} names service {svc_key}, which has no Service document", route.metadata.name),
-                );
+                let line = route.metadata.line_of("spec.service");
+                diags.push(source, line, "spec.service", format!("unknown service {svc_key}"));
                 continue;
             };
             let list = rules_by_service.entry(svc_key.clone()).or_default();
@@ -142,12 +140,8 @@ impl Snapshot {
                     upstream_services.push((up.service.as_str().into(), routes.clone()));
                 }
             } else {
-                diags.push(
-                    source,
-                    proxy_doc.metadata.line,
-                    format!("spec.upstreams[{i}].service"),
-                    format!("upstream port for {k}, which has no Service document"),
-                );
+                let path = format!("spec.upstreams[{i}].service");
+                diags.push(source, proxy_doc.metadata.line_of(&path), path, format!("unknown service {k}"));
             }
         }
 
@@ -180,17 +174,6 @@ impl Snapshot {
             })
             .collect();
         let authz = Authz::compile(&proxy.service, &policies).map(Arc::new);
-        let explicit_mtls =
-            docs.iter().any(|d| matches!(d, Document::Mesh(m) if m.spec.mtls != weft_api::MtlsMode::Off));
-        if explicit_mtls && !crate::tls::has_identity_source(&proxy) {
-            diags.push(
-                source,
-                proxy_doc.metadata.line,
-                "spec.tls",
-                "the Mesh asks for mtls but this proxy has no identity: set spec.tls (cert, key and bundle files) \
-                 or spec.controlPlane with a joinTokenFile, or set the Mesh's mtls: off",
-            );
-        }
 
         diags.into_result()?;
         let hosts = host_aliases(&services, &proxy_ns, &mesh.trust_domain);
@@ -496,7 +479,7 @@ spec:
             Ok(_) => panic!("a backend naming an unknown service must be rejected"),
         };
         assert!(err.contains("spec.rules[0].backends[0].service"), "{err}");
-        assert!(err.contains("nowhere.shop"), "{err}");
+        assert!(err.contains("service \"nowhere\" is not declared in namespace \"shop\""), "{err}");
     }
 
     #[test]
@@ -525,7 +508,10 @@ spec:
     fn a_mesh_asking_for_mtls_needs_an_identity_source() {
         let strict = format!("{BASE}---\nkind: Mesh\nmetadata: {{name: default}}\nspec: {{mtls: strict}}\n");
         let err = build(&strict, None).err().expect("strict without tls files or controlPlane");
-        assert!(err.to_string().contains("spec.tls: the Mesh asks for mtls but this proxy has no identity"), "{err}");
+        assert!(
+            err.to_string().contains("test.yaml:2: spec.tls: the Mesh at test.yaml:28 asks for mtls: strict"),
+            "{err}"
+        );
         let off = strict.replace("mtls: strict", "mtls: off");
         assert!(build(&off, None).is_ok());
         let with_files = strict.replace(
@@ -533,6 +519,59 @@ spec:
             "  service: frontend\n  tls: {certFile: c.pem, keyFile: k.pem, bundleFile: b.pem}\n",
         );
         assert!(build(&with_files, None).is_ok());
+    }
+
+    /// The issue's reproduction: with two Routes and two TrafficPolicies for payments, a proxy
+    /// used the first Route's rules but the second TrafficPolicy. Both are refused now.
+    #[test]
+    fn two_routes_or_traffic_policies_for_one_service_are_refused() {
+        let text = format!(
+            "{BASE}---
+kind: Route
+metadata: {{name: first, namespace: shop}}
+spec: {{service: payments, rules: [{{timeout: 1s}}]}}
+---
+kind: Route
+metadata: {{name: second, namespace: shop}}
+spec: {{service: payments, rules: [{{timeout: 9s}}]}}
+---
+kind: TrafficPolicy
+metadata: {{name: first, namespace: shop}}
+spec: {{service: payments, loadBalancer: round-robin}}
+---
+kind: TrafficPolicy
+metadata: {{name: second, namespace: shop}}
+spec: {{service: payments.shop, loadBalancer: least-request}}
+"
+        );
+        let err = build(&text, None).err().expect("conflicting documents").to_string();
+        assert!(
+            err.contains(
+                "test.yaml:32: spec.service: Route \"shop/second\" conflicts with Route \"shop/first\" at test.yaml:28"
+            ),
+            "{err}"
+        );
+        assert!(
+            err.contains("TrafficPolicy \"shop/second\" conflicts with TrafficPolicy \"shop/first\" at test.yaml:36"),
+            "{err}"
+        );
+        // The same documents built without going through a file (the control-plane path).
+        let mut docs = weft_api::decode::decode_documents("test.yaml", &text).unwrap();
+        docs.iter_mut().for_each(|d| d.metadata_mut().fields = Default::default());
+        let err = Snapshot::build(docs, "cp", 1, None).err().expect("conflicts from any source").to_string();
+        assert!(err.contains("Route \"shop/second\" conflicts with Route \"shop/first\""), "{err}");
+    }
+
+    #[test]
+    fn a_route_for_an_undeclared_service_points_at_its_service_field() {
+        let text = format!(
+            "{BASE}---\nkind: Route\nmetadata: {{name: r, namespace: shop}}\nspec:\n  rules: [{{timeout: 1s}}]\n  service: billing\n"
+        );
+        let err = build(&text, None).err().expect("billing has no Service").to_string();
+        assert!(
+            err.starts_with("test.yaml:30: spec.service: service \"billing\" is not declared in namespace \"shop\""),
+            "{err}"
+        );
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! delta changes it, and how it goes on top of the static file's documents.
 //!
 //! Merge rule: a control-plane document replaces the file's document of the same kind,
-//! namespace and name; for every service the control plane sends endpoints for, its list
+//! namespace and name, and the file's documents it would conflict with (its Mesh replaces the
+//! file's Mesh; its Route, TrafficPolicy or AuthorizationPolicy for a service replaces the
+//! file's one for that service); for every service the control plane sends endpoints for, its list
 //! replaces the file's; services known only by their endpoints get a plain Service document.
 //! The Proxy document always comes from the file.
 
@@ -11,6 +13,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 use weft_api::discovery::{Delta, Snapshot};
+use weft_api::validate::applies_to;
 use weft_api::{Diagnostics, Document, EndpointSpec, Metadata, Service, ServiceSpec};
 
 /// Name used for the control plane in diagnostics.
@@ -92,7 +95,12 @@ fn service_key(name: &str, namespace: &str) -> String {
 fn plain_service(key: &str, endpoints: Vec<EndpointSpec>) -> Document {
     let (name, namespace) = key.split_once('.').unwrap_or((key, weft_api::DEFAULT_NAMESPACE));
     Document::Service(Service {
-        metadata: Metadata { name: name.to_string(), namespace: namespace.to_string(), line: 0 },
+        metadata: Metadata {
+            name: name.to_string(),
+            namespace: namespace.to_string(),
+            line: 0,
+            fields: Default::default(),
+        },
         spec: ServiceSpec { ports: Vec::new(), endpoints },
     })
 }
@@ -105,7 +113,15 @@ pub fn merge(file: &[Document], cp: Option<&ControlPlaneLayer>) -> Vec<Document>
     let mut out: Vec<Document> = match cp {
         Some(cp) => {
             let replaced: HashSet<_> = cp.documents.iter().map(doc_key).collect();
-            file.iter().filter(|d| !replaced.contains(&doc_key(d))).chain(&cp.documents).cloned().collect()
+            let cp_mesh = cp.documents.iter().any(|d| matches!(d, Document::Mesh(_)));
+            let cp_targets: HashSet<_> =
+                cp.documents.iter().filter_map(|d| applies_to(d).map(|target| (d.kind(), target))).collect();
+            let replaced_by_cp = |d: &&Document| {
+                replaced.contains(&doc_key(d))
+                    || (cp_mesh && matches!(d, Document::Mesh(_)))
+                    || applies_to(d).is_some_and(|target| cp_targets.contains(&(d.kind(), target)))
+            };
+            file.iter().filter(|d| !replaced_by_cp(d)).chain(&cp.documents).cloned().collect()
         }
         None => file.to_vec(),
     };
@@ -202,6 +218,28 @@ spec: {ports: [{port: 80, protocol: http2}], endpoints: [{address: 127.0.0.1:1}]
         assert!(p.spec.ports[0].protocol.is_h2(), "the file's ports stay");
         // Without a control-plane layer yet, only the placeholder is added.
         assert_eq!(services(&merge(&file, None)).len(), 2);
+    }
+
+    #[test]
+    fn control_plane_policy_replaces_the_files_for_the_same_service() {
+        let extra = "---\nkind: Route\nmetadata: {name: from-file}\nspec: {service: payments, rules: [{timeout: 1s}]}\n\
+                     ---\nkind: Mesh\nmetadata: {name: local}\nspec: {mtls: off}\n";
+        let file = weft_api::parse_file("f.yaml", &format!("{FILE}{extra}")).unwrap();
+        let cp_docs = "kind: Route\nmetadata: {name: from-cp}\nspec: {service: payments.default, rules: [{timeout: 2s}]}\n\
+                       ---\nkind: Mesh\nmetadata: {name: default}\nspec: {mtls: off}\n";
+        let layer = ControlPlaneLayer {
+            version: 1,
+            documents: weft_api::parse_file("cp", cp_docs).unwrap(),
+            ..Default::default()
+        };
+        let merged = merge(&file, Some(&layer));
+        let names: Vec<String> = merged
+            .iter()
+            .filter(|d| matches!(d, Document::Route(_) | Document::Mesh(_)))
+            .map(|d| format!("{} {}", d.kind(), d.metadata().name))
+            .collect();
+        assert_eq!(names, ["Route from-cp", "Mesh default"], "one Route per service, one Mesh");
+        weft_api::validate::validate_proxy_config("merged", &merged).unwrap();
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use arc_swap::ArcSwapOption;
-use weft_api::{MtlsMode, ProxySpec};
+use weft_api::MtlsMode;
 
 pub use identity::MeshTls;
 
@@ -81,17 +81,11 @@ pub fn install(tls: MeshTls) {
     INSTALLED.send_modify(|n| *n += 1);
 }
 
-/// Whether this proxy is configured to have an identity: static files, or a control plane it
-/// can prove itself to (a join token). A control plane without a token only feeds config.
-pub fn has_identity_source(spec: &ProxySpec) -> bool {
-    spec.tls.is_some() || spec.control_plane.as_ref().is_some_and(|cp| cp.join_token_file.is_some())
-}
-
 /// How the inbound listener treats plaintext: the Mesh's `mtls` when the proxy has an identity
 /// source, else off (nothing to present).
 pub fn inbound_mode(state: &ProxyState) -> MtlsMode {
     let snap = state.config.load();
-    if has_identity_source(&snap.proxy) { snap.mesh.mtls } else { MtlsMode::Off }
+    if snap.proxy.has_identity_source() { snap.mesh.mtls } else { MtlsMode::Off }
 }
 
 /// `/ready` waits for this: when mTLS is on and the proxy has an identity source, it needs its
