@@ -1,6 +1,9 @@
 //! Prometheus metrics (names from DESIGN.md), with handles resolved once per route or service
 //! so the request path never looks labels up.
 
+#[cfg(target_os = "linux")]
+mod process;
+
 use std::sync::{Arc, LazyLock, OnceLock};
 
 use prometheus::{
@@ -56,7 +59,7 @@ pub fn register_process_metrics(registry: &Registry) {
     registry.register(Box::new(build_info)).expect("metric registered once");
     #[cfg(target_os = "linux")]
     {
-        let pc = prometheus::process_collector::ProcessCollector::for_self();
+        let pc = process::ProcessMetrics::for_self();
         registry.register(Box::new(pc)).expect("process collector registered once");
     }
 }
