@@ -232,6 +232,13 @@ impl Handler {
             Side::Inbound => crate::inbound::admit(&self.state, self.peer, self.caller.as_deref(), &mut req),
         };
         match routed {
+            Err(super::errors::ProxyError::UnknownService) => {
+                let bound = match &self.side {
+                    Side::Upstream(service) => Some(&**service),
+                    _ => None,
+                };
+                Box::pin(std::future::ready(crate::outbound::unknown_service(bound, &req, started)))
+            }
             Err(e) => Box::pin(std::future::ready(e.response())),
             // Rare, and with its own (larger) future.
             Ok((rule, _)) if crate::forward::is_upgrade(&req) => {

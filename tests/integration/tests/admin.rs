@@ -55,6 +55,8 @@ async fn metrics_match_the_traffic_sent() {
     assert_eq!(classified("success"), 37.0, "{metrics}");
     assert_eq!(classified("failure"), 5.0, "a 500 is a failure:\n{metrics}");
     assert_eq!(metric_sum(&metrics, "weft_requests_total", &[]), 45.0, "{metrics}");
+    // Without a split, a route's one backend is its own service.
+    assert_eq!(metric_sum(&metrics, "weft_requests_total", &[("service", "api"), ("backend", "api")]), 42.0);
     assert_eq!(metric_sum(&metrics, "weft_request_duration_seconds_count", &[]), 45.0, "{metrics}");
     assert_eq!(metric_sum(&metrics, "weft_endpoints", &[("service", "api")]), 1.0, "one endpoint:\n{metrics}");
     assert_eq!(metric_sum(&metrics, "weft_retries_total", &[("service", "api")]), 0.0, "{metrics}");
@@ -63,6 +65,67 @@ async fn metrics_match_the_traffic_sent() {
     for name in ["weft_build_info", "weft_open_connections"] {
         assert!(has_metric(&metrics, name), "{name} missing:\n{metrics}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_is_counted_under_its_own_backend() {
+    let stable = Backend::start("stable").await;
+    let canary = Backend::start("canary").await;
+    let route = document(
+        "Route",
+        "payments-api",
+        r#"
+        service: payments
+        rules:
+          - backends: [{service: payments, weight: 70}, {service: payments-v2, weight: 30}]
+        "#,
+    );
+    let policy =
+        service("payments", "http", &[stable.addr()]) + &service("payments-v2", "http", &[canary.addr()]) + &route;
+    let proxy = Proxy::start(ProxyConfig { policy, ..Default::default() }).await;
+
+    for i in 0..100 {
+        let resp = must(proxy.outbound(), &Req::get(&format!("/pay/{i}")).host("payments")).await;
+        assert_eq!(resp.status, 200);
+    }
+    let (to_stable, to_canary) = (stable.hits() as f64, canary.hits() as f64);
+    assert!(to_canary > 0.0 && to_stable > 0.0, "both backends got traffic: {to_stable} / {to_canary}");
+
+    let metrics = eventually("request counters per backend", Duration::from_secs(10), || async {
+        let metrics = proxy.metrics().await;
+        (metric_sum(&metrics, "weft_requests_total", &[("service", "payments")]) == 100.0).then_some(metrics)
+    })
+    .await;
+    let by_backend = |name, backend| {
+        metric_sum(&metrics, name, &[("service", "payments"), ("route", "payments-api"), ("backend", backend)])
+    };
+    assert_eq!(by_backend("weft_requests_total", "payments-v2"), to_canary, "{metrics}");
+    assert_eq!(by_backend("weft_requests_total", "payments"), to_stable, "{metrics}");
+    assert_eq!(by_backend("weft_request_duration_seconds_count", "payments-v2"), to_canary, "{metrics}");
+    assert_eq!(by_backend("weft_request_duration_seconds_count", "payments"), to_stable, "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_service_answers_are_counted_without_the_host() {
+    let api = Backend::start("api").await;
+    let proxy = Proxy::start(ProxyConfig { policy: service("api", "http", &[api.addr()]), ..Default::default() }).await;
+
+    for i in 0..3 {
+        let host = format!("made-up-{i}.example");
+        let resp = must(proxy.outbound(), &Req::get("/").host(&host)).await;
+        assert_eq!(resp.status, 404);
+        assert_eq!(resp.header("weft-proxy-error"), Some("unknown-service"));
+        assert!(resp.text().contains(&format!("host: \"{host}\"")), "the name looked up is echoed: {resp:?}");
+    }
+    let metrics = eventually("404s counted", Duration::from_secs(10), || async {
+        let metrics = proxy.metrics().await;
+        let unknown = [("direction", "outbound"), ("service", "unknown"), ("code", "404")];
+        (metric_sum(&metrics, "weft_requests_total", &unknown) == 3.0).then_some(metrics)
+    })
+    .await;
+    let unknown = [("service", "unknown"), ("route", "unknown"), ("backend", "unknown")];
+    assert_eq!(metric_sum(&metrics, "weft_request_duration_seconds_count", &unknown), 3.0, "{metrics}");
+    assert!(!metrics.contains("made-up"), "no label carries a requested host:\n{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
