@@ -189,6 +189,35 @@ async fn explain_names_the_route_that_matches() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_answers_for_upstream_ports_and_refuses_bad_questions_with_400() {
+    let api = Backend::start("api").await;
+    let proxy = Proxy::start(ProxyConfig {
+        upstreams: vec!["api".to_string()],
+        policy: service("api", "http", &[api.addr()]),
+        ..Default::default()
+    })
+    .await;
+    let port = proxy.upstream("api").port();
+
+    let resp = proxy.admin_get(&format!("/explain?port={port}&path=/v1/x")).await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let json: serde_json::Value = serde_json::from_slice(&resp.body).expect("/explain is JSON");
+    assert_eq!(json["port"], port, "{json}");
+    assert_eq!(json["service"], "api.default", "{json}");
+    assert_eq!(json["backends"][0]["service"], "api.default", "{json}");
+    // The explanation agrees with real routing: the port sends whatever Host to its service.
+    let real = must(proxy.upstream("api"), &Req::get("/v1/x").host("elsewhere")).await;
+    assert_eq!(real.backend(), Some("api"));
+
+    for query in ["path=/", &format!("port={}", port.wrapping_add(1)), "port=web", "host=api&port=1"] {
+        let resp = proxy.admin_get(&format!("/explain?{query}")).await;
+        assert_eq!(resp.status, 400, "{query}: {resp:?}");
+        let json: serde_json::Value = serde_json::from_slice(&resp.body).expect("an error is JSON too");
+        assert!(json["error"].as_str().is_some_and(|e| !e.is_empty()), "{query}: {json}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_level_can_be_changed_at_runtime() {
     let dead = dead_addr();
     let proxy = Proxy::start(ProxyConfig {
@@ -215,6 +244,36 @@ async fn log_level_can_be_changed_at_runtime() {
 
     let resp = proxy.admin_send(&Req::new("PUT", "/log-level").body("weft_proxy=notalevel")).await;
     assert_eq!(resp.status, 400, "an unparsable filter is refused: {resp:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_level_reads_back_and_takes_json() {
+    let proxy = Proxy::start(ProxyConfig {
+        proxy_spec: "log: {format: text, level: error}".to_string(),
+        policy: service("api", "http", &[dead_addr().addr()]),
+        ..Default::default()
+    })
+    .await;
+    let current = || async {
+        let resp = proxy.admin_get("/log-level").await;
+        assert_eq!(resp.status, 200, "GET /log-level: {resp:?}");
+        let json: serde_json::Value = serde_json::from_slice(&resp.body).expect("GET /log-level is JSON");
+        json["level"].as_str().expect("a level").to_string()
+    };
+    assert_eq!(current().await, "error");
+
+    let resp = proxy.admin_send(&Req::new("PUT", "/log-level").body(r#"{"level":"info"}"#)).await;
+    assert_eq!(resp.status, 200, "PUT /log-level with JSON: {resp:?}");
+    assert_eq!(current().await, "info", "the JSON's level, not the JSON text, is the filter");
+    let resp = proxy.admin_send(&Req::new("PUT", "/log-level").body("weft_proxy=debug,warn\n")).await;
+    assert_eq!(resp.status, 200, "PUT /log-level with a plain filter: {resp:?}");
+    assert_eq!(current().await, "weft_proxy=debug,warn");
+
+    for bad in [r#"{"level":"info""#, r#"{"lvl":"info"}"#, "", "weft_proxy=notalevel"] {
+        let resp = proxy.admin_send(&Req::new("PUT", "/log-level").body(bad)).await;
+        assert_eq!(resp.status, 400, "{bad:?} is refused: {resp:?}");
+    }
+    assert_eq!(current().await, "weft_proxy=debug,warn", "a refused filter changes nothing");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
