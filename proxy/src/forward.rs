@@ -13,11 +13,12 @@ use http_body_util::BodyExt;
 use crate::balance::{InFlight, PickError};
 use crate::clock;
 use crate::connect::{self, Conn};
+use crate::http::access;
 use crate::http::body::{BodyEnd, BoxError, ClientBody, MAX_REPLAY_BYTES, ReqBody, RespBody, UpstreamBody};
 use crate::http::errors::ProxyError;
 use crate::http::headers;
 use crate::metrics::RouteMetrics;
-use crate::routing::Rule;
+use crate::routing::{Backend, Rule};
 use crate::target::Cluster;
 
 /// Records a gRPC call's outcome once its trailers (and so its `grpc-status`) arrive.
@@ -73,18 +74,18 @@ enum TryFailure {
 /// timeout wrapped it once more. The route's deadline bounds each wait instead.
 pub async fn forward(rule: Arc<Rule>, req: Request<ClientBody>, started: Instant, max_body: u64) -> Response<RespBody> {
     let backend = rule.pick_backend();
-    let (cluster, metrics) = (&backend.cluster, &backend.metrics);
+    let cluster = &backend.cluster;
     let Some(permit) = cluster.shared.limit.try_acquire() else {
         tracing::warn!(service = %cluster.name, limit = cluster.policy.limits.max_concurrent_requests,
             "rejected: too many requests in flight to the service; raise limits.maxConcurrentRequests or add capacity");
-        return finish_error(metrics, ProxyError::ConcurrencyLimit, started);
+        return finish_error(backend, ProxyError::ConcurrencyLimit, started);
     };
     let deadline = rule.timeout.map(|t| started + t);
     let shared = &cluster.shared;
     shared.budget.deposit_at(clock::nanos_at(started));
     let prepared = match prepare(&rule, cluster, req, max_body) {
         Ok(p) => p,
-        Err(e) => return finish_error(metrics, e, started),
+        Err(e) => return finish_error(backend, e, started),
     };
     // Reading a replayable body takes as long as the client sends it: the clock is read again.
     let (first_at, (req, replay)) = match prepared {
@@ -97,7 +98,7 @@ pub async fn forward(rule: Arc<Rule>, req: Request<ClientBody>, started: Instant
             };
             match ready {
                 Ok(ready) => (Instant::now(), ready),
-                Err(e) => return finish_error(metrics, e, started),
+                Err(e) => return finish_error(backend, e, started),
             }
         }
     };
@@ -158,12 +159,12 @@ pub async fn forward(rule: Arc<Rule>, req: Request<ClientBody>, started: Instant
                 if status < 500 {
                     let at = Instant::now();
                     cluster.set.on_success_at(guard, clock::nanos_at(at));
-                    return respond(metrics, resp, permit, started, at);
+                    return respond(backend, endpoint.addr, resp, permit, started, at);
                 }
                 report_failure(cluster, idx, guard);
                 // Without a retry left, the backend's own answer is the client's answer.
                 if !(rule.retry.on_status(status) && replay.is_some() && may_retry(cluster, retries, max_retries)) {
-                    return respond(metrics, resp, permit, started, Instant::now());
+                    return respond(backend, endpoint.addr, resp, permit, started, Instant::now());
                 }
                 // Dropping the response closes its connection rather than reading a body we discard.
                 drop(resp);
@@ -224,19 +225,23 @@ pub async fn forward(rule: Arc<Rule>, req: Request<ClientBody>, started: Instant
             break ProxyError::Timeout;
         }
     };
-    finish_error(metrics, failed, started)
+    // The endpoint of the last try, for the access log (`tried` keeps the first eight).
+    let last = tries.checked_sub(1).map(|t| cluster.set.endpoints()[tried[t.min(tried.len() - 1)]].addr);
+    finish_error_at(backend, last, failed, started)
 }
 
 /// The client's response from the upstream's: records the outcome (a gRPC call's once its
 /// trailers arrive) and keeps the connection and the concurrency permit until the body ends.
 /// `at` is when the upstream's head arrived.
 fn respond(
-    metrics: &Arc<RouteMetrics>,
+    backend: &Backend,
+    endpoint: std::net::SocketAddr,
     resp: Response<UpstreamBody>,
     permit: crate::balance::Permit,
     started: Instant,
     at: Instant,
 ) -> Response<RespBody> {
+    let metrics = &backend.metrics;
     let status = resp.status().as_u16();
     let is_grpc = is_grpc_response(&resp);
     let (parts, body) = resp.into_parts();
@@ -255,16 +260,30 @@ fn respond(
         None
     };
     let end = BodyEnd { permit: Some(permit), grpc };
-    Response::from_parts(parts, RespBody::upstream(body, Some(end)))
+    let mut resp = Response::from_parts(parts, RespBody::upstream(body, Some(end)));
+    access::note_upstream(&mut resp, metrics.backend(), Some(endpoint));
+    resp
 }
 
 fn is_grpc_response<B>(resp: &Response<B>) -> bool {
     resp.headers().get(header::CONTENT_TYPE).is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
 }
 
-fn finish_error(metrics: &RouteMetrics, e: ProxyError, started: Instant) -> Response<RespBody> {
-    record(metrics, e.status().as_u16(), false, started);
-    e.response()
+fn finish_error(backend: &Backend, e: ProxyError, started: Instant) -> Response<RespBody> {
+    finish_error_at(backend, None, e, started)
+}
+
+/// `finish_error` once `endpoint` was tried.
+fn finish_error_at(
+    backend: &Backend,
+    endpoint: Option<std::net::SocketAddr>,
+    e: ProxyError,
+    started: Instant,
+) -> Response<RespBody> {
+    record(&backend.metrics, e.status().as_u16(), false, started);
+    let mut resp = e.response();
+    access::note_upstream(&mut resp, backend.metrics.backend(), endpoint);
+    resp
 }
 
 /// Turns the client's request into one the upstream accepts, buffering the body when a retry
@@ -509,14 +528,14 @@ pub fn is_upgrade<B>(req: &Request<B>) -> bool {
 /// Protocols` both sides are spliced byte for byte until either closes.
 pub async fn forward_upgrade(rule: Arc<Rule>, mut req: Request<ClientBody>, started: Instant) -> Response<RespBody> {
     let backend = rule.pick_backend();
-    let (cluster, metrics) = (&backend.cluster, &backend.metrics);
+    let cluster = &backend.cluster;
     if cluster.protocol.is_h2() {
-        return finish_error(metrics, ProxyError::BadRequest, started);
+        return finish_error(backend, ProxyError::BadRequest, started);
     }
     let idx = match cluster.set.pick(&[]) {
         Ok(i) => i,
-        Err(PickError::NoEndpoints) => return finish_error(metrics, ProxyError::NoEndpoints, started),
-        Err(PickError::AllEjected) => return finish_error(metrics, ProxyError::CircuitOpen, started),
+        Err(PickError::NoEndpoints) => return finish_error(backend, ProxyError::NoEndpoints, started),
+        Err(PickError::AllEjected) => return finish_error(backend, ProxyError::CircuitOpen, started),
     };
     let endpoint = cluster.set.endpoints()[idx].clone();
     let guard = endpoint.start();
@@ -528,7 +547,7 @@ pub async fn forward_upgrade(rule: Arc<Rule>, mut req: Request<ClientBody>, star
     headers::to_http1(&mut up_req);
     let conn = match connect::checkout(endpoint.addr, false, cluster.policy.connect_timeout, true, started).await {
         Ok(Conn::Http1 { conn, .. }) => connect::upgrade_h1(endpoint.addr, conn).await,
-        Ok(Conn::Http2 { .. }) => return finish_error(metrics, ProxyError::BadRequest, started),
+        Ok(Conn::Http2 { .. }) => return finish_error(backend, ProxyError::BadRequest, started),
         Err(e) => Err(e),
     };
     let mut tx = match conn {
@@ -536,7 +555,7 @@ pub async fn forward_upgrade(rule: Arc<Rule>, mut req: Request<ClientBody>, star
         Err(e) => {
             tracing::warn!(service = %cluster.name, endpoint = %endpoint.addr, error = %e, "connect failed for upgrade");
             report_failure(cluster, idx, guard);
-            return finish_error(metrics, ProxyError::ConnectFailed, started);
+            return finish_error(backend, ProxyError::ConnectFailed, started);
         }
     };
     let mut resp = match tx.send_request(up_req).await {
@@ -544,11 +563,11 @@ pub async fn forward_upgrade(rule: Arc<Rule>, mut req: Request<ClientBody>, star
         Err(e) => {
             tracing::debug!(service = %cluster.name, error = %e, "upgrade request failed");
             report_failure(cluster, idx, guard);
-            return finish_error(metrics, ProxyError::UpstreamReset, started);
+            return finish_error(backend, ProxyError::UpstreamReset, started);
         }
     };
     cluster.set.on_success(idx, guard);
-    record(metrics, resp.status().as_u16(), false, started);
+    record(&backend.metrics, resp.status().as_u16(), false, started);
     if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         tokio::spawn(async move {
@@ -567,7 +586,9 @@ pub async fn forward_upgrade(rule: Arc<Rule>, mut req: Request<ClientBody>, star
         });
     }
     let (parts, body) = resp.into_parts();
-    Response::from_parts(parts, RespBody::upstream(UpstreamBody::Upgraded(body), None))
+    let mut resp = Response::from_parts(parts, RespBody::upstream(UpstreamBody::Upgraded(body), None));
+    access::note_upstream(&mut resp, backend.metrics.backend(), Some(endpoint.addr));
+    resp
 }
 
 #[cfg(test)]

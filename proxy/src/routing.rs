@@ -121,6 +121,11 @@ impl Rule {
         Rule { route, index, line, matcher, backends, total_weight, timeout, retry }
     }
 
+    /// The service whose route this rule is (the `service` label of its metrics).
+    pub fn service(&self) -> &Arc<str> {
+        self.backends[0].metrics.service()
+    }
+
     /// Picks a backend by weight (a single backend costs nothing).
     pub fn pick_backend(&self) -> &Backend {
         if self.backends.len() == 1 || self.total_weight == 0 {

@@ -310,11 +310,78 @@ async fn the_access_log_has_one_line_per_request_with_its_outcome() {
     .await;
     assert_eq!(lines.len(), 2, "one line per request:\n{}", lines.join("\n"));
     let ok = &lines[0];
-    for want in ["direction=\"outbound\"", "method=GET", "uri=/logged?q=1", "status=200", "micros="] {
+    for want in ["direction=\"outbound\"", "method=GET", "path=\"/logged?q=1\"", "status=200", "micros="] {
         assert!(ok.contains(want), "{want} missing from {ok}");
     }
     let err = &lines[1];
-    for want in ["uri=/nowhere", "status=404", "proxy_error=\"unknown-service\""] {
+    for want in ["path=\"/nowhere\"", "status=404", "proxy_error=\"unknown-service\""] {
         assert!(err.contains(want), "{want} missing from {err}");
     }
+}
+
+/// The `fields` of every JSON access log line in `logs`.
+fn json_access_lines(logs: &str) -> Vec<serde_json::Value> {
+    logs.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["target"] == "access")
+        .map(|l| l["fields"].clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_access_lines_name_the_upstream_route_and_bytes() {
+    let stable = Backend::start("stable").await;
+    let canary = Backend::start("canary").await;
+    let app = Backend::start("app").await;
+    let route = document(
+        "Route",
+        "api-split",
+        r#"
+        service: api
+        rules:
+          - match: {headers: {x-canary: "true"}}
+            backends: [{service: api-v2, weight: 1}]
+          - backends: [{service: api, weight: 1}]
+        "#,
+    );
+    let proxy = Proxy::start(ProxyConfig {
+        proxy_spec: "log: {format: json, level: warn, accessLog: true}".to_string(),
+        inbound_app: Some(app.addr()),
+        policy: service("api", "http", &[stable.addr()]) + &service("api-v2", "http", &[canary.addr()]) + &route,
+        ..Default::default()
+    })
+    .await;
+    let body = "x".repeat(1000);
+    let resp = must(proxy.outbound(), &Req::post("/echo", body.clone()).host("api").header("x-canary", "true")).await;
+    assert_eq!(resp.text(), body);
+    // An absolute-form proxy request: logged by its path, as an origin-form one is.
+    let resp = must(proxy.outbound(), &Req::get("http://api/stable?n=1")).await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let resp = must(proxy.inbound(), &Req::get("/in").host("client")).await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+
+    let lines = eventually("three JSON access lines", Duration::from_secs(10), || async {
+        let lines = json_access_lines(&proxy.logs());
+        (lines.len() >= 3).then_some(lines)
+    })
+    .await;
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let canary_line = &lines[0];
+    assert_eq!(canary_line["path"], "/echo", "{canary_line}");
+    assert_eq!(canary_line["service"], "api", "{canary_line}");
+    assert_eq!(canary_line["route"], "api-split", "{canary_line}");
+    assert_eq!(canary_line["backend"], "api-v2", "{canary_line}");
+    assert_eq!(canary_line["endpoint"], canary.addr().to_string(), "{canary_line}");
+    assert_eq!(canary_line["response_bytes"], 1000, "{canary_line}");
+    assert_eq!(canary_line["status"], 200, "{canary_line}");
+    let stable_line = &lines[1];
+    assert_eq!(stable_line["path"], "/stable?n=1", "not the absolute URI: {stable_line}");
+    assert_eq!(stable_line["host"], "api", "{stable_line}");
+    assert_eq!(stable_line["endpoint"], stable.addr().to_string(), "{stable_line}");
+    let inbound_line = &lines[2];
+    assert_eq!(inbound_line["direction"], "inbound", "{inbound_line}");
+    assert_eq!(inbound_line["path"], "/in", "{inbound_line}");
+    assert_eq!(inbound_line["route"], "inbound", "{inbound_line}");
+    assert_eq!(inbound_line["endpoint"], app.addr().to_string(), "{inbound_line}");
+    assert!(inbound_line.get("caller").is_none(), "a plaintext caller has no identity: {inbound_line}");
 }
