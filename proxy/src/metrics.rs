@@ -264,3 +264,29 @@ impl ServiceMetrics {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/reference.md is where dashboards and alerts look names and labels up: every
+    /// metric of the proxy is there, and so is each request label.
+    #[test]
+    fn every_metric_is_in_the_reference() {
+        let reference = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/reference.md")).unwrap();
+        // Labelled families appear in a scrape only once used.
+        let _ = METRICS.requests.with_label_values(&["outbound", "docs", "docs", "docs", "200", "success"]);
+        METRICS.durations.with_label_values(&["outbound", "docs", "docs", "docs"]).observe(0.0);
+        for name in ["weft_retries_total", "weft_retry_budget_exhausted_total", "weft_endpoint_ejections_total"] {
+            assert!(reference.contains(&format!("`{name}`")), "{name} missing from docs/reference.md");
+        }
+        for family in METRICS.registry.gather() {
+            let name = family.name();
+            if name.starts_with("weft_") {
+                assert!(reference.contains(&format!("`{name}")), "{name} missing from docs/reference.md");
+            }
+        }
+        let labels = "`direction`, `service`, `route`, `backend`, `code`, `classification`";
+        assert!(reference.contains(&format!("| `weft_requests_total` | {labels} |")), "request labels");
+    }
+}
