@@ -106,7 +106,7 @@ fn header_rewrite(c: &mut Criterion) {
 }
 
 fn metrics_record(c: &mut Criterion) {
-    let metrics = RouteMetrics::new("outbound", "payments.shop", "payments");
+    let metrics = RouteMetrics::new("outbound", "payments.shop", "payments", "payments-v2.shop");
     c.bench_function("metrics: record one request (counter + histogram)", |b| {
         b.iter(|| metrics.record(black_box(200), false, black_box(0.000_35)))
     });

@@ -13,16 +13,17 @@ use http_body_util::BodyExt;
 use crate::balance::{InFlight, PickError};
 use crate::clock;
 use crate::connect::{self, Conn};
+use crate::http::access;
 use crate::http::body::{BodyEnd, BoxError, ClientBody, MAX_REPLAY_BYTES, ReqBody, RespBody, UpstreamBody};
 use crate::http::errors::ProxyError;
 use crate::http::headers;
 use crate::metrics::RouteMetrics;
-use crate::routing::Rule;
+use crate::routing::{Backend, Rule};
 use crate::target::Cluster;
 
 /// Records a gRPC call's outcome once its trailers (and so its `grpc-status`) arrive.
 pub struct GrpcRecord {
-    rule: Arc<Rule>,
+    metrics: Arc<RouteMetrics>,
     status: u16,
     started: Instant,
 }
@@ -30,7 +31,7 @@ pub struct GrpcRecord {
 impl GrpcRecord {
     /// `failed_status`: the trailers carried a `grpc-status` other than 0 (OK).
     pub fn finish(self, complete: bool, failed_status: bool) {
-        record(&self.rule.metrics, self.status, !complete || failed_status, self.started);
+        record(&self.metrics, self.status, !complete || failed_status, self.started);
     }
 
     /// Whether these trailers report a failed call.
@@ -72,31 +73,32 @@ enum TryFailure {
 /// future into this one's (twice per request, 2.2 KiB each, in callgrind), and the route
 /// timeout wrapped it once more. The route's deadline bounds each wait instead.
 pub async fn forward(rule: Arc<Rule>, req: Request<ClientBody>, started: Instant, max_body: u64) -> Response<RespBody> {
-    let cluster = rule.pick_backend().clone();
+    let backend = rule.pick_backend();
+    let cluster = &backend.cluster;
     let Some(permit) = cluster.shared.limit.try_acquire() else {
         tracing::warn!(service = %cluster.name, limit = cluster.policy.limits.max_concurrent_requests,
             "rejected: too many requests in flight to the service; raise limits.maxConcurrentRequests or add capacity");
-        return finish_error(&rule, ProxyError::ConcurrencyLimit, started);
+        return finish_error(backend, ProxyError::ConcurrencyLimit, started);
     };
     let deadline = rule.timeout.map(|t| started + t);
     let shared = &cluster.shared;
     shared.budget.deposit_at(clock::nanos_at(started));
-    let prepared = match prepare(&rule, &cluster, req, max_body) {
+    let prepared = match prepare(&rule, cluster, req, max_body) {
         Ok(p) => p,
-        Err(e) => return finish_error(&rule, e, started),
+        Err(e) => return finish_error(backend, e, started),
     };
     // Reading a replayable body takes as long as the client sends it: the clock is read again.
     let (first_at, (req, replay)) = match prepared {
         Prepared::Ready(ready) => (started, ready),
         Prepared::Collect(parts, body) => {
-            let collecting = Box::pin(collect(&cluster, parts, body));
+            let collecting = Box::pin(collect(cluster, parts, body));
             let ready = match deadline {
                 None => collecting.await,
                 Some(d) => tokio::time::timeout_at(d.into(), collecting).await.unwrap_or(Err(ProxyError::Timeout)),
             };
             match ready {
                 Ok(ready) => (Instant::now(), ready),
-                Err(e) => return finish_error(&rule, e, started),
+                Err(e) => return finish_error(backend, e, started),
             }
         }
     };
@@ -135,9 +137,9 @@ pub async fn forward(rule: Arc<Rule>, req: Request<ClientBody>, started: Instant
             (Some(t), Some(d)) => Some((try_at + t).min(d)),
         };
         let outcome = match ends_at {
-            None => try_endpoint(&cluster, endpoint.addr, identity, req, try_at).await,
+            None => try_endpoint(cluster, endpoint.addr, identity, req, try_at).await,
             Some(at) => {
-                match tokio::time::timeout_at(at.into(), try_endpoint(&cluster, endpoint.addr, identity, req, try_at))
+                match tokio::time::timeout_at(at.into(), try_endpoint(cluster, endpoint.addr, identity, req, try_at))
                     .await
                 {
                     Ok(outcome) => outcome,
@@ -157,12 +159,12 @@ pub async fn forward(rule: Arc<Rule>, req: Request<ClientBody>, started: Instant
                 if status < 500 {
                     let at = Instant::now();
                     cluster.set.on_success_at(guard, clock::nanos_at(at));
-                    return respond(&rule, resp, permit, started, at);
+                    return respond(backend, endpoint.addr, resp, permit, started, at);
                 }
-                report_failure(&cluster, idx, guard);
+                report_failure(cluster, idx, guard);
                 // Without a retry left, the backend's own answer is the client's answer.
-                if !(rule.retry.on_status(status) && replay.is_some() && may_retry(&cluster, retries, max_retries)) {
-                    return respond(&rule, resp, permit, started, Instant::now());
+                if !(rule.retry.on_status(status) && replay.is_some() && may_retry(cluster, retries, max_retries)) {
+                    return respond(backend, endpoint.addr, resp, permit, started, Instant::now());
                 }
                 // Dropping the response closes its connection rather than reading a body we discard.
                 drop(resp);
@@ -175,7 +177,7 @@ pub async fn forward(rule: Arc<Rule>, req: Request<ClientBody>, started: Instant
             }
             Err(TryFailure::Connect(req, e)) => {
                 tracing::warn!(service = %cluster.name, endpoint = %endpoint.addr, error = %e, "connect failed; trying another endpoint");
-                report_failure(&cluster, idx, guard);
+                report_failure(cluster, idx, guard);
                 last_error = match e {
                     connect::ConnectError::Tls { .. } => ProxyError::TlsFailed,
                     _ => ProxyError::ConnectFailed,
@@ -192,7 +194,7 @@ pub async fn forward(rule: Arc<Rule>, req: Request<ClientBody>, started: Instant
                     drop(guard);
                     break ProxyError::BodyTooLarge;
                 }
-                report_failure(&cluster, idx, guard);
+                report_failure(cluster, idx, guard);
                 last_error = ProxyError::UpstreamReset;
                 if !(rule.retry.on_reset && replay.is_some()) {
                     break last_error;
@@ -206,7 +208,7 @@ pub async fn forward(rule: Arc<Rule>, req: Request<ClientBody>, started: Instant
                 break ProxyError::PendingLimit;
             }
             Err(TryFailure::Timeout) => {
-                report_failure(&cluster, idx, guard);
+                report_failure(cluster, idx, guard);
                 last_error = ProxyError::Timeout;
                 if !(rule.retry.on_timeout && replay.is_some()) {
                     break last_error;
@@ -214,7 +216,7 @@ pub async fn forward(rule: Arc<Rule>, req: Request<ClientBody>, started: Instant
                 &shared.metrics.retries_timeout
             }
         };
-        if !may_retry(&cluster, retries, limit) {
+        if !may_retry(cluster, retries, limit) {
             break last_error;
         }
         retries += 1;
@@ -223,19 +225,23 @@ pub async fn forward(rule: Arc<Rule>, req: Request<ClientBody>, started: Instant
             break ProxyError::Timeout;
         }
     };
-    finish_error(&rule, failed, started)
+    // The endpoint of the last try, for the access log (`tried` keeps the first eight).
+    let last = tries.checked_sub(1).map(|t| cluster.set.endpoints()[tried[t.min(tried.len() - 1)]].addr);
+    finish_error_at(backend, last, failed, started)
 }
 
 /// The client's response from the upstream's: records the outcome (a gRPC call's once its
 /// trailers arrive) and keeps the connection and the concurrency permit until the body ends.
 /// `at` is when the upstream's head arrived.
 fn respond(
-    rule: &Arc<Rule>,
+    backend: &Backend,
+    endpoint: std::net::SocketAddr,
     resp: Response<UpstreamBody>,
     permit: crate::balance::Permit,
     started: Instant,
     at: Instant,
 ) -> Response<RespBody> {
+    let metrics = &backend.metrics;
     let status = resp.status().as_u16();
     let is_grpc = is_grpc_response(&resp);
     let (parts, body) = resp.into_parts();
@@ -244,26 +250,40 @@ fn respond(
         // Trailers-only gRPC responses carry the status in the headers.
         match parts.headers.get("grpc-status") {
             Some(s) => {
-                rule.metrics.record(status, s.as_bytes() != b"0", took);
+                metrics.record(status, s.as_bytes() != b"0", took);
                 None
             }
-            None => Some(GrpcRecord { rule: rule.clone(), status, started }),
+            None => Some(GrpcRecord { metrics: metrics.clone(), status, started }),
         }
     } else {
-        rule.metrics.record(status, false, took);
+        metrics.record(status, false, took);
         None
     };
     let end = BodyEnd { permit: Some(permit), grpc };
-    Response::from_parts(parts, RespBody::upstream(body, Some(end)))
+    let mut resp = Response::from_parts(parts, RespBody::upstream(body, Some(end)));
+    access::note_upstream(&mut resp, metrics.backend(), Some(endpoint));
+    resp
 }
 
 fn is_grpc_response<B>(resp: &Response<B>) -> bool {
     resp.headers().get(header::CONTENT_TYPE).is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
 }
 
-fn finish_error(rule: &Rule, e: ProxyError, started: Instant) -> Response<RespBody> {
-    record(&rule.metrics, e.status().as_u16(), false, started);
-    e.response()
+fn finish_error(backend: &Backend, e: ProxyError, started: Instant) -> Response<RespBody> {
+    finish_error_at(backend, None, e, started)
+}
+
+/// `finish_error` once `endpoint` was tried.
+fn finish_error_at(
+    backend: &Backend,
+    endpoint: Option<std::net::SocketAddr>,
+    e: ProxyError,
+    started: Instant,
+) -> Response<RespBody> {
+    record(&backend.metrics, e.status().as_u16(), false, started);
+    let mut resp = e.response();
+    access::note_upstream(&mut resp, backend.metrics.backend(), endpoint);
+    resp
 }
 
 /// Turns the client's request into one the upstream accepts, buffering the body when a retry
@@ -507,14 +527,15 @@ pub fn is_upgrade<B>(req: &Request<B>) -> bool {
 /// Forwards an Upgrade request on a dedicated HTTP/1.1 connection; after `101 Switching
 /// Protocols` both sides are spliced byte for byte until either closes.
 pub async fn forward_upgrade(rule: Arc<Rule>, mut req: Request<ClientBody>, started: Instant) -> Response<RespBody> {
-    let cluster = rule.pick_backend().clone();
+    let backend = rule.pick_backend();
+    let cluster = &backend.cluster;
     if cluster.protocol.is_h2() {
-        return finish_error(&rule, ProxyError::BadRequest, started);
+        return finish_error(backend, ProxyError::BadRequest, started);
     }
     let idx = match cluster.set.pick(&[]) {
         Ok(i) => i,
-        Err(PickError::NoEndpoints) => return finish_error(&rule, ProxyError::NoEndpoints, started),
-        Err(PickError::AllEjected) => return finish_error(&rule, ProxyError::CircuitOpen, started),
+        Err(PickError::NoEndpoints) => return finish_error(backend, ProxyError::NoEndpoints, started),
+        Err(PickError::AllEjected) => return finish_error(backend, ProxyError::CircuitOpen, started),
     };
     let endpoint = cluster.set.endpoints()[idx].clone();
     let guard = endpoint.start();
@@ -526,27 +547,27 @@ pub async fn forward_upgrade(rule: Arc<Rule>, mut req: Request<ClientBody>, star
     headers::to_http1(&mut up_req);
     let conn = match connect::checkout(endpoint.addr, false, cluster.policy.connect_timeout, true, started).await {
         Ok(Conn::Http1 { conn, .. }) => connect::upgrade_h1(endpoint.addr, conn).await,
-        Ok(Conn::Http2 { .. }) => return finish_error(&rule, ProxyError::BadRequest, started),
+        Ok(Conn::Http2 { .. }) => return finish_error(backend, ProxyError::BadRequest, started),
         Err(e) => Err(e),
     };
     let mut tx = match conn {
         Ok(tx) => tx,
         Err(e) => {
             tracing::warn!(service = %cluster.name, endpoint = %endpoint.addr, error = %e, "connect failed for upgrade");
-            report_failure(&cluster, idx, guard);
-            return finish_error(&rule, ProxyError::ConnectFailed, started);
+            report_failure(cluster, idx, guard);
+            return finish_error(backend, ProxyError::ConnectFailed, started);
         }
     };
     let mut resp = match tx.send_request(up_req).await {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(service = %cluster.name, error = %e, "upgrade request failed");
-            report_failure(&cluster, idx, guard);
-            return finish_error(&rule, ProxyError::UpstreamReset, started);
+            report_failure(cluster, idx, guard);
+            return finish_error(backend, ProxyError::UpstreamReset, started);
         }
     };
     cluster.set.on_success(idx, guard);
-    record(&rule.metrics, resp.status().as_u16(), false, started);
+    record(&backend.metrics, resp.status().as_u16(), false, started);
     if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         tokio::spawn(async move {
@@ -565,7 +586,9 @@ pub async fn forward_upgrade(rule: Arc<Rule>, mut req: Request<ClientBody>, star
         });
     }
     let (parts, body) = resp.into_parts();
-    Response::from_parts(parts, RespBody::upstream(UpstreamBody::Upgraded(body), None))
+    let mut resp = Response::from_parts(parts, RespBody::upstream(UpstreamBody::Upgraded(body), None));
+    access::note_upstream(&mut resp, backend.metrics.backend(), Some(endpoint.addr));
+    resp
 }
 
 #[cfg(test)]

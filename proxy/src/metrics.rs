@@ -1,6 +1,9 @@
 //! Prometheus metrics (names from DESIGN.md), with handles resolved once per route or service
 //! so the request path never looks labels up.
 
+#[cfg(target_os = "linux")]
+mod process;
+
 use std::sync::{Arc, LazyLock, OnceLock};
 
 use prometheus::{
@@ -56,7 +59,7 @@ pub fn register_process_metrics(registry: &Registry) {
     registry.register(Box::new(build_info)).expect("metric registered once");
     #[cfg(target_os = "linux")]
     {
-        let pc = prometheus::process_collector::ProcessCollector::for_self();
+        let pc = process::ProcessMetrics::for_self();
         registry.register(Box::new(pc)).expect("process collector registered once");
     }
 }
@@ -67,13 +70,13 @@ impl Metrics {
         let requests = counter_vec(
             &registry,
             "weft_requests_total",
-            "Requests handled, by direction, service, route, status code and classification.",
-            &["direction", "service", "route", "code", "classification"],
+            "Requests handled, by direction, service, route, backend service, status code and classification.",
+            &["direction", "service", "route", "backend", "code", "classification"],
         );
         let durations = HistogramVec::new(
             HistogramOpts::new("weft_request_duration_seconds", "Time from request received to response headers sent.")
                 .buckets(DURATION_BUCKETS.to_vec()),
-            &["direction", "service", "route"],
+            &["direction", "service", "route", "backend"],
         )
         .expect("valid histogram");
         registry.register(Box::new(durations.clone())).expect("metric registered once");
@@ -162,12 +165,20 @@ impl Metrics {
     }
 }
 
-/// Per-route request metrics: the histogram is resolved at config build time, the counters for
-/// each status code on first use (then one atomic increment per request).
+/// The label value of requests the proxy could not attribute to a service from policy (a 404
+/// `unknown-service`): never the host the client asked for, which would make one series per
+/// name a client makes up.
+pub const UNKNOWN: &str = "unknown";
+
+/// Request metrics of one backend of one route rule (the labels `service`, `route` and
+/// `backend` are all from policy, so their number is bounded by the config): the histogram is
+/// resolved at config build time, the counters for each status code on first use (then one
+/// atomic increment per request).
 pub struct RouteMetrics {
     direction: &'static str,
     service: Arc<str>,
     route: Arc<str>,
+    backend: Arc<str>,
     duration: Histogram,
     /// Indexed by status code − 100; classification follows the status (5xx = failure).
     by_code: Box<[OnceLock<IntCounter>]>,
@@ -176,23 +187,42 @@ pub struct RouteMetrics {
 }
 
 impl RouteMetrics {
-    pub fn new(direction: &'static str, service: &str, route: &str) -> RouteMetrics {
-        let duration = METRICS.durations.with_label_values(&[direction, service, route]);
+    /// `backend` is the service the request is sent to: `service` itself unless the rule
+    /// splits traffic (a canary's own success rate is read from its `backend` series).
+    pub fn new(direction: &'static str, service: &str, route: &str, backend: &str) -> RouteMetrics {
+        let duration = METRICS.durations.with_label_values(&[direction, service, route, backend]);
         RouteMetrics {
             direction,
             service: service.into(),
             route: route.into(),
+            backend: backend.into(),
             duration,
             by_code: (100..600).map(|_| OnceLock::new()).collect(),
             grpc_failures: OnceLock::new(),
         }
     }
 
+    /// Requests answered 404 `unknown-service`, under `service`, `route` and `backend`
+    /// [`UNKNOWN`].
+    pub fn unknown_service() -> &'static RouteMetrics {
+        static UNKNOWN_SERVICE: LazyLock<RouteMetrics> =
+            LazyLock::new(|| RouteMetrics::new("outbound", UNKNOWN, UNKNOWN, UNKNOWN));
+        &UNKNOWN_SERVICE
+    }
+
+    pub fn service(&self) -> &Arc<str> {
+        &self.service
+    }
+
+    pub fn backend(&self) -> &Arc<str> {
+        &self.backend
+    }
+
     fn counter(&self, code: u16, failure: bool) -> IntCounter {
         let class = if failure { "failure" } else { "success" };
-        // Runs once per (route, code): the allocation here is off the steady-state path.
+        // Runs once per (route, backend, code): the allocation here is off the steady-state path.
         let code = code.to_string();
-        METRICS.requests.with_label_values(&[self.direction, &self.service, &self.route, &code, class])
+        METRICS.requests.with_label_values(&[self.direction, &self.service, &self.route, &self.backend, &code, class])
     }
 
     /// Counts one finished request. `grpc_failed` is true when a gRPC call's status said failure.
@@ -232,5 +262,31 @@ impl ServiceMetrics {
             endpoints_available: m.endpoints.with_label_values(&[service, "available"]),
             endpoints_ejected: m.endpoints.with_label_values(&[service, "ejected"]),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/reference.md is where dashboards and alerts look names and labels up: every
+    /// metric of the proxy is there, and so is each request label.
+    #[test]
+    fn every_metric_is_in_the_reference() {
+        let reference = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/reference.md")).unwrap();
+        // Labelled families appear in a scrape only once used.
+        let _ = METRICS.requests.with_label_values(&["outbound", "docs", "docs", "docs", "200", "success"]);
+        METRICS.durations.with_label_values(&["outbound", "docs", "docs", "docs"]).observe(0.0);
+        for name in ["weft_retries_total", "weft_retry_budget_exhausted_total", "weft_endpoint_ejections_total"] {
+            assert!(reference.contains(&format!("`{name}`")), "{name} missing from docs/reference.md");
+        }
+        for family in METRICS.registry.gather() {
+            let name = family.name();
+            if name.starts_with("weft_") {
+                assert!(reference.contains(&format!("`{name}")), "{name} missing from docs/reference.md");
+            }
+        }
+        let labels = "`direction`, `service`, `route`, `backend`, `code`, `classification`";
+        assert!(reference.contains(&format!("| `weft_requests_total` | {labels} |")), "request labels");
     }
 }

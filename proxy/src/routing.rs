@@ -79,10 +79,12 @@ impl Retry {
     }
 }
 
-/// One weighted backend of a rule.
+/// One weighted backend of a rule, with the request metrics of the rule's calls it gets.
 pub struct Backend {
     pub cluster: Arc<Cluster>,
     pub weight: u32,
+    /// Shared with the gRPC calls still waiting for their trailers.
+    pub metrics: Arc<RouteMetrics>,
 }
 
 /// Where a rule came from, for metrics and `/explain`.
@@ -104,7 +106,6 @@ pub struct Rule {
     total_weight: u32,
     pub timeout: Option<Duration>,
     pub retry: Retry,
-    pub metrics: RouteMetrics,
 }
 
 impl Rule {
@@ -114,26 +115,30 @@ impl Rule {
         backends: Vec<Backend>,
         timeout: Option<Duration>,
         retry: Retry,
-        metrics: RouteMetrics,
     ) -> Rule {
         let total_weight = backends.iter().map(|b| b.weight).sum();
         let RuleOrigin { route, index, line } = origin;
-        Rule { route, index, line, matcher, backends, total_weight, timeout, retry, metrics }
+        Rule { route, index, line, matcher, backends, total_weight, timeout, retry }
+    }
+
+    /// The service whose route this rule is (the `service` label of its metrics).
+    pub fn service(&self) -> &Arc<str> {
+        self.backends[0].metrics.service()
     }
 
     /// Picks a backend by weight (a single backend costs nothing).
-    pub fn pick_backend(&self) -> &Arc<Cluster> {
+    pub fn pick_backend(&self) -> &Backend {
         if self.backends.len() == 1 || self.total_weight == 0 {
-            return &self.backends[0].cluster;
+            return &self.backends[0];
         }
         let mut point = fastrand::u32(0..self.total_weight);
         for b in &self.backends {
             if point < b.weight {
-                return &b.cluster;
+                return b;
             }
             point -= b.weight;
         }
-        &self.backends[self.backends.len() - 1].cluster
+        &self.backends[self.backends.len() - 1]
     }
 }
 

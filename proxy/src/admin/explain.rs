@@ -1,5 +1,7 @@
-//! `/explain?host=&path=&method=`: which service, route rule, backends and policy decide a
-//! request, and why — so "which policy applied?" has an answer without reading YAML.
+//! `/explain?host=&path=&method=` (or `port=` for an upstream port, `from=` for an inbound
+//! call): which service, route rule, backends and policy decide a request, and why — so
+//! "which policy applied?" has an answer without reading YAML. A question it cannot answer
+//! (no host, a port that is no upstream port) is an error, which the admin answers with 400.
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use serde_json::{Value, json};
@@ -65,17 +67,22 @@ fn explain_inbound(snap: &Snapshot, from: &str, path: &str, method: &Method) -> 
     })
 }
 
-pub fn explain(snap: &Snapshot, query: &str) -> Value {
+/// What to say when the query has no subject.
+const USAGE: &str = "give host= (and optionally path=, method=, header.<name>=), port=<upstream port> instead of \
+                     host=, or from=<caller SPIFFE id> for an inbound call";
+
+/// The explanation of the request the query describes, or why the query is not one.
+pub fn explain(snap: &Snapshot, query: &str) -> Result<Value, String> {
     let pairs = parse_query(query);
     let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let path = get("path").unwrap_or("/");
-    let method = Method::from_bytes(get("method").unwrap_or("GET").as_bytes()).unwrap_or(Method::GET);
-    if let Some(from) = get("from") {
-        return explain_inbound(snap, from, path, &method);
-    }
-    let Some(host) = get("host") else {
-        return json!({"error": "give host= (and optionally path=, method=, header.<name>=), or from=<caller SPIFFE id> for an inbound call"});
+    let method = match get("method") {
+        None => Method::GET,
+        Some(m) => Method::from_bytes(m.as_bytes()).map_err(|_| format!("method={m:?} is not an HTTP method"))?,
     };
+    if let Some(from) = get("from") {
+        return Ok(explain_inbound(snap, from, path, &method));
+    }
     let mut headers = HeaderMap::new();
     for (k, v) in &pairs {
         if let Some(name) = k.strip_prefix("header.")
@@ -84,20 +91,37 @@ pub fn explain(snap: &Snapshot, query: &str) -> Value {
             headers.insert(n, v);
         }
     }
-    let host_only = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
-    let Some(svc) = snap.lookup_host(host_only) else {
-        return json!({
-            "host": host, "decision": "404 unknown-service",
-            "why": "no Service is known under this name; names accepted: <name>, <name>.<namespace>, <name>.<namespace>.svc.cluster.local",
-            "configVersion": snap.version,
-        });
+    let (asked, svc) = match (get("host"), get("port")) {
+        (Some(_), Some(_)) => return Err("give host= or port=, not both".to_string()),
+        (None, None) => return Err(USAGE.to_string()),
+        (None, Some(port)) => {
+            let (port, reference) = upstream_port(snap, port)?;
+            let Some(svc) = snap.service(reference) else {
+                return Err(format!("upstream port {port} names service {reference}, which is not in the config"));
+            };
+            // An upstream port sends every call to its one service, whatever the Host.
+            (json!({"port": port, "upstream": reference}), svc)
+        }
+        (Some(host), None) => {
+            let host_only = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
+            let Some(svc) = snap.lookup_host(host_only) else {
+                return Ok(json!({
+                    "host": host, "decision": "404 unknown-service",
+                    "why": "no Service is known under this name; names accepted: <name>, <name>.<namespace>, <name>.<namespace>.svc.cluster.local",
+                    "configVersion": snap.version,
+                }));
+            };
+            (json!({"host": host}), svc)
+        }
     };
     let Some(rule) = svc.find(&method, path, &headers) else {
-        return json!({
-            "host": host, "service": svc.key.as_ref(), "decision": "404 no-route",
-            "why": format!("none of the {} rule(s) of the service's routes matches {method} {path}", svc.rules.len()),
-            "configVersion": snap.version,
-        });
+        let mut out = asked;
+        out["service"] = json!(svc.key.as_ref());
+        out["decision"] = json!("404 no-route");
+        out["why"] =
+            json!(format!("none of the {} rule(s) of the service's routes matches {method} {path}", svc.rules.len()));
+        out["configVersion"] = json!(snap.version);
+        return Ok(out);
     };
     let backends: Vec<Value> = rule
         .backends
@@ -121,8 +145,8 @@ pub fn explain(snap: &Snapshot, query: &str) -> Value {
     } else {
         format!("first matching rule (index {}) of Route {}, at line {}", rule.index, rule.route, rule.line)
     };
-    json!({
-        "host": host,
+    let mut out = asked;
+    let explained = json!({
         "method": method.as_str(),
         "path": path,
         "service": svc.key.as_ref(),
@@ -143,12 +167,81 @@ pub fn explain(snap: &Snapshot, query: &str) -> Value {
         },
         "backends": backends,
         "configVersion": snap.version,
-    })
+    });
+    if let (Value::Object(out), Value::Object(explained)) = (&mut out, explained) {
+        out.extend(explained);
+    }
+    Ok(out)
+}
+
+/// The upstream port `port` (a number) and the service reference it is bound to.
+fn upstream_port<'a>(snap: &'a Snapshot, port: &str) -> Result<(u16, &'a str), String> {
+    let port: u16 = port.parse().map_err(|_| format!("port={port:?} is not a port number"))?;
+    match snap.proxy.upstreams.iter().find(|u| u.listen.port() == port) {
+        Some(up) => Ok((port, up.service.as_str())),
+        None => {
+            let ports: Vec<String> =
+                snap.proxy.upstreams.iter().map(|u| format!("{} ({})", u.listen.port(), u.service)).collect();
+            Err(match ports.is_empty() {
+                true => format!("port {port} is not an upstream port: this proxy has none (spec.upstreams)"),
+                false => format!("port {port} is not an upstream port; upstream ports: {}", ports.join(", ")),
+            })
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn snapshot() -> Snapshot {
+        let yaml = "kind: Proxy
+metadata: {name: web, namespace: shop}
+spec:
+  service: web
+  upstreams: [{service: payments, listen: 127.0.0.1:9101}]
+---
+kind: Service
+metadata: {name: payments, namespace: shop}
+spec: {endpoints: [{address: 127.0.0.1:9001}]}
+---
+kind: Service
+metadata: {name: ledger, namespace: shop}
+spec: {endpoints: [{address: 127.0.0.1:9002}]}
+";
+        let docs = weft_api::parse_file("t.yaml", yaml).unwrap();
+        Snapshot::build(docs, "t.yaml", 1, None).unwrap()
+    }
+
+    #[test]
+    fn an_upstream_port_is_explained_by_its_service() {
+        let snap = snapshot();
+        let out = explain(&snap, "port=9101&path=/v1/pay").unwrap();
+        assert_eq!((&out["port"], &out["upstream"]), (&json!(9101), &json!("payments")), "{out}");
+        assert_eq!(out["service"], "payments.shop", "{out}");
+        assert_eq!(out["route"], "default", "{out}");
+        assert_eq!(out["backends"][0]["service"], "payments.shop", "{out}");
+        assert_eq!(out["path"], "/v1/pay", "{out}");
+    }
+
+    #[test]
+    fn questions_that_cannot_be_answered_are_errors() {
+        let snap = snapshot();
+        for (query, says) in [
+            ("path=/", "give host="),
+            ("port=9999", "upstream ports: 9101 (payments)"),
+            ("port=http", "not a port number"),
+            ("host=payments&port=9101", "not both"),
+            ("host=payments&method=G%20T", "not an HTTP method"),
+        ] {
+            let err = explain(&snap, query).expect_err(query);
+            assert!(err.contains(says), "{query}: {err}");
+        }
+        // An unknown host is an answer (what the proxy would do), not an error.
+        let out = explain(&snap, "host=nowhere").unwrap();
+        assert_eq!(out["decision"], "404 unknown-service");
+        assert_eq!(explain(&snap, "host=ledger").unwrap()["service"], "ledger.shop");
+    }
 
     #[test]
     fn decodes_query_pairs() {

@@ -83,25 +83,39 @@ async fn route(state: &ProxyState, peer: SocketAddr, req: Request<Incoming>) -> 
         (Method::GET, "/endpoints") => json_response(&endpoints_json(state)),
         (Method::GET, "/explain") => {
             let query = req.uri().query().unwrap_or("");
-            json_response(&explain::explain(&state.config.load(), query))
+            match explain::explain(&state.config.load(), query) {
+                Ok(explained) => json_response(&explained),
+                Err(error) => {
+                    let mut r = json_response(&json!({ "error": error }));
+                    *r.status_mut() = StatusCode::BAD_REQUEST;
+                    r
+                }
+            }
         }
         (Method::PUT, "/log-level") => {
             let body = match Limited::new(req.into_body(), 4096).collect().await {
                 Ok(b) => b.to_bytes(),
                 Err(_) => return text(StatusCode::BAD_REQUEST, "body too large\n"),
             };
-            let filter = String::from_utf8_lossy(&body).to_string();
+            let filter = match crate::logging::filter_from_body(&body) {
+                Ok(f) => f,
+                Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+            };
             match &state.log {
                 Some(log) => match log.set(&filter) {
                     Ok(()) => {
-                        tracing::info!(filter = filter.trim(), "log level changed");
-                        text(StatusCode::OK, format!("log level set to {}\n", filter.trim()))
+                        tracing::info!(filter, "log level changed");
+                        text(StatusCode::OK, format!("log level set to {filter}\n"))
                     }
                     Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
                 },
                 None => text(StatusCode::SERVICE_UNAVAILABLE, "logging is not reloadable in this process\n"),
             }
         }
+        (Method::GET, "/log-level") => match &state.log {
+            Some(log) => json_response(&json!({ "level": log.current() })),
+            None => text(StatusCode::SERVICE_UNAVAILABLE, "logging is not reloadable in this process\n"),
+        },
         (Method::POST, "/shutdown") => {
             if !peer.ip().is_loopback() {
                 return text(StatusCode::FORBIDDEN, "shutdown is only accepted from loopback\n");
@@ -115,7 +129,7 @@ async fn route(state: &ProxyState, peer: SocketAddr, req: Request<Incoming>) -> 
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /metrics /ready /live /config /endpoints /explain?host=&path=&method= PUT /log-level POST /shutdown\n",
+            "not found; try /metrics /ready /live /config /endpoints /explain?host=&path=&method= (or port=) GET|PUT /log-level POST /shutdown\n",
         ),
     }
 }

@@ -152,13 +152,13 @@ impl Snapshot {
             let endpoints = [EndpointSpec { address: ib.app, weight: 1, identity: None }];
             let policy = TrafficPolicySpec::defaults_for(&proxy.service);
             let cluster = Arc::new(build_cluster(INBOUND_KEY, &proxy.service, protocol, &endpoints, policy, prev));
+            let metrics = RouteMetrics::new("inbound", &proxy.service, "inbound", &proxy.service);
             let rule = Rule::new(
                 RuleOrigin { route: "inbound".into(), index: 0, line: 0 },
                 Matcher::default(),
-                vec![Backend { cluster: cluster.clone(), weight: 1 }],
+                vec![Backend { cluster: cluster.clone(), weight: 1, metrics: Arc::new(metrics) }],
                 None,
                 Retry::from_policy(&RetryPolicy::default()),
-                RouteMetrics::new("inbound", &proxy.service, "inbound"),
             );
             Inbound { cluster, rule: Arc::new(rule) }
         });
@@ -270,10 +270,9 @@ fn default_rule(cluster: &Arc<Cluster>) -> Rule {
     Rule::new(
         RuleOrigin { route: "default".into(), index: 0, line: 0 },
         Matcher::default(),
-        vec![Backend { cluster: cluster.clone(), weight: 1 }],
+        vec![outbound_backend(cluster, 1, &cluster.name, "default")],
         None,
         Retry::from_policy(&RetryPolicy::default()),
-        RouteMetrics::new("outbound", &cluster.name, "default"),
     )
 }
 
@@ -306,7 +305,7 @@ fn compile_rule(
         .collect::<Result<Vec<_>, (String, String)>>()?;
     let matcher = Matcher { path_prefix: m.path_prefix.clone(), path: m.path.clone(), methods, headers };
     let backends = if rule.backends.is_empty() {
-        vec![Backend { cluster: own.clone(), weight: 1 }]
+        vec![outbound_backend(own, 1, &own.name, route_name)]
     } else {
         let mut out = Vec::with_capacity(rule.backends.len());
         for (i, b) in rule.backends.iter().enumerate() {
@@ -317,7 +316,7 @@ fn compile_rule(
                     format!("unknown service {k}: add a Service document for it"),
                 ));
             };
-            out.push(Backend { cluster: cluster.clone(), weight: b.weight });
+            out.push(outbound_backend(cluster, b.weight, &own.name, route_name));
         }
         out
     };
@@ -328,8 +327,14 @@ fn compile_rule(
         backends,
         rule.timeout,
         retry,
-        RouteMetrics::new("outbound", &own.name, route_name),
     ))
+}
+
+/// A backend of an outbound rule of `service`'s Route `route`, with its metrics labels
+/// resolved now rather than per request.
+fn outbound_backend(cluster: &Arc<Cluster>, weight: u32, service: &str, route: &str) -> Backend {
+    let metrics = RouteMetrics::new("outbound", service, route, &cluster.name);
+    Backend { cluster: cluster.clone(), weight, metrics: Arc::new(metrics) }
 }
 
 /// Every name a client may use for each service. A bare name means the service in the
@@ -458,8 +463,34 @@ spec:
         assert_eq!(second.index, 1);
         assert_eq!(second.timeout, Some(std::time::Duration::from_secs(2)));
         assert!(svc.find(&Method::GET, "/v2/a", &http::HeaderMap::new()).is_none(), "no rule: 404 no-route");
-        let v2 = (0..10_000).filter(|_| second.pick_backend().key.as_ref() == "payments-v2.shop").count();
+        let v2 = (0..10_000).filter(|_| second.pick_backend().cluster.key.as_ref() == "payments-v2.shop").count();
         assert!((700..1300).contains(&v2), "10% split, got {v2} of 10000");
+    }
+
+    #[test]
+    fn each_backend_of_a_split_counts_under_its_own_service() {
+        // Names of their own: the metrics registry is shared by every test of this process.
+        let text = BASE.replace("payments", "ledgerx")
+            + "---
+kind: Route
+metadata: {name: ledgerx-api, namespace: shop}
+spec:
+  service: ledgerx
+  rules:
+    - backends: [{service: ledgerx, weight: 90}, {service: ledgerx-v2, weight: 10}]
+";
+        let snap = build(&text, None).unwrap();
+        let rule = &snap.lookup_host("ledgerx").unwrap().rules[0];
+        let labels: Vec<(&str, &str)> =
+            rule.backends.iter().map(|b| (b.metrics.service().as_ref(), b.metrics.backend().as_ref())).collect();
+        assert_eq!(labels, [("ledgerx", "ledgerx"), ("ledgerx", "ledgerx-v2")]);
+        rule.backends[1].metrics.record(503, false, 0.001);
+        let text = String::from_utf8(crate::metrics::METRICS.render()).unwrap();
+        let want = r#"weft_requests_total{backend="ledgerx-v2",classification="failure",code="503",direction="outbound",route="ledgerx-api",service="ledgerx"} 1"#;
+        assert!(text.contains(want), "{want} missing from:\n{text}");
+        // A service without a Route: its default rule's one backend is itself.
+        let own = &snap.lookup_host("ledgerx-v2").unwrap().rules[0].backends[0].metrics;
+        assert_eq!((own.service().as_ref(), own.backend().as_ref()), ("ledgerx-v2", "ledgerx-v2"));
     }
 
     #[test]

@@ -171,6 +171,8 @@ pub enum RespBody {
     /// `failed_status`: a gRPC call's trailers reported a failure (kept as a flag, not a copy
     /// of the trailers: the body is moved with every response).
     Upstream { inner: UpstreamBody, end: Option<BodyEnd>, done: bool, failed_status: bool },
+    /// A forwarded body the access log counts (only while it is on).
+    Logged(Box<super::access::LoggedBody>),
 }
 
 impl RespBody {
@@ -209,6 +211,7 @@ impl Body for RespBody {
                 }
                 polled
             }
+            RespBody::Logged(logged) => logged.poll_frame(cx),
         }
     }
 
@@ -216,6 +219,7 @@ impl Body for RespBody {
         match self {
             RespBody::Full(data) => data.is_none(),
             RespBody::Upstream { inner, done, .. } => *done || inner.is_end_stream(),
+            RespBody::Logged(logged) => logged.is_end_stream(),
         }
     }
 
@@ -224,6 +228,7 @@ impl Body for RespBody {
             RespBody::Full(Some(d)) => SizeHint::with_exact(d.len() as u64),
             RespBody::Full(None) => SizeHint::with_exact(0),
             RespBody::Upstream { inner, .. } => inner.size_hint(),
+            RespBody::Logged(logged) => logged.size_hint(),
         }
     }
 }

@@ -104,12 +104,73 @@ impl ProxyError {
     }
 
     pub fn response(self) -> Response<RespBody> {
-        let body = format!("{}: {}\n", self.reason(), self.hint());
+        self.response_with_body(format!("{}: {}\n", self.reason(), self.hint()))
+    }
+
+    /// The 404 `unknown-service` answer, saying which name was looked up (`None`: the request
+    /// named no host), so a typo or an unexpected alias shows in the answer itself.
+    pub fn unknown_service_response(host: Option<&str>) -> Response<RespBody> {
+        let e = ProxyError::UnknownService;
+        let host = host.map_or_else(|| "(none)".to_string(), |h| format!("{:?}", echoed(h)));
+        e.response_with_body(format!("{}: {}; host: {host}\n", e.reason(), e.hint()))
+    }
+
+    fn response_with_body(self, body: String) -> Response<RespBody> {
         let mut resp = Response::new(RespBody::full(body));
         *resp.status_mut() = self.status();
         let headers = resp.headers_mut();
         headers.insert(ERROR_HEADER, HeaderValue::from_static(self.reason()));
         headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
         resp
+    }
+}
+
+/// Longest part of a client's value the proxy writes back in an answer.
+const MAX_ECHO_BYTES: usize = 256;
+
+/// A client's value as it may be written back: control characters removed (no line breaks or
+/// terminal escapes reach a body a person reads), cut at `MAX_ECHO_BYTES` on a character
+/// boundary.
+fn echoed(value: &str) -> String {
+    let mut out = String::with_capacity(value.len().min(MAX_ECHO_BYTES));
+    for c in value.chars().filter(|c| !c.is_control()) {
+        if out.len() + c.len_utf8() > MAX_ECHO_BYTES {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    async fn body_of(resp: Response<RespBody>) -> String {
+        String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn unknown_service_answers_echo_the_host() {
+        let resp = ProxyError::unknown_service_response(Some("paymnets.shop"));
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        assert_eq!(resp.headers()[ERROR_HEADER], "unknown-service");
+        let body = body_of(resp).await;
+        assert!(body.starts_with("unknown-service: "), "{body}");
+        assert!(body.ends_with("; host: \"paymnets.shop\"\n"), "{body}");
+        let none = body_of(ProxyError::unknown_service_response(None)).await;
+        assert!(none.ends_with("; host: (none)\n"), "{none}");
+    }
+
+    #[test]
+    fn echoed_values_are_cut_and_lose_control_characters() {
+        assert_eq!(echoed("a\r\nb\u{1b}[31mc\u{7f}"), "ab[31mc");
+        let long = "é".repeat(200);
+        let cut = echoed(&long);
+        assert!(cut.len() <= MAX_ECHO_BYTES && cut.len() >= MAX_ECHO_BYTES - 1, "{}", cut.len());
+        assert!(long.starts_with(&cut), "cut on a character boundary");
+        assert_eq!(echoed("payments.shop"), "payments.shop");
     }
 }

@@ -1,6 +1,7 @@
 //! HTTP plumbing shared by the inbound and outbound sides: bodies, proxy-made errors, the
-//! server loop for client connections, and header hygiene.
+//! server loop for client connections, header hygiene and the access log.
 
+pub mod access;
 pub mod body;
 pub mod errors;
 pub mod h1server;

@@ -18,6 +18,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use super::access::AccessLine;
 use super::body::{ClientBody, RespBody};
 use super::errors::ProxyError;
 use super::headers::HostCheck;
@@ -25,6 +26,7 @@ use super::timeouts::{HeadTimer, ReadWatch};
 use super::{h1server, h2server};
 use crate::listeners::Side;
 use crate::metrics::METRICS;
+use crate::routing::Rule;
 use crate::state::ProxyState;
 
 /// The HTTP version a client speaks.
@@ -219,34 +221,48 @@ impl Handler {
 
     /// Starts answering a request that arrived at `started`: routed now, forwarded by the
     /// future returned (wrapped to write the access log line when that is on).
-    pub fn call(&self, req: Request<ClientBody>, started: Instant) -> BoxedResponse {
+    pub fn call(&self, mut req: Request<ClientBody>, started: Instant) -> BoxedResponse {
+        let routed = self.route(&mut req);
         if crate::logging::access_log_enabled() {
-            let (method, uri) = (req.method().clone(), req.uri().clone());
-            let resp = self.respond(req, started);
-            return Box::pin(logged(resp, self.side.direction(), self.peer, method, uri, started));
+            return self.respond_logged(routed, req, started);
         }
-        self.respond(req, started)
+        self.respond(routed, req, started)
     }
 
-    /// Routes the request now, synchronously, and boxes only the forwarding (or the error
-    /// response). The future of a request is moved each time a layer of async fns wraps it;
-    /// with routing inside three such layers, each request copied about 20 KiB of future
-    /// state (callgrind: memcpy was 13 % of the instructions).
-    fn respond(&self, mut req: Request<ClientBody>, started: Instant) -> BoxedResponse {
+    fn route(&self, req: &mut Request<ClientBody>) -> Result<(Arc<Rule>, u64), ProxyError> {
         // Routing, authorization, metrics and the upstream must all see one host.
         match super::headers::check_host(req.uri(), req.headers()) {
             HostCheck::Agrees => {}
             HostCheck::Conflicts => {
                 req.headers_mut().remove(http::header::HOST);
             }
-            HostCheck::Ambiguous => return Box::pin(std::future::ready(ProxyError::BadHost.response())),
+            HostCheck::Ambiguous => return Err(ProxyError::BadHost),
         }
-        let routed = match &self.side {
-            Side::Outbound => crate::outbound::route(&self.state, None, &req),
-            Side::Upstream(service) => crate::outbound::route(&self.state, Some(service), &req),
-            Side::Inbound => crate::inbound::admit(&self.state, self.peer, self.caller.as_deref(), &mut req),
-        };
+        match &self.side {
+            Side::Outbound => crate::outbound::route(&self.state, None, req),
+            Side::Upstream(service) => crate::outbound::route(&self.state, Some(service), req),
+            Side::Inbound => crate::inbound::admit(&self.state, self.peer, self.caller.as_deref(), req),
+        }
+    }
+
+    /// Boxes only the forwarding (or the error response) of a request routed synchronously.
+    /// The future of a request is moved each time a layer of async fns wraps it; with routing
+    /// inside three such layers, each request copied about 20 KiB of future state (callgrind:
+    /// memcpy was 13 % of the instructions).
+    fn respond(
+        &self,
+        routed: Result<(Arc<Rule>, u64), ProxyError>,
+        req: Request<ClientBody>,
+        started: Instant,
+    ) -> BoxedResponse {
         match routed {
+            Err(ProxyError::UnknownService) => {
+                let bound = match &self.side {
+                    Side::Upstream(service) => Some(&**service),
+                    _ => None,
+                };
+                Box::pin(std::future::ready(crate::outbound::unknown_service(bound, &req, started)))
+            }
             Err(e) => Box::pin(std::future::ready(e.response())),
             // Rare, and with its own (larger) future.
             Ok((rule, _)) if crate::forward::is_upgrade(&req) => {
@@ -254,6 +270,19 @@ impl Handler {
             }
             Ok((rule, max_body)) => boxed_in_place(|| crate::forward::forward(rule, req, started, max_body)),
         }
+    }
+
+    /// `respond`, with the request's access log line written once its response is sent.
+    fn respond_logged(
+        &self,
+        routed: Result<(Arc<Rule>, u64), ProxyError>,
+        req: Request<ClientBody>,
+        started: Instant,
+    ) -> BoxedResponse {
+        let rule = routed.as_ref().ok().map(|(rule, _)| &**rule);
+        let line = AccessLine::new(self.side.direction(), self.peer, self.caller.clone(), &req, rule, started);
+        let resp = self.respond(routed, req, started);
+        Box::pin(async move { line.finish(resp.await) })
     }
 }
 
@@ -280,29 +309,6 @@ impl Future for ResponseFuture {
     fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
         self.0.as_mut().poll(cx).map(Ok)
     }
-}
-
-/// Awaits the response and writes its access log line.
-async fn logged(
-    resp: BoxedResponse,
-    direction: &'static str,
-    peer: SocketAddr,
-    method: http::Method,
-    uri: http::Uri,
-    started: Instant,
-) -> Response<RespBody> {
-    let resp = resp.await;
-    tracing::info!(
-        target: "access",
-        direction,
-        %peer,
-        %method,
-        %uri,
-        status = resp.status().as_u16(),
-        proxy_error = resp.headers().get(super::errors::ERROR_HEADER).and_then(|v| v.to_str().ok()).unwrap_or(""),
-        micros = started.elapsed().as_micros() as u64,
-    );
-    resp
 }
 
 /// Runs a pinned connection to its end; when draining starts, asks it to finish gracefully

@@ -2,12 +2,14 @@
 //! on, or by Host) and pick the route rule; `forward` does the rest.
 
 use std::sync::Arc;
+use std::time::Instant;
 
-use http::Request;
+use http::{Request, Response};
 
-use crate::http::body::ClientBody;
+use crate::http::body::{ClientBody, RespBody};
 use crate::http::errors::ProxyError;
 use crate::http::headers;
+use crate::metrics::RouteMetrics;
 use crate::routing::Rule;
 use crate::state::ProxyState;
 
@@ -34,4 +36,14 @@ pub fn route(
         return Err(ProxyError::NoRoute);
     };
     Ok((rule.clone(), snap.proxy.http.max_body_bytes))
+}
+
+/// The answer to a call for a service no policy names (`route` said `UnknownService`): a 404
+/// that echoes the name looked up (the port's service on an upstream port, else the host),
+/// counted under the service `unknown`, never under that name: a client could make up any
+/// number of them.
+pub fn unknown_service(bound_service: Option<&str>, req: &Request<ClientBody>, started: Instant) -> Response<RespBody> {
+    let resp = ProxyError::unknown_service_response(bound_service.or_else(|| headers::request_host(req)));
+    RouteMetrics::unknown_service().record(resp.status().as_u16(), false, started.elapsed().as_secs_f64());
+    resp
 }

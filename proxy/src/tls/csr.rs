@@ -132,6 +132,27 @@ pub async fn run(state: Arc<ProxyState>, cp: ControlPlaneSpec) {
     }
 }
 
+/// The join token in `path` (docs/certificates.md): the token alone, on one line; whitespace
+/// around it (a trailing newline) is ignored. Read again for every request, so a replaced file
+/// is used from the next renewal on.
+fn read_join_token(path: &str) -> Result<String, TlsError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| TlsError::Read { what: format!("joinTokenFile {path}"), source })?;
+    let token = text.trim();
+    let refuse =
+        |reason: &str| TlsError::Identity { what: format!("joinTokenFile {path}"), reason: reason.to_string() };
+    if token.is_empty() {
+        return Err(refuse("the file is empty; it must hold the join token"));
+    }
+    if token.contains(char::is_whitespace) {
+        // Most likely a line of the control plane's token file, `<token> <spiffe-id>`.
+        return Err(refuse(
+            "the file must hold the token alone, on one line (the control plane's `<token> <spiffe-id>` lines are for `weft serve --join-token-file`)",
+        ));
+    }
+    Ok(token.to_string())
+}
+
 /// One CSR round trip: the new identity and its PEM (to keep in `identityDir`).
 pub async fn obtain(
     target: &ControlPlaneTarget,
@@ -139,10 +160,7 @@ pub async fn obtain(
     id: &SpiffeId,
 ) -> Result<(MeshTls, IdentityPem), TlsError> {
     let token = match &cp.join_token_file {
-        Some(path) => std::fs::read_to_string(path)
-            .map_err(|source| TlsError::Read { what: format!("joinTokenFile {path}"), source })?
-            .trim()
-            .to_string(),
+        Some(path) => read_join_token(path)?,
         None => return Err(TlsError::Refused("controlPlane.joinTokenFile is not set".to_string())),
     };
     let key =
@@ -203,4 +221,32 @@ async fn post(target: &ControlPlaneTarget, token: &str, body: Vec<u8>) -> Result
         return Err(TlsError::Refused(format!("{status}: {}", String::from_utf8_lossy(&bytes).trim())));
     }
     Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token_file(name: &str, text: &str) -> String {
+        let path = std::env::temp_dir().join(format!("weft-join-token-{}-{name}", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    }
+
+    #[test]
+    fn a_join_token_file_holds_the_token_on_one_line() {
+        let path = token_file("ok", "  0123456789abcdef-token\n\n");
+        assert_eq!(read_join_token(&path).unwrap(), "0123456789abcdef-token", "surrounding whitespace trimmed");
+        for (name, text, says) in [
+            ("empty", "\n  \n", "empty"),
+            ("pair", "0123456789abcdef spiffe://cluster.local/ns/shop/sa/web\n", "token alone"),
+            ("lines", "0123456789abcdef\nsecond\n", "token alone"),
+        ] {
+            let path = token_file(name, text);
+            let err = read_join_token(&path).expect_err(name).to_string();
+            assert!(err.contains(says) && err.contains(&path), "{name}: {err}");
+        }
+        let missing = std::env::temp_dir().join("weft-join-token-missing").display().to_string();
+        assert!(read_join_token(&missing).unwrap_err().to_string().contains("cannot read joinTokenFile"));
+    }
 }

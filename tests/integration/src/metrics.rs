@@ -93,8 +93,8 @@ mod tests {
 
     const TEXT: &str = r#"# HELP weft_requests_total Requests.
 # TYPE weft_requests_total counter
-weft_requests_total{direction="outbound",service="api",code="200",classification="success"} 30
-weft_requests_total{direction="outbound",service="api",code="503",classification="failure"} 2
+weft_requests_total{direction="outbound",service="api",backend="api",code="200",classification="success"} 30
+weft_requests_total{direction="outbound",service="api",backend="api-v2",code="503",classification="failure"} 2
 weft_requests_total{direction="inbound",service="api",code="200",classification="success"} 7
 weft_config_version 3
 odd{path="a\"b}c"} 1.5

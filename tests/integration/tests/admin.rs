@@ -55,6 +55,8 @@ async fn metrics_match_the_traffic_sent() {
     assert_eq!(classified("success"), 37.0, "{metrics}");
     assert_eq!(classified("failure"), 5.0, "a 500 is a failure:\n{metrics}");
     assert_eq!(metric_sum(&metrics, "weft_requests_total", &[]), 45.0, "{metrics}");
+    // Without a split, a route's one backend is its own service.
+    assert_eq!(metric_sum(&metrics, "weft_requests_total", &[("service", "api"), ("backend", "api")]), 42.0);
     assert_eq!(metric_sum(&metrics, "weft_request_duration_seconds_count", &[]), 45.0, "{metrics}");
     assert_eq!(metric_sum(&metrics, "weft_endpoints", &[("service", "api")]), 1.0, "one endpoint:\n{metrics}");
     assert_eq!(metric_sum(&metrics, "weft_retries_total", &[("service", "api")]), 0.0, "{metrics}");
@@ -63,6 +65,67 @@ async fn metrics_match_the_traffic_sent() {
     for name in ["weft_build_info", "weft_open_connections"] {
         assert!(has_metric(&metrics, name), "{name} missing:\n{metrics}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_is_counted_under_its_own_backend() {
+    let stable = Backend::start("stable").await;
+    let canary = Backend::start("canary").await;
+    let route = document(
+        "Route",
+        "payments-api",
+        r#"
+        service: payments
+        rules:
+          - backends: [{service: payments, weight: 70}, {service: payments-v2, weight: 30}]
+        "#,
+    );
+    let policy =
+        service("payments", "http", &[stable.addr()]) + &service("payments-v2", "http", &[canary.addr()]) + &route;
+    let proxy = Proxy::start(ProxyConfig { policy, ..Default::default() }).await;
+
+    for i in 0..100 {
+        let resp = must(proxy.outbound(), &Req::get(&format!("/pay/{i}")).host("payments")).await;
+        assert_eq!(resp.status, 200);
+    }
+    let (to_stable, to_canary) = (stable.hits() as f64, canary.hits() as f64);
+    assert!(to_canary > 0.0 && to_stable > 0.0, "both backends got traffic: {to_stable} / {to_canary}");
+
+    let metrics = eventually("request counters per backend", Duration::from_secs(10), || async {
+        let metrics = proxy.metrics().await;
+        (metric_sum(&metrics, "weft_requests_total", &[("service", "payments")]) == 100.0).then_some(metrics)
+    })
+    .await;
+    let by_backend = |name, backend| {
+        metric_sum(&metrics, name, &[("service", "payments"), ("route", "payments-api"), ("backend", backend)])
+    };
+    assert_eq!(by_backend("weft_requests_total", "payments-v2"), to_canary, "{metrics}");
+    assert_eq!(by_backend("weft_requests_total", "payments"), to_stable, "{metrics}");
+    assert_eq!(by_backend("weft_request_duration_seconds_count", "payments-v2"), to_canary, "{metrics}");
+    assert_eq!(by_backend("weft_request_duration_seconds_count", "payments"), to_stable, "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_service_answers_are_counted_without_the_host() {
+    let api = Backend::start("api").await;
+    let proxy = Proxy::start(ProxyConfig { policy: service("api", "http", &[api.addr()]), ..Default::default() }).await;
+
+    for i in 0..3 {
+        let host = format!("made-up-{i}.example");
+        let resp = must(proxy.outbound(), &Req::get("/").host(&host)).await;
+        assert_eq!(resp.status, 404);
+        assert_eq!(resp.header("weft-proxy-error"), Some("unknown-service"));
+        assert!(resp.text().contains(&format!("host: \"{host}\"")), "the name looked up is echoed: {resp:?}");
+    }
+    let metrics = eventually("404s counted", Duration::from_secs(10), || async {
+        let metrics = proxy.metrics().await;
+        let unknown = [("direction", "outbound"), ("service", "unknown"), ("code", "404")];
+        (metric_sum(&metrics, "weft_requests_total", &unknown) == 3.0).then_some(metrics)
+    })
+    .await;
+    let unknown = [("service", "unknown"), ("route", "unknown"), ("backend", "unknown")];
+    assert_eq!(metric_sum(&metrics, "weft_request_duration_seconds_count", &unknown), 3.0, "{metrics}");
+    assert!(!metrics.contains("made-up"), "no label carries a requested host:\n{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,6 +189,35 @@ async fn explain_names_the_route_that_matches() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_answers_for_upstream_ports_and_refuses_bad_questions_with_400() {
+    let api = Backend::start("api").await;
+    let proxy = Proxy::start(ProxyConfig {
+        upstreams: vec!["api".to_string()],
+        policy: service("api", "http", &[api.addr()]),
+        ..Default::default()
+    })
+    .await;
+    let port = proxy.upstream("api").port();
+
+    let resp = proxy.admin_get(&format!("/explain?port={port}&path=/v1/x")).await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let json: serde_json::Value = serde_json::from_slice(&resp.body).expect("/explain is JSON");
+    assert_eq!(json["port"], port, "{json}");
+    assert_eq!(json["service"], "api.default", "{json}");
+    assert_eq!(json["backends"][0]["service"], "api.default", "{json}");
+    // The explanation agrees with real routing: the port sends whatever Host to its service.
+    let real = must(proxy.upstream("api"), &Req::get("/v1/x").host("elsewhere")).await;
+    assert_eq!(real.backend(), Some("api"));
+
+    for query in ["path=/", &format!("port={}", port.wrapping_add(1)), "port=web", "host=api&port=1"] {
+        let resp = proxy.admin_get(&format!("/explain?{query}")).await;
+        assert_eq!(resp.status, 400, "{query}: {resp:?}");
+        let json: serde_json::Value = serde_json::from_slice(&resp.body).expect("an error is JSON too");
+        assert!(json["error"].as_str().is_some_and(|e| !e.is_empty()), "{query}: {json}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_level_can_be_changed_at_runtime() {
     let dead = dead_addr();
     let proxy = Proxy::start(ProxyConfig {
@@ -152,6 +244,36 @@ async fn log_level_can_be_changed_at_runtime() {
 
     let resp = proxy.admin_send(&Req::new("PUT", "/log-level").body("weft_proxy=notalevel")).await;
     assert_eq!(resp.status, 400, "an unparsable filter is refused: {resp:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_level_reads_back_and_takes_json() {
+    let proxy = Proxy::start(ProxyConfig {
+        proxy_spec: "log: {format: text, level: error}".to_string(),
+        policy: service("api", "http", &[dead_addr().addr()]),
+        ..Default::default()
+    })
+    .await;
+    let current = || async {
+        let resp = proxy.admin_get("/log-level").await;
+        assert_eq!(resp.status, 200, "GET /log-level: {resp:?}");
+        let json: serde_json::Value = serde_json::from_slice(&resp.body).expect("GET /log-level is JSON");
+        json["level"].as_str().expect("a level").to_string()
+    };
+    assert_eq!(current().await, "error");
+
+    let resp = proxy.admin_send(&Req::new("PUT", "/log-level").body(r#"{"level":"info"}"#)).await;
+    assert_eq!(resp.status, 200, "PUT /log-level with JSON: {resp:?}");
+    assert_eq!(current().await, "info", "the JSON's level, not the JSON text, is the filter");
+    let resp = proxy.admin_send(&Req::new("PUT", "/log-level").body("weft_proxy=debug,warn\n")).await;
+    assert_eq!(resp.status, 200, "PUT /log-level with a plain filter: {resp:?}");
+    assert_eq!(current().await, "weft_proxy=debug,warn");
+
+    for bad in [r#"{"level":"info""#, r#"{"lvl":"info"}"#, "", "weft_proxy=notalevel"] {
+        let resp = proxy.admin_send(&Req::new("PUT", "/log-level").body(bad)).await;
+        assert_eq!(resp.status, 400, "{bad:?} is refused: {resp:?}");
+    }
+    assert_eq!(current().await, "weft_proxy=debug,warn", "a refused filter changes nothing");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,11 +310,78 @@ async fn the_access_log_has_one_line_per_request_with_its_outcome() {
     .await;
     assert_eq!(lines.len(), 2, "one line per request:\n{}", lines.join("\n"));
     let ok = &lines[0];
-    for want in ["direction=\"outbound\"", "method=GET", "uri=/logged?q=1", "status=200", "micros="] {
+    for want in ["direction=\"outbound\"", "method=GET", "path=\"/logged?q=1\"", "status=200", "micros="] {
         assert!(ok.contains(want), "{want} missing from {ok}");
     }
     let err = &lines[1];
-    for want in ["uri=/nowhere", "status=404", "proxy_error=\"unknown-service\""] {
+    for want in ["path=\"/nowhere\"", "status=404", "proxy_error=\"unknown-service\""] {
         assert!(err.contains(want), "{want} missing from {err}");
     }
+}
+
+/// The `fields` of every JSON access log line in `logs`.
+fn json_access_lines(logs: &str) -> Vec<serde_json::Value> {
+    logs.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["target"] == "access")
+        .map(|l| l["fields"].clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_access_lines_name_the_upstream_route_and_bytes() {
+    let stable = Backend::start("stable").await;
+    let canary = Backend::start("canary").await;
+    let app = Backend::start("app").await;
+    let route = document(
+        "Route",
+        "api-split",
+        r#"
+        service: api
+        rules:
+          - match: {headers: {x-canary: "true"}}
+            backends: [{service: api-v2, weight: 1}]
+          - backends: [{service: api, weight: 1}]
+        "#,
+    );
+    let proxy = Proxy::start(ProxyConfig {
+        proxy_spec: "log: {format: json, level: warn, accessLog: true}".to_string(),
+        inbound_app: Some(app.addr()),
+        policy: service("api", "http", &[stable.addr()]) + &service("api-v2", "http", &[canary.addr()]) + &route,
+        ..Default::default()
+    })
+    .await;
+    let body = "x".repeat(1000);
+    let resp = must(proxy.outbound(), &Req::post("/echo", body.clone()).host("api").header("x-canary", "true")).await;
+    assert_eq!(resp.text(), body);
+    // An absolute-form proxy request: logged by its path, as an origin-form one is.
+    let resp = must(proxy.outbound(), &Req::get("http://api/stable?n=1")).await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let resp = must(proxy.inbound(), &Req::get("/in").host("client")).await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+
+    let lines = eventually("three JSON access lines", Duration::from_secs(10), || async {
+        let lines = json_access_lines(&proxy.logs());
+        (lines.len() >= 3).then_some(lines)
+    })
+    .await;
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let canary_line = &lines[0];
+    assert_eq!(canary_line["path"], "/echo", "{canary_line}");
+    assert_eq!(canary_line["service"], "api", "{canary_line}");
+    assert_eq!(canary_line["route"], "api-split", "{canary_line}");
+    assert_eq!(canary_line["backend"], "api-v2", "{canary_line}");
+    assert_eq!(canary_line["endpoint"], canary.addr().to_string(), "{canary_line}");
+    assert_eq!(canary_line["response_bytes"], 1000, "{canary_line}");
+    assert_eq!(canary_line["status"], 200, "{canary_line}");
+    let stable_line = &lines[1];
+    assert_eq!(stable_line["path"], "/stable?n=1", "not the absolute URI: {stable_line}");
+    assert_eq!(stable_line["host"], "api", "{stable_line}");
+    assert_eq!(stable_line["endpoint"], stable.addr().to_string(), "{stable_line}");
+    let inbound_line = &lines[2];
+    assert_eq!(inbound_line["direction"], "inbound", "{inbound_line}");
+    assert_eq!(inbound_line["path"], "/in", "{inbound_line}");
+    assert_eq!(inbound_line["route"], "inbound", "{inbound_line}");
+    assert_eq!(inbound_line["endpoint"], app.addr().to_string(), "{inbound_line}");
+    assert!(inbound_line.get("caller").is_none(), "a plaintext caller has no identity: {inbound_line}");
 }

@@ -65,6 +65,41 @@ async fn rejected_for(proxy: &Proxy, direction: &str, reason: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inbound_access_log_names_the_verified_caller_and_the_path() {
+    let pki = Pki::new("mtls-access");
+    let app = Backend::start("app").await;
+    let server = Proxy::start(ProxyConfig {
+        service: "server".to_string(),
+        inbound_app: Some(app.addr()),
+        proxy_spec: format!(
+            "{}\nlog: {{format: json, level: warn, accessLog: true}}",
+            pki.issue("server", &spiffe("server"), "1h").tls_line()
+        ),
+        ..Default::default()
+    })
+    .await;
+    let client = client(&pki.issue("client", &spiffe("client"), "1h"), server.inbound(), &spiffe("server")).await;
+    let resp = must(client.upstream("server"), &Req::get("/hello?x=1")).await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+
+    let line = eventually("the server's access line", Duration::from_secs(10), || async {
+        server
+            .logs()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|l| l["target"] == "access")
+    })
+    .await;
+    let fields = &line["fields"];
+    assert_eq!(fields["direction"], "inbound", "{line}");
+    assert_eq!(fields["caller"], spiffe("client"), "{line}");
+    // It arrived as HTTP/2 with a full URI; logged as a path, like the outbound side.
+    assert_eq!(fields["path"], "/hello?x=1", "{line}");
+    assert_eq!(fields["endpoint"], app.addr().to_string(), "{line}");
+    assert_eq!(fields["response_bytes"], resp.body.len(), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_and_server_proxies_talk_mtls_and_the_app_learns_the_caller() {
     let pki = Pki::new("mtls-ok");
     let app = Backend::start("app").await;
