@@ -321,11 +321,14 @@ fn reload_policy(catalog: &Catalog, dir: &std::path::Path, registry: Option<&Yam
             }
         }
         Err(problems) => {
-            catalog.metrics.policy_reloads.with_label_values(&["rejected"]).inc();
-            for p in &problems {
-                tracing::error!(problem = %p, "policy change rejected; the last good policy keeps serving");
+            // A change that arrives in several bursts of file events is loaded more than once;
+            // the same problems are reported (logged and counted) once.
+            if catalog.set_policy_errors(problems.iter().map(ToString::to_string).collect()) {
+                catalog.metrics.policy_reloads.with_label_values(&["rejected"]).inc();
+                for p in &problems {
+                    tracing::error!(problem = %p, "policy change rejected; the last good policy keeps serving");
+                }
             }
-            catalog.set_policy_errors(problems.iter().map(ToString::to_string).collect());
         }
     }
 }

@@ -95,6 +95,13 @@ impl Health {
         }
     }
 
+    /// Ejection over and no outcome since: the next request should go here (one load; the
+    /// stamp is 0 for nearly every endpoint).
+    pub(super) fn awaits_probe(&self, now: u64) -> bool {
+        let until = self.ejected_until.load(Relaxed);
+        until != 0 && until <= now
+    }
+
     /// The hot-path check in `pick`: one load.
     pub(super) fn is_ejected(&self, now: u64) -> bool {
         self.ejected_until.load(Relaxed) > now

@@ -83,6 +83,14 @@ impl Picker {
             return Some(first);
         };
         let (a, b) = (&eps[first], &eps[second]);
+        // An endpoint whose ejection is over takes the next request as its probe: with its
+        // failure penalty it would otherwise lose every comparison and stay "probing".
+        if b.health.awaits_probe(now) && b.in_flight() == 0 {
+            return Some(second);
+        }
+        if a.health.awaits_probe(now) && a.in_flight() == 0 {
+            return Some(first);
+        }
         let (latency_a, latency_b) = match self.lb {
             LoadBalancer::PeakEwma => match (latency(a, now), latency(b, now)) {
                 (Some(x), Some(y)) => (x, y),
@@ -344,6 +352,30 @@ mod tests {
             // Penalised ×4, it wins only when drawn twice… which distinct draws never allow.
             assert_eq!(c[0], 0, "{lb:?}: {c:?}");
             assert!(c[1] > 1_200 && c[2] > 1_200, "{lb:?}: {c:?}");
+        }
+    }
+
+    #[test]
+    fn an_endpoint_back_from_ejection_gets_its_probe_at_once() {
+        fastrand::seed(17);
+        for lb in [LoadBalancer::PeakEwma, LoadBalancer::LeastRequest] {
+            let s = set(&[1, 1], lb);
+            // Endpoint 0 fails until it is ejected (the app behind it died).
+            let mut ejected = false;
+            for _ in 0..10 {
+                ejected |= s.on_failure_at(s.endpoints()[0].start_at(T0), T0);
+            }
+            assert!(ejected, "{lb:?}");
+            assert!((0..100).all(|_| s.pick_at(&[], T0) == Ok(1)), "{lb:?}: ejected, it gets nothing");
+            // The ejection is over (the app is back): the very next request probes it.
+            let later = T0 + 3_600_000 * MS;
+            assert_eq!(s.endpoints()[0].status(later).state, "probing");
+            assert_eq!(s.pick_at(&[], later), Ok(0), "{lb:?}");
+            // One probe at a time: while it is in flight, the others take the traffic.
+            let probe = s.endpoints()[0].start_at(later);
+            assert!((0..100).all(|_| s.pick_at(&[], later) == Ok(1)), "{lb:?}");
+            s.on_success_at(probe, later + MS);
+            assert_eq!(s.endpoints()[0].status(later + MS).state, "healthy", "{lb:?}");
         }
     }
 

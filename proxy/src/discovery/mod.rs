@@ -138,8 +138,16 @@ pub fn start(state: &Arc<ProxyState>) {
         }
     };
     state.layers.awaiting.store(true, Ordering::Release);
+    // `weft status` names the proxy by its Proxy document's own name.
+    let proxy_name;
     match crate::config::read_documents(&state.config_path) {
-        Ok((docs, _)) => state.layers.lock().file = docs,
+        Ok((docs, _)) => {
+            proxy_name = docs.iter().find_map(|d| match d {
+                weft_api::Document::Proxy(p) => Some(p.metadata.name.clone()),
+                _ => None,
+            });
+            state.layers.lock().file = docs;
+        }
         Err(diags) => {
             tracing::error!(problems = %diags, "cannot read the config file again; not subscribing");
             return;
@@ -170,7 +178,7 @@ pub fn start(state: &Arc<ProxyState>) {
         address: snap.proxy.inbound.as_ref().map(|i| i.listen),
         // Filled in from the certificate before each registration (see `client::run`).
         identity: None,
-        name: None,
+        name: proxy_name,
     };
     tokio::spawn(client::run(state.clone(), target, request));
 }

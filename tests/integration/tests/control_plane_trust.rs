@@ -396,4 +396,5 @@ async fn weft_stat_shows_each_services_rate_success_and_latency_from_the_proxies
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(table.contains("strict") && table.contains(env!("CARGO_PKG_VERSION")), "{table}");
     assert!(table.contains("CA certificate expires in"), "{table}");
+    assert!(table.contains("test-proxy"), "proxies are named by their Proxy document: {table}");
 }

@@ -401,6 +401,14 @@ async fn invalid_policy_is_rejected_with_file_lines_and_the_last_good_keeps_serv
     assert!(metric_sum(&cp.metrics().await, "weft_control_policy_errors", &[]) >= 1.0);
     assert!(cp.logs().contains("spec.ports[0].protocol: invalid value \"htp\""), "{}", cp.logs());
     routes_only_to(&proxy, "api", &["a"], 5).await;
+    // The same bad file written again (an editor's second save, a second burst of events) is
+    // reported once, not once per load.
+    cp.write_policy(&good.replace("protocol: http", "protocol: htp"));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let said = cp.logs().matches("spec.ports[0].protocol: invalid value \"htp\"").count();
+    assert_eq!(said, 1, "{}", cp.logs());
+    let rejected = metric_sum(&cp.metrics().await, "weft_control_policy_reloads_total", &[("result", "rejected")]);
+    assert_eq!(rejected, 1.0);
 
     cp.write_policy(&good);
     eventually("the fixed policy to clear the errors", SETTLE, || async {

@@ -123,6 +123,9 @@ pub struct Subscriber {
     pub address: Option<SocketAddr>,
     tx: mpsc::Sender<Item>,
     resync: AtomicBool,
+    /// The stream fell behind (its queue filled): the next resync counts in `weft status`'s
+    /// RESYNCS. Resyncs for a policy or scope change are ordinary and do not.
+    fell_behind: AtomicBool,
     progress: Mutex<Progress>,
     connected_at: Instant,
 }
@@ -376,9 +379,16 @@ impl Catalog {
     }
 
     /// Records a rejected policy load; the last good policy keeps serving.
-    pub fn set_policy_errors(&self, errors: Vec<String>) {
+    /// Records why the last policy load was rejected; false when these are the problems
+    /// already recorded (the same bad change seen twice: say it once).
+    pub fn set_policy_errors(&self, errors: Vec<String>) -> bool {
         self.metrics.policy_errors.set(errors.len() as i64);
-        lock(&self.inner).policy_errors = errors;
+        let mut inner = lock(&self.inner);
+        if inner.policy_errors == errors {
+            return false;
+        }
+        inner.policy_errors = errors;
+        true
     }
 
     /// Adds or updates one instance. Returns whether anything changed.
@@ -494,6 +504,7 @@ impl Catalog {
             match sub.tx.try_send(Item::Line { version, bytes, published }) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
+                    sub.fell_behind.store(true, Ordering::Release);
                     if sub.request_resync() {
                         self.metrics.resyncs.with_label_values(&["overflow"]).inc();
                     }
@@ -533,6 +544,7 @@ impl Catalog {
             address,
             tx,
             resync: AtomicBool::new(false),
+            fell_behind: AtomicBool::new(false),
             progress: Mutex::new(Progress::default()),
             connected_at: Instant::now(),
         });
@@ -569,7 +581,7 @@ impl Catalog {
         let mut p = lock(&sub.progress);
         p.sent = p.sent.max(version);
         p.push(version, timed.then_some(published));
-        if timed {
+        if timed && sub.fell_behind.swap(false, Ordering::AcqRel) {
             p.resyncs += 1;
         }
         drop(p);
@@ -720,6 +732,10 @@ mod tests {
         assert_eq!(s.version, catalog.version());
         assert_eq!(s.endpoints["s.default"].len(), STREAM_BUFFER + 9);
         assert!(!sub.accept(s.version - 1, None), "deltas older than the snapshot are skipped");
+        assert_eq!(catalog.status().proxies[0].resyncs, 1, "falling behind is a resync to show");
+        // A policy or scope change also sends a fresh snapshot: that is no trouble to report.
+        catalog.snapshot_for(&sub, true);
+        assert_eq!(catalog.status().proxies[0].resyncs, 1);
     }
 
     #[test]
