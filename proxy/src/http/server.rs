@@ -21,6 +21,7 @@ use tokio::net::TcpStream;
 use super::body::{ClientBody, RespBody};
 use super::errors::ProxyError;
 use super::headers::HostCheck;
+use super::path::{self, PathCheck};
 use super::timeouts::{HeadTimer, ReadWatch};
 use super::{h1server, h2server};
 use crate::listeners::Side;
@@ -233,13 +234,26 @@ impl Handler {
     /// with routing inside three such layers, each request copied about 20 KiB of future
     /// state (callgrind: memcpy was 13 % of the instructions).
     fn respond(&self, mut req: Request<ClientBody>, started: Instant) -> BoxedResponse {
-        // Routing, authorization, metrics and the upstream must all see one host.
+        // Routing, authorization, metrics and the upstream must all see one host and one path.
         match super::headers::check_host(req.uri(), req.headers()) {
             HostCheck::Agrees => {}
             HostCheck::Conflicts => {
                 req.headers_mut().remove(http::header::HOST);
             }
             HostCheck::Ambiguous => return Box::pin(std::future::ready(ProxyError::BadHost.response())),
+        }
+        match path::check_path(req.uri()) {
+            PathCheck::Normal => {}
+            // Rare (and out of line): the path was rebuilt.
+            PathCheck::Rewritten(normal) => {
+                if let Err(e) = with_path(req.uri_mut(), normal) {
+                    return Box::pin(std::future::ready(e.response()));
+                }
+            }
+            PathCheck::Refused(why) => {
+                tracing::debug!(peer = %self.peer, path = req.uri().path(), why, "request path refused");
+                return Box::pin(std::future::ready(ProxyError::BadRequest.response()));
+            }
         }
         let routed = match &self.side {
             Side::Outbound => crate::outbound::route(&self.state, None, &req),
@@ -255,6 +269,17 @@ impl Handler {
             Ok((rule, max_body)) => boxed_in_place(|| crate::forward::forward(rule, req, started, max_body)),
         }
     }
+}
+
+/// Puts the normal form of the path (and the query) into the request target, keeping its
+/// scheme and authority.
+#[cold]
+fn with_path(uri: &mut http::Uri, normal: http::uri::PathAndQuery) -> Result<(), ProxyError> {
+    tracing::debug!(from = uri.path(), to = normal.path(), "request path normalised");
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.path_and_query = Some(normal);
+    *uri = http::Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest)?;
+    Ok(())
 }
 
 pub type BoxedResponse = Pin<Box<dyn Future<Output = Response<RespBody>> + Send>>;
