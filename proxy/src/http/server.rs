@@ -235,7 +235,7 @@ impl Handler {
     /// state (callgrind: memcpy was 13 % of the instructions).
     fn respond(&self, mut req: Request<ClientBody>, started: Instant) -> BoxedResponse {
         // Routing, authorization, metrics and the upstream must all see one host and one path.
-        match super::headers::check_host(req.uri(), req.headers()) {
+        match super::headers::check_host(req.version(), req.uri(), req.headers()) {
             HostCheck::Agrees => {}
             HostCheck::Conflicts => {
                 req.headers_mut().remove(http::header::HOST);
