@@ -1,10 +1,12 @@
 //! `/explain?host=&path=&method=`: which service, route rule, backends and policy decide a
 //! request, and why — so "which policy applied?" has an answer without reading YAML.
 
+use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use serde_json::{Value, json};
 
 use crate::config::Snapshot;
+use crate::http::path::{self, PathCheck};
 
 fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
@@ -65,10 +67,34 @@ fn explain_inbound(snap: &Snapshot, from: &str, path: &str, method: &Method) -> 
     })
 }
 
+/// Explains a request as the proxy would serve it: on the normal form of its path (see
+/// `http::path`), or refused as the proxy would refuse it.
 pub fn explain(snap: &Snapshot, query: &str) -> Value {
     let pairs = parse_query(query);
+    let path = pairs.iter().find(|(n, _)| n == "path").map_or("/", |(_, v)| v.as_str());
+    let target = PathAndQuery::try_from(path).ok();
+    let normal = match target.as_ref().map(path::check_target) {
+        Some(PathCheck::Refused(why)) => {
+            return json!({
+                "path": path, "decision": "400 bad-request", "why": format!("the path is refused: {why}"),
+                "configVersion": snap.version,
+            });
+        }
+        Some(PathCheck::Rewritten(normal)) => Some(normal),
+        Some(PathCheck::Normal) | None => None,
+    };
+    let Some(normal) = normal else {
+        return explain_path(snap, &pairs, path);
+    };
+    let mut explained = explain_path(snap, &pairs, normal.path());
+    if let Some(fields) = explained.as_object_mut() {
+        fields.insert("normalisedFrom".to_string(), json!(path));
+    }
+    explained
+}
+
+fn explain_path(snap: &Snapshot, pairs: &[(String, String)], path: &str) -> Value {
     let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-    let path = get("path").unwrap_or("/");
     let method = Method::from_bytes(get("method").unwrap_or("GET").as_bytes()).unwrap_or(Method::GET);
     if let Some(from) = get("from") {
         return explain_inbound(snap, from, path, &method);
@@ -77,7 +103,7 @@ pub fn explain(snap: &Snapshot, query: &str) -> Value {
         return json!({"error": "give host= (and optionally path=, method=, header.<name>=), or from=<caller SPIFFE id> for an inbound call"});
     };
     let mut headers = HeaderMap::new();
-    for (k, v) in &pairs {
+    for (k, v) in pairs {
         if let Some(name) = k.strip_prefix("header.")
             && let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(v))
         {

@@ -27,9 +27,14 @@ pub enum PathCheck {
 /// `//` or a dot segment is found normal by one scan, without allocating; only the others
 /// are rebuilt.
 pub fn check_path(uri: &Uri) -> PathCheck {
-    let Some(target) = uri.path_and_query() else {
-        return PathCheck::Normal;
-    };
+    match uri.path_and_query() {
+        Some(target) => check_target(target),
+        None => PathCheck::Normal,
+    }
+}
+
+/// Like [`check_path`], for a target on its own (`/explain` checks the path it is given).
+pub fn check_target(target: &PathAndQuery) -> PathCheck {
     if is_normal(target.path().as_bytes()) {
         return PathCheck::Normal;
     }

@@ -298,6 +298,18 @@ async fn authorization_checks_the_normalised_path_that_the_app_receives() {
         assert_eq!(resp.header("x-echo-path"), Some(received), "HTTP/2 {path}");
     }
     assert_eq!(app.hits(), 2 * allowed.len());
+
+    // `/explain` decides on the same normal form, and refuses what the proxy refuses.
+    let explain = |path: &str| {
+        let q = format!("/explain?from={}&path={path}", spiffe("client"));
+        let server = &server;
+        async move { server.config_json_at(&q).await }
+    };
+    let climbed = explain("/v1/../admin").await;
+    let fields = ["decision", "path", "normalisedFrom"].map(|f| climbed[f].as_str());
+    assert_eq!(fields, [Some("403 unauthorized"), Some("/admin"), Some("/v1/../admin")], "{climbed}");
+    let slashed = explain("/v1/%252Fadmin").await;
+    assert_eq!(slashed["decision"].as_str(), Some("400 bad-request"), "{slashed}");
 }
 
 /// The inbound side normalises on its own too, for callers that are not Weft proxies
