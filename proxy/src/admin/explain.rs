@@ -3,10 +3,12 @@
 //! "which policy applied?" has an answer without reading YAML. A question it cannot answer
 //! (no host, a port that is no upstream port) is an error, which the admin answers with 400.
 
+use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use serde_json::{Value, json};
 
 use crate::config::Snapshot;
+use crate::http::path::{self, PathCheck};
 
 fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
@@ -71,11 +73,35 @@ fn explain_inbound(snap: &Snapshot, from: &str, path: &str, method: &Method) -> 
 const USAGE: &str = "give host= (and optionally path=, method=, header.<name>=), port=<upstream port> instead of \
                      host=, or from=<caller SPIFFE id> for an inbound call";
 
-/// The explanation of the request the query describes, or why the query is not one.
+/// The explanation of the request the query describes, or why the query is not one. The
+/// request is explained as the proxy would serve it: on the normal form of its path (see
+/// `http::path`), or refused as the proxy would refuse it.
 pub fn explain(snap: &Snapshot, query: &str) -> Result<Value, String> {
     let pairs = parse_query(query);
+    let path = pairs.iter().find(|(n, _)| n == "path").map_or("/", |(_, v)| v.as_str());
+    let target = PathAndQuery::try_from(path).ok();
+    let normal = match target.as_ref().map(path::check_target) {
+        Some(PathCheck::Refused(why)) => {
+            return Ok(json!({
+                "path": path, "decision": "400 bad-request", "why": format!("the path is refused: {why}"),
+                "configVersion": snap.version,
+            }));
+        }
+        Some(PathCheck::Rewritten(normal)) => Some(normal),
+        Some(PathCheck::Normal) | None => None,
+    };
+    let Some(normal) = normal else {
+        return explain_path(snap, &pairs, path);
+    };
+    let mut explained = explain_path(snap, &pairs, normal.path())?;
+    if let Some(fields) = explained.as_object_mut() {
+        fields.insert("normalisedFrom".to_string(), json!(path));
+    }
+    Ok(explained)
+}
+
+fn explain_path(snap: &Snapshot, pairs: &[(String, String)], path: &str) -> Result<Value, String> {
     let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-    let path = get("path").unwrap_or("/");
     let method = match get("method") {
         None => Method::GET,
         Some(m) => Method::from_bytes(m.as_bytes()).map_err(|_| format!("method={m:?} is not an HTTP method"))?,
@@ -84,7 +110,7 @@ pub fn explain(snap: &Snapshot, query: &str) -> Result<Value, String> {
         return Ok(explain_inbound(snap, from, path, &method));
     }
     let mut headers = HeaderMap::new();
-    for (k, v) in &pairs {
+    for (k, v) in pairs {
         if let Some(name) = k.strip_prefix("header.")
             && let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(v))
         {

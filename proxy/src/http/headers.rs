@@ -72,19 +72,21 @@ pub fn remove_named_by_connection(headers: &mut HeaderMap, connection: &HeaderVa
 /// the proxy that read a different Host than the one routed would act for another service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HostCheck {
-    /// One Host and no authority, no Host, or a Host equal to the authority.
+    /// One Host and no authority, an authority and no Host (or one equal to it), or HTTP/1.0
+    /// or HTTP/2 with neither.
     Agrees,
     /// The authority and Host differ (or Host is repeated): the Host fields are dropped, and
     /// an HTTP/1 upstream gets the authority as Host (`to_http1`).
     Conflicts,
-    /// Several Host fields and no authority to decide (RFC 9112 §3.2: 400), or an authority
+    /// Several Host fields and no authority to decide (RFC 9112 §3.2: 400), an HTTP/1.1
+    /// request with neither (RFC 9112 §3.2: 400; HTTP/1.0 may omit Host), or an authority
     /// with userinfo (RFC 9113 §8.3.1, RFC 9110 §4.2.4).
     Ambiguous,
 }
 
 /// Compares the target's authority with the Host fields. Runs on every request: it
 /// allocates nothing, and looks Host up once.
-pub fn check_host(uri: &Uri, headers: &HeaderMap) -> HostCheck {
+pub fn check_host(version: Version, uri: &Uri, headers: &HeaderMap) -> HostCheck {
     let mut hosts = headers.get_all(header::HOST).iter();
     let (first, second) = (hosts.next(), hosts.next());
     match uri.authority() {
@@ -96,7 +98,7 @@ pub fn check_host(uri: &Uri, headers: &HeaderMap) -> HostCheck {
             }
             _ => HostCheck::Conflicts,
         },
-        None if second.is_some() => HostCheck::Ambiguous,
+        None if second.is_some() || (first.is_none() && version == Version::HTTP_11) => HostCheck::Ambiguous,
         None => HostCheck::Agrees,
     }
 }
@@ -322,7 +324,7 @@ mod tests {
         use HostCheck::*;
         let cases: [(&str, &[&str], HostCheck); 11] = [
             ("/x", &["echo"], Agrees),
-            ("/x", &[], Agrees),
+            ("/x", &[], Ambiguous),
             ("/x", &["echo", "evil"], Ambiguous),
             ("/x", &["echo", "echo"], Ambiguous),
             ("http://echo/x", &[], Agrees),
@@ -339,7 +341,13 @@ mod tests {
             for host in hosts {
                 headers.append(header::HOST, HeaderValue::from_static(host));
             }
-            assert_eq!(check_host(&uri, &headers), expected, "{target} with Host {hosts:?}");
+            assert_eq!(check_host(Version::HTTP_11, &uri, &headers), expected, "{target} with Host {hosts:?}");
+        }
+        let origin_form: Uri = "/x".parse().unwrap();
+        for (version, expected) in
+            [(Version::HTTP_10, Agrees), (Version::HTTP_2, Agrees), (Version::HTTP_11, Ambiguous)]
+        {
+            assert_eq!(check_host(version, &origin_form, &HeaderMap::new()), expected, "{version:?} without Host");
         }
     }
 

@@ -1,5 +1,6 @@
 //! HTTP plumbing shared by the inbound and outbound sides: bodies, proxy-made errors, the
-//! server loop for client connections, header hygiene and the access log.
+//! server loop for client connections, header hygiene, request paths in normal form and the
+//! access log.
 
 pub mod access;
 pub mod body;
@@ -7,5 +8,6 @@ pub mod errors;
 pub mod h1server;
 pub mod h2server;
 pub mod headers;
+pub mod path;
 pub mod server;
 pub mod timeouts;

@@ -22,6 +22,7 @@ use super::access::AccessLine;
 use super::body::{ClientBody, RespBody};
 use super::errors::ProxyError;
 use super::headers::HostCheck;
+use super::path::{self, PathCheck};
 use super::timeouts::{HeadTimer, ReadWatch};
 use super::{h1server, h2server};
 use crate::listeners::Side;
@@ -230,13 +231,22 @@ impl Handler {
     }
 
     fn route(&self, req: &mut Request<ClientBody>) -> Result<(Arc<Rule>, u64), ProxyError> {
-        // Routing, authorization, metrics and the upstream must all see one host.
-        match super::headers::check_host(req.uri(), req.headers()) {
+        // Routing, authorization, metrics and the upstream must all see one host and one path.
+        match super::headers::check_host(req.version(), req.uri(), req.headers()) {
             HostCheck::Agrees => {}
             HostCheck::Conflicts => {
                 req.headers_mut().remove(http::header::HOST);
             }
             HostCheck::Ambiguous => return Err(ProxyError::BadHost),
+        }
+        match path::check_path(req.uri()) {
+            PathCheck::Normal => {}
+            // Rare (and out of line): the path was rebuilt.
+            PathCheck::Rewritten(normal) => with_path(req.uri_mut(), normal)?,
+            PathCheck::Refused(why) => {
+                tracing::debug!(peer = %self.peer, path = req.uri().path(), why, "request path refused");
+                return Err(ProxyError::BadRequest);
+            }
         }
         match &self.side {
             Side::Outbound => crate::outbound::route(&self.state, None, req),
@@ -284,6 +294,17 @@ impl Handler {
         let resp = self.respond(routed, req, started);
         Box::pin(async move { line.finish(resp.await) })
     }
+}
+
+/// Puts the normal form of the path (and the query) into the request target, keeping its
+/// scheme and authority.
+#[cold]
+fn with_path(uri: &mut http::Uri, normal: http::uri::PathAndQuery) -> Result<(), ProxyError> {
+    tracing::debug!(from = uri.path(), to = normal.path(), "request path normalised");
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.path_and_query = Some(normal);
+    *uri = http::Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest)?;
+    Ok(())
 }
 
 pub type BoxedResponse = Pin<Box<dyn Future<Output = Response<RespBody>> + Send>>;

@@ -282,6 +282,103 @@ async fn authorization_allows_and_denies_exactly_as_written() {
     assert_eq!(admin["rule"].as_str(), Some("server#0"), "{admin}");
 }
 
+/// The path that authorization checks is the path the app receives: the proxy normalises it
+/// first (dot segments, repeated slashes, encoded unreserved characters), so a request
+/// allowed under `/v1/` cannot reach `/admin` through an app that would resolve
+/// `/v1/../admin` itself. Encoded slashes, which apps read either way, are refused. Checked
+/// through the caller's proxy on each server a request can meet there (the proxy's own
+/// HTTP/1.1 server, hyper's for a chunked body, HTTP/2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_checks_the_normalised_path_that_the_app_receives() {
+    let pki = Pki::new("mtls-authz-paths");
+    let app = Backend::start("app").await;
+    let policy = document(
+        "AuthorizationPolicy",
+        "server",
+        &format!("service: server\ndefault: deny\nrules:\n  - {{from: [\"{}\"], paths: [/v1/]}}\n", spiffe("client")),
+    );
+    let server = server(&pki.issue("server", &spiffe("server"), "1h"), &app, &policy).await;
+    let client = client(&pki.issue("client", &spiffe("client"), "1h"), server.inbound(), &spiffe("server")).await;
+    let upstream = client.upstream("server");
+
+    for path in ["/v1/../admin", "/v1/%2e%2e/admin", "/v1/.%2E/admin", "/v1/x/../../admin"] {
+        let resp = must(upstream, &Req::get(path)).await;
+        assert_eq!((resp.status, resp.proxy_error()), (403, Some("unauthorized")), "{path}: {resp:?}");
+        let resp = send_h2(upstream, &Req::get(path).host("server")).await.expect("h2 request");
+        assert_eq!((resp.status, resp.proxy_error()), (403, Some("unauthorized")), "HTTP/2 {path}: {resp:?}");
+    }
+    for path in ["/v1/%2Fadmin", "/v1/%2f..%2fadmin", "/v1/..%5Cadmin", "/v1/../../admin", "/v1/%00"] {
+        let resp = must(upstream, &Req::get(path)).await;
+        assert_eq!((resp.status, resp.proxy_error()), (400, Some("bad-request")), "{path}: {resp:?}");
+    }
+    let chunked = b"POST /v1/../admin HTTP/1.1\r\nHost: server\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    let raw = String::from_utf8_lossy(&raw_exchange(upstream, chunked, Duration::from_secs(10)).await).to_lowercase();
+    assert!(
+        raw.starts_with("http/1.1 403 ") && raw.contains("weft-proxy-error: unauthorized"),
+        "hyper's server: {raw}"
+    );
+    assert_eq!(app.hits(), 0, "nothing outside /v1/ reached the app");
+
+    let allowed = [
+        ("/v1//x", "/v1/x"),
+        ("/v1/./x", "/v1/x"),
+        ("/v1/a/../x", "/v1/x"),
+        ("/v1/%78%7e?next=/../admin&p=%2F", "/v1/x~?next=/../admin&p=%2F"),
+    ];
+    for (path, received) in allowed {
+        let resp = must(upstream, &Req::get(path)).await;
+        assert_eq!(resp.status, 200, "{path}: {resp:?}");
+        assert_eq!(resp.header("x-echo-path"), Some(received), "{path}: the app got what was authorised");
+        let resp = send_h2(upstream, &Req::get(path).host("server")).await.expect("h2 request");
+        assert_eq!(resp.header("x-echo-path"), Some(received), "HTTP/2 {path}");
+    }
+    assert_eq!(app.hits(), 2 * allowed.len());
+
+    // `/explain` decides on the same normal form, and refuses what the proxy refuses.
+    let explain = |path: &str| {
+        let q = format!("/explain?from={}&path={path}", spiffe("client"));
+        let server = &server;
+        async move { server.config_json_at(&q).await }
+    };
+    let climbed = explain("/v1/../admin").await;
+    let fields = ["decision", "path", "normalisedFrom"].map(|f| climbed[f].as_str());
+    assert_eq!(fields, [Some("403 unauthorized"), Some("/admin"), Some("/v1/../admin")], "{climbed}");
+    let slashed = explain("/v1/%252Fadmin").await;
+    assert_eq!(slashed["decision"].as_str(), Some("400 bad-request"), "{slashed}");
+}
+
+/// The inbound side normalises on its own too, for callers that are not Weft proxies
+/// (permissive mode lets a test send plaintext; mTLS connections are served by the same code).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_authorization_normalises_paths_from_any_caller() {
+    let pki = Pki::new("mtls-inbound-paths");
+    let app = Backend::start("app").await;
+    let policy = mesh("permissive")
+        + &document(
+            "AuthorizationPolicy",
+            "server",
+            "service: server\ndefault: allow\nrules: [{action: deny, paths: [/admin]}]\n",
+        );
+    let server = server(&pki.issue("server", &spiffe("server"), "1h"), &app, &policy).await;
+    let inbound = server.inbound();
+
+    for path in ["/v1/../admin", "//admin", "/v1/%2e%2e/admin", "/%61dmin", "/./admin/x"] {
+        let resp = must(inbound, &Req::get(path).host("server")).await;
+        assert_eq!((resp.status, resp.proxy_error()), (403, Some("unauthorized")), "{path}: {resp:?}");
+        let resp = send_h2(inbound, &Req::get(path).host("server")).await.expect("h2 request");
+        assert_eq!((resp.status, resp.proxy_error()), (403, Some("unauthorized")), "HTTP/2 {path}: {resp:?}");
+    }
+    let chunked = b"POST //admin HTTP/1.1\r\nHost: server\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    let raw = String::from_utf8_lossy(&raw_exchange(inbound, chunked, Duration::from_secs(10)).await).to_lowercase();
+    assert!(raw.starts_with("http/1.1 403 "), "hyper's server: {raw}");
+    let resp = must(inbound, &Req::get("/v1/%2fadmin").host("server")).await;
+    assert_eq!((resp.status, resp.proxy_error()), (400, Some("bad-request")), "{resp:?}");
+    assert_eq!(app.hits(), 0);
+
+    let resp = must(inbound, &Req::get("/v1//x/.").host("server")).await;
+    assert_eq!((resp.status, resp.header("x-echo-path")), (200, Some("/v1/x/")), "{resp:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_from_the_control_plane_rotate_under_load_without_a_failed_request() {
     let pki = Pki::new("mtls-rotate");

@@ -82,6 +82,13 @@ async fn the_upstream_is_told_the_host_that_routing_used() {
     assert_eq!(status_of(&raw), Some(400), "{:?}", String::from_utf8_lossy(&raw));
     let raw = String::from_utf8_lossy(&raw).to_ascii_lowercase();
     assert!(raw.contains("weft-proxy-error: bad-host"), "{raw}");
+    // No Host at all: HTTP/1.1 must send one (400); HTTP/1.0 may not, and names no service.
+    let raw = raw_exchange(proxy.outbound(), b"GET /x HTTP/1.1\r\n\r\n", Duration::from_secs(10)).await;
+    let raw = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+    assert!(raw.starts_with("http/1.1 400 ") && raw.contains("weft-proxy-error: bad-host"), "{raw}");
+    let raw = raw_exchange(proxy.outbound(), b"GET /x HTTP/1.0\r\n\r\n", Duration::from_secs(10)).await;
+    let raw = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+    assert!(raw.contains(" 404 ") && raw.contains("weft-proxy-error: unknown-service"), "{raw}");
 
     assert_eq!(evil.hits(), 0, "the service named only by Host never saw a request");
     assert_eq!((echo.hits(), echo2.hits()), (3, 1));
@@ -129,6 +136,53 @@ async fn exact_path_and_path_prefix_pick_the_rule() {
         assert_eq!(resp.backend(), Some(expected), "{path}");
         assert_eq!(resp.header("x-echo-path"), Some(path), "the path is forwarded unchanged");
     }
+}
+
+/// Path rules match the normalised path, and that is the path the upstream receives: a
+/// request routed as `/v1/…` never reaches an upstream as `/admin/…`. Encoded slashes and a
+/// `..` above the root are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_rules_match_the_normalised_path_that_the_upstream_receives() {
+    let api = Backend::start("api").await;
+    let admin = Backend::start("admin").await;
+    let route = document(
+        "Route",
+        "api",
+        r#"
+        service: api
+        rules:
+          - match: {pathPrefix: /admin/}
+            backends: [{service: admin, weight: 1}]
+          - match: {path: /health}
+            backends: [{service: admin, weight: 1}]
+          - match: {pathPrefix: /}
+            backends: [{service: api, weight: 1}]
+        "#,
+    );
+    let policy = service("api", "http", &[api.addr()]) + &service("admin", "http", &[admin.addr()]) + &route;
+    let proxy = Proxy::start(ProxyConfig { policy, ..Default::default() }).await;
+
+    let cases = [
+        ("/v1/../admin/x", "admin", "/admin/x"),
+        ("//admin/x", "admin", "/admin/x"),
+        ("/%61dmin/x?a=/../b", "admin", "/admin/x?a=/../b"),
+        ("/admin/./x/", "admin", "/admin/x/"),
+        ("/v1/%2e%2e/health", "admin", "/health"),
+        ("/v1//x", "api", "/v1/x"),
+        ("/admin/..", "api", "/"),
+    ];
+    for (path, backend, received) in cases {
+        let resp = must(proxy.outbound(), &Req::get(path).host("api")).await;
+        assert_eq!((resp.status, resp.backend()), (200, Some(backend)), "{path}: {resp:?}");
+        assert_eq!(resp.header("x-echo-path"), Some(received), "{path}");
+        let resp = send_h2(proxy.outbound(), &Req::get(path).host("api")).await.expect("h2 request");
+        assert_eq!((resp.backend(), resp.header("x-echo-path")), (Some(backend), Some(received)), "HTTP/2 {path}");
+    }
+    for path in ["/v1%2F../admin/x", "/admin%5cx", "/../admin/x", "/v1/../../admin/x"] {
+        let resp = must(proxy.outbound(), &Req::get(path).host("api")).await;
+        assert_eq!((resp.status, resp.proxy_error()), (400, Some("bad-request")), "{path}: {resp:?}");
+    }
+    assert_eq!((api.hits(), admin.hits()), (4, 10));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
