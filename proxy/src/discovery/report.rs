@@ -25,20 +25,23 @@ fn label<'a>(m: &'a prometheus::proto::Metric, name: &str) -> &'a str {
 /// direction, service and route (other labels, such as the status code, are summed).
 pub fn from_families(families: &[MetricFamily]) -> Vec<TrafficStat> {
     let mut out: BTreeMap<(String, String, String), TrafficStat> = BTreeMap::new();
-    let key = |m: &prometheus::proto::Metric| {
-        (label(m, "direction").to_string(), label(m, "service").to_string(), label(m, "route").to_string())
-    };
+    fn entry<'a>(
+        out: &'a mut BTreeMap<(String, String, String), TrafficStat>,
+        m: &prometheus::proto::Metric,
+    ) -> &'a mut TrafficStat {
+        let (d, s, r) = (label(m, "direction"), label(m, "service"), label(m, "route"));
+        out.entry((d.to_string(), s.to_string(), r.to_string())).or_insert_with(|| TrafficStat {
+            direction: d.to_string(),
+            service: s.to_string(),
+            route: r.to_string(),
+            ..TrafficStat::default()
+        })
+    }
     for family in families {
         match family.name() {
             "weft_requests_total" => {
                 for m in family.get_metric() {
-                    let (d, s, r) = key(m);
-                    let entry = out.entry((d.clone(), s.clone(), r.clone())).or_insert_with(|| TrafficStat {
-                        direction: d,
-                        service: s,
-                        route: r,
-                        ..TrafficStat::default()
-                    });
+                    let entry = entry(&mut out, m);
                     let n = m.get_counter().get_value() as u64;
                     entry.requests += n;
                     if label(m, "classification") == "failure" {
@@ -48,13 +51,7 @@ pub fn from_families(families: &[MetricFamily]) -> Vec<TrafficStat> {
             }
             "weft_request_duration_seconds" => {
                 for m in family.get_metric() {
-                    let (d, s, r) = key(m);
-                    let entry = out.entry((d.clone(), s.clone(), r.clone())).or_insert_with(|| TrafficStat {
-                        direction: d,
-                        service: s,
-                        route: r,
-                        ..TrafficStat::default()
-                    });
+                    let entry = entry(&mut out, m);
                     let h = m.get_histogram();
                     let buckets = h.get_bucket();
                     if entry.bounds.is_empty() {
