@@ -48,6 +48,47 @@ fn record(metrics: &RouteMetrics, status: u16, grpc_failed: bool, started: Insta
 /// was most likely closed by the upstream as the request went out (see `try_endpoint`).
 const KEEP_ALIVE_RACE: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// How far a request got on a connection that gave it back unanswered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Delivery {
+    /// None of it reached the upstream: the connection could take no new request.
+    NotSent,
+    /// It was written, and the connection closed before any byte of a response (HTTP/1.1).
+    Unanswered,
+}
+
+/// Where a try's connection came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    Pooled,
+    New,
+}
+
+/// What becomes of a request its connection gave back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Resend {
+    /// At once, on a new connection to the same endpoint; not counted as a retry.
+    FreshConnection,
+    /// Intact, so it may go to another endpoint as after a connect failure, any method.
+    Elsewhere,
+    /// It may have been acted on: the try failed.
+    No,
+}
+
+/// Whether a request given back after `since_try` is sent again. Only a request that never
+/// reached the upstream is certainly unprocessed (a POST may go again only then); one that
+/// was written and met a close is the keep-alive race (the upstream closed the idle
+/// connection as the request went out) or the upstream failing it, so only an idempotent
+/// one goes again, and only when the close came at once.
+fn resend(delivery: Delivery, origin: Origin, idempotent: bool, since_try: std::time::Duration) -> Resend {
+    match (delivery, origin) {
+        (Delivery::NotSent, Origin::Pooled) => Resend::FreshConnection,
+        (Delivery::NotSent, Origin::New) => Resend::Elsewhere,
+        (Delivery::Unanswered, Origin::Pooled) if idempotent && since_try < KEEP_ALIVE_RACE => Resend::FreshConnection,
+        (Delivery::Unanswered, _) => Resend::No,
+    }
+}
+
 /// Connect failures are retried on other endpoints at least this often, whatever the route
 /// says: nothing reached the upstream, so a retry cannot duplicate anything.
 const CONNECT_RETRIES: u32 = 2;
@@ -424,9 +465,7 @@ async fn backoff(rule: &Rule, retries: u32, deadline: Option<Instant>) -> bool {
 }
 
 /// One try on one endpoint. A pooled connection found closed at checkout is never used (any
-/// method); a reused one that closes before any byte of a response (the keep-alive race: the
-/// upstream closed it as the request went out) sends an idempotent request again on a fresh
-/// connection at once. Neither counts as a retry.
+/// method), and a request a connection gives back goes again as `resend` decides.
 /// `identity` set means a meshed peer proxy: mTLS + HTTP/2 whatever the service's protocol.
 /// `try_at` is when the try started, the clock reading pooled connections expire against.
 async fn try_endpoint(
@@ -439,12 +478,13 @@ async fn try_endpoint(
     let h2 = cluster.protocol.is_h2();
     let connect_timeout = cluster.policy.connect_timeout;
     let mut fresh = false;
+    let idempotent = headers::is_idempotent(req.method());
     loop {
         let Some(pending) = cluster.shared.pending.try_acquire() else {
             return Err(TryFailure::PendingLimit);
         };
         let conn = match identity {
-            Some(id) => crate::tls::connect::checkout(addr, id, connect_timeout, fresh)
+            Some(id) => crate::tls::connect::checkout(addr, id, connect_timeout, fresh, try_at)
                 .await
                 .map(|(tx, reused)| Conn::Http2 { tx, reused }),
             None => connect::checkout(addr, h2, connect_timeout, fresh, try_at).await,
@@ -454,25 +494,15 @@ async fn try_endpoint(
             Ok(c) => c,
             Err(e) => return Err(TryFailure::Connect(req, e)),
         };
-        let reused = conn.reused();
-        let (back, e) = match conn {
+        let origin = if conn.reused() { Origin::Pooled } else { Origin::New };
+        let (back, delivery, e) = match conn {
             Conn::Http1 { conn, .. } => {
                 let home = connect::Home { addr, idle_timeout: cluster.policy.idle_timeout };
                 match conn.send(req, home).await {
                     Ok(resp) => return Ok(resp.map(UpstreamBody::Http1)),
-                    // The upstream closed the connection without a word: on a reused one, and
-                    // at once, most likely the keep-alive race (it closed as the request went
-                    // out); sent again on a fresh one only when a repeat is harmless. A close
-                    // that comes later is the upstream failing the request (a `Reset`).
-                    Err(connect::H1SendError::Closed(back, source))
-                        if reused
-                            && !fresh
-                            && headers::is_idempotent(back.method())
-                            && try_at.elapsed() < KEEP_ALIVE_RACE =>
-                    {
-                        (back, connect::ConnectError::Io { addr, source })
+                    Err(connect::H1SendError::Closed(back, source)) => {
+                        (back, Delivery::Unanswered, connect::ConnectError::Io { addr, source })
                     }
-                    Err(connect::H1SendError::Closed(_, source)) => return Err(TryFailure::Reset(source.into())),
                     Err(connect::H1SendError::Failed(e)) => return Err(TryFailure::Reset(e)),
                 }
             }
@@ -481,18 +511,25 @@ async fn try_endpoint(
             Conn::Http2 { mut tx, .. } => match Box::pin(tx.send(as_http2(req, cluster))).await {
                 Ok(resp) => return Ok(resp.map(UpstreamBody::Http2)),
                 Err(connect::H2SendError::NotSent(back, source)) => {
-                    (back, connect::ConnectError::Http2 { addr, source })
+                    (back, Delivery::NotSent, connect::ConnectError::Http2 { addr, source })
                 }
                 Err(connect::H2SendError::Failed(e)) => return Err(TryFailure::Reset(e)),
             },
         };
-        if reused && !fresh {
-            tracing::debug!(endpoint = %addr, "pooled connection closed before use; retrying on a fresh one");
-            req = back;
-            fresh = true;
-            continue;
+        match resend(delivery, origin, idempotent, try_at.elapsed()) {
+            Resend::FreshConnection => {
+                tracing::debug!(endpoint = %addr, "pooled connection closed under the request; sending it again on a fresh one");
+                req = back;
+                fresh = true;
+            }
+            Resend::Elsewhere => return Err(TryFailure::Connect(back, e)),
+            Resend::No => {
+                return Err(TryFailure::Reset(match e {
+                    connect::ConnectError::Io { source, .. } => source.into(),
+                    other => other.into(),
+                }));
+            }
         }
-        return Err(TryFailure::Connect(back, e));
     }
 }
 
@@ -595,6 +632,36 @@ pub async fn forward_upgrade(rule: Arc<Rule>, mut req: Request<ClientBody>, star
 mod tests {
     use super::*;
     use crate::test_support::future_size;
+
+    #[test]
+    fn only_a_request_that_never_reached_the_upstream_is_resent_whatever_its_method() {
+        use Delivery::*;
+        use Origin::*;
+        let at_once = std::time::Duration::ZERO;
+        let late = KEEP_ALIVE_RACE;
+        // (how far it got, connection, idempotent, time since the try began) → what happens
+        let cases = [
+            // Refused before its HEADERS went out (closed, or going away): nothing to repeat.
+            ((NotSent, Pooled, false, at_once), Resend::FreshConnection),
+            ((NotSent, Pooled, false, late), Resend::FreshConnection),
+            ((NotSent, Pooled, true, at_once), Resend::FreshConnection),
+            ((NotSent, New, false, at_once), Resend::Elsewhere),
+            ((NotSent, New, true, late), Resend::Elsewhere),
+            // Written, then closed unanswered: maybe processed, so a POST is never repeated.
+            ((Unanswered, Pooled, false, at_once), Resend::No),
+            ((Unanswered, Pooled, true, at_once), Resend::FreshConnection),
+            ((Unanswered, Pooled, true, late), Resend::No),
+            ((Unanswered, New, true, at_once), Resend::No),
+            ((Unanswered, New, false, at_once), Resend::No),
+        ];
+        for ((delivery, origin, idempotent, since_try), expected) in cases {
+            assert_eq!(
+                resend(delivery, origin, idempotent, since_try),
+                expected,
+                "{delivery:?} on a {origin:?} connection, idempotent: {idempotent}, after {since_try:?}"
+            );
+        }
+    }
 
     #[test]
     fn a_request_future_stays_small() {

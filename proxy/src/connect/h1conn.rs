@@ -26,7 +26,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 use crate::http::body::{BoxError, ReqBody};
@@ -117,10 +117,24 @@ impl H1Conn {
     }
 
     /// Whether an idle connection can take a request: the upstream has neither closed it nor
-    /// sent anything unasked. Costs no system call unless the socket became readable.
+    /// sent anything unasked. Asks the kernel, in one system call: the runtime learns of an
+    /// upstream's FIN only when it next polls for events, and a request that arrived in the
+    /// same turn would otherwise go out on a connection already closed (the keep-alive race).
     pub fn is_usable(&self) -> bool {
+        use std::io::Read as _;
+        let socket = socket2::SockRef::from(&self.io);
         let mut probe = [0u8; 1];
-        matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        let mut asked = false;
+        // Through the runtime when it saw the socket readable, so that a `WouldBlock` clears
+        // that readiness and the response's first read waits without a wasted call.
+        let mut answer = self.io.try_io(Interest::READABLE, || {
+            asked = true;
+            (&*socket).read(&mut probe)
+        });
+        if !asked {
+            answer = (&*socket).read(&mut probe);
+        }
+        matches!(answer, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
     /// Sends `req` and reads the response head; the body then reads from this connection and
@@ -1148,6 +1162,18 @@ mod tests {
             assert!(Instant::now() < deadline, "unasked bytes were never noticed");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn a_close_the_runtime_has_not_polled_for_yet_is_still_seen() {
+        // The race behind a POST answered 502 after a backend restart: the FIN is in the
+        // kernel, but the runtime has not polled for events since it came, so its readiness
+        // state says nothing is there. No `.await` below lets it poll.
+        let (conn, server, _) = pair().await;
+        assert!(conn.is_usable(), "an open idle connection is usable (and its readiness cleared)");
+        drop(server);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!conn.is_usable(), "the FIN was in the kernel before the check");
     }
 
     #[tokio::test]

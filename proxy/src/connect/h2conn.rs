@@ -11,7 +11,7 @@ use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -36,12 +36,29 @@ const MAX_SEND_BUFFER: usize = 400 * 1024;
 /// a peer that vanished without a FIN is noticed before requests queue on it.
 const PING_INTERVAL: Duration = Duration::from_secs(20);
 const PING_TIMEOUT: Duration = Duration::from_secs(10);
+/// A pooled connection that took no request for this long lets its task run before it takes
+/// one (see `H2Conn::take`); one in steady use skips that.
+const CATCH_UP_AFTER: Duration = Duration::from_millis(1);
 
 /// One HTTP/2 connection, shared by every request of this worker to the same endpoint.
 #[derive(Clone)]
 pub struct H2Conn {
     tx: SendRequest<Bytes>,
-    closed: Arc<AtomicBool>,
+    state: Arc<ConnState>,
+}
+
+struct ConnState {
+    /// Set by the connection's task when it ends.
+    closed: AtomicBool,
+    /// When the last request was given this connection (a `clock` reading).
+    last_taken: AtomicU64,
+}
+
+/// Whether a pooled connection idle for `idle` must let its task catch up before a request:
+/// only that task reads the socket, and it runs once the runtime polls for events, which a
+/// request that arrived in the same turn would beat to a connection the upstream had closed.
+fn needs_catch_up(idle: Duration) -> bool {
+    idle >= CATCH_UP_AFTER
 }
 
 /// Why a request did not get a response head.
@@ -55,7 +72,20 @@ pub enum SendError<B> {
 impl H2Conn {
     /// Whether the connection has ended (closed, failed, or missed its keep-alive pong).
     pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Relaxed)
+        self.state.closed.load(Ordering::Relaxed)
+    }
+
+    /// Takes this pooled connection for a request at `now` (a `clock` reading). Returns false
+    /// when it turned out closed: after a pause in its use, its task first reads whatever the
+    /// upstream sent meanwhile (a FIN, a GOAWAY), so that a request only goes out on a
+    /// connection the upstream had not yet left.
+    pub async fn take(&self, now: u64) -> bool {
+        let last = self.state.last_taken.swap(now, Ordering::Relaxed);
+        if needs_catch_up(Duration::from_nanos(now.saturating_sub(last))) {
+            // Deferred until the runtime has polled for events and run the tasks they woke.
+            tokio::task::yield_now().await;
+        }
+        !self.is_closed()
     }
 
     /// Sends `req` and waits for the response head. The request body is sent while waiting;
@@ -282,8 +312,9 @@ where
         .handshake::<_, Bytes>(stream)
         .await
         .map_err(|e| ConnectError::Http2 { addr, source: e })?;
-    let closed = Arc::new(AtomicBool::new(false));
-    let done = closed.clone();
+    let state =
+        Arc::new(ConnState { closed: AtomicBool::new(false), last_taken: AtomicU64::new(crate::clock::now_nanos()) });
+    let done = state.clone();
     let mut pings = conn.ping_pong();
     tokio::spawn(async move {
         let keepalive = async {
@@ -305,9 +336,9 @@ where
             },
             why = keepalive => tracing::warn!(%addr, "{what} connection closed: {why}"),
         }
-        done.store(true, Ordering::Relaxed);
+        done.closed.store(true, Ordering::Relaxed);
     });
-    Ok(H2Conn { tx, closed })
+    Ok(H2Conn { tx, state })
 }
 
 #[cfg(test)]
@@ -403,6 +434,32 @@ mod tests {
             got.trailers.as_ref().and_then(|t| t.get("x-checksum")).map(|v| v.as_bytes()),
             Some(&b"1400000"[..])
         );
+    }
+
+    #[test]
+    fn only_a_connection_left_idle_waits_for_its_task() {
+        let cases = [
+            (Duration::ZERO, false),
+            (Duration::from_micros(900), false),
+            (CATCH_UP_AFTER, true),
+            (Duration::from_secs(60), true),
+        ];
+        for (idle, expected) in cases {
+            assert_eq!(needs_catch_up(idle), expected, "idle {idle:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_while_idle_is_not_taken_even_before_its_task_ran() {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let server = tokio::spawn(async move { h2::server::handshake(server_io).await.expect("server handshake") });
+        let conn = handshake(SocketAddr::from(([127, 0, 0, 1], 1)), client_io, "test").await.expect("handshake");
+        drop(server.await.unwrap());
+        let now = crate::clock::now_nanos();
+        assert!(!conn.is_closed(), "the connection's task has not run since the upstream left");
+        let idle = now + CATCH_UP_AFTER.as_nanos() as u64;
+        assert!(!conn.take(idle).await, "taking an idle connection lets its task notice the close");
+        assert!(conn.is_closed());
     }
 
     #[test]

@@ -165,7 +165,10 @@ pub async fn checkout(
     now: Instant,
 ) -> Result<Conn, ConnectError> {
     if h2 {
-        if !fresh && let Some(tx) = POOL.with(|p| p.borrow().h2.get(&addr).filter(|tx| !tx.is_closed()).cloned()) {
+        if !fresh
+            && let Some(tx) = POOL.with(|p| p.borrow().h2.get(&addr).filter(|tx| !tx.is_closed()).cloned())
+            && tx.take(crate::clock::nanos_at(now)).await
+        {
             return Ok(Conn::Http2 { tx, reused: true });
         }
         // Boxed: the handshake futures are large and rare; inline they would be copied with

@@ -7,7 +7,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
@@ -32,12 +32,13 @@ thread_local! {
 }
 
 /// An HTTP/2 connection to the peer proxy at `addr` that proved it is `identity`, and whether
-/// it was reused.
+/// it was reused. `now` is a recent clock reading (see `H2Conn::take`).
 pub async fn checkout(
     addr: SocketAddr,
     identity: &Arc<str>,
     connect_timeout: Duration,
     fresh: bool,
+    now: Instant,
 ) -> Result<(H2Conn, bool), ConnectError> {
     let Some(tls) = super::current() else {
         return Err(ConnectError::Tls {
@@ -51,7 +52,9 @@ pub async fn checkout(
         let pooled = POOL.with(|p| {
             p.borrow().get(&key).filter(|c| !c.tx.is_closed() && Arc::ptr_eq(&c.tls, &tls)).map(|c| c.tx.clone())
         });
-        if let Some(tx) = pooled {
+        if let Some(tx) = pooled
+            && tx.take(crate::clock::nanos_at(now)).await
+        {
             return Ok((tx, true));
         }
     }

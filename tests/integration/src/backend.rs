@@ -25,6 +25,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -33,9 +34,22 @@ type Body = UnsyncBoxBody<Bytes, Infallible>;
 pub struct Backend {
     state: Arc<State>,
     addr: SocketAddr,
-    task: Option<JoinHandle<()>>,
+    task: Option<Serving>,
     /// While stopped, the port stays reserved for [`Backend::restart`] (see `net::Reserved`).
     parked: Option<crate::net::Reserved>,
+}
+
+/// The accept loop's task, and the way to tell it to stop.
+struct Serving {
+    task: JoinHandle<()>,
+    stop: oneshot::Sender<()>,
+}
+
+impl Serving {
+    fn spawn(listener: TcpListener, state: Arc<State>) -> Serving {
+        let (stop, stopped) = oneshot::channel();
+        Serving { task: tokio::spawn(serve(listener, state, stopped)), stop }
+    }
 }
 
 struct State {
@@ -60,7 +74,7 @@ impl Backend {
             forced_status: AtomicU16::new(0),
             upgraded: Mutex::new(Vec::new()),
         });
-        let task = tokio::spawn(serve(listener, state.clone()));
+        let task = Serving::spawn(listener, state.clone());
         Backend { state, addr, task: Some(task), parked: None }
     }
 
@@ -92,11 +106,13 @@ impl Backend {
         self.state.forced_status.store(code.unwrap_or(0), Ordering::SeqCst);
     }
 
-    /// Kills the backend: the listener and all open connections close.
+    /// Kills the backend: the listener and all open connections close, before this returns
+    /// (a connection task that is only told to abort may still hold its socket open, and
+    /// take a request, after the test went on as if the backend were gone).
     pub async fn stop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-            let _ = task.await;
+        if let Some(serving) = self.task.take() {
+            let _ = serving.stop.send(());
+            let _ = serving.task.await;
             self.parked = crate::net::reserve_addr(self.addr);
         }
         self.abort_upgraded();
@@ -117,7 +133,7 @@ impl Backend {
             }
         };
         self.parked = None;
-        self.task = Some(tokio::spawn(serve(listener, self.state.clone())));
+        self.task = Some(Serving::spawn(listener, self.state.clone()));
     }
 
     fn abort_upgraded(&self) {
@@ -129,18 +145,25 @@ impl Backend {
 
 impl Drop for Backend {
     fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
+        if let Some(serving) = self.task.take() {
+            serving.task.abort();
         }
         self.abort_upgraded();
     }
 }
 
-/// Accepts connections; dropping this future (on abort) drops the JoinSet and so every connection.
-async fn serve(listener: TcpListener, state: Arc<State>) {
+/// Accepts connections until told to stop, then ends every connection and waits until each
+/// is gone. Dropping this future (on abort) drops the JoinSet and so, soon after, every
+/// connection.
+async fn serve(listener: TcpListener, state: Arc<State>, mut stop: oneshot::Receiver<()>) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
+            _ = &mut stop => {
+                drop(listener);
+                conns.shutdown().await;
+                return;
+            }
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 let _ = stream.set_nodelay(true);
