@@ -117,10 +117,11 @@ impl H1Conn {
     }
 
     /// Whether an idle connection can take a request: the upstream has neither closed it nor
-    /// sent anything unasked. Asks the kernel, in one system call: the runtime learns of an
+    /// sent anything unasked. With `ask_kernel`, in one system call: the runtime learns of an
     /// upstream's FIN only when it next polls for events, and a request that arrived in the
     /// same turn would otherwise go out on a connection already closed (the keep-alive race).
-    pub fn is_usable(&self) -> bool {
+    /// Without, it costs no system call unless the socket became readable.
+    pub fn is_usable(&self, ask_kernel: bool) -> bool {
         use std::io::Read as _;
         let socket = socket2::SockRef::from(&self.io);
         let mut probe = [0u8; 1];
@@ -131,7 +132,7 @@ impl H1Conn {
             asked = true;
             (&*socket).read(&mut probe)
         });
-        if !asked {
+        if !asked && ask_kernel {
             answer = (&*socket).read(&mut probe);
         }
         matches!(answer, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
@@ -1148,17 +1149,17 @@ mod tests {
     #[tokio::test]
     async fn an_idle_connection_the_upstream_closed_is_not_usable() {
         let (conn, server, _) = pair().await;
-        assert!(conn.is_usable());
+        assert!(conn.is_usable(false));
         drop(server);
         let deadline = Instant::now() + Duration::from_secs(5);
-        while conn.is_usable() {
+        while conn.is_usable(false) {
             assert!(Instant::now() < deadline, "the close was never noticed");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let (conn, mut server, _) = pair().await;
         server.write_all(b"HTTP/1.1 408 Request Timeout\r\n\r\n").await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
-        while conn.is_usable() {
+        while conn.is_usable(false) {
             assert!(Instant::now() < deadline, "unasked bytes were never noticed");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -1170,10 +1171,10 @@ mod tests {
         // kernel, but the runtime has not polled for events since it came, so its readiness
         // state says nothing is there. No `.await` below lets it poll.
         let (conn, server, _) = pair().await;
-        assert!(conn.is_usable(), "an open idle connection is usable (and its readiness cleared)");
+        assert!(conn.is_usable(true), "an open idle connection is usable (and its readiness cleared)");
         drop(server);
         std::thread::sleep(Duration::from_millis(20));
-        assert!(!conn.is_usable(), "the FIN was in the kernel before the check");
+        assert!(!conn.is_usable(true), "the FIN was in the kernel before the check");
     }
 
     #[tokio::test]

@@ -19,6 +19,10 @@ use crate::http::body::ReqBody;
 
 /// Idle HTTP/1.1 connections kept per endpoint per worker.
 const MAX_IDLE_PER_ENDPOINT: usize = 128;
+/// Idle longer than this, a connection's liveness is asked of the kernel before reuse (one
+/// system call); sooner, the runtime's readiness state is trusted (none). The same threshold
+/// as the HTTP/2 pool's look at its connection (`H2Conn::take`).
+const KERNEL_PROBE_AFTER: Duration = Duration::from_millis(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -62,6 +66,8 @@ pub(super) fn take_idle_h1(addr: SocketAddr, now: Instant) -> Option<H1Conn> {
 
 struct IdleH1 {
     conn: H1Conn,
+    /// When it came back to the pool.
+    returned: Instant,
     expires: Instant,
 }
 
@@ -120,7 +126,8 @@ impl Pool {
     fn put_h1(&mut self, addr: SocketAddr, conn: H1Conn, idle_timeout: Duration) {
         let list = self.h1.entry(addr).or_default();
         if list.len() < MAX_IDLE_PER_ENDPOINT {
-            list.push(IdleH1 { conn, expires: Instant::now() + idle_timeout });
+            let now = Instant::now();
+            list.push(IdleH1 { conn, returned: now, expires: now + idle_timeout });
         }
     }
 
@@ -129,7 +136,11 @@ impl Pool {
     fn take_h1(&mut self, addr: SocketAddr, now: Instant) -> Option<H1Conn> {
         let list = self.h1.get_mut(&addr)?;
         while let Some(idle) = list.pop() {
-            if idle.expires > now && idle.conn.is_usable() {
+            // A connection back in the pool for a moment (the steady state under load) is
+            // trusted to the runtime's readiness; one idle longer is asked of the kernel, the
+            // window in which an upstream's keep-alive timeout closes it.
+            let ask_kernel = now.saturating_duration_since(idle.returned) >= KERNEL_PROBE_AFTER;
+            if idle.expires > now && idle.conn.is_usable(ask_kernel) {
                 return Some(idle.conn);
             }
         }
@@ -148,7 +159,7 @@ pub fn sweep_idle() {
     POOL.with(|p| {
         let mut p = p.borrow_mut();
         p.h1.retain(|_, list| {
-            list.retain(|idle| idle.expires > now && idle.conn.is_usable());
+            list.retain(|idle| idle.expires > now && idle.conn.is_usable(true));
             !list.is_empty()
         });
         p.h2.retain(|_, tx| !tx.is_closed());
