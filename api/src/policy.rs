@@ -533,11 +533,27 @@ pub struct ControlPlaneSpec {
     /// `trust_bundle_file`), or `http://` for a control plane on loopback.
     pub address: String,
     pub join_token_file: Option<String>,
+    /// A projected Kubernetes service-account token (audience `weft.dev`) sent as the bootstrap
+    /// credential when there is no join token; the control plane's TokenReview of it is
+    /// Kubernetes part 2, so until then it is refused like an unknown join token.
+    pub service_account_token_file: Option<String>,
     /// PEM roots the control plane's certificate must chain to (required with `https://`).
     pub trust_bundle_file: Option<String>,
     /// The SPIFFE id the control plane must prove; default
     /// `spiffe://<trustDomain>/ns/weft/sa/weft-control`.
     pub identity: Option<String>,
+}
+
+impl ControlPlaneSpec {
+    /// The file holding the credential a CSR is sent with: the join token, else the
+    /// service-account token.
+    pub fn bootstrap_credential_file(&self) -> Option<&str> {
+        self.join_token_file.as_deref().or(self.service_account_token_file.as_deref())
+    }
+
+    pub fn has_bootstrap_credential(&self) -> bool {
+        self.bootstrap_credential_file().is_some()
+    }
 }
 
 /// Limits that protect the proxy from bad or slow clients.
@@ -599,7 +615,7 @@ impl ProxySpec {
     /// Whether this proxy can get a certificate: static files, or a control plane with a
     /// bootstrap credential. Without one, a Mesh asking for mTLS cannot be honoured.
     pub fn has_identity_source(&self) -> bool {
-        self.tls.is_some() || self.control_plane.as_ref().is_some_and(|cp| cp.join_token_file.is_some())
+        self.tls.is_some() || self.control_plane.as_ref().is_some_and(ControlPlaneSpec::has_bootstrap_credential)
     }
 
     pub fn defaults_for(service: &str) -> Self {

@@ -152,9 +152,9 @@ fn check_control_plane_transport(cp: &ControlPlaneSpec) -> (Result<(), String>, 
         (false, Some(_)) => Err("trustBundleFile is used only with an https:// control-plane address".to_string()),
         _ => Ok(()),
     };
-    let address = if !tls && cp.join_token_file.is_some() && !is_loopback_address(&cp.address) {
+    let address = if !tls && cp.has_bootstrap_credential() && !is_loopback_address(&cp.address) {
         Err(format!(
-            "{:?} is plaintext and not on loopback: the join token would cross the network in clear; use https:// \
+            "{:?} is plaintext and not on loopback: the bootstrap token would cross the network in clear; use https:// \
              with trustBundleFile",
             cp.address
         ))
@@ -719,9 +719,12 @@ impl Checker<'_> {
             let (address, bundle) = check_control_plane_transport(cp);
             self.rule(line, "spec.controlPlane.address", address);
             self.rule(line, "spec.controlPlane.trustBundleFile", bundle);
-            if cp.address.starts_with("https://") && s.tls.is_none() && cp.join_token_file.is_none() {
-                let msg = "an https:// control plane knows a proxy by its mesh certificate: set joinTokenFile (or tls \
-                           files) so this proxy has one";
+            if let Some(sa) = &cp.service_account_token_file {
+                self.rule(line, "spec.controlPlane.serviceAccountTokenFile", check_not_empty(sa));
+            }
+            if cp.address.starts_with("https://") && s.tls.is_none() && !cp.has_bootstrap_credential() {
+                let msg = "an https:// control plane knows a proxy by its mesh certificate: set joinTokenFile or \
+                           serviceAccountTokenFile (or tls files) so this proxy has one";
                 self.error(line, "spec.controlPlane.joinTokenFile", msg.to_string());
             }
         }
@@ -797,6 +800,27 @@ mod tests {
         assert!(check_service_ref("a.b.c").is_err() && check_service_ref("A.b").is_err());
         assert!(check_url("https://weft-control:8086").is_ok() && check_url("weft:8086").is_err());
         assert!(check_url("http://weft-control").is_err(), "the proxy dials HOST:PORT");
+    }
+
+    #[test]
+    fn a_service_account_token_is_a_bootstrap_credential_like_a_join_token() {
+        let proxy = |cp: &str| {
+            problems(&format!("kind: Proxy\nmetadata: {{name: p}}\nspec:\n  service: p\n  controlPlane: {cp}\n"))
+        };
+        let sa = "serviceAccountTokenFile: /var/run/secrets/weft.dev/token";
+        assert_eq!(
+            proxy(&format!("{{address: \"https://cp:8086\", trustBundleFile: ca.pem, {sa}}}")),
+            Vec::<String>::new()
+        );
+        let p = proxy(&format!("{{address: \"http://cp:8086\", {sa}}}"));
+        assert!(p.len() == 1 && p[0].contains("is plaintext and not on loopback"), "{p:?}");
+        let empty = "kind: Proxy\nmetadata: {name: p}\nspec:\n  service: p\n  controlPlane: {address: \"https://cp:8086\", \
+                     trustBundleFile: ca.pem, serviceAccountTokenFile: \"\"}\n";
+        let decoded = crate::decode::decode_file("f.yaml", empty);
+        let p: Vec<String> = decoded.problems.0.iter().map(ToString::to_string).collect();
+        assert_eq!(p, ["f.yaml:5: spec.controlPlane.serviceAccountTokenFile: must not be empty"]);
+        let p = proxy("{address: \"https://cp:8086\", trustBundleFile: ca.pem}");
+        assert!(p.len() == 1 && p[0].contains("set joinTokenFile or serviceAccountTokenFile"), "{p:?}");
     }
 
     #[test]

@@ -4,5 +4,6 @@
 pub mod ca;
 pub mod check;
 pub mod demo;
+pub mod inject;
 pub mod serve;
 pub mod status;

@@ -1,5 +1,7 @@
 //! `weft-proxy await -- CMD`: start-up ordering for apps and Jobs. Waits for the local proxy's
-//! `/ready`, runs CMD, then asks the proxy to shut down so a Job's pod can finish.
+//! `/ready`, runs CMD, then asks the proxy to shut down so a Job's pod can finish. With no CMD
+//! it only waits: the proxy's postStart hook when native sidecars are off, which holds the
+//! app's containers back until the proxy is ready.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -42,22 +44,24 @@ pub fn run(args: &[String]) -> ExitCode {
             other => return fail(&format!("unknown argument {other:?}")),
         }
     }
-    if cmd.is_empty() {
-        return fail("give the command after --, e.g. weft-proxy await -- ./my-job");
-    }
     let deadline = Instant::now() + timeout;
     loop {
         if let Ok(200) = admin_request(admin, "GET", "/ready") {
             break;
         }
         if Instant::now() >= deadline {
-            eprintln!(
-                "weft-proxy await: the proxy at {admin} was not ready within {timeout:?}; not running {}",
-                cmd[0]
-            );
+            match cmd.first() {
+                Some(c) => eprintln!(
+                    "weft-proxy await: the proxy at {admin} was not ready within {timeout:?}; not running {c}"
+                ),
+                None => eprintln!("weft-proxy await: the proxy at {admin} was not ready within {timeout:?}"),
+            }
             return ExitCode::from(1);
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+    if cmd.is_empty() {
+        return ExitCode::SUCCESS;
     }
     let status = Command::new(&cmd[0]).args(&cmd[1..]).status();
     if let Err(e) = admin_request(admin, "POST", "/shutdown") {

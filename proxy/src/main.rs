@@ -12,9 +12,10 @@ USAGE:
     weft-proxy --config FILE [--workers N]
         Run a sidecar from FILE (a Proxy document plus any Service, Route, TrafficPolicy,
         AuthorizationPolicy and Mesh documents). Relative paths in FILE resolve against its folder.
-    weft-proxy await [--admin ADDR] [--timeout DURATION] -- CMD [ARGS...]
+    weft-proxy await [--admin ADDR] [--timeout DURATION] [-- CMD [ARGS...]]
         Wait until the local proxy is ready (default admin 127.0.0.1:4191, timeout 60s), run CMD,
-        then shut the proxy down when CMD exits. Exits with CMD's exit code.
+        then shut the proxy down when CMD exits. Exits with CMD's exit code. With no CMD, only
+        wait (exit 0 once ready, 1 at the timeout): the postStart hook `weft inject` adds.
     weft-proxy --version
 ";
 

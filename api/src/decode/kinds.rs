@@ -270,10 +270,11 @@ impl Decoder<'_> {
             key_file: self.required_string(&m, "keyFile", validate::check_not_empty),
             bundle_file: self.required_string(&m, "bundleFile", validate::check_not_empty),
         });
-        let cp_fields = ["address", "joinTokenFile", "trustBundleFile", "identity"];
+        let cp_fields = ["address", "joinTokenFile", "serviceAccountTokenFile", "trustBundleFile", "identity"];
         let control_plane = self.sub(spec, "controlPlane", &cp_fields).map(|m| ControlPlaneSpec {
             address: self.required_string(&m, "address", validate::check_url),
             join_token_file: self.string(&m, "joinTokenFile", validate::check_not_empty),
+            service_account_token_file: self.string(&m, "serviceAccountTokenFile", validate::check_not_empty),
             trust_bundle_file: self.string(&m, "trustBundleFile", validate::check_not_empty),
             identity: self.string(&m, "identity", validate::check_spiffe_id),
         });
@@ -579,6 +580,7 @@ spec:
             control_plane: Some(ControlPlaneSpec {
                 address: "https://weft-control.weft:8086".to_string(),
                 join_token_file: Some("/var/run/weft/token".to_string()),
+                service_account_token_file: None,
                 trust_bundle_file: Some("/var/run/weft/trust.pem".to_string()),
                 identity: Some("spiffe://cluster.local/ns/weft/sa/cp".to_string()),
             }),

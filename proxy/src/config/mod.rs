@@ -47,7 +47,10 @@ fn resolve_paths(spec: &mut weft_api::ProxySpec, base: &Path) {
         resolve(base, &mut tls.bundle_file);
     }
     if let Some(cp) = &mut spec.control_plane {
-        for file in [&mut cp.join_token_file, &mut cp.trust_bundle_file].into_iter().flatten() {
+        for file in [&mut cp.join_token_file, &mut cp.service_account_token_file, &mut cp.trust_bundle_file]
+            .into_iter()
+            .flatten()
+        {
             resolve(base, file);
         }
     }

@@ -185,6 +185,7 @@ mod tests {
         ControlPlaneSpec {
             address: address.to_string(),
             join_token_file: None,
+            service_account_token_file: None,
             trust_bundle_file: bundle.map(str::to_string),
             identity: identity.map(str::to_string),
         }

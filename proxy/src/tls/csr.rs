@@ -159,9 +159,13 @@ pub async fn obtain(
     cp: &ControlPlaneSpec,
     id: &SpiffeId,
 ) -> Result<(MeshTls, IdentityPem), TlsError> {
-    let token = match &cp.join_token_file {
+    let token = match cp.bootstrap_credential_file() {
         Some(path) => read_join_token(path)?,
-        None => return Err(TlsError::Refused("controlPlane.joinTokenFile is not set".to_string())),
+        None => {
+            return Err(TlsError::Refused(
+                "controlPlane has neither joinTokenFile nor serviceAccountTokenFile".to_string(),
+            ));
+        }
     };
     let key =
         KeyPair::generate().map_err(|e| TlsError::Identity { what: "a new key".to_string(), reason: e.to_string() })?;

@@ -101,10 +101,12 @@ pub fn start(state: &Arc<ProxyState>) {
     if let Some(files) = spec.tls {
         tokio::spawn(files::watch(files));
     } else if let Some(cp) = spec.control_plane {
-        if cp.join_token_file.is_some() {
+        if cp.has_bootstrap_credential() {
             tokio::spawn(csr::run(state.clone(), cp));
         } else {
-            tracing::warn!("controlPlane has no joinTokenFile: this proxy gets no certificate and speaks plaintext");
+            tracing::warn!(
+                "controlPlane has no joinTokenFile or serviceAccountTokenFile: this proxy gets no certificate and speaks plaintext"
+            );
         }
     }
 }

@@ -97,3 +97,32 @@ async fn post_shutdown_stops_the_proxy() {
     let status = status.expect("the proxy exits after POST /shutdown");
     assert!(status.success(), "{status}");
 }
+
+/// The postStart hook of a non-native sidecar (`weft inject`): `await` with no command only
+/// waits for `/ready`, and leaves the proxy running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn await_without_a_command_waits_for_ready_and_leaves_the_proxy_running() {
+    let api = Backend::start("api").await;
+    let proxy = proxy_with_grace(&api, "5s").await;
+    let admin = proxy.admin().to_string();
+    let run = |admin: String, timeout: &'static str| {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(weft_integration::binaries::bin("weft-proxy"))
+                .args(["await", "--admin", &admin, "--timeout", timeout])
+                .output()
+                .unwrap()
+        })
+    };
+    let ready = run(admin, "5s").await.unwrap();
+    assert_eq!(ready.status.code(), Some(0), "{}", String::from_utf8_lossy(&ready.stderr));
+    assert_eq!(proxy.admin_get("/ready").await.status, 200, "the proxy is not shut down");
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nobody = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let started = Instant::now();
+    let late = run(nobody, "300ms").await.unwrap();
+    assert_eq!(late.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&late.stderr).contains("was not ready within"));
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
