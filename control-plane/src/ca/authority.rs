@@ -171,11 +171,42 @@ impl Authority {
         not_before: SystemTime,
         not_after: SystemTime,
     ) -> Result<Issued, CaError> {
+        self.sign_named(id, &[], public_key, not_before, not_after)
+    }
+
+    /// Signs the control plane's own serving certificate: its SPIFFE id, plus the DNS names
+    /// clients that verify names use (the Kubernetes API server calling the admission webhook).
+    pub fn sign_server(
+        &self,
+        id: &SpiffeId,
+        dns_names: &[String],
+        public_key: &impl PublicKeyData,
+        ttl: Duration,
+    ) -> Result<Issued, CaError> {
+        let now = SystemTime::now();
+        self.sign_named(id, dns_names, public_key, now - CLOCK_SKEW, (now + ttl).min(self.not_after))
+    }
+
+    fn sign_named(
+        &self,
+        id: &SpiffeId,
+        dns_names: &[String],
+        public_key: &impl PublicKeyData,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<Issued, CaError> {
         let mut params = CertificateParams::default();
-        // The identity is the URI SAN alone (no subject name to be confused with it).
+        // The identity is the URI SAN (no subject name to be confused with it).
         params.distinguished_name = DistinguishedName::new();
         let uri = id.to_string().try_into().map_err(|_| CaError::BadCsr { reason: format!("{id} is not ASCII") })?;
         params.subject_alt_names = vec![SanType::URI(uri)];
+        for name in dns_names {
+            let dns = name
+                .clone()
+                .try_into()
+                .map_err(|_| CaError::BadCsr { reason: format!("{name:?} is not a DNS name") })?;
+            params.subject_alt_names.push(SanType::DnsName(dns));
+        }
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];

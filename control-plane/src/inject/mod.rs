@@ -6,6 +6,7 @@
 //! and every workload left alone, is copied byte for byte. The admission webhook is meant to
 //! call [`inject_pod_template`] too, so both paths inject the same pod.
 
+pub mod admission;
 mod emit;
 mod pod;
 mod settings;

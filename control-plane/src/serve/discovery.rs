@@ -35,8 +35,11 @@ use super::tls::{Accept, Caller, HANDSHAKE_TIMEOUT, ServingTls, Transport, class
 
 pub type ResponseBody = UnsyncBoxBody<Bytes, Infallible>;
 
-/// Largest ack or leave body accepted.
-const MAX_POST_BYTES: usize = 16 * 1024;
+/// Largest ack, leave or report body accepted.
+const MAX_POST_BYTES: usize = 256 * 1024;
+/// Largest AdmissionReview accepted (the API server sends the whole pod; 3 MiB is etcd's
+/// object limit).
+const MAX_ADMISSION_BYTES: usize = 3 * 1024 * 1024;
 
 pub struct Discovery {
     pub catalog: Arc<Catalog>,
@@ -165,6 +168,20 @@ impl Discovery {
                 },
                 Err(resp) => resp,
             },
+            // The Kubernetes API server calls with no client certificate; injecting a pod
+            // grants nothing (the pod still needs its own credential for a certificate).
+            (Method::POST, "/v1/admission") => match read_body(req).await {
+                Ok(body) => match crate::inject::admission::review(&body, &crate::inject::Options::default()) {
+                    Ok(review) => {
+                        let mut r = full(StatusCode::OK, review.to_string());
+                        r.headers_mut()
+                            .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+                        r
+                    }
+                    Err(e) => full(StatusCode::BAD_REQUEST, format!("/v1/admission: {e}\n")),
+                },
+                Err(resp) => resp,
+            },
             (_, crate::ca::http::CERTIFICATES_PATH) => match &self.issuer {
                 Some(issuer) => crate::ca::http::handle(issuer, &self.catalog.metrics, caller.peer, req)
                     .await
@@ -289,6 +306,15 @@ enum Refusal {
     NoCertificate,
     /// A certificate for another proxy than the one asked about.
     OtherIdentity,
+}
+
+/// A whole request body, at most [`MAX_ADMISSION_BYTES`].
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<ResponseBody>> {
+    Ok(Limited::new(req.into_body(), MAX_ADMISSION_BYTES)
+        .collect()
+        .await
+        .map_err(|e| full(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}\n")))?
+        .to_bytes())
 }
 
 async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, Response<ResponseBody>> {

@@ -30,7 +30,8 @@ use registry::{Registry, SelfRegistration, YamlDirRegistry};
 pub const USAGE: &str = "\
 Usage: weft serve [--policy DIR] [--registry DIR] [--listen ADDR] [--admin ADDR]
                   [--registration-ttl DURATION] [--heartbeat DURATION]
-                  [--ca DIR --join-token-file FILE [--cert-ttl DURATION] [--identity SPIFFE_ID]]
+                  [--ca DIR --join-token-file FILE [--cert-ttl DURATION] [--identity SPIFFE_ID]
+                   [--tls-san DNS_NAME]...]
                   [--insecure-plaintext]
 
 Runs the control plane.
@@ -58,6 +59,9 @@ Runs the control plane.
   --cert-ttl DURATION      lifetime of issued certificates (default 24h); proxies renew at 70 %
   --identity SPIFFE_ID     the control plane's own id in its serving certificate (default
                            spiffe://<the Mesh's trustDomain>/ns/weft/sa/weft-control)
+  --tls-san DNS_NAME       a DNS name for the serving certificate too (repeatable), for clients
+                           that verify names: the Kubernetes API server calling the admission
+                           webhook (POST /v1/admission) at weft-control.weft.svc
   --insecure-plaintext     accept plaintext discovery from any peer, not only loopback: anyone
                            who reaches the port can then read policy and act as any proxy
 ";
@@ -76,6 +80,8 @@ pub struct ServeArgs {
     pub cert_ttl: Duration,
     /// The control plane's own SPIFFE id (default from the Mesh's trust domain).
     pub identity: Option<SpiffeId>,
+    /// DNS names for the serving certificate (`--tls-san`).
+    pub tls_sans: Vec<String>,
     pub insecure_plaintext: bool,
 }
 
@@ -96,6 +102,7 @@ impl Default for ServeArgs {
             join_token_file: None,
             cert_ttl: Duration::from_secs(24 * 3600),
             identity: None,
+            tls_sans: Vec::new(),
             insecure_plaintext: false,
         }
     }
@@ -121,6 +128,7 @@ impl ServeArgs {
                 "--ca" => out.ca = Some(value()?.into()),
                 "--join-token-file" => out.join_token_file = Some(value()?.into()),
                 "--cert-ttl" => out.cert_ttl = parse_duration(flag, value()?)?,
+                "--tls-san" => out.tls_sans.push(value()?.clone()),
                 "--identity" => {
                     let v = value()?;
                     out.identity = Some(SpiffeId::parse(v).map_err(|e| format!("--identity: {e}"))?);
@@ -244,7 +252,7 @@ pub async fn start(args: &ServeArgs) -> Result<Running, String> {
                 None => SpiffeId::new(&trust_domain, DEFAULT_NAMESPACE, DEFAULT_SERVICE_ACCOUNT)
                     .map_err(|e| format!("the control plane's identity: {e}"))?,
             };
-            let tls = Arc::new(tls::ServingTls::new(issuer, id, args.cert_ttl)?);
+            let tls = Arc::new(tls::ServingTls::new(issuer, id, args.tls_sans.clone(), args.cert_ttl)?);
             tls.renew_forever(issuer.clone(), args.cert_ttl);
             Some(tls)
         }

@@ -73,6 +73,8 @@ pub fn classify(first: u8, peer: SocketAddr, tls: bool, insecure_plaintext: bool
 /// The control plane's own identity and the TLS acceptor built on it.
 pub struct ServingTls {
     pub id: SpiffeId,
+    /// DNS names in the certificate too (`--tls-san`).
+    dns_names: Vec<String>,
     acceptor: TlsAcceptor,
     key: Arc<ServingKey>,
 }
@@ -90,9 +92,9 @@ impl rustls::server::ResolvesServerCert for ServingKey {
 impl ServingTls {
     /// Signs a certificate for `id` with `issuer`'s CA and builds the acceptor: TLS 1.3, ALPN
     /// h2 and http/1.1, client certificates optional and verified against the trust bundle.
-    pub fn new(issuer: &Issuer, id: SpiffeId, ttl: Duration) -> Result<ServingTls, String> {
+    pub fn new(issuer: &Issuer, id: SpiffeId, dns_names: Vec<String>, ttl: Duration) -> Result<ServingTls, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let certified = sign(issuer, &id, ttl, &provider)?;
+        let certified = sign(issuer, &id, &dns_names, ttl, &provider)?;
         let key = Arc::new(ServingKey(ArcSwap::from_pointee(certified)));
         let mut roots = RootCertStore::empty();
         for root in CertificateDer::pem_slice_iter(issuer.bundle_pem().as_bytes()) {
@@ -109,7 +111,7 @@ impl ServingTls {
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(key.clone());
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(ServingTls { id, acceptor: TlsAcceptor::from(Arc::new(config)), key })
+        Ok(ServingTls { id, dns_names, acceptor: TlsAcceptor::from(Arc::new(config)), key })
     }
 
     /// Keeps the serving certificate fresh: a new one at 70 % of `ttl`, retried every few
@@ -121,7 +123,7 @@ impl ServingTls {
             let mut wait = ttl.mul_f64(RENEW_AT);
             loop {
                 tokio::time::sleep(wait).await;
-                match sign(&issuer, &this.id, ttl, &provider) {
+                match sign(&issuer, &this.id, &this.dns_names, ttl, &provider) {
                     Ok(k) => {
                         this.key.0.store(Arc::new(k));
                         tracing::info!(id = %this.id, "control plane's serving certificate renewed");
@@ -152,9 +154,15 @@ impl ServingTls {
     }
 }
 
-fn sign(issuer: &Issuer, id: &SpiffeId, ttl: Duration, provider: &CryptoProvider) -> Result<CertifiedKey, String> {
+fn sign(
+    issuer: &Issuer,
+    id: &SpiffeId,
+    dns_names: &[String],
+    ttl: Duration,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, String> {
     let key = rcgen::KeyPair::generate().map_err(|e| format!("a new key: {e}"))?;
-    let issued = issuer.authority().sign(id, &key, ttl).map_err(|e| e.to_string())?;
+    let issued = issuer.authority().sign_server(id, dns_names, &key, ttl).map_err(|e| e.to_string())?;
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(issued.chain_pem.as_bytes())
         .collect::<Result<_, _>>()
         .map_err(|e| format!("the signed chain: {e}"))?;

@@ -99,6 +99,8 @@ pub struct ControlPlane {
     ca_dir: PathBuf,
     dir: TempDir,
     ttl: String,
+    /// More `weft serve` arguments.
+    extra: Vec<String>,
     starts: usize,
     _ports: Reserved,
 }
@@ -125,11 +127,20 @@ impl ControlPlane {
             ca_dir: pki.ca_dir(),
             dir,
             ttl: ttl.to_string(),
+            extra: Vec::new(),
             starts: 0,
             _ports: ports,
         };
         let text: String = tokens.iter().map(|(t, id)| format!("{t} {id}\n")).collect();
         cp.write_tokens(&text);
+        cp
+    }
+
+    /// Like [`ControlPlane::start`], with more `weft serve` arguments.
+    pub async fn start_with(pki: &Pki, tokens: &[(&str, &str)], ttl: &str, extra: &[&str]) -> ControlPlane {
+        let mut cp = ControlPlane::stopped(pki, tokens, ttl);
+        cp.extra = extra.iter().map(|s| s.to_string()).collect();
+        cp.restart().await;
         cp
     }
 
@@ -150,6 +161,7 @@ impl ControlPlane {
             .arg("--join-token-file")
             .arg(self.dir.path().join("tokens"))
             .args(["--cert-ttl", &self.ttl])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
