@@ -119,6 +119,9 @@ where
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(heartbeat)).keep_alive_timeout(heartbeat);
+    // Without a timer hyper applies no header deadline: a client that sends half a request
+    // head would hold its connection (and a descriptor) forever.
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HANDSHAKE_TIMEOUT);
     if let Err(e) = builder.serve_connection(io, svc).await {
         tracing::debug!(%peer, error = %e, "discovery connection ended");
     }

@@ -399,3 +399,27 @@ async fn weft_stat_shows_each_services_rate_success_and_latency_from_the_proxies
     assert!(table.contains("CA certificate expires in"), "{table}");
     assert!(table.contains("test-proxy"), "proxies are named by their Proxy document: {table}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_halfway_through_a_request_head_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new("trust-slow");
+    let cp = control_plane(&pki).await;
+    // Plaintext from loopback is served; this client sends half a head and then nothing.
+    let mut slow = tokio::net::TcpStream::connect(cp.addr()).await.unwrap();
+    slow.write_all(b"GET /v1/watch?service=x HTTP/1.1\r\nhost: cp\r\n").await.unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 512];
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match slow.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the half-sent head was still held open after 20 s");
+    let after = started.elapsed();
+    assert!(after >= Duration::from_secs(9), "closed after {after:?}, before the 10 s head deadline");
+}
