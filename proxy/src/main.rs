@@ -16,6 +16,10 @@ USAGE:
         Wait until the local proxy is ready (default admin 127.0.0.1:4191, timeout 60s), run CMD,
         then shut the proxy down when CMD exits. Exits with CMD's exit code. With no CMD, only
         wait (exit 0 once ready, 1 at the timeout): the postStart hook `weft inject` adds.
+    weft-proxy init --proxy-uid UID [--proxy-gid GID] [--inbound-port 4143] [--outbound-port 4140]
+        [--skip-inbound-ports P,...] [--skip-outbound-ports P,...] [--skip-subnets CIDR,...]
+        [--ipv6] [--mode auto|nft|legacy] [--cleanup] [--dry-run]
+        Program (or remove) the nat redirection of transparent mode (see `weft-proxy init --help`).
     weft-proxy --version
 ";
 
@@ -24,6 +28,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("await") => return await_cmd::run(&args[1..]),
+        Some("init") => return ExitCode::from(weft_proxy::init::run(&args[1..])),
         Some("--version" | "-V") => {
             println!("weft-proxy {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
