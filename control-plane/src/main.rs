@@ -48,8 +48,12 @@ fn main() -> ExitCode {
     ExitCode::from(status)
 }
 
-/// `weft proxy --config FILE`: the sidecar from the same binary, so the demo needs one build.
+/// `weft proxy --config FILE` (or `weft proxy init …`): the sidecar from the same binary, so
+/// the demo and an image need one build.
 fn proxy(args: &[String]) -> ExitCode {
+    if args.first().is_some_and(|a| a == "init") {
+        return ExitCode::from(weft_proxy::init::run(&args[1..]));
+    }
     let (config, workers) = match args {
         [flag, file] if flag == "--config" => (file, None),
         [flag, file, w, n] if flag == "--config" && w == "--workers" => match n.parse() {

@@ -14,6 +14,7 @@ pub mod discovery;
 pub mod forward;
 pub mod http;
 pub mod inbound;
+pub mod init;
 pub mod listeners;
 pub mod logging;
 pub mod metrics;

@@ -15,6 +15,10 @@ USAGE:
     weft-proxy await [--admin ADDR] [--timeout DURATION] -- CMD [ARGS...]
         Wait until the local proxy is ready (default admin 127.0.0.1:4191, timeout 60s), run CMD,
         then shut the proxy down when CMD exits. Exits with CMD's exit code.
+    weft-proxy init --proxy-uid UID [--proxy-gid GID] [--inbound-port 4143] [--outbound-port 4140]
+        [--skip-inbound-ports P,...] [--skip-outbound-ports P,...] [--skip-subnets CIDR,...]
+        [--ipv6] [--mode auto|nft|legacy] [--cleanup] [--dry-run]
+        Program (or remove) the nat redirection of transparent mode (see `weft-proxy init --help`).
     weft-proxy --version
 ";
 
@@ -23,6 +27,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("await") => return await_cmd::run(&args[1..]),
+        Some("init") => return ExitCode::from(weft_proxy::init::run(&args[1..])),
         Some("--version" | "-V") => {
             println!("weft-proxy {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
