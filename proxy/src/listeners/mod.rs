@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol as SockProto, Socket, Type};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use weft_api::{MtlsMode, Protocol};
 
 use crate::config::snapshot::Snapshot;
@@ -45,6 +45,9 @@ impl Side {
 /// What a connection is served as, once its original destination is known.
 enum Serve {
     As(Side),
+    /// Opaque TCP to this side's service, whatever the protocol of the service's first port
+    /// (a redirected call to a port declared `tcp`).
+    Relay(Side),
     /// A redirected call to an address outside the mesh: relayed as is, so it keeps working.
     PassThrough(SocketAddr),
 }
@@ -56,7 +59,7 @@ fn classify(side: &Side, original: Option<SocketAddr>, snap: &Snapshot) -> Serve
     match side {
         Side::Inbound(_) => Serve::As(Side::Inbound(Some(original.port()))),
         Side::Outbound => match snap.service_at(original) {
-            Some(d) if d.protocol == Protocol::Tcp => Serve::As(Side::Upstream(d.service.clone())),
+            Some(d) if d.protocol == Protocol::Tcp => Serve::Relay(Side::Upstream(d.service.clone())),
             Some(d) => Serve::As(Side::Transparent(d.service.clone())),
             None => Serve::PassThrough(original),
         },
@@ -134,40 +137,37 @@ pub async fn accept_loop(listener: TcpListener, side: Side, state: Arc<ProxyStat
         tokio::spawn(async move {
             gauge.inc();
             state.open_connections.fetch_add(1, Ordering::Relaxed);
-            let side = match serve {
-                Serve::As(side) => side,
-                Serve::PassThrough(to) => {
-                    Box::pin(crate::tcp::pass_through(stream, to)).await;
-                    state.open_connections.fetch_sub(1, Ordering::Relaxed);
-                    gauge.dec();
-                    return;
-                }
-            };
-            let mtls = match side {
-                Side::Inbound(_) => crate::tls::inbound_mode(&state),
-                Side::Outbound | Side::Transparent(_) | Side::Upstream(_) => MtlsMode::Off,
-            };
-            // Each kind of connection is boxed on its own: the task then holds only the one it
-            // serves (an idle plaintext HTTP connection does not carry a TLS handshake's or a
-            // TCP relay's state), which keeps memory per open connection low.
-            if mtls != MtlsMode::Off {
-                let port = match side {
-                    Side::Inbound(port) => port,
-                    _ => None,
-                };
-                Box::pin(crate::tls::inbound::serve(stream, peer, port, state.clone(), mtls)).await;
-            } else if is_tcp(&state, &side) {
-                if let Side::Inbound(port) = side {
-                    Box::pin(crate::tcp::serve_inbound(stream, None, port, &state)).await;
-                } else {
-                    Box::pin(crate::tcp::serve(stream, side, &state)).await;
-                }
-            } else {
-                Box::pin(crate::http::server::serve_plaintext(stream, peer, side, state.clone(), None)).await;
-            }
+            serve_connection(stream, peer, serve, &state).await;
             state.open_connections.fetch_sub(1, Ordering::Relaxed);
             gauge.dec();
         });
+    }
+}
+
+/// Serves one accepted connection as `serve` says, to its end.
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, serve: Serve, state: &Arc<ProxyState>) {
+    // Each kind of connection is boxed on its own: the task then holds only the one it
+    // serves (an idle plaintext HTTP connection does not carry a TLS handshake's or a
+    // TCP relay's state), which keeps memory per open connection low.
+    let side = match serve {
+        Serve::As(side) => side,
+        Serve::Relay(side) => return Box::pin(crate::tcp::serve(stream, side, state)).await,
+        Serve::PassThrough(to) => return Box::pin(crate::tcp::pass_through(stream, to)).await,
+    };
+    let mtls = match side {
+        Side::Inbound(_) => crate::tls::inbound_mode(state),
+        Side::Outbound | Side::Transparent(_) | Side::Upstream(_) => MtlsMode::Off,
+    };
+    if let (Side::Inbound(port), true) = (&side, mtls != MtlsMode::Off) {
+        Box::pin(crate::tls::inbound::serve(stream, peer, *port, state.clone(), mtls)).await;
+    } else if is_tcp(state, &side) {
+        if let Side::Inbound(port) = side {
+            Box::pin(crate::tcp::serve_inbound(stream, None, port, state)).await;
+        } else {
+            Box::pin(crate::tcp::serve(stream, side, state)).await;
+        }
+    } else {
+        Box::pin(crate::http::server::serve_plaintext(stream, peer, side, state.clone(), None)).await;
     }
 }
 
@@ -203,6 +203,7 @@ mod tests {
             Serve::As(Side::Outbound) => "outbound".into(),
             Serve::As(Side::Transparent(s)) => format!("transparent {s}"),
             Serve::As(Side::Upstream(s)) => format!("upstream {s}"),
+            Serve::Relay(side) => format!("tcp {side:?}"),
             Serve::As(Side::Inbound(port)) => format!("inbound {port:?}"),
             Serve::PassThrough(to) => format!("pass-through {to}"),
         }
@@ -214,7 +215,7 @@ mod tests {
         let cases: &[(Side, Option<&str>, &str)] = &[
             (Side::Outbound, None, "outbound"),
             (Side::Outbound, Some("10.0.0.2:8080"), "transparent web.default"),
-            (Side::Outbound, Some("10.0.0.3:7"), "upstream echo.default"),
+            (Side::Outbound, Some("10.0.0.3:7"), "tcp Upstream(\"echo.default\")"),
             (Side::Outbound, Some("192.0.2.1:443"), "pass-through 192.0.2.1:443"),
             (Side::Inbound(None), None, "inbound None"),
             (Side::Inbound(None), Some("10.0.0.2:9000"), "inbound Some(9000)"),
