@@ -30,6 +30,8 @@ pub struct Metrics {
     /// who still calls without TLS.
     pub inbound_connections: IntCounterVec,
     pub authz_decisions: IntCounterVec,
+    /// Redirected outbound connections to addresses outside the mesh, relayed as they are.
+    pub passthrough_connections: IntCounter,
 }
 
 /// Buckets from 100 µs to 30 s: a sidecar hop is sub-millisecond, a slow backend is seconds.
@@ -115,6 +117,12 @@ impl Metrics {
             "Inbound connections accepted, by transport (mtls or plaintext).",
             &["transport"],
         );
+        let passthrough_connections = IntCounter::new(
+            "weft_passthrough_connections_total",
+            "Redirected outbound connections to an address no Service names, relayed to it as they are.",
+        )
+        .expect("valid metric");
+        registry.register(Box::new(passthrough_connections.clone())).expect("metric registered once");
         let authz_decisions = counter_vec(
             &registry,
             "weft_authz_decisions_total",
@@ -151,6 +159,7 @@ impl Metrics {
             protocol_errors,
             inbound_connections,
             authz_decisions,
+            passthrough_connections,
         }
     }
 

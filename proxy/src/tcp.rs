@@ -1,19 +1,27 @@
 //! Opaque TCP forwarding for `protocol: tcp` ports: pick an endpoint, connect (trying others on
-//! failure), then copy bytes both ways until either side closes.
+//! failure), then copy bytes both ways until either side closes. Also the pass-through of
+//! redirected calls to addresses outside the mesh.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::config::snapshot::AppTarget;
 use crate::connect::connect_tcp;
 use crate::listeners::Side;
+use crate::metrics::METRICS;
 use crate::state::ProxyState;
 use crate::target::Cluster;
 
 const CONNECT_TRIES: usize = 3;
+/// How long a pass-through (or a call to an undeclared app port) may take to connect.
+const DIRECT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Inbound TCP from a peer: the AuthorizationPolicy decides on the caller's identity alone.
-pub async fn serve_inbound<S>(client: S, caller: Option<Arc<str>>, state: &ProxyState)
+/// Inbound TCP from a peer to the app's `port` (see `Side::Inbound`): the
+/// AuthorizationPolicy decides on the caller's identity alone.
+pub async fn serve_inbound<S>(client: S, caller: Option<Arc<str>>, port: Option<u16>, state: &ProxyState)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -29,7 +37,7 @@ where
             return;
         }
     }
-    serve(client, Side::Inbound, state).await;
+    serve(client, Side::Inbound(port), state).await;
 }
 
 pub async fn serve<S>(mut client: S, side: Side, state: &ProxyState)
@@ -40,8 +48,15 @@ where
         let snap = state.config.load();
         match &side {
             Side::Upstream(svc) => snap.service(svc).and_then(|s| snap.clusters.get(&s.key)).cloned(),
-            Side::Inbound => snap.inbound.as_ref().map(|i| i.cluster.clone()),
-            Side::Outbound => None,
+            Side::Inbound(port) => match snap.app_target(*port) {
+                Some(AppTarget::Declared(i)) => Some(i.cluster.clone()),
+                Some(AppTarget::Undeclared(app)) => {
+                    drop(snap);
+                    return relay(client, app).await;
+                }
+                None => None,
+            },
+            Side::Outbound | Side::Transparent(_) => None,
         }
     };
     let Some(cluster) = cluster else {
@@ -83,6 +98,31 @@ where
         if cluster.set.on_failure(idx, guard) {
             cluster.shared.metrics.ejections.inc();
         }
+    }
+}
+
+/// A redirected call to `to`, an address no Service names: connected and relayed as it is,
+/// so the app's calls outside the mesh keep working.
+pub async fn pass_through<S>(client: S, to: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    METRICS.passthrough_connections.inc();
+    relay(client, to).await;
+}
+
+/// Connects to `to` and copies bytes both ways until either side closes.
+async fn relay<S>(mut client: S, to: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match connect_tcp(to, DIRECT_CONNECT_TIMEOUT).await {
+        Ok(mut upstream) => {
+            if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                tracing::debug!(%to, error = %e, "relayed TCP stream ended with an error");
+            }
+        }
+        Err(e) => tracing::warn!(%to, error = %e, "cannot connect to the original destination; closing"),
     }
 }
 

@@ -2,7 +2,7 @@
 //! proxy's own settings. Built from policy documents, swapped in whole with arc-swap.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use http::Method;
@@ -20,6 +20,8 @@ use crate::target::{Cluster, ClusterShared};
 
 /// Key under which the local app's cluster is kept across reloads.
 const INBOUND_KEY: &str = "inbound";
+/// Key prefix of the clusters of the app's other declared ports (`inbound:8081`).
+const INBOUND_PORT_KEY: &str = "inbound:";
 
 pub struct Snapshot {
     pub version: u64,
@@ -37,6 +39,12 @@ pub struct Snapshot {
     upstream_services: Vec<(Box<str>, Arc<ServiceRoutes>)>,
     proxy_ns: Box<str>,
     pub inbound: Option<Inbound>,
+    /// The app's other ports that the proxy's own Service declares, each with its own cluster
+    /// (at the app's IP) and protocol: redirected calls to them reach the app on that port.
+    inbound_ports: Vec<(u16, Inbound)>,
+    /// Services by the addresses an app may call them at, for connections redirected to the
+    /// outbound listener (see `service_at`).
+    destinations: HashMap<SocketAddr, Destination>,
     /// AuthorizationPolicy for calls into the local app; `None` allows every call.
     pub authz: Option<Arc<Authz>>,
 }
@@ -45,6 +53,22 @@ pub struct Snapshot {
 pub struct Inbound {
     pub cluster: Arc<Cluster>,
     pub rule: Arc<Rule>,
+}
+
+/// Where a call into the local app goes.
+pub enum AppTarget<'a> {
+    /// A port the config knows: served with its protocol, authorization and metrics.
+    Declared(&'a Inbound),
+    /// A redirected call to a port no Service declares: relayed as opaque TCP to the app there.
+    Undeclared(SocketAddr),
+}
+
+/// The service a redirected connection's original destination belongs to.
+pub struct Destination {
+    /// `name.namespace`.
+    pub service: Arc<str>,
+    /// What is spoken at that address.
+    pub protocol: Protocol,
 }
 
 fn key(name: &str, namespace: &str) -> String {
@@ -145,25 +169,33 @@ impl Snapshot {
             }
         }
 
+        let own_key = key(&proxy.service, &proxy_ns);
+        let own_ports = docs
+            .iter()
+            .find_map(|d| match d {
+                Document::Service(s) if key(&s.metadata.name, &s.metadata.namespace) == own_key => Some(&s.spec.ports),
+                _ => None,
+            })
+            .map_or(&[][..], Vec::as_slice);
         let inbound = proxy.inbound.as_ref().map(|ib| {
-            let own_key = key(&proxy.service, &proxy_ns);
             let protocol =
                 ib.protocol.unwrap_or_else(|| clusters.get(own_key.as_str()).map(|c| c.protocol).unwrap_or_default());
-            let endpoints = [EndpointSpec { address: ib.app, weight: 1, identity: None }];
-            let policy = TrafficPolicySpec::defaults_for(&proxy.service);
-            let cluster = Arc::new(build_cluster(INBOUND_KEY, &proxy.service, protocol, &endpoints, policy, prev));
-            let metrics = RouteMetrics::new("inbound", &proxy.service, "inbound", &proxy.service);
-            let rule = Rule::new(
-                RuleOrigin { route: "inbound".into(), index: 0, line: 0 },
-                Matcher::default(),
-                vec![Backend { cluster: cluster.clone(), weight: 1, metrics: Arc::new(metrics) }],
-                None,
-                Retry::from_policy(&RetryPolicy::default()),
-            );
-            Inbound { cluster, rule: Arc::new(rule) }
+            build_inbound(INBOUND_KEY, &proxy.service, ib.app, protocol, prev)
         });
+        let inbound_ports = match &proxy.inbound {
+            Some(ib) => own_ports
+                .iter()
+                .filter(|p| p.port != ib.app.port())
+                .map(|p| {
+                    let app = SocketAddr::new(ib.app.ip(), p.port);
+                    let k = format!("{INBOUND_PORT_KEY}{}", p.port);
+                    (p.port, build_inbound(&k, &proxy.service, app, p.protocol, prev))
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        let destinations = destinations(&docs, &clusters);
 
-        let own_key = key(&proxy.service, &proxy_ns);
         let policies: Vec<&weft_api::AuthorizationPolicy> = docs
             .iter()
             .filter_map(|d| match d {
@@ -189,6 +221,8 @@ impl Snapshot {
             upstream_services,
             proxy_ns: proxy_ns.into(),
             inbound,
+            inbound_ports,
+            destinations,
             authz,
         })
     }
@@ -216,6 +250,50 @@ impl Snapshot {
         self.services.get(key(reference, &self.proxy_ns).as_str())
     }
 
+    /// The service an app meant by connecting to `addr` (the original destination of a
+    /// connection redirected to the outbound listener): a Service's endpoint address, or an
+    /// endpoint's IP with one of the Service's declared ports (the app calls a pod by its
+    /// address and app port, while the endpoint names that pod's proxy). Service virtual IPs
+    /// join this index with Kubernetes discovery.
+    pub fn service_at(&self, addr: SocketAddr) -> Option<&Destination> {
+        self.destinations.get(&addr)
+    }
+
+    /// Where a call into the local app goes. `port` is the app port a redirected caller
+    /// addressed; `None` (a call to the inbound listener itself) means the configured app.
+    pub fn app_target(&self, port: Option<u16>) -> Option<AppTarget<'_>> {
+        let inbound = self.inbound.as_ref()?;
+        let app = self.proxy.inbound.as_ref()?.app;
+        Some(match port {
+            Some(port) if port != app.port() => match self.inbound_ports.iter().find(|(p, _)| *p == port) {
+                Some((_, declared)) => AppTarget::Declared(declared),
+                None => AppTarget::Undeclared(SocketAddr::new(app.ip(), port)),
+            },
+            _ => AppTarget::Declared(inbound),
+        })
+    }
+
+    /// Whether calls into the app at `port` (see `app_target`) are opaque TCP.
+    pub fn app_is_tcp(&self, port: Option<u16>) -> bool {
+        match self.app_target(port) {
+            Some(AppTarget::Declared(i)) => i.cluster.protocol == Protocol::Tcp,
+            Some(AppTarget::Undeclared(_)) => true,
+            None => false,
+        }
+    }
+
+    /// The cluster kept under `k` (a service, or one of the local app's), to carry its state
+    /// into the next version.
+    fn cluster_by_key(&self, k: &str) -> Option<&Arc<Cluster>> {
+        if k == INBOUND_KEY {
+            return self.inbound.as_ref().map(|i| &i.cluster);
+        }
+        if k.starts_with(INBOUND_PORT_KEY) {
+            return self.inbound_ports.iter().map(|(_, i)| &i.cluster).find(|c| *c.key == *k);
+        }
+        self.clusters.get(k)
+    }
+
     pub fn proxy_namespace(&self) -> &str {
         &self.proxy_ns
     }
@@ -238,8 +316,7 @@ fn build_cluster(
     policy: TrafficPolicySpec,
     prev: Option<&Snapshot>,
 ) -> Cluster {
-    let old =
-        prev.and_then(|p| if k == INBOUND_KEY { p.inbound.as_ref().map(|i| &i.cluster) } else { p.clusters.get(k) });
+    let old = prev.and_then(|p| p.cluster_by_key(k));
     let endpoints = specs
         .iter()
         .map(|spec| {
@@ -264,6 +341,53 @@ fn build_cluster(
     let set = EndpointSet::new(endpoints, policy.load_balancer, OutlierConfig::from(&policy.outlier_detection));
     let authority = Authority::try_from(name).unwrap_or_else(|_| Authority::from_static("localhost"));
     Cluster { key: k.into(), name: name.into(), protocol, set, policy, shared, authority }
+}
+
+/// The local app at `app` behind the inbound listener, as a one-endpoint cluster and its rule.
+fn build_inbound(k: &str, service: &str, app: SocketAddr, protocol: Protocol, prev: Option<&Snapshot>) -> Inbound {
+    let endpoints = [EndpointSpec { address: app, weight: 1, identity: None }];
+    let policy = TrafficPolicySpec::defaults_for(service);
+    let cluster = Arc::new(build_cluster(k, service, protocol, &endpoints, policy, prev));
+    let metrics = RouteMetrics::new("inbound", service, "inbound", service);
+    let rule = Rule::new(
+        RuleOrigin { route: "inbound".into(), index: 0, line: 0 },
+        Matcher::default(),
+        vec![Backend { cluster: cluster.clone(), weight: 1, metrics: Arc::new(metrics) }],
+        None,
+        Retry::from_policy(&RetryPolicy::default()),
+    );
+    Inbound { cluster, rule: Arc::new(rule) }
+}
+
+/// The index behind `Snapshot::service_at`: every endpoint address, then every endpoint IP
+/// with each declared port of its Service. The first service to claim an address keeps it.
+fn destinations(docs: &[Document], clusters: &HashMap<Arc<str>, Arc<Cluster>>) -> HashMap<SocketAddr, Destination> {
+    let services: Vec<(&Arc<Cluster>, &weft_api::ServiceSpec)> = docs
+        .iter()
+        .filter_map(|d| match d {
+            Document::Service(s) => {
+                clusters.get(key(&s.metadata.name, &s.metadata.namespace).as_str()).map(|c| (c, &s.spec))
+            }
+            _ => None,
+        })
+        .collect();
+    let mut out = HashMap::new();
+    for (cluster, spec) in &services {
+        for ep in &spec.endpoints {
+            out.entry(ep.address)
+                .or_insert_with(|| Destination { service: cluster.key.clone(), protocol: cluster.protocol });
+        }
+    }
+    for (cluster, spec) in &services {
+        let ips: Vec<IpAddr> = spec.endpoints.iter().map(|e| e.address.ip()).collect();
+        for ip in ips {
+            for port in &spec.ports {
+                out.entry(SocketAddr::new(ip, port.port))
+                    .or_insert_with(|| Destination { service: cluster.key.clone(), protocol: port.protocol });
+            }
+        }
+    }
+    out
 }
 
 fn default_rule(cluster: &Arc<Cluster>) -> Rule {
@@ -629,5 +753,66 @@ spec: {{service: payments, default: allow}}
         let text = "kind: Service\nmetadata: {name: a}\nspec: {endpoints: [{address: 127.0.0.1:1}]}\n";
         let err = build(text, None).err().expect("no Proxy document");
         assert!(err.to_string().contains("no Proxy document"));
+    }
+
+    /// A pod at 10.0.0.2 whose proxy serves `web` (http on 8080, its proxy's inbound at 4143)
+    /// and a TCP service declared by its endpoint address.
+    const TRANSPARENT: &str = "
+kind: Proxy
+metadata: {name: web, namespace: shop}
+spec:
+  service: web
+  outbound: {listen: 127.0.0.1:4140}
+  inbound: {listen: 0.0.0.0:4143, app: 127.0.0.1:8080}
+---
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  ports: [{port: 8080, protocol: http}, {port: 8081, protocol: tcp}]
+  endpoints: [{address: 10.0.0.2:4143}]
+---
+kind: Service
+metadata: {name: db, namespace: shop}
+spec:
+  ports: [{port: 5432, protocol: tcp}]
+  endpoints: [{address: 10.0.0.3:5432}, {address: 10.0.0.2:4143}]
+";
+
+    #[test]
+    fn original_destinations_find_their_service_by_endpoint_or_by_endpoint_ip_and_port() {
+        let snap = build(TRANSPARENT, None).unwrap();
+        let at = |a: &str| snap.service_at(a.parse().unwrap()).map(|d| (d.service.as_ref(), d.protocol));
+        assert_eq!(at("10.0.0.2:8080"), Some(("web.shop", Protocol::Http)), "the pod's address and app port");
+        assert_eq!(at("10.0.0.2:8081"), Some(("web.shop", Protocol::Tcp)), "each declared port with its protocol");
+        assert_eq!(at("10.0.0.3:5432"), Some(("db.shop", Protocol::Tcp)), "an endpoint address itself");
+        assert_eq!(at("10.0.0.2:4143").map(|d| d.0), Some("web.shop"), "the first service keeps an address");
+        assert_eq!(at("10.0.0.9:8080"), None, "outside the mesh");
+        assert_eq!(at("10.0.0.2:9999"), None, "a port no Service declares");
+    }
+
+    #[test]
+    fn a_redirected_call_reaches_the_app_on_the_port_it_was_addressed_to() {
+        let snap = build(TRANSPARENT, None).unwrap();
+        let target = |port| match snap.app_target(port) {
+            Some(AppTarget::Declared(i)) => format!("{} {:?}", i.cluster.set.endpoints()[0].addr, i.cluster.protocol),
+            Some(AppTarget::Undeclared(a)) => format!("{a} opaque"),
+            None => "none".into(),
+        };
+        assert_eq!(target(None), "127.0.0.1:8080 Http", "not redirected: the configured app");
+        assert_eq!(target(Some(8080)), "127.0.0.1:8080 Http");
+        assert_eq!(target(Some(8081)), "127.0.0.1:8081 Tcp", "a declared port, with its protocol");
+        assert_eq!(target(Some(9000)), "127.0.0.1:9000 opaque", "an undeclared port keeps the app's IP");
+        assert!(snap.app_is_tcp(Some(8081)) && snap.app_is_tcp(Some(9000)) && !snap.app_is_tcp(None));
+    }
+
+    #[test]
+    fn the_apps_other_ports_keep_their_state_across_reloads() {
+        let first = build(TRANSPARENT, None).unwrap();
+        let second = build(TRANSPARENT, Some(&first)).unwrap();
+        let shared = |s: &Snapshot| match s.app_target(Some(8081)) {
+            Some(AppTarget::Declared(i)) => i.cluster.shared.clone(),
+            _ => panic!("8081 is declared"),
+        };
+        assert!(Arc::ptr_eq(&shared(&first), &shared(&second)));
     }
 }

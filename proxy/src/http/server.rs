@@ -27,6 +27,7 @@ use super::timeouts::{HeadTimer, ReadWatch};
 use super::{h1server, h2server};
 use crate::listeners::Side;
 use crate::metrics::METRICS;
+use crate::outbound::ServiceBy;
 use crate::routing::Rule;
 use crate::state::ProxyState;
 
@@ -249,9 +250,10 @@ impl Handler {
             }
         }
         match &self.side {
-            Side::Outbound => crate::outbound::route(&self.state, None, req),
-            Side::Upstream(service) => crate::outbound::route(&self.state, Some(service), req),
-            Side::Inbound => crate::inbound::admit(&self.state, self.peer, self.caller.as_deref(), req),
+            Side::Outbound => crate::outbound::route(&self.state, ServiceBy::Host, req),
+            Side::Transparent(service) => crate::outbound::route(&self.state, ServiceBy::HostThenAddress(service), req),
+            Side::Upstream(service) => crate::outbound::route(&self.state, ServiceBy::Port(service), req),
+            Side::Inbound(port) => crate::inbound::admit(&self.state, self.peer, self.caller.as_deref(), *port, req),
         }
     }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use http::Request;
 
+use crate::config::snapshot::AppTarget;
 use crate::http::body::ClientBody;
 use crate::http::errors::ProxyError;
 use crate::routing::Rule;
@@ -17,7 +18,8 @@ use crate::state::ProxyState;
 /// under this name is removed first, so the app can trust it.
 pub const CLIENT_ID_HEADER: &str = "weft-client-id";
 
-/// Admits a call to the local app: checks the AuthorizationPolicy, and sets `weft-client-id`
+/// Admits a call to the local app's `port` (see `Side::Inbound`): checks the
+/// AuthorizationPolicy, and sets `weft-client-id`
 /// to `caller`, the verified SPIFFE id of the peer proxy (`None` for plaintext), removing
 /// whatever a client sent under that name. Returns the rule and the body limit, or the error
 /// to answer with. Synchronous, like `outbound::route`.
@@ -25,11 +27,13 @@ pub fn admit(
     state: &ProxyState,
     peer: SocketAddr,
     caller: Option<&str>,
+    port: Option<u16>,
     req: &mut Request<ClientBody>,
 ) -> Result<(Arc<Rule>, u64), ProxyError> {
     let (rule, max_body) = {
         let snap = state.config.load();
-        let Some(inbound) = &snap.inbound else {
+        // An undeclared port is served as opaque TCP, never here.
+        let Some(AppTarget::Declared(inbound)) = snap.app_target(port) else {
             return Err(ProxyError::NoEndpoints);
         };
         if let Some(authz) = &snap.authz {

@@ -1,5 +1,9 @@
 //! Listening sockets: bound once at start (one per worker with SO_REUSEPORT, so the kernel
-//! spreads connections and no worker steals another's), then an accept loop per worker.
+//! spreads connections and no worker steals another's), then an accept loop per worker. A
+//! connection that iptables redirected (transparent mode) is served by what its original
+//! destination was: a known service, the app on another port, or a pass-through.
+
+mod original_dst;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,9 +11,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol as SockProto, Socket, Type};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use weft_api::{MtlsMode, Protocol};
 
+use crate::config::snapshot::Snapshot;
 use crate::metrics::METRICS;
 use crate::state::ProxyState;
 
@@ -18,18 +23,48 @@ use crate::state::ProxyState;
 pub enum Side {
     /// The app's calls, routed by Host.
     Outbound,
+    /// The app's calls redirected to the outbound listener whose original destination is this
+    /// service's (`name.namespace`): routed by Host when it names a service, else to this one.
+    Transparent(Arc<str>),
     /// The app's calls on a port bound to one service (`upstreams`).
     Upstream(Arc<str>),
-    /// Other services' calls to the local app.
-    Inbound,
+    /// Other services' calls to the local app; with the app port a redirected caller
+    /// addressed (`None`: the inbound listener itself, so the configured app).
+    Inbound(Option<u16>),
 }
 
 impl Side {
     pub fn direction(&self) -> &'static str {
         match self {
-            Side::Inbound => "inbound",
-            Side::Outbound | Side::Upstream(_) => "outbound",
+            Side::Inbound(_) => "inbound",
+            Side::Outbound | Side::Transparent(_) | Side::Upstream(_) => "outbound",
         }
+    }
+}
+
+/// What a connection is served as, once its original destination is known.
+enum Serve {
+    As(Side),
+    /// Opaque TCP to this side's service, whatever the protocol of the service's first port
+    /// (a redirected call to a port declared `tcp`).
+    Relay(Side),
+    /// A redirected call to an address outside the mesh: relayed as is, so it keeps working.
+    PassThrough(SocketAddr),
+}
+
+/// Decides how to serve a connection accepted on `side`'s listener that was redirected from
+/// `original` (`None`: not redirected, served as today).
+fn classify(side: &Side, original: Option<SocketAddr>, snap: &Snapshot) -> Serve {
+    let Some(original) = original else { return Serve::As(side.clone()) };
+    match side {
+        Side::Inbound(_) => Serve::As(Side::Inbound(Some(original.port()))),
+        Side::Outbound => match snap.service_at(original) {
+            Some(d) if d.protocol == Protocol::Tcp => Serve::Relay(Side::Upstream(d.service.clone())),
+            Some(d) => Serve::As(Side::Transparent(d.service.clone())),
+            None => Serve::PassThrough(original),
+        },
+        // Upstream ports are called by address: nothing is redirected to them.
+        Side::Transparent(_) | Side::Upstream(_) => Serve::As(side.clone()),
     }
 }
 
@@ -67,7 +102,7 @@ pub fn bind_all(spec: &weft_api::ProxySpec, workers: usize) -> Result<Vec<Bound>
         wanted.push((u.listen, Side::Upstream(u.service.as_str().into())));
     }
     if let Some(i) = &spec.inbound {
-        wanted.push((i.listen, Side::Inbound));
+        wanted.push((i.listen, Side::Inbound(None)));
     }
     wanted
         .into_iter()
@@ -93,33 +128,46 @@ pub async fn accept_loop(listener: TcpListener, side: Side, state: Arc<ProxyStat
             }
         };
         let _ = stream.set_nodelay(true);
+        let serve = match side {
+            Side::Upstream(_) => Serve::As(side.clone()),
+            _ => classify(&side, original_dst::redirected_from(&stream), &state.config.load()),
+        };
         let state = state.clone();
-        let side = side.clone();
         let gauge = gauge.clone();
         tokio::spawn(async move {
             gauge.inc();
             state.open_connections.fetch_add(1, Ordering::Relaxed);
-            let mtls = match side {
-                Side::Inbound => crate::tls::inbound_mode(&state),
-                Side::Outbound | Side::Upstream(_) => MtlsMode::Off,
-            };
-            // Each kind of connection is boxed on its own: the task then holds only the one it
-            // serves (an idle plaintext HTTP connection does not carry a TLS handshake's or a
-            // TCP relay's state), which keeps memory per open connection low.
-            if mtls != MtlsMode::Off {
-                Box::pin(crate::tls::inbound::serve(stream, peer, state.clone(), mtls)).await;
-            } else if is_tcp(&state, &side) {
-                if matches!(side, Side::Inbound) {
-                    Box::pin(crate::tcp::serve_inbound(stream, None, &state)).await;
-                } else {
-                    Box::pin(crate::tcp::serve(stream, side, &state)).await;
-                }
-            } else {
-                Box::pin(crate::http::server::serve_plaintext(stream, peer, side, state.clone(), None)).await;
-            }
+            serve_connection(stream, peer, serve, &state).await;
             state.open_connections.fetch_sub(1, Ordering::Relaxed);
             gauge.dec();
         });
+    }
+}
+
+/// Serves one accepted connection as `serve` says, to its end.
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, serve: Serve, state: &Arc<ProxyState>) {
+    // Each kind of connection is boxed on its own: the task then holds only the one it
+    // serves (an idle plaintext HTTP connection does not carry a TLS handshake's or a
+    // TCP relay's state), which keeps memory per open connection low.
+    let side = match serve {
+        Serve::As(side) => side,
+        Serve::Relay(side) => return Box::pin(crate::tcp::serve(stream, side, state)).await,
+        Serve::PassThrough(to) => return Box::pin(crate::tcp::pass_through(stream, to)).await,
+    };
+    let mtls = match side {
+        Side::Inbound(_) => crate::tls::inbound_mode(state),
+        Side::Outbound | Side::Transparent(_) | Side::Upstream(_) => MtlsMode::Off,
+    };
+    if let (Side::Inbound(port), true) = (&side, mtls != MtlsMode::Off) {
+        Box::pin(crate::tls::inbound::serve(stream, peer, *port, state.clone(), mtls)).await;
+    } else if is_tcp(state, &side) {
+        if let Side::Inbound(port) = side {
+            Box::pin(crate::tcp::serve_inbound(stream, None, port, state)).await;
+        } else {
+            Box::pin(crate::tcp::serve(stream, side, state)).await;
+        }
+    } else {
+        Box::pin(crate::http::server::serve_plaintext(stream, peer, side, state.clone(), None)).await;
     }
 }
 
@@ -128,10 +176,53 @@ pub async fn accept_loop(listener: TcpListener, side: Side, state: Arc<ProxyStat
 fn is_tcp(state: &ProxyState, side: &Side) -> bool {
     let snap = state.config.load();
     match side {
-        Side::Outbound => false,
+        Side::Outbound | Side::Transparent(_) => false,
         Side::Upstream(svc) => {
             snap.service(svc).and_then(|s| snap.clusters.get(&s.key)).is_some_and(|c| c.protocol == Protocol::Tcp)
         }
-        Side::Inbound => snap.inbound.as_ref().is_some_and(|i| i.cluster.protocol == Protocol::Tcp),
+        Side::Inbound(port) => snap.app_is_tcp(*port),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot() -> Snapshot {
+        let text = "kind: Proxy\nmetadata: {name: c}\nspec: {service: c, outbound: {listen: 127.0.0.1:4140}}\n---\n\
+                    kind: Service\nmetadata: {name: web}\nspec: {ports: [{port: 8080, protocol: http}], \
+                    endpoints: [{address: 10.0.0.2:4143}]}\n---\n\
+                    kind: Service\nmetadata: {name: echo}\nspec: {ports: [{port: 7, protocol: tcp}], \
+                    endpoints: [{address: 10.0.0.3:7}]}\n";
+        let docs = weft_api::parse_file("t.yaml", text).unwrap();
+        Snapshot::build(docs, "t.yaml", 1, None).unwrap()
+    }
+
+    fn describe(serve: Serve) -> String {
+        match serve {
+            Serve::As(Side::Outbound) => "outbound".into(),
+            Serve::As(Side::Transparent(s)) => format!("transparent {s}"),
+            Serve::As(Side::Upstream(s)) => format!("upstream {s}"),
+            Serve::Relay(side) => format!("tcp {side:?}"),
+            Serve::As(Side::Inbound(port)) => format!("inbound {port:?}"),
+            Serve::PassThrough(to) => format!("pass-through {to}"),
+        }
+    }
+
+    #[test]
+    fn a_redirected_connection_is_served_by_its_original_destination() {
+        let snap = snapshot();
+        let cases: &[(Side, Option<&str>, &str)] = &[
+            (Side::Outbound, None, "outbound"),
+            (Side::Outbound, Some("10.0.0.2:8080"), "transparent web.default"),
+            (Side::Outbound, Some("10.0.0.3:7"), "tcp Upstream(\"echo.default\")"),
+            (Side::Outbound, Some("192.0.2.1:443"), "pass-through 192.0.2.1:443"),
+            (Side::Inbound(None), None, "inbound None"),
+            (Side::Inbound(None), Some("10.0.0.2:9000"), "inbound Some(9000)"),
+        ];
+        for (side, original, want) in cases {
+            let original = original.map(|a| a.parse().unwrap());
+            assert_eq!(describe(classify(side, original, &snap)), *want, "{side:?} from {original:?}");
+        }
     }
 }

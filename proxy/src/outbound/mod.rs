@@ -13,19 +13,29 @@ use crate::metrics::RouteMetrics;
 use crate::routing::Rule;
 use crate::state::ProxyState;
 
-/// Finds the route rule for the app's call: the service by the listener it arrived on
-/// (`bound_service`, set for upstream ports) or by Host, then the first matching rule. Returns
-/// the rule and the body limit, or the error to answer with. Synchronous, so the request's
-/// future (boxed once by the server) holds only the forwarding that follows.
-pub fn route(
-    state: &ProxyState,
-    bound_service: Option<&str>,
-    req: &Request<ClientBody>,
-) -> Result<(Arc<Rule>, u64), ProxyError> {
+/// How the service of an app's call is found.
+#[derive(Clone, Copy, Debug)]
+pub enum ServiceBy<'a> {
+    /// By Host (the outbound listener).
+    Host,
+    /// The service the port is bound to (upstream ports).
+    Port(&'a str),
+    /// By Host when it names a service, else the service whose address the app connected to
+    /// (a connection redirected in transparent mode: the Host is often just that address).
+    HostThenAddress(&'a str),
+}
+
+/// Finds the route rule for the app's call: the service (see `ServiceBy`), then the first
+/// matching rule. Returns the rule and the body limit, or the error to answer with.
+/// Synchronous, so the request's future (boxed once by the server) holds only the forwarding
+/// that follows.
+pub fn route(state: &ProxyState, by: ServiceBy<'_>, req: &Request<ClientBody>) -> Result<(Arc<Rule>, u64), ProxyError> {
     let snap = state.config.load();
-    let routes = match bound_service {
-        Some(svc) => snap.service(svc),
-        None => headers::request_host(req).and_then(|h| snap.lookup_host(h)),
+    let by_host = || headers::request_host(req).and_then(|h| snap.lookup_host(h));
+    let routes = match by {
+        ServiceBy::Port(svc) => snap.service(svc),
+        ServiceBy::Host => by_host(),
+        ServiceBy::HostThenAddress(svc) => by_host().or_else(|| snap.service(svc)),
     };
     let Some(routes) = routes else {
         tracing::debug!(host = ?headers::request_host(req), "no service for this host");

@@ -26,9 +26,10 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 /// nothing until the app greets it: after this long without a byte, it is served as plaintext.
 const SERVER_FIRST_WAIT: Duration = Duration::from_millis(300);
 
-/// Serves one inbound connection under `mode` (strict or permissive).
-pub async fn serve(stream: TcpStream, peer: SocketAddr, state: Arc<ProxyState>, mode: MtlsMode) {
-    let server_first = mode == MtlsMode::Permissive && app_is_tcp(&state);
+/// Serves one inbound connection under `mode` (strict or permissive), bound for the app's
+/// `port` (see `Side::Inbound`).
+pub async fn serve(stream: TcpStream, peer: SocketAddr, port: Option<u16>, state: Arc<ProxyState>, mode: MtlsMode) {
+    let server_first = mode == MtlsMode::Permissive && app_is_tcp(&state, port);
     let wait = if server_first { SERVER_FIRST_WAIT } else { HANDSHAKE_TIMEOUT };
     let mut first = [0u8; 1];
     let plaintext = match tokio::time::timeout(wait, stream.peek(&mut first)).await {
@@ -40,10 +41,10 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, state: Arc<ProxyState>, 
     if plaintext {
         if mode == MtlsMode::Permissive {
             METRICS.inbound_connections.with_label_values(&["plaintext"]).inc();
-            if app_is_tcp(&state) {
-                crate::tcp::serve_inbound(stream, None, &state).await;
+            if app_is_tcp(&state, port) {
+                crate::tcp::serve_inbound(stream, None, port, &state).await;
             } else {
-                crate::http::server::serve_plaintext(stream, peer, Side::Inbound, state, None).await;
+                crate::http::server::serve_plaintext(stream, peer, Side::Inbound(port), state, None).await;
             }
         } else {
             refuse_plaintext(stream, peer).await;
@@ -79,8 +80,8 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, state: Arc<ProxyState>, 
     };
     METRICS.inbound_connections.with_label_values(&["mtls"]).inc();
     let caller = Some(Arc::from(caller.to_string()));
-    if app_is_tcp(&state) {
-        crate::tcp::serve_inbound(stream, caller, &state).await;
+    if app_is_tcp(&state, port) {
+        crate::tcp::serve_inbound(stream, caller, port, &state).await;
     } else {
         // Peer proxies negotiate h2 (or http/1.1 for upgrades) by ALPN; HTTP/2 over TLS
         // requires ALPN, so a client that offered none speaks HTTP/1.1.
@@ -88,12 +89,12 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, state: Arc<ProxyState>, 
             Some(b"h2") => Version::Http2,
             _ => Version::Http1,
         };
-        crate::http::server::serve(stream, version, peer, Side::Inbound, state, caller).await;
+        crate::http::server::serve(stream, version, peer, Side::Inbound(port), state, caller).await;
     }
 }
 
-fn app_is_tcp(state: &ProxyState) -> bool {
-    state.config.load().inbound.as_ref().is_some_and(|i| i.cluster.protocol == weft_api::Protocol::Tcp)
+fn app_is_tcp(state: &ProxyState, port: Option<u16>) -> bool {
+    state.config.load().app_is_tcp(port)
 }
 
 /// Strict mode: a plaintext client gets one HTTP answer saying why (most plaintext callers are
