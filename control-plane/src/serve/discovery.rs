@@ -173,7 +173,7 @@ impl Discovery {
             },
             // The Kubernetes API server calls with no client certificate; injecting a pod
             // grants nothing (the pod still needs its own credential for a certificate).
-            (Method::POST, "/v1/admission") => match read_body(req).await {
+            (Method::POST, "/v1/admission") => match read_body(req, MAX_ADMISSION_BYTES).await {
                 Ok(body) => match crate::inject::admission::review(&body, &crate::inject::Options::default()) {
                     Ok(review) => {
                         let mut r = full(StatusCode::OK, review.to_string());
@@ -311,9 +311,9 @@ enum Refusal {
     OtherIdentity,
 }
 
-/// A whole request body, at most [`MAX_ADMISSION_BYTES`].
-async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<ResponseBody>> {
-    Ok(Limited::new(req.into_body(), MAX_ADMISSION_BYTES)
+/// A whole request body of at most `max` bytes.
+async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, Response<ResponseBody>> {
+    Ok(Limited::new(req.into_body(), max)
         .collect()
         .await
         .map_err(|e| full(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}\n")))?
@@ -321,11 +321,7 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<ResponseBod
 }
 
 async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, Response<ResponseBody>> {
-    let body = Limited::new(req.into_body(), MAX_POST_BYTES)
-        .collect()
-        .await
-        .map_err(|e| full(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}\n")))?
-        .to_bytes();
+    let body = read_body(req, MAX_POST_BYTES).await?;
     serde_json::from_slice(&body).map_err(|e| full(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}\n")))
 }
 

@@ -10,7 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustls::ClientConfig;
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::ServerName;
+use rustls::pki_types::TrustAnchor;
+use rustls::sign::CertifiedKey;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -126,12 +129,27 @@ async fn handshake(
 
 /// TLS 1.3 only, this proxy's certificate as client, the peer verified against `expected`.
 fn client_config(tls: &MeshTls, expected: SpiffeId, alpn: Vec<Vec<u8>>) -> Result<ClientConfig, rustls::Error> {
-    let verifier = SpiffeServerVerifier { anchors: tls.anchors.clone(), expected, provider: tls.provider.clone() };
-    let mut config = ClientConfig::builder_with_provider(tls.provider.clone())
+    spiffe_client_config(tls.provider.clone(), tls.anchors.clone(), expected, Some(tls.key.clone()), alpn)
+}
+
+/// A TLS 1.3 client that accepts only a server chaining to `anchors` and proving `expected`,
+/// presenting `key` when given: for peer proxies and for the control plane alike.
+pub(super) fn spiffe_client_config(
+    provider: Arc<CryptoProvider>,
+    anchors: Arc<[TrustAnchor<'static>]>,
+    expected: SpiffeId,
+    key: Option<Arc<CertifiedKey>>,
+    alpn: Vec<Vec<u8>>,
+) -> Result<ClientConfig, rustls::Error> {
+    let verifier = SpiffeServerVerifier { anchors, expected, provider: provider.clone() };
+    let builder = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_client_cert_resolver(Arc::new(FixedKey(tls.key.clone())));
+        .with_custom_certificate_verifier(Arc::new(verifier));
+    let mut config = match key {
+        Some(key) => builder.with_client_cert_resolver(Arc::new(FixedKey(key))),
+        None => builder.with_no_client_auth(),
+    };
     config.alpn_protocols = alpn;
     Ok(config)
 }

@@ -9,16 +9,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rustls::ClientConfig;
+use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{RootCertStore, version};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use weft_api::{ControlPlaneSpec, SpiffeId};
-
-use super::identity::FixedKey;
-use super::verify::SpiffeServerVerifier;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -158,22 +155,15 @@ impl ControlPlaneTarget {
             return Err(untrusted("no CERTIFICATE block".to_string()));
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = SpiffeServerVerifier {
-            anchors: store.roots.into(),
-            expected: target.expected.clone(),
-            provider: provider.clone(),
-        };
-        let builder = ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&version::TLS13])
-            .map_err(|e| untrusted(e.to_string()))?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier));
-        let mut config = match super::current().filter(|_| present_identity) {
-            Some(tls) => builder.with_client_cert_resolver(Arc::new(FixedKey(tls.key.clone()))),
-            None => builder.with_no_client_auth(),
-        };
-        config.alpn_protocols = vec![alpn.to_vec()];
-        Ok(config)
+        let key = super::current().filter(|_| present_identity).map(|tls| tls.key.clone());
+        super::connect::spiffe_client_config(
+            provider,
+            store.roots.into(),
+            target.expected.clone(),
+            key,
+            vec![alpn.to_vec()],
+        )
+        .map_err(|e| untrusted(e.to_string()))
     }
 }
 

@@ -70,7 +70,7 @@ pub async fn run(state: Arc<ProxyState>, cp: ControlPlaneSpec) {
     };
     let mut wait = Duration::ZERO;
     if let Some(dir) = &dir {
-        match stored::filesystem_of(dir.parent().unwrap_or(dir)).or_else(|| stored::filesystem_of(dir)) {
+        match stored::filesystem_of(dir) {
             Some(fs) if !stored::memory_backed(&fs) => tracing::warn!(
                 dir = %dir.display(),
                 filesystem = fs,

@@ -61,10 +61,11 @@ pub fn save(dir: &Path, pem: &IdentityPem) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The filesystem type `path` lives on, from /proc/self/mountinfo (the longest mount point
-/// that contains it); None when that cannot be told.
+/// The filesystem type `path` lives on (or will, once created: its nearest existing
+/// ancestor's), from /proc/self/mountinfo (the longest mount point that contains it); None
+/// when that cannot be told.
 pub fn filesystem_of(path: &Path) -> Option<String> {
-    let path = std::fs::canonicalize(path).ok()?;
+    let path = path.ancestors().find_map(|p| std::fs::canonicalize(p).ok())?;
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let mut best: Option<(usize, String)> = None;
     for line in info.lines() {
@@ -126,6 +127,8 @@ mod tests {
     #[test]
     fn tells_memory_backed_storage_apart() {
         assert_eq!(filesystem_of(Path::new("/proc")).as_deref(), Some("proc"));
+        // A folder not made yet is judged by where it will be made.
+        assert_eq!(filesystem_of(Path::new("/proc/weft-not-there/identity")).as_deref(), Some("proc"));
         assert!(memory_backed("tmpfs") && !memory_backed("ext4") && !memory_backed("overlay"));
     }
 }

@@ -12,11 +12,13 @@ impl Catalog {
     pub fn status(&self) -> StatusReport {
         let inner = lock(&self.inner);
         let now = Instant::now();
+        let mut intervals = Vec::new();
         let mut proxies: Vec<ProxyStatus> = inner
             .subscribers
             .values()
             .map(|(sub, _)| {
                 let p = lock(&sub.progress);
+                intervals.extend(super::traffic::interval(&p.reports));
                 let oldest = p.unacked.front().map(|(v, _)| *v);
                 let lag = oldest
                     .and_then(|v| inner.published.get(inner.published.partition_point(|(pv, _)| *pv < v)))
@@ -53,10 +55,6 @@ impl Catalog {
                 ServiceStatus { service: key.clone(), instances }
             })
             .collect();
-        let guards: Vec<_> = inner.subscribers.values().map(|(sub, _)| lock(&sub.progress)).collect();
-        let reports: Vec<Vec<_>> = guards.iter().map(|p| p.reports.iter().cloned().collect()).collect();
-        drop(guards);
-        let intervals: Vec<_> = reports.iter().filter_map(|r| super::traffic::interval(r)).collect();
         StatusReport {
             version: inner.version,
             policy_valid: inner.policy_errors.is_empty(),

@@ -2,7 +2,7 @@
 //! the window give its requests, failures and latency histogram over that time; those are
 //! summed per direction, service and route into a rate, a success rate and percentiles.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use weft_api::discovery::{TrafficStat, TrafficSummary};
@@ -11,10 +11,10 @@ use weft_api::discovery::{TrafficStat, TrafficSummary};
 pub const WINDOW: Duration = Duration::from_secs(30);
 
 /// What one proxy served between two of its reports.
-pub struct Interval<'a> {
+pub struct Interval {
     pub seconds: f64,
-    pub oldest: &'a [TrafficStat],
-    pub newest: &'a [TrafficStat],
+    pub oldest: Vec<TrafficStat>,
+    pub newest: Vec<TrafficStat>,
 }
 
 #[derive(Default)]
@@ -28,18 +28,19 @@ struct Sum {
     buckets: Vec<u64>,
 }
 
-/// One proxy's reports as an [`Interval`], when it has two far enough apart.
-pub fn interval(reports: &[(Instant, Vec<TrafficStat>)]) -> Option<Interval<'_>> {
-    let (first, last) = (reports.first()?, reports.last()?);
+/// One proxy's reports as an [`Interval`] (only its oldest and newest are copied), when it
+/// has two far enough apart.
+pub fn interval(reports: &VecDeque<(Instant, Vec<TrafficStat>)>) -> Option<Interval> {
+    let (first, last) = (reports.front()?, reports.back()?);
     let seconds = last.0.duration_since(first.0).as_secs_f64();
-    (seconds > 0.1).then_some(Interval { seconds, oldest: &first.1, newest: &last.1 })
+    (seconds > 0.1).then(|| Interval { seconds, oldest: first.1.clone(), newest: last.1.clone() })
 }
 
 /// Sums the intervals per direction, service and route, sorted by those.
-pub fn summarize(intervals: &[Interval<'_>]) -> Vec<TrafficSummary> {
+pub fn summarize(intervals: &[Interval]) -> Vec<TrafficSummary> {
     let mut sums: BTreeMap<(&str, &str, &str), Sum> = BTreeMap::new();
     for iv in intervals {
-        for new in iv.newest {
+        for new in &iv.newest {
             let old = iv.oldest.iter().find(|o| {
                 (o.direction.as_str(), o.service.as_str(), o.route.as_str())
                     == (new.direction.as_str(), new.service.as_str(), new.route.as_str())
@@ -136,8 +137,8 @@ mod tests {
         let b_old = vec![stat("api", 0, 0, vec![0, 0, 0])];
         let b_new = vec![stat("api", 100, 50, vec![100, 100, 100])];
         let intervals = [
-            Interval { seconds: 10.0, oldest: &a_old, newest: &a_new },
-            Interval { seconds: 5.0, oldest: &b_old, newest: &b_new },
+            Interval { seconds: 10.0, oldest: a_old, newest: a_new },
+            Interval { seconds: 5.0, oldest: b_old, newest: b_new },
         ];
         let sums = summarize(&intervals);
         assert_eq!(sums.len(), 2);
