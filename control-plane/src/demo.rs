@@ -368,9 +368,7 @@ async fn drive(mesh: &mut Mesh, mut payments: Vec<Option<DemoServer>>) -> u8 {
     );
 
     let tally = Arc::new(Tally::default());
-    for _ in 0..4 {
-        tokio::spawn(load_worker(tally.clone()));
-    }
+    let load: Vec<JoinHandle<()>> = (0..4).map(|_| tokio::spawn(load_worker(tally.clone()))).collect();
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     tick.tick().await;
@@ -402,6 +400,14 @@ async fn drive(mesh: &mut Mesh, mut payments: Vec<Option<DemoServer>>) -> u8 {
             }
         }
         print_summary(&tally, t, &mut last_ok).await;
+    }
+    // The load stops before the mesh does: a request caught by the demo's own teardown is not
+    // a failure of the mesh.
+    for worker in &load {
+        worker.abort();
+    }
+    for worker in load {
+        let _ = worker.await;
     }
     println!(
         "\nweft demo: stopping; {} ok, {} failed",
