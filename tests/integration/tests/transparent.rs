@@ -290,17 +290,31 @@ fn run_scenario(backend: &str, family: Family) {
     // The server's own Service declares both app ports; the client knows `web` by the server
     // proxy's inbound address and `echo` by the pod address and app port.
     let web_identity = spiffe("web");
+    // `myself` is a Service whose only endpoint is the server pod itself (pod address and app
+    // port, as an EndpointSlice names it): the server proxy's call to it is the hairpin.
     let server_cfg = proxy_config(
         family,
         "web",
         &server_id.tls_line(),
-        &document(
-            "Service",
-            "web",
-            &format!(
-                "ports: [{{port: {HTTP_PORT}, protocol: http}}, {{port: {ECHO_PORT}, protocol: tcp}}]\n\
-                 endpoints: [{{address: \"{}\", identity: \"{web_identity}\"}}]\n",
-                family.addr(2, 4143)
+        &format!(
+            "{}{}",
+            document(
+                "Service",
+                "web",
+                &format!(
+                    "ports: [{{port: {HTTP_PORT}, protocol: http}}, {{port: {ECHO_PORT}, protocol: tcp}}]\n\
+                     endpoints: [{{address: \"{}\", identity: \"{web_identity}\"}}]\n",
+                    family.addr(2, 4143)
+                ),
+            ),
+            document(
+                "Service",
+                "myself",
+                &format!(
+                    "ports: [{{port: {HTTP_PORT}, protocol: http}}]\n\
+                     endpoints: [{{address: \"{}\", identity: \"{web_identity}\"}}]\n",
+                    family.addr(2, HTTP_PORT)
+                ),
             ),
         ),
     );
@@ -401,7 +415,28 @@ fn run_scenario(backend: &str, family: Family) {
     assert_eq!(header(&resp, "x-seen-client-id"), Some("-"));
     assert_eq!(passed(&world), 1.0, "the client proxy relayed it");
 
-    // 5. Re-running init (a sandbox restart) leaves one copy of each rule, and traffic flows.
+    // 5. The hairpin: the server app calls a Service whose endpoint is its own pod. Its proxy's
+    //    connection to the pod address is sent through the pod's own inbound side (over mTLS,
+    //    authorised and counted like any caller's) instead of straight to the app.
+    let inbound_before = requests(&server_ns, "inbound");
+    let (outbound, _) = family.listeners();
+    let resp = world.exec(&server_ns, &[app(), "get", outbound, "/self", "myself"]);
+    assert!(resp.starts_with("HTTP/1.1 200"), "the hairpin call: {resp}\n{}", world.logs());
+    assert_eq!(body(&resp), "web");
+    assert_eq!(header(&resp, "x-seen-client-id"), Some(web_identity.as_str()), "its own identity: {resp}");
+    assert_eq!(requests(&server_ns, "inbound"), inbound_before + 1.0, "its inbound side counted it");
+    let hairpin_out = metric_sum(
+        &world.metrics(&server_ns),
+        "weft_requests_total",
+        &[("direction", "outbound"), ("service", "myself")],
+    );
+    assert_eq!(hairpin_out, 1.0, "its outbound side counted it");
+    // The app calling its own address directly stays on loopback, untouched.
+    let resp = world.get(&server_ns, &family.addr(2, HTTP_PORT), "/direct");
+    assert_eq!(header(&resp, "x-seen-client-id"), Some("-"), "loopback is left alone: {resp}");
+    assert_eq!(requests(&server_ns, "inbound"), inbound_before + 1.0);
+
+    // 6. Re-running init (a sandbox restart) leaves one copy of each rule, and traffic flows.
     let installed = (world.nat(&client_ns, backend, family), world.nat(&server_ns, backend, family));
     world.init(&server_ns, &server_init);
     world.init(&client_ns, &client_init);
@@ -410,9 +445,9 @@ fn run_scenario(backend: &str, family: Family) {
     assert!(own_rules(&installed.0) > 0 && own_rules(&installed.1) > 0);
     let resp = world.get(&client_ns, &family.addr(2, HTTP_PORT), "/again");
     assert_eq!(header(&resp, "x-seen-client-id"), Some(spiffe("client").as_str()), "{resp}");
-    assert_eq!(requests(&server_ns, "inbound"), 2.0);
+    assert_eq!(requests(&server_ns, "inbound"), inbound_before + 2.0);
 
-    // 6. --cleanup leaves the nat table as it found it.
+    // 7. --cleanup leaves the nat table as it found it.
     let cleanup: Vec<&str> = [&["--cleanup", "--mode", backend], v6].concat();
     world.init(&server_ns, &cleanup);
     world.init(&client_ns, &cleanup);
@@ -420,7 +455,7 @@ fn run_scenario(backend: &str, family: Family) {
     assert_eq!(after, before, "--cleanup left something behind");
     println!(
         "transparent interception ({backend}, {}): HTTP and TCP through both proxies, skipped port bypassed, \
-         pass-through relayed, {} + {} rules installed, re-run and cleanup clean",
+         pass-through relayed, hairpin through its own inbound, {} + {} rules installed, re-run and cleanup clean",
         if family == Family::V6 { "IPv6" } else { "IPv4" },
         own_rules(&installed.0),
         own_rules(&installed.1)

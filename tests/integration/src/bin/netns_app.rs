@@ -23,9 +23,10 @@ fn main() -> ExitCode {
     let result = match args.as_slice() {
         ["http", addr, name] => serve(addr, |s| http_answer(s, name)),
         ["echo", addr] => serve(addr, echo),
-        ["get", addr, path] => get(addr, path),
+        ["get", addr, path] => get(addr, path, addr),
+        ["get", addr, path, host] => get(addr, path, host),
         ["tcp", addr, msg] => tcp(addr, msg),
-        _ => Err("usage: netns_app http ADDR NAME | echo ADDR | get ADDR PATH | tcp ADDR MSG".into()),
+        _ => Err("usage: netns_app http ADDR NAME | echo ADDR | get ADDR PATH [HOST] | tcp ADDR MSG".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -92,9 +93,9 @@ fn connect(addr: &str) -> Result<TcpStream, String> {
     Ok(stream)
 }
 
-fn get(addr: &str, path: &str) -> Result<(), String> {
+fn get(addr: &str, path: &str, host: &str) -> Result<(), String> {
     let mut stream = connect(addr)?;
-    write!(stream, "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    write!(stream, "GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").map_err(|e| e.to_string())?;
     let mut out = String::new();
     stream.read_to_string(&mut out).map_err(|e| format!("read from {addr}: {e}"))?;
     print!("{out}");
