@@ -158,7 +158,7 @@ impl Decoder<'_> {
 
 fn spec_fields(kind: &str) -> &'static [&'static str] {
     match kind {
-        "Service" => &["ports", "endpoints"],
+        "Service" => &["ports", "endpoints", "virtualIPs"],
         "Route" => &["service", "rules"],
         "TrafficPolicy" => {
             &["service", "loadBalancer", "connectTimeout", "idleTimeout", "limits", "outlierDetection", "retryBudget"]

@@ -4,7 +4,7 @@
 //! `Default` impls so that the decoder, the proxy and the docs agree on one value.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -109,6 +109,11 @@ pub struct ServiceSpec {
     pub ports: Vec<ServicePort>,
     /// Static endpoints; empty when the registry supplies them.
     pub endpoints: Vec<EndpointSpec>,
+    /// Addresses that stand for the whole service (a Kubernetes Service's ClusterIPs): a
+    /// connection the transparent outbound listener sees addressed to one of them, on a
+    /// declared port, goes to this service's balancer. Empty for most hand-written services.
+    #[serde(rename = "virtualIPs", default, skip_serializing_if = "Vec::is_empty")]
+    pub virtual_ips: Vec<IpAddr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

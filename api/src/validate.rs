@@ -325,9 +325,29 @@ impl<'a> SetCheck<'a> {
         let mut names: HashMap<(&str, &str, &str), At> = HashMap::new();
         let mut targets: HashMap<(&str, ServiceKey), (&Document, At)> = HashMap::new();
         let mut mesh: Option<(&Document, At)> = None;
+        let mut virtual_ips: HashMap<std::net::IpAddr, (&Document, At)> = HashMap::new();
         for &(file, docs) in self.files {
             for doc in docs {
                 let meta = doc.metadata();
+                if let Document::Service(s) = doc {
+                    let at = At { file, line: meta.line_of("spec.virtualIPs") };
+                    for ip in &s.spec.virtual_ips {
+                        match virtual_ips.get(ip) {
+                            Some((first, first_at)) => {
+                                let msg = format!(
+                                    "virtual IP {ip} of Service {} is already Service {}'s at {first_at}: a \
+                                     virtual IP stands for one service",
+                                    qualified(doc),
+                                    qualified(first)
+                                );
+                                out.push(file, at.line, "spec.virtualIPs", msg);
+                            }
+                            None => {
+                                virtual_ips.insert(*ip, (doc, at));
+                            }
+                        }
+                    }
+                }
                 let at = At { file, line: meta.line };
                 // A missing name was reported while decoding; it cannot clash with anything.
                 if !meta.name.is_empty() {
@@ -870,6 +890,25 @@ mod tests {
     fn check(files: &[(&str, &str)]) -> Vec<String> {
         let files: Vec<(String, String)> = files.iter().map(|(f, t)| (f.to_string(), t.to_string())).collect();
         crate::check_files(&files).1.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn a_virtual_ip_stands_for_one_service() {
+        let svc = |name: &str, ips: &str| {
+            format!(
+                "kind: Service\nmetadata: {{name: {name}}}\nspec:\n  ports: [{{port: 80, protocol: http}}]\n  virtualIPs: [{ips}]\n"
+            )
+        };
+        assert_eq!(
+            set(&[("a.yaml", &svc("a", "10.96.0.1, 10.96.0.2")), ("b.yaml", &svc("b", "10.96.0.3, 10.96.0.2"))]),
+            [
+                "b.yaml:5: spec.virtualIPs: virtual IP 10.96.0.2 of Service \"default/b\" is already Service \"default/a\"'s at a.yaml:5: a virtual IP stands for one service"
+            ]
+        );
+        assert_eq!(
+            set(&[("a.yaml", &svc("a", "10.96.0.1")), ("b.yaml", &svc("b", "10.96.0.3"))]),
+            Vec::<String>::new()
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Decoding of each kind's `spec`, field by field, falling back to the defaults in policy.rs.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use super::join;
 use super::reader::{Decoder, Map, key_text};
@@ -36,7 +36,28 @@ impl Decoder<'_> {
             let identity = self.string(&m, "identity", check_spiffe_id);
             endpoints.extend(address.map(|address| EndpointSpec { address, weight, identity }));
         }
-        ServiceSpec { ports, endpoints }
+        let mut virtual_ips = Vec::new();
+        self.mark(spec, "virtualIPs");
+        for (path, node) in self.list(spec, "virtualIPs") {
+            let Some(text) = self.text(node, &path) else {
+                continue;
+            };
+            match text.parse::<IpAddr>() {
+                Ok(ip) if virtual_ips.contains(&ip) => self.error(node.pos(), &path, format!("{ip} is listed twice")),
+                Ok(ip) if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() => self.error(
+                    node.pos(),
+                    &path,
+                    format!("{ip} cannot stand for a service; write the Service's cluster IP such as 10.96.0.10"),
+                ),
+                Ok(ip) => virtual_ips.push(ip),
+                Err(_) => self.error(
+                    node.pos(),
+                    &path,
+                    format!("invalid IP address {text:?}; write an address such as 10.96.0.10 or fd00::10 (no port)"),
+                ),
+            }
+        }
+        ServiceSpec { ports, endpoints, virtual_ips }
     }
 
     pub(super) fn route(&mut self, spec: &Map) -> RouteSpec {
@@ -353,7 +374,7 @@ fn log_format(s: &str) -> Option<LogFormat> {
 mod tests {
     use std::time::Duration;
 
-    use super::super::tests::{addr, decode, meta};
+    use super::super::tests::{addr, decode, meta, problems};
     use crate::*;
 
     #[test]
@@ -367,6 +388,7 @@ spec:
     - {address: 127.0.0.1:9001}
     - {address: 127.0.0.1:9002, weight: 2}
     - {address: "[::1]:4143", identity: "spiffe://cluster.local/ns/shop/sa/payments"}
+  virtualIPs: [10.96.0.10, "fd00:96::10"]
 "#;
         let expected = Document::Service(Service {
             metadata: meta("payments", "shop", 1),
@@ -384,9 +406,31 @@ spec:
                         identity: Some("spiffe://cluster.local/ns/shop/sa/payments".to_string()),
                     },
                 ],
+                virtual_ips: vec!["10.96.0.10".parse().unwrap(), "fd00:96::10".parse().unwrap()],
             },
         });
-        assert_eq!(decode(text), [expected]);
+        assert_eq!(decode(text), std::slice::from_ref(&expected));
+        // The discovery API carries it as JSON under the same name; an empty list is left out.
+        let json = serde_json::to_value(&expected).unwrap();
+        assert_eq!(json["spec"]["virtualIPs"], serde_json::json!(["10.96.0.10", "fd00:96::10"]));
+        let Document::Service(mut bare) = expected else { unreachable!() };
+        bare.spec.virtual_ips.clear();
+        assert!(serde_json::to_value(&bare).unwrap()["spec"].get("virtualIPs").is_none());
+    }
+
+    #[test]
+    fn virtual_ips_are_addresses_without_ports_each_once() {
+        let text = "kind: Service\nmetadata: {name: s}\nspec:\n  ports: [{port: 80, protocol: http}]\n  virtualIPs: [10.96.0.10:80, 10.96.0.11, 10.96.0.11, 127.0.0.1, 0.0.0.0, {ip: 1}]\n";
+        assert_eq!(
+            problems(text),
+            [
+                "f.yaml:5: spec.virtualIPs[0]: invalid IP address \"10.96.0.10:80\"; write an address such as 10.96.0.10 or fd00::10 (no port)",
+                "f.yaml:5: spec.virtualIPs[2]: 10.96.0.11 is listed twice",
+                "f.yaml:5: spec.virtualIPs[3]: 127.0.0.1 cannot stand for a service; write the Service's cluster IP such as 10.96.0.10",
+                "f.yaml:5: spec.virtualIPs[4]: 0.0.0.0 cannot stand for a service; write the Service's cluster IP such as 10.96.0.10",
+                "f.yaml:5: spec.virtualIPs[5]: expected a string, found a mapping",
+            ]
+        );
     }
 
     #[test]

@@ -359,8 +359,9 @@ fn build_inbound(k: &str, service: &str, app: SocketAddr, protocol: Protocol, pr
     Inbound { cluster, rule: Arc::new(rule) }
 }
 
-/// The index behind `Snapshot::service_at`: every endpoint address, then every endpoint IP
-/// with each declared port of its Service. The first service to claim an address keeps it.
+/// The index behind `Snapshot::service_at`: each Service's virtual IPs with its declared ports,
+/// every endpoint address, then every endpoint IP with each declared port of its Service. The
+/// first service to claim an address keeps it (`weft check` refuses a virtual IP claimed twice).
 fn destinations(docs: &[Document], clusters: &HashMap<Arc<str>, Arc<Cluster>>) -> HashMap<SocketAddr, Destination> {
     let services: Vec<(&Arc<Cluster>, &weft_api::ServiceSpec)> = docs
         .iter()
@@ -372,6 +373,14 @@ fn destinations(docs: &[Document], clusters: &HashMap<Arc<str>, Arc<Cluster>>) -
         })
         .collect();
     let mut out = HashMap::new();
+    for (cluster, spec) in &services {
+        for ip in &spec.virtual_ips {
+            for port in &spec.ports {
+                out.entry(SocketAddr::new(*ip, port.port))
+                    .or_insert_with(|| Destination { service: cluster.key.clone(), protocol: port.protocol });
+            }
+        }
+    }
     for (cluster, spec) in &services {
         for ep in &spec.endpoints {
             out.entry(ep.address)
@@ -776,6 +785,7 @@ metadata: {name: db, namespace: shop}
 spec:
   ports: [{port: 5432, protocol: tcp}]
   endpoints: [{address: 10.0.0.3:5432}, {address: 10.0.0.2:4143}]
+  virtualIPs: [10.96.0.20, 'fd00:96::20']
 ";
 
     #[test]
@@ -788,6 +798,9 @@ spec:
         assert_eq!(at("10.0.0.2:4143").map(|d| d.0), Some("web.shop"), "the first service keeps an address");
         assert_eq!(at("10.0.0.9:8080"), None, "outside the mesh");
         assert_eq!(at("10.0.0.2:9999"), None, "a port no Service declares");
+        assert_eq!(at("10.96.0.20:5432"), Some(("db.shop", Protocol::Tcp)), "a virtual IP on a declared port");
+        assert_eq!(at("[fd00:96::20]:5432").map(|d| d.0), Some("db.shop"), "an IPv6 virtual IP");
+        assert_eq!(at("10.96.0.20:80"), None, "a virtual IP on a port the Service does not declare");
     }
 
     #[test]

@@ -101,7 +101,7 @@ fn plain_service(key: &str, endpoints: Vec<EndpointSpec>) -> Document {
             line: 0,
             fields: Default::default(),
         },
-        spec: ServiceSpec { ports: Vec::new(), endpoints },
+        spec: ServiceSpec { ports: Vec::new(), endpoints, virtual_ips: Vec::new() },
     })
 }
 

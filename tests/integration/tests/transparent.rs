@@ -57,6 +57,22 @@ impl Family {
         }
     }
 
+    /// The virtual IP (a ClusterIP) of Service `web`, in a range routed out of the client pod
+    /// as a cluster's service CIDR is, and owned by no one: only the proxy knows it.
+    fn virtual_ip(self) -> &'static str {
+        match self {
+            Family::V4 => "10.96.0.10",
+            Family::V6 => "fd00:96::10",
+        }
+    }
+
+    fn virtual_addr(self, port: u16) -> String {
+        match self {
+            Family::V4 => format!("{}:{port}", self.virtual_ip()),
+            Family::V6 => format!("[{}]:{port}", self.virtual_ip()),
+        }
+    }
+
     /// Where redirected connections arrive: REDIRECT rewrites to the loopback or interface address.
     fn listeners(self) -> (&'static str, &'static str) {
         match self {
@@ -146,6 +162,12 @@ impl World {
             run(&["ip", "-n", ns, "link", "set", dev, "up"]);
             run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
         }
+        // The service CIDR leaves the client pod by its interface, as a node's routes send it.
+        let services = match family {
+            Family::V4 => "10.96.0.0/16",
+            Family::V6 => "fd00:96::/64",
+        };
+        run(&["ip", "-n", &world.client, "route", "add", services, "dev", &vc]);
         world
     }
 
@@ -329,8 +351,10 @@ fn run_scenario(backend: &str, family: Family) {
                 "web",
                 &format!(
                     "ports: [{{port: {HTTP_PORT}, protocol: http}}]\n\
-                     endpoints: [{{address: \"{}\", identity: \"{web_identity}\"}}]\n",
-                    family.addr(2, 4143)
+                     endpoints: [{{address: \"{}\", identity: \"{web_identity}\"}}]\n\
+                     virtualIPs: [\"{}\"]\n",
+                    family.addr(2, 4143),
+                    family.virtual_ip()
                 ),
             ),
             document(
@@ -415,7 +439,18 @@ fn run_scenario(backend: &str, family: Family) {
     assert_eq!(header(&resp, "x-seen-client-id"), Some("-"));
     assert_eq!(passed(&world), 1.0, "the client proxy relayed it");
 
-    // 5. The hairpin: the server app calls a Service whose endpoint is its own pod. Its proxy's
+    // 5. A call to the Service's virtual IP (its ClusterIP) goes to the service: through both
+    //    proxies with mTLS, counted, though nothing listens at that address.
+    let (out_before, in_before) = (requests(&client_ns, "outbound"), requests(&server_ns, "inbound"));
+    let resp = world.get(&client_ns, &family.virtual_addr(HTTP_PORT), "/by-cluster-ip");
+    assert!(resp.starts_with("HTTP/1.1 200"), "by the virtual IP: {resp}\n{}", world.logs());
+    assert_eq!(body(&resp), "web");
+    assert_eq!(header(&resp, "x-seen-client-id"), Some(spiffe("client").as_str()), "{resp}");
+    assert_eq!(requests(&client_ns, "outbound"), out_before + 1.0);
+    assert_eq!(requests(&server_ns, "inbound"), in_before + 1.0);
+    assert_eq!(passed(&world), 1.0, "not passed through");
+
+    // 6. The hairpin: the server app calls a Service whose endpoint is its own pod. Its proxy's
     //    connection to the pod address is sent through the pod's own inbound side (over mTLS,
     //    authorised and counted like any caller's) instead of straight to the app.
     let inbound_before = requests(&server_ns, "inbound");
@@ -436,7 +471,7 @@ fn run_scenario(backend: &str, family: Family) {
     assert_eq!(header(&resp, "x-seen-client-id"), Some("-"), "loopback is left alone: {resp}");
     assert_eq!(requests(&server_ns, "inbound"), inbound_before + 1.0);
 
-    // 6. Re-running init (a sandbox restart) leaves one copy of each rule, and traffic flows.
+    // 7. Re-running init (a sandbox restart) leaves one copy of each rule, and traffic flows.
     let installed = (world.nat(&client_ns, backend, family), world.nat(&server_ns, backend, family));
     world.init(&server_ns, &server_init);
     world.init(&client_ns, &client_init);
@@ -447,7 +482,7 @@ fn run_scenario(backend: &str, family: Family) {
     assert_eq!(header(&resp, "x-seen-client-id"), Some(spiffe("client").as_str()), "{resp}");
     assert_eq!(requests(&server_ns, "inbound"), inbound_before + 2.0);
 
-    // 7. --cleanup leaves the nat table as it found it.
+    // 8. --cleanup leaves the nat table as it found it.
     let cleanup: Vec<&str> = [&["--cleanup", "--mode", backend], v6].concat();
     world.init(&server_ns, &cleanup);
     world.init(&client_ns, &cleanup);
@@ -455,7 +490,7 @@ fn run_scenario(backend: &str, family: Family) {
     assert_eq!(after, before, "--cleanup left something behind");
     println!(
         "transparent interception ({backend}, {}): HTTP and TCP through both proxies, skipped port bypassed, \
-         pass-through relayed, hairpin through its own inbound, {} + {} rules installed, re-run and cleanup clean",
+         pass-through relayed, virtual IP routed, hairpin through its own inbound, {} + {} rules installed, re-run and cleanup clean",
         if family == Family::V6 { "IPv6" } else { "IPv4" },
         own_rules(&installed.0),
         own_rules(&installed.1)
