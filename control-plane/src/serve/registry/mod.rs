@@ -1,6 +1,7 @@
 //! Where instances come from: registry backends behind one trait, each feeding the catalog
 //! under its own source name (an instance is removed only by the backend that added it).
 
+pub mod kubernetes;
 pub mod self_registration;
 pub mod yaml_dir;
 
