@@ -11,6 +11,9 @@ pub struct ControlMetrics {
     /// Version published → acked, one sample per proxy and version it received.
     pub convergence: Histogram,
     pub registry_instances: IntGaugeVec,
+    /// 1 while a registry source serves its last known state because its origin (the
+    /// Kubernetes API) cannot be read; 0 when it is current.
+    pub registry_stale: IntGaugeVec,
     /// Problems found in the last policy load (0: the policy on disk is serving).
     pub policy_errors: IntGauge,
     pub policy_reloads: IntCounterVec,
@@ -57,6 +60,15 @@ impl ControlMetrics {
         )
         .expect("valid metric");
         registry.register(Box::new(registry_instances.clone())).expect("metric registered once");
+        let registry_stale = IntGaugeVec::new(
+            Opts::new(
+                "weft_control_registry_stale",
+                "1 while a registry source keeps serving its last known state because its origin cannot be read.",
+            ),
+            &["source"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(registry_stale.clone())).expect("metric registered once");
         let policy_reloads = IntCounterVec::new(
             Opts::new("weft_control_policy_reloads_total", "Policy folder loads by result (applied, rejected)."),
             &["result"],
@@ -96,6 +108,7 @@ impl ControlMetrics {
             config_version,
             convergence,
             registry_instances,
+            registry_stale,
             policy_errors,
             policy_reloads,
             resyncs,

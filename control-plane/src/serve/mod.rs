@@ -32,6 +32,7 @@ Usage: weft serve [--policy DIR] [--registry DIR] [--listen ADDR] [--admin ADDR]
                   [--registration-ttl DURATION] [--heartbeat DURATION]
                   [--ca DIR --join-token-file FILE [--cert-ttl DURATION] [--identity SPIFFE_ID]
                    [--tls-san DNS_NAME]...]
+                  [--kubernetes [--kube-api URL] [--kube-namespaces NS,...]]
                   [--insecure-plaintext]
 
 Runs the control plane.
@@ -62,6 +63,14 @@ Runs the control plane.
   --tls-san DNS_NAME       a DNS name for the serving certificate too (repeatable), for clients
                            that verify names: the Kubernetes API server calling the admission
                            webhook (POST /v1/admission) at weft-control.weft.svc
+  --kubernetes             instances from the Kubernetes API: every Service's ready EndpointSlice
+                           endpoints (terminating ones only while none is ready), watched; an
+                           API server that is down or refuses keeps the last known state, marked
+                           stale (weft_control_registry_stale). In-cluster credentials unless
+                           --kube-api is given
+  --kube-api URL           the API server, reached without credentials (kubectl proxy); implies
+                           --kubernetes
+  --kube-namespaces NS,... watch these namespaces only (default: all); implies --kubernetes
   --insecure-plaintext     accept plaintext discovery from any peer, not only loopback: anyone
                            who reaches the port can then read policy and act as any proxy
 ";
@@ -83,6 +92,8 @@ pub struct ServeArgs {
     /// DNS names for the serving certificate (`--tls-san`).
     pub tls_sans: Vec<String>,
     pub insecure_plaintext: bool,
+    /// `--kubernetes`: Services and EndpointSlices from the Kubernetes API as a registry.
+    pub kubernetes: Option<registry::kubernetes::KubeOptions>,
 }
 
 /// The namespace and service account of the control plane's default identity.
@@ -104,6 +115,7 @@ impl Default for ServeArgs {
             identity: None,
             tls_sans: Vec::new(),
             insecure_plaintext: false,
+            kubernetes: None,
         }
     }
 }
@@ -115,6 +127,10 @@ impl ServeArgs {
         while let Some(flag) = it.next() {
             if flag == "--insecure-plaintext" {
                 out.insecure_plaintext = true;
+                continue;
+            }
+            if flag == "--kubernetes" {
+                out.kubernetes.get_or_insert_default();
                 continue;
             }
             let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -129,6 +145,12 @@ impl ServeArgs {
                 "--join-token-file" => out.join_token_file = Some(value()?.into()),
                 "--cert-ttl" => out.cert_ttl = parse_duration(flag, value()?)?,
                 "--tls-san" => out.tls_sans.push(value()?.clone()),
+                "--kube-api" => out.kubernetes.get_or_insert_default().api = Some(value()?.clone()),
+                "--kube-namespaces" => {
+                    let list: Vec<String> =
+                        value()?.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+                    out.kubernetes.get_or_insert_default().namespaces = list;
+                }
                 "--identity" => {
                     let v = value()?;
                     out.identity = Some(SpiffeId::parse(v).map_err(|e| format!("--identity: {e}"))?);
@@ -276,6 +298,9 @@ pub async fn start(args: &ServeArgs) -> Result<Running, String> {
     let mut registries: Vec<Arc<dyn Registry>> = vec![self_registration.clone()];
     if let Some(dir) = &args.registry {
         registries.push(YamlDirRegistry::new(catalog.clone(), dir.clone()));
+    }
+    if let Some(options) = &args.kubernetes {
+        registries.push(registry::kubernetes::KubernetesRegistry::new(catalog.clone(), options.clone()));
     }
     for r in registries {
         let source = r.source();
