@@ -154,6 +154,7 @@ class Target(Server):
 
     name = "?"
     title = "?"
+    host = "127.0.0.1"  # where the load generator connects (a pod address in the transparent bench)
     h1_port: int = 0
     h2_port: int | None = None
     grpc_port: int | None = None  # h2c port for gRPC unary, where the target has one
@@ -171,7 +172,7 @@ class Target(Server):
         """One request per body through the target; the body must come back intact."""
         for key, (path, body) in BODIES.items():
             try:
-                status, headers, got = http_get(self.h1_port, path)
+                status, headers, got = http_get(self.h1_port, path, host=self.host)
             except OSError as e:
                 raise HarnessError(f"{self.name}: GET {path} failed: {e}") from e
             if status != 200 or got != body:
