@@ -27,6 +27,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.dont_write_bytecode = True  # no __pycache__ in the work tree
+sys.modules.setdefault("bench", sys.modules[__name__])  # transparent.py imports this module, not a second copy
 
 from loadgen import IdleConns, Workload, all_workloads, oha_flags, run_h2load, run_oha, run_wrk  # noqa: E402
 from procs import (HarnessError, Registry, children_cpu, cpu_of, machine_busy, mem_of, reset_hwm,  # noqa: E402
@@ -272,7 +273,11 @@ def syscalls_per_request(runner: Runner, t: Target, strace: str, seconds: int) -
 def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="benches/run", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke test: direct/haproxy/weft, wrk 16 conns, 1 rep, 3 s")
-    ap.add_argument("--targets", help=f"comma list from {','.join(ALL_TARGETS)}")
+    ap.add_argument("--transparent", action="store_true",
+                    help="instead of the suite: a redirected (transparent) hop against an explicit one, in network "
+                         "namespaces (harness/transparent.py); writes <date>-transparent.{json,md}")
+    ap.add_argument("--targets", help=f"comma list from {','.join(ALL_TARGETS)} "
+                                      "(--transparent: from direct,explicit,transparent)")
     ap.add_argument("--workloads", help="comma list of workload keys (see README); default all")
     ap.add_argument("--reps", type=int, help="measured repetitions per (target, workload); default 3 (quick: 1)")
     ap.add_argument("--duration", type=int, help="seconds per measured run; default 10 (quick: 3)")
@@ -307,6 +312,9 @@ def main(argv: list[str]) -> int:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if (os.cpu_count() or 1) < 2:
         raise HarnessError("needs 2 cores: the servers run on core 0, the load generator on core 1")
+    if a.transparent:
+        import transparent
+        return transparent.main(a)
 
     target_names = a.targets.split(",") if a.targets else (QUICK_TARGETS if a.quick else ALL_TARGETS)
     for n in target_names:
