@@ -358,12 +358,12 @@ def markdown(data: dict) -> list[str]:
         L.append("")
     L += ["## Result", "",
           "| variant | path | req/s | × direct | p50 µs | p99 µs | CPU µs/req user | sys | **total** | backend µs/req | "
-          "wrk µs/req | runs |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+          "wrk µs/req | other procs, cores | runs |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     direct = (s.get("direct") or {}).get("rps")
     for name, info in data["variants"].items():
         r = s.get(name)
         if not r:
-            L.append(f"| {name} | {info['title']} | no completed run | | | | | | | | | |")
+            L.append(f"| {name} | {info['title']} | no completed run | | | | | | | | | | |")
             continue
         c, b = r.get("cpu_us_per_req") or {}, r.get("backend_cpu_us_per_req") or {}
         flag = f" ({r['flagged']} flagged)" if r["flagged"] else ""
@@ -371,8 +371,9 @@ def markdown(data: dict) -> list[str]:
         L.append(f"| {name}{who} | {info['title']} | {f(r['rps'], 0)} | "
                  f"{report._ratio(r['rps'], direct)} | {f(r.get('p50'), 0)} | {f(r.get('p99'), 0)} | "
                  f"{f(c.get('user'), 2)} | {f(c.get('sys'), 2)} | **{f(c.get('total'), 2)}** | {f(b.get('total'), 2)} | "
-                 f"{f(data['loadgen_cpu_us_per_req'].get(name), 2)} | {r['n']}{flag} |")
-    L.append("")
+                 f"{f(data['loadgen_cpu_us_per_req'].get(name), 2)} | {f(r.get('other_cpu_cores'), 2)} | {r['n']}{flag} |")
+    L += ["", "Medians are taken per column, so user and sys need not add up to the total, nor their ratios "
+          "bracket its ratio. `other procs` is the median of the cores other processes used during the runs.", ""]
     for pair, q in data["ratios"].items():
         t, e = pair.split("/")
         if q:
