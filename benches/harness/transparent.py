@@ -152,7 +152,7 @@ class Variant(Target):
         """Every body intact, and counted as HTTP requests by exactly the proxies on the way, with
         no pass-through (a redirect that missed would be one, or reach nothing)."""
         before = [p.counters() for p in self.every]
-        Pods.run_in(self.every[0].ns, super().check)
+        Pods.run_in(self.every[0].ns, super().check)  # the client proxy's pod, where wrk runs
         for p, (r0, p0) in zip(self.every, before):
             r1, p1 = p.counters()
             want = float(len(BODIES)) if p in self.via else 0.0
@@ -177,6 +177,67 @@ class PodRunner(Runner):
         n = res["requests"]
         res["loadgen_cpu_us_per_req"] = res["loadgen_cpu_s"] / n * 1e6 if n else None
         return res
+
+
+def run_init(pods: Pods, binary: str) -> str:
+    """`weft-proxy init` in the client pod; returns what it said (the iptables backend it chose)."""
+    argv = [binary, "init", "--proxy-uid", str(PROXY_UID), "--proxy-gid", str(PROXY_UID),
+            "--outbound-port", str(OUTBOUND_PORT), "--skip-outbound-ports", str(SKIPPED_PORT)]
+    r = subprocess.run(Pods.wrap(pods.client) + argv, capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        raise HarnessError(f"`weft-proxy init` in {pods.client} failed (exit {r.returncode}): "
+                           f"{(r.stderr or r.stdout).strip()[-600:]}")
+    said = "; ".join(line.removeprefix("weft-proxy init: ") for line in r.stderr.strip().splitlines())
+    log(f"{pods.client}: {said}")
+    return said
+
+
+def start_proxies(a, reg: Registry, pods: Pods, binary: str, release: str, mesh: bool,
+                  notes: list[str]) -> list[PodProxy]:
+    """The client proxy and, for the mesh variants, the server proxy (when `--mesh auto` can make
+    their certificates; otherwise a note says why they are left out)."""
+    work = os.path.join(a.workdir, "weft")
+    os.makedirs(work, exist_ok=True)
+    # A copy the proxies' uid can run wherever the build folder is, and that a rebuild during
+    # the run leaves alone.
+    shutil.copy2(binary, os.path.join(work, "weft-proxy"))
+    binary = os.path.join(work, "weft-proxy")
+    if mesh:
+        try:
+            issue_certs(os.path.join(release, "weft"), work, {"client": "bench-client", "server": "bench"})
+        except HarnessError as e:
+            if a.mesh == "on":
+                raise
+            mesh = False
+            notes.append(f"mesh variants skipped: {str(e).splitlines()[0]}")
+            log(notes[-1])
+    give_to_proxy(work)
+    client_cfg, server_cfg = proxy_configs(pods, mesh)
+    proxies = [PodProxy(reg, work, binary, pods.client, "client-proxy", client_cfg)]
+    if mesh:
+        proxies.append(PodProxy(reg, work, binary, pods.server, "server-proxy", server_cfg))
+    for p in proxies:
+        p.start()
+    return proxies
+
+
+def make_variants(pods: Pods, proxies: list[PodProxy]) -> list[Variant]:
+    """Every variant the proxies allow (the mesh ones need the server proxy), in VARIANTS order."""
+    app, mesh_app = f"{pods.server_ip}:{APP_PORT}", f"{pods.server_ip}:{MESH_PORT}"
+    redirected = f"redirected to 127.0.0.1:{OUTBOUND_PORT} (outbound, by original destination)"
+    mtls = f"mTLS -> server proxy {pods.server_ip}:{INBOUND_PORT} -> {app}"
+    client = proxies[:1]
+    out = [Variant("direct", f"wrk -> {pods.server_ip}:{SKIPPED_PORT} (port skipped by init)",
+                   pods.server_ip, SKIPPED_PORT, [], proxies),
+           Variant("explicit", f"wrk -> 127.0.0.1:{UPSTREAM_PORT} (upstream port of bench) -> {app}",
+                   "127.0.0.1", UPSTREAM_PORT, client, proxies),
+           Variant("transparent", f"wrk -> {app}, {redirected} -> {app}", pods.server_ip, APP_PORT, client, proxies)]
+    if len(proxies) > 1:
+        out += [Variant("mesh-explicit", f"wrk -> 127.0.0.1:{MESH_UPSTREAM_PORT} (upstream port of bench-mesh) -> {mtls}",
+                        "127.0.0.1", MESH_UPSTREAM_PORT, proxies, proxies),
+                Variant("mesh-transparent", f"wrk -> {mesh_app}, {redirected} -> {mtls}", pods.server_ip, MESH_PORT,
+                        proxies, proxies)]
+    return out
 
 
 def main(a) -> int:
@@ -217,53 +278,10 @@ def main(a) -> int:
         log(f"pods: {pods.client} ({pods.client_ip}) and {pods.server} ({pods.server_ip}), veth {'/'.join(pods.veth)}")
         backend = PodBackend(reg, a.workdir, tools["nginx"], pods)
         backend.start()
-        init_argv = [binary, "init", "--proxy-uid", str(PROXY_UID), "--proxy-gid", str(PROXY_UID),
-                     "--outbound-port", str(OUTBOUND_PORT), "--skip-outbound-ports", str(SKIPPED_PORT)]
-        r = subprocess.run(Pods.wrap(pods.client) + init_argv, capture_output=True, text=True, timeout=60)
-        if r.returncode != 0:
-            raise HarnessError(f"`weft-proxy init` in {pods.client} failed (exit {r.returncode}): "
-                               f"{(r.stderr or r.stdout).strip()[-600:]}")
-        init_note = "; ".join(l.removeprefix("weft-proxy init: ") for l in r.stderr.strip().splitlines())
-        log(f"{pods.client}: {init_note}")
-        work = os.path.join(a.workdir, "weft")
-        os.makedirs(work, exist_ok=True)
-        # A copy the proxies' uid can run wherever the build folder is, and that a rebuild
-        # during the run leaves alone.
-        shutil.copy2(binary, os.path.join(work, "weft-proxy"))
-        binary = os.path.join(work, "weft-proxy")
-        mesh = any(n in MESH_VARIANTS for n in names)
-        if mesh:
-            try:
-                issue_certs(os.path.join(release, "weft"), work, {"client": "bench-client", "server": "bench"})
-            except HarnessError as e:
-                if a.mesh == "on":
-                    raise
-                mesh, names = False, [n for n in names if n not in MESH_VARIANTS]
-                notes.append(f"mesh variants skipped: {str(e).splitlines()[0]}")
-                log(notes[-1])
-        give_to_proxy(work)
-        client_cfg, server_cfg = proxy_configs(pods, mesh)
-        proxy = PodProxy(reg, work, binary, pods.client, "client-proxy", client_cfg)
-        proxy.start()
-        proxies = [proxy]
-        if mesh:
-            server_proxy = PodProxy(reg, work, binary, pods.server, "server-proxy", server_cfg)
-            server_proxy.start()
-            proxies.append(server_proxy)
-        app, mesh_app = f"{pods.server_ip}:{APP_PORT}", f"{pods.server_ip}:{MESH_PORT}"
-        redirected = f"redirected to 127.0.0.1:{OUTBOUND_PORT} (outbound, by original destination)"
-        mtls = f"mTLS -> server proxy {pods.server_ip}:{INBOUND_PORT} -> {app}"
-        spec = {
-            "direct": (f"wrk -> {pods.server_ip}:{SKIPPED_PORT} (port skipped by init)",
-                       pods.server_ip, SKIPPED_PORT, []),
-            "explicit": (f"wrk -> 127.0.0.1:{UPSTREAM_PORT} (upstream port of bench) -> {app}",
-                         "127.0.0.1", UPSTREAM_PORT, [proxy]),
-            "transparent": (f"wrk -> {app}, {redirected} -> {app}", pods.server_ip, APP_PORT, [proxy]),
-            "mesh-explicit": (f"wrk -> 127.0.0.1:{MESH_UPSTREAM_PORT} (upstream port of bench-mesh) -> {mtls}",
-                              "127.0.0.1", MESH_UPSTREAM_PORT, proxies),
-            "mesh-transparent": (f"wrk -> {mesh_app}, {redirected} -> {mtls}", pods.server_ip, MESH_PORT, proxies),
-        }
-        variants = [Variant(n, *spec[n], proxies) for n in names]
+        init_note = run_init(pods, binary)
+        proxies = start_proxies(a, reg, pods, binary, release, any(n in MESH_VARIANTS for n in names), notes)
+        mesh = len(proxies) > 1
+        variants = [v for v in make_variants(pods, proxies) if v.name in names]
         for v in variants:
             v.check()
             log(f"{v.name}: {v.title}: checked")
@@ -286,11 +304,12 @@ def main(a) -> int:
         "failures": failures,
     }
     data["summary"] = summarize(runs)
+    measured = {v.name for v in variants}
     data["loadgen_cpu_us_per_req"] = {
         n: statistics.median(r["loadgen_cpu_us_per_req"] for r in runs if r["target"] == n and r.get("ok"))
-        for n in names if any(r["target"] == n and r.get("ok") for r in runs)}
+        for n in measured if any(r["target"] == n and r.get("ok") for r in runs)}
     data["ratios"] = {f"{t}/{e}": ratio(data["summary"].get(w.key, {}), runs, t, e) for t, e in PAIRS
-                      if t in names and e in names}
+                      if t in measured and e in measured}
     stamp = dt.datetime.now().strftime("%Y-%m-%d-%H%M%S") + "-transparent" + ("-quick" if a.quick else "")
     os.makedirs(a.out, exist_ok=True)
     jpath = os.path.join(a.out, f"{stamp}.json")
@@ -310,7 +329,7 @@ def main(a) -> int:
 
 def ratio(s: dict, runs: list[dict], t: str, e: str) -> dict | None:
     """t / e proxy CPU per request: of the medians (user, sys, total), and of each repetition's
-    pair (they ran seconds apart, so slow noise hits both alike)."""
+    pair (both ran within one round of the variants, so slow noise tends to hit both alike)."""
     ct, ce = (s.get(t) or {}).get("cpu_us_per_req"), (s.get(e) or {}).get("cpu_us_per_req")
     if not ct or not ce:
         return None
