@@ -27,6 +27,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.dont_write_bytecode = True  # no __pycache__ in the work tree
+sys.modules.setdefault("bench", sys.modules[__name__])  # transparent.py imports this module, not a second copy
 
 from loadgen import IdleConns, Workload, all_workloads, oha_flags, run_h2load, run_oha, run_wrk  # noqa: E402
 from procs import (HarnessError, Registry, children_cpu, cpu_of, machine_busy, mem_of, reset_hwm,  # noqa: E402
@@ -209,6 +210,15 @@ class Runner:
         }
 
 
+def idle_machine_busy() -> float:
+    """Machine noise before we start: the cores other processes use while the harness idles."""
+    m0, c0 = machine_busy(), time.monotonic()
+    time.sleep(1.0)
+    busy = (machine_busy() - m0) / (time.monotonic() - c0)
+    log(f"machine busy while the harness is idle: {busy:.3f} cores")
+    return busy
+
+
 def _comm(pid: str) -> str:
     try:
         with open(f"/proc/{pid}/comm") as f:
@@ -263,7 +273,11 @@ def syscalls_per_request(runner: Runner, t: Target, strace: str, seconds: int) -
 def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="benches/run", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke test: direct/haproxy/weft, wrk 16 conns, 1 rep, 3 s")
-    ap.add_argument("--targets", help=f"comma list from {','.join(ALL_TARGETS)}")
+    ap.add_argument("--transparent", action="store_true",
+                    help="instead of the suite: a redirected (transparent) hop against an explicit one, in network "
+                         "namespaces (harness/transparent.py); writes <date>-transparent.{json,md}")
+    ap.add_argument("--targets", help=f"comma list from {','.join(ALL_TARGETS)} "
+                                      "(--transparent: from direct,explicit,transparent)")
     ap.add_argument("--workloads", help="comma list of workload keys (see README); default all")
     ap.add_argument("--reps", type=int, help="measured repetitions per (target, workload); default 3 (quick: 1)")
     ap.add_argument("--duration", type=int, help="seconds per measured run; default 10 (quick: 3)")
@@ -298,6 +312,9 @@ def main(argv: list[str]) -> int:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if (os.cpu_count() or 1) < 2:
         raise HarnessError("needs 2 cores: the servers run on core 0, the load generator on core 1")
+    if a.transparent:
+        import transparent
+        return transparent.main(a)
 
     target_names = a.targets.split(",") if a.targets else (QUICK_TARGETS if a.quick else ALL_TARGETS)
     for n in target_names:
@@ -387,11 +404,7 @@ def main(argv: list[str]) -> int:
         if not live:
             raise HarnessError("no target started")
 
-        # machine noise before we start: what other processes use while we are idle
-        m0, c0 = machine_busy(), time.monotonic()
-        time.sleep(1.0)
-        idle_noise = (machine_busy() - m0) / (time.monotonic() - c0)
-        log(f"machine busy while the harness is idle: {idle_noise:.3f} cores")
+        idle_noise = idle_machine_busy()
 
         runner = Runner(a, tools, backend, oha)
         runs: list[dict] = []
@@ -401,32 +414,7 @@ def main(argv: list[str]) -> int:
                     if port_for(t, w) is None:
                         runs.append({"target": t.name, "workload": w.key, "rep": 0, "ok": False, "skipped": True,
                                      "error": "no gRPC port" if w.grpc else "no h2c port"})
-            cand = [t for t in live if port_for(t, w) is not None]
-            if w.tool != "idle" and a.warmup > 0:
-                for t in cand:
-                    if t.error:
-                        continue
-                    try:
-                        runner.measure(t, w, a.warmup)
-                    except HarnessError as e:
-                        log(f"{w.key} warm-up {t.name}: {e}")
-            for rep in range(1 if w.tool == "idle" else a.reps):
-                order = cand[rep % len(cand):] + cand[:rep % len(cand)] if cand else []
-                for t in order:
-                    if t.error:
-                        continue
-                    rec = one_run(runner, t, w, a, rep)
-                    if rec.get("flagged") and w.tool != "idle" and not a.quick:
-                        log(f"  {t.name}: other processes used {rec['other_cpu_cores']:.2f} cores: repeating once")
-                        again = one_run(runner, t, w, a, rep)
-                        again["repeated"] = True
-                        rec = again
-                    runs.append(rec)
-                    if not rec["ok"]:
-                        failures.append(f"{w.key} {t.name} rep {rep + 1}: {rec['error'].splitlines()[0]}")
-                        if t.proc is not None and not t.alive():
-                            t.error = f"{t.name} died during {w.key}: {rec['error']}"
-                            failures.append(t.error.splitlines()[0])
+            run_workload(runner, [t for t in live if port_for(t, w) is not None], w, a, runs, failures)
 
         syscalls = {}
         if not a.quick and not a.no_strace and "strace" in tools:
@@ -469,6 +457,37 @@ def main(argv: list[str]) -> int:
         log("HARNESS FAILURES:\n  " + "\n  ".join(failures))
         return 1
     return 0
+
+
+def run_workload(runner: Runner, cand: list[Target], w: Workload, a, runs: list[dict], failures: list[str]) -> None:
+    """One workload over `cand`: a discarded warm-up run each, then the measured repetitions
+    round-robin (the order rotated every repetition), a noisy run repeated once. Appends to
+    `runs` and `failures`; a target that died is marked (`t.error`) and left out from then on."""
+    if w.tool != "idle" and a.warmup > 0:
+        for t in cand:
+            if t.error:
+                continue
+            try:
+                runner.measure(t, w, a.warmup)
+            except HarnessError as e:
+                log(f"{w.key} warm-up {t.name}: {e}")
+    for rep in range(1 if w.tool == "idle" else a.reps):
+        order = cand[rep % len(cand):] + cand[:rep % len(cand)] if cand else []
+        for t in order:
+            if t.error:
+                continue
+            rec = one_run(runner, t, w, a, rep)
+            if rec.get("flagged") and w.tool != "idle" and not a.quick:
+                log(f"  {t.name}: other processes used {rec['other_cpu_cores']:.2f} cores: repeating once")
+                again = one_run(runner, t, w, a, rep)
+                again["repeated"] = True
+                rec = again
+            runs.append(rec)
+            if not rec["ok"]:
+                failures.append(f"{w.key} {t.name} rep {rep + 1}: {rec['error'].splitlines()[0]}")
+                if t.proc is not None and not t.alive():
+                    t.error = f"{t.name} died during {w.key}: {rec['error']}"
+                    failures.append(t.error.splitlines()[0])
 
 
 def one_run(runner: Runner, t: Target, w: Workload, a, rep: int) -> dict:
@@ -550,6 +569,7 @@ def meta(a, tools: dict, oha: str | None, weft_bin: str, idle_noise: float | Non
 
 if __name__ == "__main__":
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the servers
+    signal.signal(signal.SIGHUP, lambda *_: sys.exit(129))
     try:
         sys.exit(main(sys.argv[1:]))
     except HarnessError as e:

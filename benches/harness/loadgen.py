@@ -62,12 +62,14 @@ def all_workloads(rates: list[int], idle_conns: int) -> list[Workload]:
 # ------------------------------------------------------------------ wrk
 
 
-def run_wrk(wrk: str, port: int, w: Workload, duration: int) -> dict:
-    argv = [wrk, "-t1", f"-c{w.conns}", f"-d{duration}s", "--timeout", "5s", "-s",
+def run_wrk(wrk: str, port: int, w: Workload, duration: int, host: str = "127.0.0.1",
+            wrap: tuple[str, ...] = ()) -> dict:
+    """`wrap` goes before wrk's own command line (`ip netns exec NS` for the transparent bench)."""
+    argv = [*wrap, wrk, "-t1", f"-c{w.conns}", f"-d{duration}s", "--timeout", "5s", "-s",
             os.path.join(HERE, "wrk_report.lua")]
     if w.churn:
         argv += ["-H", "Connection: close"]
-    argv.append(f"http://127.0.0.1:{port}{w.path()}")
+    argv.append(f"http://{host}:{port}{w.path()}")
     status, out, err, cpu, wall = run_measured(argv, LOAD_CPU, duration + 30)
     m = re.search(r"^WRKJSON (.*)$", out, re.M)
     if status != 0 or not m:

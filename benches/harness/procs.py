@@ -32,24 +32,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_port(port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
+def wait_port(port: int, timeout: float, proc: subprocess.Popen | None = None, host: str = "127.0.0.1") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise HarnessError(f"process exited with status {proc.returncode} before 127.0.0.1:{port} opened")
+            raise HarnessError(f"process exited with status {proc.returncode} before {host}:{port} opened")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            with socket.create_connection((host, port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.05)
-    raise HarnessError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f}s")
+    raise HarnessError(f"nothing listens on {host}:{port} after {timeout:.0f}s")
 
 
-def http_get(port: int, path: str, timeout: float = 2.0, close: bool = True) -> tuple[int, dict, bytes]:
+def http_get(port: int, path: str, timeout: float = 2.0, close: bool = True,
+             host: str = "127.0.0.1") -> tuple[int, dict, bytes]:
     """A minimal HTTP/1.1 GET (standard library only; http.client is fine but this shows headers raw)."""
     import http.client
 
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         conn.request("GET", path, headers={"Connection": "close"} if close else {})
         resp = conn.getresponse()
@@ -238,6 +239,11 @@ def run_measured(argv: list[str], cpu: int | None, timeout: float, env: dict | N
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
         raise HarnessError(f"{argv[0] if cpu is None else argv[3]} did not finish in {timeout:.0f}s")
+    except BaseException:
+        # Ctrl-C or TERM while it runs: the harness is leaving, so the load generator goes too.
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
     wall = time.monotonic() - t0
     # Servers are never reaped during a run, so the RUSAGE_CHILDREN difference is this child's CPU.
     used = children_cpu() - c0

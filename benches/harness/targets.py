@@ -154,6 +154,7 @@ class Target(Server):
 
     name = "?"
     title = "?"
+    host = "127.0.0.1"  # where the load generator connects (a pod address in the transparent bench)
     h1_port: int = 0
     h2_port: int | None = None
     grpc_port: int | None = None  # h2c port for gRPC unary, where the target has one
@@ -171,7 +172,7 @@ class Target(Server):
         """One request per body through the target; the body must come back intact."""
         for key, (path, body) in BODIES.items():
             try:
-                status, headers, got = http_get(self.h1_port, path)
+                status, headers, got = http_get(self.h1_port, path, host=self.host)
             except OSError as e:
                 raise HarnessError(f"{self.name}: GET {path} failed: {e}") from e
             if status != 200 or got != body:
@@ -313,7 +314,8 @@ backend be_h2
 
 def weft_config(name: str, admin_port: int, services: list[dict], upstreams: list[tuple[str, int]],
                 extra_proxy: str = "", extra_docs: str = "") -> str:
-    """A static-mode weft-proxy config: one Proxy document plus Service documents."""
+    """A static-mode weft-proxy config: one Proxy document plus Service documents (each declares
+    one port: `port`, default 80)."""
     ups = "\n".join(f"    - {{service: {svc}, listen: 127.0.0.1:{port}}}" for svc, port in upstreams)
     docs = [f"""apiVersion: weft.dev/v1alpha1
 kind: Proxy
@@ -334,12 +336,21 @@ spec:
 kind: Service
 metadata: {{name: {s['name']}}}
 spec:
-  ports: [{{port: 80, protocol: {s['protocol']}}}]
+  ports: [{{port: {s.get('port', 80)}, protocol: {s['protocol']}}}]
   endpoints: [{eps}]
 """)
     if extra_docs:
         docs.append(extra_docs)
     return "---\n".join(docs)
+
+
+# The Mesh document of every mTLS setup here, and a Proxy's `tls` line for the certificate that
+# issue_certs wrote into `folder` (relative to the config file's own folder).
+MESH_STRICT = "apiVersion: weft.dev/v1alpha1\nkind: Mesh\nmetadata: {name: default}\nspec: {mtls: strict}\n"
+
+
+def tls_spec(folder: str) -> str:
+    return f"  tls: {{certFile: {folder}/cert.pem, keyFile: {folder}/key.pem, bundleFile: {folder}/bundle.pem}}\n"
 
 
 def issue_certs(cli: str, work: str, who: dict[str, str]) -> None:
@@ -447,15 +458,13 @@ class WeftMesh(PairTarget):
         if not os.access(self.binary, os.X_OK) or not os.access(self.cli, os.X_OK):
             raise HarnessError("weft-mesh: weft-proxy or weft binary missing")
         issue_certs(self.cli, self.work, {"client": "bench-client", "server": "bench"})
-        tls = lambda who: f"  tls: {{certFile: {who}/cert.pem, keyFile: {who}/key.pem, bundleFile: {who}/bundle.pem}}\n"  # noqa: E731
-        mesh = "apiVersion: weft.dev/v1alpha1\nkind: Mesh\nmetadata: {name: default}\nspec: {mtls: strict}\n"
         server = weft_config("bench", self.admin_s, services=[{"name": "bench", "protocol": "http", "endpoints": [
             {"address": f"127.0.0.1:{self.backend.h1_port}"}]}], upstreams=[],
             extra_proxy=f"  inbound: {{listen: 127.0.0.1:{self.inbound_port}, app: 127.0.0.1:{self.backend.h1_port}}}\n"
-            + tls("server"), extra_docs=mesh)
+            + tls_spec("server"), extra_docs=MESH_STRICT)
         client = weft_config("bench-client", self.admin_c, services=[{"name": "bench", "protocol": "http", "endpoints": [
             {"address": f"127.0.0.1:{self.inbound_port}", "identity": "spiffe://cluster.local/ns/default/sa/bench"}]}],
-            upstreams=[("bench", self.h1_port)], extra_proxy=tls("client"), extra_docs=mesh)
+            upstreams=[("bench", self.h1_port)], extra_proxy=tls_spec("client"), extra_docs=MESH_STRICT)
         for n, c in (("server.yaml", server), ("client.yaml", client)):
             with open(os.path.join(self.work, n), "w") as f:
                 f.write(c)
