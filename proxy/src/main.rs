@@ -17,8 +17,8 @@ USAGE:
         then shut the proxy down when CMD exits. Exits with CMD's exit code. With no CMD, only
         wait (exit 0 once ready, 1 at the timeout): the postStart hook `weft inject` adds.
     weft-proxy init --proxy-uid UID [--proxy-gid GID] [--inbound-port 4143] [--outbound-port 4140]
-        [--skip-inbound-ports P,...] [--skip-outbound-ports P,...] [--skip-subnets CIDR,...]
-        [--ipv6] [--mode auto|nft|legacy] [--cleanup] [--dry-run]
+        [--admin-port 4191] [--skip-inbound-ports P,...] [--skip-outbound-ports P,...]
+        [--skip-subnets CIDR,...] [--ipv6] [--mode auto|nft|legacy] [--cleanup] [--dry-run]
         Program (or remove) the nat redirection of transparent mode (see `weft-proxy init --help`).
     weft-proxy --version
 ";

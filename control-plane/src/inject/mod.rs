@@ -15,8 +15,8 @@ mod stream;
 mod tree;
 mod workload;
 
-pub use settings::Options;
-pub use sidecar::{ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT, PROXY_BINARY, PROXY_UID};
+pub use settings::{ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT, Options, PROXY_UID};
+pub use sidecar::PROXY_BINARY;
 
 use tree::Yaml;
 

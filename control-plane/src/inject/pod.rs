@@ -44,11 +44,12 @@ pub(crate) fn inject(template: &mut Yaml, w: &Workload, o: &Options) -> Result<O
     let metadata = template.entry("metadata", Yaml::Map(Vec::new()), Some(0)).ok_or_else(not_a_mapping)?;
     let annotations = metadata.entry("annotations", Yaml::Map(Vec::new()), None).ok_or_else(not_a_mapping)?;
     strip_annotations(annotations);
-    let s = settings::read(Some(annotations), o)?;
+    let annotations = annotations.clone();
     let labels = template.path(&["metadata", "labels"]).cloned();
     let labels = labels.as_ref();
     let spec = template.get_mut("spec").ok_or_else(not_a_mapping)?;
     strip_pod(spec);
+    let s = settings::read(Some(&annotations), &container_ports(spec), o)?;
 
     let service = s
         .service
@@ -183,11 +184,28 @@ fn resolve_port(port: &Yaml, container: &Yaml) -> Option<u16> {
     })
 }
 
-fn first_tcp_port(container: &Yaml) -> Option<u16> {
-    container.get("ports")?.items().iter().find_map(|p| {
+fn tcp_ports(container: &Yaml) -> impl Iterator<Item = u16> + '_ {
+    container.get("ports").map(Yaml::items).unwrap_or_default().iter().filter_map(|p| {
         let tcp = p.get("protocol").and_then(Yaml::as_str).is_none_or(|proto| proto == "TCP");
         if tcp { p.get("containerPort")?.as_str()?.parse().ok() } else { None }
     })
+}
+
+fn first_tcp_port(container: &Yaml) -> Option<u16> {
+    tcp_ports(container).next()
+}
+
+/// The TCP ports of the pod's own containers (init containers too: a sidecar of the user's may
+/// listen), by container name.
+fn container_ports(spec: &Yaml) -> Vec<(String, u16)> {
+    ["initContainers", "containers"]
+        .iter()
+        .flat_map(|list| spec.get(list).map(Yaml::items).unwrap_or_default())
+        .flat_map(|c| {
+            let name = c.get("name").and_then(Yaml::as_str).unwrap_or_default().to_string();
+            tcp_ports(c).map(move |p| (name.clone(), p))
+        })
+        .collect()
 }
 
 /// The ports the kubelet's httpGet, tcpSocket and grpc probes reach: plaintext from the node,
