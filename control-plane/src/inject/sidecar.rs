@@ -69,7 +69,7 @@ fn ports_arg(ports: &[u16]) -> String {
     ports.iter().map(u16::to_string).collect::<Vec<_>>().join(",")
 }
 
-fn resources(cpu: (&str, &str), memory: (&str, &str)) -> Yaml {
+pub(crate) fn resources(cpu: (&str, &str), memory: (&str, &str)) -> Yaml {
     Yaml::map([
         ("requests", Yaml::map([("cpu", Yaml::str(cpu.0)), ("memory", Yaml::str(memory.0))])),
         ("limits", Yaml::map([("cpu", Yaml::str(cpu.1)), ("memory", Yaml::str(memory.1))])),
@@ -80,11 +80,11 @@ fn seccomp() -> Yaml {
     Yaml::map([("type", Yaml::str("RuntimeDefault"))])
 }
 
-fn strs(items: &[&str]) -> Yaml {
+pub(crate) fn strs(items: &[&str]) -> Yaml {
     Yaml::Seq(items.iter().map(|s| Yaml::str(*s)).collect())
 }
 
-fn mount(name: &str, path: &str, read_only: bool) -> Yaml {
+pub(crate) fn mount(name: &str, path: &str, read_only: bool) -> Yaml {
     let mut m = Yaml::map([("name", Yaml::str(name)), ("mountPath", Yaml::str(path))]);
     if read_only {
         m.set("readOnly", Yaml::Plain("true".to_string()));
@@ -140,6 +140,19 @@ pub(crate) fn init_container(pod: &PodFacts, s: &Settings) -> Yaml {
 /// The admin address `weft-proxy await` calls: `POST /shutdown` answers loopback callers only.
 pub(crate) fn loopback(admin_port: u16) -> String {
     format!("127.0.0.1:{admin_port}")
+}
+
+/// The proxy's uid and gid, which `weft-init` exempts from redirection; no capabilities.
+pub(crate) fn non_root(uid: u32) -> Yaml {
+    Yaml::map([
+        ("runAsUser", Yaml::int(uid)),
+        ("runAsGroup", Yaml::int(uid)),
+        ("runAsNonRoot", Yaml::Plain("true".to_string())),
+        ("allowPrivilegeEscalation", Yaml::Plain("false".to_string())),
+        ("readOnlyRootFilesystem", Yaml::Plain("true".to_string())),
+        ("capabilities", Yaml::map([("drop", strs(&["ALL"]))])),
+        ("seccompProfile", seccomp()),
+    ])
 }
 
 fn field_env(name: &str, path: &str) -> Yaml {
@@ -198,18 +211,7 @@ pub(crate) fn proxy_container(s: &Settings) -> Yaml {
         c.set("lifecycle", Yaml::map([("postStart", hook)]));
     }
     c.set("resources", resources((&r.cpu_request, &r.cpu_limit), (&r.memory_request, &r.memory_limit)));
-    c.set(
-        "securityContext",
-        Yaml::map([
-            ("runAsUser", Yaml::int(s.proxy_uid)),
-            ("runAsGroup", Yaml::int(s.proxy_uid)),
-            ("runAsNonRoot", Yaml::Plain("true".to_string())),
-            ("allowPrivilegeEscalation", Yaml::Plain("false".to_string())),
-            ("readOnlyRootFilesystem", Yaml::Plain("true".to_string())),
-            ("capabilities", Yaml::map([("drop", strs(&["ALL"]))])),
-            ("seccompProfile", seccomp()),
-        ]),
-    );
+    c.set("securityContext", non_root(s.proxy_uid));
     c.set(
         "volumeMounts",
         Yaml::Seq(vec![
