@@ -47,13 +47,28 @@ fn the_control_plane_image_is_non_root_with_the_chart_ports() {
 /// Both builds compile the workspace's own binaries with the locked dependencies.
 #[test]
 fn both_images_build_the_workspace_binaries_in_a_first_stage() {
-    for (file, bin) in [("weft-proxy.Dockerfile", "weft-proxy"), ("weft.Dockerfile", "weft")] {
+    for (file, package, bin) in
+        [("weft-proxy.Dockerfile", "weft-proxy", "weft-proxy"), ("weft.Dockerfile", "weft-control", "weft")]
+    {
         let text = dockerfile(file);
         assert!(text.matches("\nFROM ").count() + usize::from(text.starts_with("FROM ")) >= 2, "{file} is multi-stage");
-        assert!(
-            text.contains("cargo build --release --locked -p ") && text.contains(&format!("--bin {bin}")),
-            "{file}"
-        );
-        assert!(text.contains(&format!("/target/release/{bin} /usr/local/bin/{bin}")), "{file}");
+        assert!(text.contains("cargo build --release --locked "), "{file}");
+        assert!(text.contains(&format!(" -p {package} --bin {bin}")), "{file}");
     }
+    assert!(dockerfile("weft.Dockerfile").contains("/target/release/weft /usr/local/bin/weft"));
+}
+
+/// Without native sidecars the proxy binary also runs inside a Job's app containers (`weft
+/// inject` copies it there), whatever their image: it is linked statically, with the flags that
+/// `.ci/static-proxy.sh` builds with before running it in an empty root.
+#[test]
+fn the_proxy_binary_is_static_as_the_ci_check_builds_it() {
+    let text = dockerfile("weft-proxy.Dockerfile");
+    let static_flags = "RUSTFLAGS=\"-C target-feature=+crt-static\"";
+    assert!(text.contains(static_flags), "crt-static");
+    assert!(text.contains("ARG TARGET=x86_64-unknown-linux-gnu") && text.contains("--target \"$TARGET\""));
+    assert!(text.contains("cp \"target/$TARGET/release/weft-proxy\" /weft-proxy"));
+    assert!(last_stage(&text, "COPY").contains(&format!("--from=build /weft-proxy {PROXY_BINARY}")));
+    let ci = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.ci/static-proxy.sh")).unwrap();
+    assert!(ci.contains(static_flags) && ci.contains("target=x86_64-unknown-linux-gnu"), ".ci/static-proxy.sh");
 }

@@ -17,7 +17,7 @@ fn dir(which: &str) -> PathBuf {
 fn inputs() -> Vec<PathBuf> {
     let mut files: Vec<_> = std::fs::read_dir(dir("in")).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
-    assert!(files.len() >= 9, "{files:?}");
+    assert!(files.len() >= 13, "{files:?}");
     files
 }
 
@@ -121,6 +121,169 @@ fn with_native_sidecars_off_the_proxy_leads_the_containers_and_init_runs_last() 
     let hook = &spec["containers"][0]["lifecycle"]["postStart"]["exec"]["command"];
     assert_eq!(hook[1], "await");
     assert!(spec["containers"][0].get("restartPolicy").is_none());
+}
+
+fn golden_json(file: &str) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(dir("out").join(file)).unwrap();
+    weft_api::yaml::parse_stream(&text).documents.iter().map(to_json).collect()
+}
+
+fn strings(v: &serde_json::Value) -> Vec<&str> {
+    v.as_array().map(|a| a.iter().filter_map(|s| s.as_str()).collect()).unwrap_or_default()
+}
+
+fn names(spec: &serde_json::Value, list: &str) -> Vec<String> {
+    spec[list].as_array().into_iter().flatten().map(|c| c["name"].as_str().unwrap().to_string()).collect()
+}
+
+/// Native sidecars off and a pod that runs to completion: the proxy would keep it running, so
+/// the job's command runs under `weft-proxy await`, from a binary copied into an in-memory
+/// volume; the kubelet still appends the unchanged `args`.
+#[test]
+fn with_native_sidecars_off_a_jobs_command_runs_under_await() {
+    let [job] = golden_json("job-wrapped.yaml").try_into().unwrap();
+    let spec = &job["spec"]["template"]["spec"];
+    assert_eq!(names(spec, "initContainers"), ["weft-init", "weft-bin"]);
+    assert_eq!(names(spec, "containers"), ["weft-proxy", "migrate"]);
+    let copy = &spec["initContainers"][1];
+    assert_eq!(strings(&copy["command"]), ["cp", "/usr/local/bin/weft-proxy", "/weft/bin/weft-proxy"]);
+    assert_eq!(copy["securityContext"]["runAsUser"], "2102");
+    let app = &spec["containers"][1];
+    assert_eq!(
+        strings(&app["command"]),
+        ["/weft/bin/weft-proxy", "await", "--admin", "127.0.0.1:4191", "--", "/usr/bin/migrate", "up"]
+    );
+    assert_eq!(strings(&app["args"]), ["--database", "postgres://db:5432/shop"]);
+    let mounts: Vec<&str> =
+        app["volumeMounts"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert_eq!(mounts, ["scripts", "weft-bin"]);
+    assert_eq!(app["volumeMounts"][1]["readOnly"], "true");
+    let bin =
+        spec["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "weft-bin").expect("the weft-bin volume");
+    assert_eq!(bin["emptyDir"]["medium"], "Memory");
+
+    let [cron] = golden_json("cronjob-wrapped.yaml").try_into().unwrap();
+    let app = &cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][1];
+    assert_eq!(
+        strings(&app["command"]),
+        ["/weft/bin/weft-proxy", "await", "--admin", "127.0.0.1:4191", "--keep-proxy-on-failure", "--", "sh", "-c"],
+        "restartPolicy OnFailure reruns a failed try behind the same proxy"
+    );
+}
+
+/// Native sidecars (the default) end with the pod by themselves: nothing is wrapped.
+#[test]
+fn with_native_sidecars_a_job_is_not_wrapped() {
+    for (file, path) in [("job.yaml", "/spec/template/spec"), ("cronjob.yaml", "/spec/jobTemplate/spec/template/spec")]
+    {
+        let [doc] = golden_json(file).try_into().unwrap();
+        let spec = doc.pointer(path).unwrap();
+        assert_eq!(names(spec, "initContainers"), ["weft-init", "weft-proxy"], "{file}");
+        assert!(!spec.to_string().contains("weft-bin") && !spec.to_string().contains("/weft/bin"), "{file}");
+    }
+    let [job] = golden_json("job.yaml").try_into().unwrap();
+    assert_eq!(strings(&job["spec"]["template"]["spec"]["containers"][0]["args"]), ["--since", "24h"]);
+}
+
+/// A container with only `args` runs its image's entrypoint, unknown here: it is injected, not
+/// wrapped, and the warning says which container and what to do.
+#[test]
+fn a_container_with_only_args_is_injected_with_a_warning() {
+    let text = std::fs::read_to_string(dir("in").join("job-args-only.yaml")).unwrap();
+    let got = inject_stream(&text, "job-args-only.yaml", &Options::default());
+    assert!(!got.failed);
+    assert_eq!(
+        got.messages,
+        [
+            "job-args-only.yaml: Job shop/export injected",
+            "job-args-only.yaml: Job shop/export: warning: container \"export\" sets no command, so it cannot run \
+             under weft-proxy await and the pod will not complete while the proxy runs: set command (the image's \
+             entrypoint) in the manifest",
+        ]
+    );
+    let [job] = golden_json("job-args-only.yaml").try_into().unwrap();
+    let spec = &job["spec"]["template"]["spec"];
+    assert_eq!(names(spec, "initContainers"), ["weft-init"], "no binary to copy when nothing is wrapped");
+    assert!(spec["containers"][1].get("command").is_none());
+    let (code, _, err) = weft(&[], &text);
+    assert_eq!(code, 0, "a warning is not a failure");
+    assert!(
+        err.contains("weft inject: stdin: Job shop/export: warning: container \"export\" sets no command"),
+        "{err}"
+    );
+}
+
+/// Stripping an injection restores the commands it wrapped: the same Job with native sidecars
+/// turned on afterwards comes out as if it had never been wrapped.
+#[test]
+fn a_second_injection_unwraps_the_commands_it_wrapped() {
+    let native = |text: &str| text.replace("weft.dev/native-sidecar: \"false\"", "weft.dev/native-sidecar: \"true\"");
+    for file in ["job-wrapped.yaml", "cronjob-wrapped.yaml", "custom-ports.yaml"] {
+        let injected = std::fs::read_to_string(dir("out").join(file)).unwrap();
+        let original = std::fs::read_to_string(dir("in").join(file)).unwrap();
+        let from_injected = inject_stream(&native(&injected), file, &Options::default());
+        let from_original = inject_stream(&native(&original), file, &Options::default());
+        assert_eq!(from_injected.text, from_original.text, "{file}");
+        assert!(!from_injected.text.contains("/weft/bin"), "{file}");
+    }
+}
+
+/// Moved ports and uid reach every place that names them, in a Deployment and a wrapped Job.
+#[test]
+fn custom_ports_and_uid_reach_every_place_that_names_them() {
+    let [deployment, job] = golden_json("custom-ports.yaml").try_into().unwrap();
+    let spec = &deployment["spec"]["template"]["spec"];
+    let init_args = strings(&spec["initContainers"][0]["args"]);
+    let flag = |f: &str| init_args[init_args.iter().position(|a| *a == f).unwrap() + 1];
+    assert_eq!(
+        [
+            flag("--proxy-uid"),
+            flag("--proxy-gid"),
+            flag("--inbound-port"),
+            flag("--outbound-port"),
+            flag("--admin-port")
+        ],
+        ["3000", "3000", "5143", "5140", "5191"]
+    );
+    assert_eq!(flag("--skip-inbound-ports"), "4191,5191", "the moved admin port and the app's probe port");
+    let proxy = &spec["containers"][0];
+    assert_eq!(proxy["securityContext"]["runAsUser"], "3000");
+    assert_eq!(proxy["ports"][0]["containerPort"], "5143");
+    assert_eq!(proxy["ports"][1]["containerPort"], "5191");
+    for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+        assert_eq!(proxy[probe]["httpGet"]["port"], "5191", "{probe}");
+    }
+    assert_eq!(
+        strings(&proxy["lifecycle"]["postStart"]["exec"]["command"])[1..4],
+        ["await", "--admin", "127.0.0.1:5191"]
+    );
+    let config = deployment["spec"]["template"]["metadata"]["annotations"]["weft.dev/proxy-config"].as_str().unwrap();
+    assert!(config.contains("listen: \"0.0.0.0:5143\", app: \"127.0.0.1:4143\""), "{config}");
+    assert!(
+        config.contains("outbound: {listen: \"127.0.0.1:5140\"}")
+            && config.contains("admin: {listen: \"0.0.0.0:5191\"}")
+    );
+
+    let spec = &job["spec"]["template"]["spec"];
+    assert_eq!(
+        strings(&spec["containers"][1]["command"])[..5],
+        ["/weft/bin/weft-proxy", "await", "--admin", "127.0.0.1:5191", "--"]
+    );
+    assert_eq!(spec["initContainers"][1]["securityContext"]["runAsUser"], "3000", "the copy runs as the proxy too");
+}
+
+#[test]
+fn a_port_the_app_uses_is_refused_with_the_annotation_to_set() {
+    let text =
+        "kind: Pod\nmetadata:\n  name: p\nspec:\n  containers: [{name: a, image: a, ports: [{containerPort: 4191}]}]\n";
+    let got = inject_stream(text, "clash.yaml", &Options::default());
+    assert!(got.failed);
+    assert_eq!(got.text, text);
+    assert_eq!(
+        got.messages,
+        ["clash.yaml: Pod p: weft.dev/proxy-admin-port: 4191 (the default) is also a port of container \"a\"; \
+             set weft.dev/proxy-admin-port to a port the pod does not use; left unchanged"]
+    );
 }
 
 #[test]

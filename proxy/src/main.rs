@@ -12,13 +12,15 @@ USAGE:
     weft-proxy --config FILE [--workers N]
         Run a sidecar from FILE (a Proxy document plus any Service, Route, TrafficPolicy,
         AuthorizationPolicy and Mesh documents). Relative paths in FILE resolve against its folder.
-    weft-proxy await [--admin ADDR] [--timeout DURATION] [-- CMD [ARGS...]]
+    weft-proxy await [--admin ADDR] [--timeout DURATION] [--keep-proxy-on-failure] [-- CMD [ARGS...]]
         Wait until the local proxy is ready (default admin 127.0.0.1:4191, timeout 60s), run CMD,
-        then shut the proxy down when CMD exits. Exits with CMD's exit code. With no CMD, only
-        wait (exit 0 once ready, 1 at the timeout): the postStart hook `weft inject` adds.
+        then shut the proxy down when CMD exits. Exits with CMD's exit code (128 + N when signal
+        N ended it); SIGTERM and SIGINT are passed on to CMD. --keep-proxy-on-failure shuts the
+        proxy down only when CMD succeeds (restartPolicy OnFailure runs CMD again). With no CMD,
+        only wait (exit 0 once ready, 1 at the timeout): the postStart hook `weft inject` adds.
     weft-proxy init --proxy-uid UID [--proxy-gid GID] [--inbound-port 4143] [--outbound-port 4140]
-        [--skip-inbound-ports P,...] [--skip-outbound-ports P,...] [--skip-subnets CIDR,...]
-        [--ipv6] [--mode auto|nft|legacy] [--cleanup] [--dry-run]
+        [--admin-port 4191] [--skip-inbound-ports P,...] [--skip-outbound-ports P,...]
+        [--skip-subnets CIDR,...] [--ipv6] [--mode auto|nft|legacy] [--cleanup] [--dry-run]
         Program (or remove) the nat redirection of transparent mode (see `weft-proxy init --help`).
     weft-proxy --version
 ";

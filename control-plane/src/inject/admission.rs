@@ -34,23 +34,28 @@ pub fn review(body: &[u8], options: &Options) -> Result<Value, String> {
     let name = object.pointer("/metadata/name").and_then(Value::as_str);
     let generate = object.pointer("/metadata/generateName").and_then(Value::as_str).map(|g| g.trim_end_matches('-'));
     match patch_for(object, name.or(generate), namespace, options) {
-        Ok(Some(patch)) => {
+        Ok(Some((patch, notes))) => {
             let encoded = base64::engine::general_purpose::STANDARD.encode(patch.to_string());
-            Ok(allowed(json!({"patchType": "JSONPatch", "patch": encoded})))
+            let mut response = json!({"patchType": "JSONPatch", "patch": encoded});
+            if !notes.is_empty() {
+                // kubectl prints these to whoever created the pod (or the Job behind it).
+                response["warnings"] = notes.iter().map(|n| json!(format!("weft: {n}"))).collect();
+            }
+            Ok(allowed(response))
         }
         Ok(None) => Ok(allowed(json!({}))),
         Err(why) => Ok(allowed(json!({"warnings": [format!("weft: not injected: {why}")]}))),
     }
 }
 
-/// The JSONPatch that injects `pod`, or None when it is left alone (opted out, hostNetwork,
-/// another mesh).
+/// The JSONPatch that injects `pod` and the injection's warnings, or None when it is left alone
+/// (opted out, hostNetwork, another mesh).
 fn patch_for(
     pod: &Value,
     name: Option<&str>,
     namespace: Option<&str>,
     options: &Options,
-) -> Result<Option<Value>, String> {
+) -> Result<Option<(Value, Vec<String>)>, String> {
     // JSON is YAML: the injector's own reader takes the object as it is.
     let text = serde_json::to_string(pod).map_err(|e| e.to_string())?;
     let parsed = weft_api::yaml::parse_stream(&text);
@@ -59,18 +64,19 @@ fn patch_for(
     }
     let node = parsed.documents.first().ok_or("an empty object")?;
     let mut tree = Yaml::from_node(node)?;
-    let workload = pod::Workload { kind: "Pod", name, namespace };
-    match pod::inject(&mut tree, &workload, options) {
-        Ok(pod::Outcome::Injected(_)) => {}
+    let workload = pod::Workload { name, namespace };
+    let notes = match pod::inject(&mut tree, &workload, options) {
+        Ok(pod::Outcome::Injected(notes)) => notes,
         Ok(pod::Outcome::Skipped(_)) => return Ok(None),
         Err(problems) => return Err(problems.join("; ")),
-    }
+    };
     let injected = to_json(&tree);
     let part = |key: &str| injected.get(key).cloned().unwrap_or_else(|| json!({}));
-    Ok(Some(json!([
+    let patch = json!([
         {"op": if pod.get("metadata").is_some() { "replace" } else { "add" }, "path": "/metadata", "value": part("metadata")},
         {"op": if pod.get("spec").is_some() { "replace" } else { "add" }, "path": "/spec", "value": part("spec")},
-    ])))
+    ]);
+    Ok(Some((patch, notes)))
 }
 
 /// The injector's tree as JSON, with plain scalars typed as a YAML 1.2 reader types them.
@@ -133,6 +139,32 @@ mod tests {
         assert_eq!(inits, ["weft-init", "weft-proxy"], "{spec}");
         assert_eq!(spec["containers"][0]["ports"][0]["containerPort"], 8080, "numbers stay numbers");
         assert_eq!(patch[0]["value"]["labels"]["app"], "web", "the pod's own metadata is kept");
+    }
+
+    /// A Job's pod with native sidecars off: the command is wrapped; a container with only
+    /// `args` cannot be, and the warning reaches whoever created the pod.
+    #[test]
+    fn a_job_pod_is_wrapped_and_what_cannot_be_is_a_warning() {
+        let mut pod = app_pod();
+        pod["metadata"]["annotations"] = json!({"weft.dev/native-sidecar": "false"});
+        pod["spec"]["restartPolicy"] = json!("Never");
+        pod["spec"]["containers"] = json!([
+            {"name": "report", "image": "report:1", "command": ["/report"], "args": ["--all"]},
+            {"name": "upload", "image": "upload:1", "args": ["--to", "s3://bucket"]},
+        ]);
+        let out = review(&pod_review(pod), &Options::default()).unwrap();
+        let spec = &decoded_patch(&out)[1]["value"];
+        assert_eq!(
+            spec["containers"][1]["command"],
+            json!(["/weft/bin/weft-proxy", "await", "--admin", "127.0.0.1:4191", "--", "/report"])
+        );
+        assert_eq!(spec["containers"][1]["args"], json!(["--all"]));
+        assert!(spec["containers"][2].get("command").is_none());
+        let warnings = out["response"]["warnings"].as_array().expect("warnings");
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        let w = warnings[0].as_str().unwrap();
+        assert!(w.starts_with("weft: container \"upload\" sets no command") && w.contains("set command"), "{w}");
+        assert!(w.len() <= 256, "the API server may cut longer warnings: {} bytes", w.len());
     }
 
     #[test]

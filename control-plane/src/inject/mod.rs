@@ -2,9 +2,10 @@
 //!
 //! A stream is split into documents ([`stream`]); workloads ([`workload`]) have their pod template
 //! injected ([`pod`]) with the pieces [`sidecar`] builds from the pod's annotations
-//! ([`settings`]); the edited tree ([`tree`]) is written back by [`emit`]. Every other document,
-//! and every workload left alone, is copied byte for byte. The admission webhook is meant to
-//! call [`inject_pod_template`] too, so both paths inject the same pod.
+//! ([`settings`]); without native sidecars, the commands of a pod that runs to completion are
+//! wrapped so the proxy ends with them ([`wrap`]). The edited tree ([`tree`]) is written back by
+//! [`emit`]. Every other document, and every workload left alone, is copied byte for byte. The
+//! admission webhook ([`admission`]) injects a pod with the same [`pod`] code.
 
 pub mod admission;
 mod emit;
@@ -14,9 +15,10 @@ mod sidecar;
 mod stream;
 mod tree;
 mod workload;
+mod wrap;
 
-pub use settings::Options;
-pub use sidecar::{ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT, PROXY_BINARY, PROXY_UID};
+pub use settings::{ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT, Options, PROXY_UID};
+pub use sidecar::PROXY_BINARY;
 
 use tree::Yaml;
 
@@ -108,7 +110,7 @@ fn inject_document(mut root: Yaml, options: &Options) -> Document {
         (None, Some(n)) => format!("{kind} {n}"),
         _ => kind.clone(),
     };
-    let w = pod::Workload { kind: &kind, name: name.as_deref(), namespace: namespace.as_deref() };
+    let w = pod::Workload { name: name.as_deref(), namespace: namespace.as_deref() };
     let Some(template) = root.path_mut(path) else {
         return Document::Failed(what, vec![format!("no pod template at {}", path.join("."))]);
     };

@@ -4,13 +4,13 @@
 use super::settings::{self, OptIn, Options, SidecarMode, key};
 use super::sidecar::{self, INIT_NAME, PROXY_NAME, PodFacts};
 use super::tree::Yaml;
+use super::wrap;
 
 /// Containers that mean another mesh already manages the pod.
 const OTHER_MESHES: [&str; 4] = ["linkerd-proxy", "linkerd-init", "istio-proxy", "istio-init"];
 
 /// The workload around the template, for defaults and messages.
 pub(crate) struct Workload<'a> {
-    pub(crate) kind: &'a str,
     pub(crate) name: Option<&'a str>,
     pub(crate) namespace: Option<&'a str>,
 }
@@ -43,12 +43,13 @@ pub(crate) fn inject(template: &mut Yaml, w: &Workload, o: &Options) -> Result<O
     }
     let metadata = template.entry("metadata", Yaml::Map(Vec::new()), Some(0)).ok_or_else(not_a_mapping)?;
     let annotations = metadata.entry("annotations", Yaml::Map(Vec::new()), None).ok_or_else(not_a_mapping)?;
-    strip_annotations(annotations);
-    let s = settings::read(Some(annotations), o)?;
+    let previously_wrapped = strip_annotations(annotations);
+    let annotations = annotations.clone();
     let labels = template.path(&["metadata", "labels"]).cloned();
     let labels = labels.as_ref();
     let spec = template.get_mut("spec").ok_or_else(not_a_mapping)?;
-    strip_pod(spec);
+    strip_pod(spec, &previously_wrapped);
+    let s = settings::read(Some(&annotations), &container_ports(spec), o)?;
 
     let service = s
         .service
@@ -67,13 +68,18 @@ pub(crate) fn inject(template: &mut Yaml, w: &Workload, o: &Options) -> Result<O
         probe_ports: probe_ports(containers),
     };
     let mut notes = Vec::new();
-    if s.mode == SidecarMode::FirstContainer && matches!(w.kind, "Job" | "CronJob") {
-        notes.push(
-            "native sidecars are off: this Job's pod completes only once the proxy exits; run the job's command \
-             under `weft-proxy await --` (or POST /shutdown to 127.0.0.1:4191 when done)"
-                .to_string(),
-        );
-    }
+    // A native sidecar ends with the pod by itself; a first container has to be shut down.
+    let wrapped = match (s.mode, wrap::completion(spec)) {
+        (SidecarMode::FirstContainer, Some(completion)) => {
+            let Some(Yaml::Seq(cs)) = spec.get_mut("containers") else {
+                return Err(vec!["spec.containers is not a list".to_string()]);
+            };
+            let wrapped = wrap::wrap(cs, &s, completion);
+            notes.extend(wrapped.warnings);
+            wrapped.containers
+        }
+        _ => Vec::new(),
+    };
     if let (Some((text, grace)), Some(pod_grace)) =
         (&s.shutdown_grace, spec.get("terminationGracePeriodSeconds").and_then(Yaml::as_str))
         && pod_grace.parse::<u64>().is_ok_and(|p| p < grace.as_secs())
@@ -98,24 +104,37 @@ pub(crate) fn inject(template: &mut Yaml, w: &Workload, o: &Options) -> Result<O
         // Init last, so the user's init containers still reach the network before the proxy runs.
         SidecarMode::FirstContainer => {
             inits.push(init);
+            let mut init_names = vec![INIT_NAME];
+            if !wrapped.is_empty() {
+                inits.push(wrap::bin_container(&s));
+                init_names.push(wrap::BIN_NAME);
+            }
             let Some(Yaml::Seq(cs)) = spec.get_mut("containers") else {
                 return Err(vec!["spec.containers is not a list".to_string()]);
             };
             cs.insert(0, proxy);
-            (vec![INIT_NAME], vec![PROXY_NAME])
+            (init_names, vec![PROXY_NAME])
         }
     };
     let Some(Yaml::Seq(volumes)) = spec.entry("volumes", Yaml::Seq(Vec::new()), None) else {
         return Err(vec!["spec.volumes is not a list".to_string()]);
     };
     volumes.extend(sidecar::volumes(o));
+    let mut volume_names = sidecar::VOLUMES.to_vec();
+    if !wrapped.is_empty() {
+        volumes.push(wrap::bin_volume());
+        volume_names.push(wrap::BIN_NAME);
+    }
 
-    let record = serde_json::json!({
+    let mut record = serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
         "initContainers": init_names,
         "containers": container_names,
-        "volumes": sidecar::VOLUMES,
+        "volumes": volume_names,
     });
+    if !wrapped.is_empty() {
+        record["wrapped"] = serde_json::json!(wrapped);
+    }
     let config = sidecar::proxy_config(&facts, &s, o);
     let annotations = template.path_mut(&["metadata", "annotations"]).ok_or_else(not_a_mapping)?;
     // `kubectl logs` and `exec` then pick the app, not the sidecar. Added before Weft's own
@@ -151,24 +170,39 @@ fn container_names(spec: &Yaml) -> Vec<String> {
         .collect()
 }
 
-/// Removes what an earlier `weft inject` added, so injecting again starts from the user's pod.
-fn strip_pod(spec: &mut Yaml) {
+/// Removes what an earlier `weft inject` added, so injecting again starts from the user's pod:
+/// its containers and volumes, and the `await` around the commands it wrapped.
+fn strip_pod(spec: &mut Yaml, wrapped: &[String]) {
     let ours =
         |item: &Yaml, names: &[&str]| item.get("name").and_then(Yaml::as_str).is_some_and(|n| names.contains(&n));
+    let volumes: Vec<&str> = sidecar::VOLUMES.iter().copied().chain([wrap::BIN_NAME]).collect();
     for (list, names) in [
-        ("initContainers", &[INIT_NAME, PROXY_NAME][..]),
+        ("initContainers", &[INIT_NAME, PROXY_NAME, wrap::BIN_NAME][..]),
         ("containers", &[PROXY_NAME][..]),
-        ("volumes", &sidecar::VOLUMES[..]),
+        ("volumes", &volumes[..]),
     ] {
         if let Some(Yaml::Seq(items)) = spec.get_mut(list) {
             items.retain(|item| !ours(item, names));
         }
     }
+    if let Some(Yaml::Seq(containers)) = spec.get_mut("containers") {
+        wrap::unwrap(containers, wrapped);
+    }
 }
 
-fn strip_annotations(annotations: &mut Yaml) {
-    annotations.remove(key::INJECTED);
+/// Removes Weft's annotations; returns the containers whose command the earlier injection
+/// wrapped (from its `weft.dev/injected` record).
+fn strip_annotations(annotations: &mut Yaml) -> Vec<String> {
+    let record = annotations.remove(key::INJECTED);
     annotations.remove(key::PROXY_CONFIG);
+    let record: Option<serde_json::Value> =
+        record.as_ref().and_then(Yaml::as_str).and_then(|r| serde_json::from_str(r).ok());
+    record
+        .as_ref()
+        .and_then(|r| r.get("wrapped"))
+        .and_then(serde_json::Value::as_array)
+        .map(|names| names.iter().filter_map(|n| n.as_str().map(str::to_string)).collect())
+        .unwrap_or_default()
 }
 
 /// A port number, or a named port of `container`.
@@ -183,11 +217,28 @@ fn resolve_port(port: &Yaml, container: &Yaml) -> Option<u16> {
     })
 }
 
-fn first_tcp_port(container: &Yaml) -> Option<u16> {
-    container.get("ports")?.items().iter().find_map(|p| {
+fn tcp_ports(container: &Yaml) -> impl Iterator<Item = u16> + '_ {
+    container.get("ports").map(Yaml::items).unwrap_or_default().iter().filter_map(|p| {
         let tcp = p.get("protocol").and_then(Yaml::as_str).is_none_or(|proto| proto == "TCP");
         if tcp { p.get("containerPort")?.as_str()?.parse().ok() } else { None }
     })
+}
+
+fn first_tcp_port(container: &Yaml) -> Option<u16> {
+    tcp_ports(container).next()
+}
+
+/// The TCP ports of the pod's own containers (init containers too: a sidecar of the user's may
+/// listen), by container name.
+fn container_ports(spec: &Yaml) -> Vec<(String, u16)> {
+    ["initContainers", "containers"]
+        .iter()
+        .flat_map(|list| spec.get(list).map(Yaml::items).unwrap_or_default())
+        .flat_map(|c| {
+            let name = c.get("name").and_then(Yaml::as_str).unwrap_or_default().to_string();
+            tcp_ports(c).map(move |p| (name.clone(), p))
+        })
+        .collect()
 }
 
 /// The ports the kubelet's httpGet, tcpSocket and grpc probes reach: plaintext from the node,

@@ -24,7 +24,20 @@ pub(crate) mod key {
     pub(crate) const CPU_LIMIT: &str = "weft.dev/proxy-cpu-limit";
     pub(crate) const MEMORY_REQUEST: &str = "weft.dev/proxy-memory-request";
     pub(crate) const MEMORY_LIMIT: &str = "weft.dev/proxy-memory-limit";
+    pub(crate) const INBOUND_PORT: &str = "weft.dev/proxy-inbound-port";
+    pub(crate) const OUTBOUND_PORT: &str = "weft.dev/proxy-outbound-port";
+    pub(crate) const ADMIN_PORT: &str = "weft.dev/proxy-admin-port";
+    pub(crate) const PROXY_UID: &str = "weft.dev/proxy-uid";
 }
+
+/// The proxy's uid and gid unless `weft.dev/proxy-uid` says otherwise: `weft-proxy init`
+/// exempts this uid from the outbound redirection, so the proxy's own connections never loop.
+/// The images run as it too (images/*.Dockerfile).
+pub const PROXY_UID: u32 = 2102;
+/// The proxy's listener ports unless the `weft.dev/proxy-*-port` annotations say otherwise.
+pub const INBOUND_PORT: u16 = 4143;
+pub const OUTBOUND_PORT: u16 = 4140;
+pub const ADMIN_PORT: u16 = 4191;
 
 /// The injector's own defaults (flags of `weft inject`, values of the chart's webhook).
 #[derive(Clone, Debug)]
@@ -71,6 +84,15 @@ pub(crate) struct Resources {
     pub(crate) memory_limit: String,
 }
 
+/// Where the proxy listens. One set, read once, so the init rules, the listeners, the probes and
+/// the `await` calls cannot disagree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ProxyPorts {
+    pub(crate) inbound: u16,
+    pub(crate) outbound: u16,
+    pub(crate) admin: u16,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Settings {
     pub(crate) service: Option<String>,
@@ -83,6 +105,9 @@ pub(crate) struct Settings {
     pub(crate) ipv6: bool,
     pub(crate) shutdown_grace: Option<(String, Duration)>,
     pub(crate) resources: Resources,
+    pub(crate) ports: ProxyPorts,
+    /// Also the gid.
+    pub(crate) proxy_uid: u32,
 }
 
 /// Reads `weft.dev/inject` from the annotations, then the labels (a label lets the webhook
@@ -97,7 +122,13 @@ pub(crate) fn opt_in(metadata: Option<&Yaml>) -> Result<OptIn, String> {
     }
 }
 
-pub(crate) fn read(annotations: Option<&Yaml>, options: &Options) -> Result<Settings, Vec<String>> {
+/// Reads the pod's annotations. `container_ports` are the TCP ports the pod's own containers
+/// declare (container name, port): the proxy's ports must not take one of them.
+pub(crate) fn read(
+    annotations: Option<&Yaml>,
+    container_ports: &[(String, u16)],
+    options: &Options,
+) -> Result<Settings, Vec<String>> {
     let mut problems = Vec::new();
     let get = |k: &str| annotations.and_then(|a| a.get(k)).and_then(Yaml::as_str).map(str::trim);
     let mut check = |k: &str, r: Result<(), String>| {
@@ -164,6 +195,33 @@ pub(crate) fn read(annotations: Option<&Yaml>, options: &Options) -> Result<Sett
         memory_request: quantity(key::MEMORY_REQUEST, "32Mi"),
         memory_limit: quantity(key::MEMORY_LIMIT, "256Mi"),
     };
+    let mut port = |k: &str, default: u16| match get(k).map(parse_port).transpose() {
+        Ok(p) => Some((k.to_string(), p.is_some(), p.unwrap_or(default))),
+        Err(e) => {
+            check(k, Err(e));
+            None
+        }
+    };
+    let listeners = [
+        port(key::INBOUND_PORT, INBOUND_PORT),
+        port(key::OUTBOUND_PORT, OUTBOUND_PORT),
+        port(key::ADMIN_PORT, ADMIN_PORT),
+    ];
+    problems.extend(port_conflicts(&listeners, container_ports));
+    let [inbound, outbound, admin] = listeners.map(|l| l.map(|(_, _, p)| p));
+    let ports = ProxyPorts {
+        inbound: inbound.unwrap_or(INBOUND_PORT),
+        outbound: outbound.unwrap_or(OUTBOUND_PORT),
+        admin: admin.unwrap_or(ADMIN_PORT),
+    };
+    let proxy_uid = match get(key::PROXY_UID).map(parse_uid) {
+        None => PROXY_UID,
+        Some(Ok(uid)) => uid,
+        Some(Err(e)) => {
+            problems.push(format!("{}: {e}", key::PROXY_UID));
+            PROXY_UID
+        }
+    };
     let image = get(key::IMAGE).unwrap_or(&options.image).to_string();
     if image.is_empty() {
         problems.push(format!("{}: must not be empty", key::IMAGE));
@@ -180,6 +238,8 @@ pub(crate) fn read(annotations: Option<&Yaml>, options: &Options) -> Result<Sett
             ipv6,
             shutdown_grace,
             resources,
+            ports,
+            proxy_uid,
         })
     } else {
         Err(problems)
@@ -191,10 +251,40 @@ fn list(s: &str) -> Vec<String> {
 }
 
 fn parse_ports(s: &str) -> Result<Vec<u16>, String> {
-    list(s)
-        .iter()
-        .map(|p| p.parse::<u16>().ok().filter(|n| *n > 0).ok_or_else(|| format!("{p:?} is not a port (1-65535)")))
-        .collect()
+    list(s).iter().map(|p| parse_port(p)).collect()
+}
+
+fn parse_port(s: &str) -> Result<u16, String> {
+    s.parse::<u16>().ok().filter(|n| *n > 0).ok_or_else(|| format!("{s:?} is not a port (1-65535)"))
+}
+
+/// The proxy's three ports (annotation, whether it was set, port; `None` when unreadable) must
+/// differ from each other and from the pod's own: the proxy shares the pod's network namespace.
+fn port_conflicts(listeners: &[Option<(String, bool, u16)>], container_ports: &[(String, u16)]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (i, (k, set, port)) in listeners.iter().enumerate().filter_map(|(i, l)| Some((i, l.as_ref()?))) {
+        let default = if *set { "" } else { " (the default)" };
+        let earlier = listeners[..i].iter().flatten().find(|(_, _, p)| p == port);
+        if let Some((other, _, _)) = earlier {
+            problems.push(format!("{k}: {port}{default} is also {other}; the proxy's ports must differ"));
+        }
+        if let Some((container, _)) = container_ports.iter().find(|(_, p)| p == port) {
+            problems.push(format!(
+                "{k}: {port}{default} is also a port of container {container:?}; set {k} to a port the pod does not use"
+            ));
+        }
+    }
+    problems
+}
+
+fn parse_uid(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(0) => {
+            Err("0 is root: the proxy runs as a non-root uid, which the init rules exempt from redirection".into())
+        }
+        Ok(uid) if uid < u32::MAX => Ok(uid),
+        _ => Err(format!("{s:?} is not a uid (1-4294967294)")),
+    }
 }
 
 fn check_cidr(s: &str) -> Result<(), String> {
@@ -242,7 +332,7 @@ mod tests {
 
     #[test]
     fn defaults_apply_when_nothing_is_asked() {
-        let s = read(None, &Options::default()).unwrap();
+        let s = read(None, &[], &Options::default()).unwrap();
         assert_eq!(s.mode, SidecarMode::Native);
         assert_eq!((s.skip_inbound_ports.len(), s.ipv6, s.log_level), (0, false, None));
         assert_eq!(s.resources.cpu_request, "100m");
@@ -262,7 +352,7 @@ mod tests {
             (key::CPU_LIMIT, "500m"),
             (key::MEMORY_REQUEST, "1.5Gi"),
         ]);
-        let s = read(Some(&a), &Options::default()).unwrap();
+        let s = read(Some(&a), &[], &Options::default()).unwrap();
         assert_eq!((s.skip_inbound_ports, s.skip_outbound_ports), (vec![9000, 9001], vec![5432]));
         assert_eq!(s.skip_subnets, ["10.0.0.0/8", "fd00::/8"]);
         assert_eq!((s.mode, s.ipv6), (SidecarMode::FirstContainer, true));
@@ -280,11 +370,69 @@ mod tests {
             (key::GRACE, "0s"),
             (key::SERVICE, "Web"),
         ]);
-        let p = read(Some(&a), &Options::default()).unwrap_err();
+        let p = read(Some(&a), &[], &Options::default()).unwrap_err();
         assert_eq!(p.len(), 6, "{p:#?}");
         assert!(p[0].starts_with("weft.dev/skip-inbound-ports: \"http\" is not a port"), "{p:?}");
         assert!(p.iter().any(|m| m.contains("prefix length must be 0 to 32")));
         assert!(p.iter().any(|m| m.starts_with("weft.dev/native-sidecar: \"yes\"")));
+    }
+
+    #[test]
+    fn the_proxy_ports_and_uid_default_to_the_images_and_can_be_moved() {
+        let s = read(None, &[], &Options::default()).unwrap();
+        assert_eq!(s.ports, ProxyPorts { inbound: 4143, outbound: 4140, admin: 4191 });
+        assert_eq!(s.proxy_uid, 2102);
+        let a = annotations(&[
+            (key::INBOUND_PORT, "5143"),
+            (key::OUTBOUND_PORT, " 5140 "),
+            (key::ADMIN_PORT, "5191"),
+            (key::PROXY_UID, "3000"),
+        ]);
+        let app = [("app".to_string(), 4191)];
+        let s = read(Some(&a), &app, &Options::default()).unwrap();
+        assert_eq!(s.ports, ProxyPorts { inbound: 5143, outbound: 5140, admin: 5191 });
+        assert_eq!(s.proxy_uid, 3000);
+    }
+
+    #[test]
+    fn a_bad_port_or_uid_is_reported_with_its_key() {
+        for (k, v, want) in [
+            (key::INBOUND_PORT, "http", "weft.dev/proxy-inbound-port: \"http\" is not a port (1-65535)"),
+            (key::OUTBOUND_PORT, "0", "weft.dev/proxy-outbound-port: \"0\" is not a port (1-65535)"),
+            (key::ADMIN_PORT, "65536", "weft.dev/proxy-admin-port: \"65536\" is not a port (1-65535)"),
+            (key::ADMIN_PORT, "4191,4192", "weft.dev/proxy-admin-port: \"4191,4192\" is not a port (1-65535)"),
+            (key::PROXY_UID, "0", "weft.dev/proxy-uid: 0 is root: the proxy runs as a non-root uid"),
+            (key::PROXY_UID, "-5", "weft.dev/proxy-uid: \"-5\" is not a uid (1-4294967294)"),
+            (key::PROXY_UID, "4294967295", "weft.dev/proxy-uid: \"4294967295\" is not a uid"),
+            (key::PROXY_UID, "proxy", "weft.dev/proxy-uid: \"proxy\" is not a uid"),
+        ] {
+            let p = read(Some(&annotations(&[(k, v)])), &[], &Options::default()).unwrap_err();
+            assert_eq!(p.len(), 1, "{k}: {v}: {p:?}");
+            assert!(p[0].starts_with(want), "{k}: {v}: {p:?}");
+        }
+    }
+
+    #[test]
+    fn the_proxy_ports_must_differ_from_each_other_and_from_the_pods() {
+        let a = annotations(&[(key::OUTBOUND_PORT, "4143"), (key::ADMIN_PORT, "8080")]);
+        let pod = [("web".to_string(), 8080), ("metrics".to_string(), 9090)];
+        let p = read(Some(&a), &pod, &Options::default()).unwrap_err();
+        assert_eq!(
+            p,
+            [
+                "weft.dev/proxy-outbound-port: 4143 is also weft.dev/proxy-inbound-port; the proxy's ports must differ",
+                "weft.dev/proxy-admin-port: 8080 is also a port of container \"web\"; set weft.dev/proxy-admin-port \
+                 to a port the pod does not use",
+            ]
+        );
+        let app_on_default = [("app".to_string(), 4191)];
+        let p = read(None, &app_on_default, &Options::default()).unwrap_err();
+        assert_eq!(p.len(), 1);
+        assert!(p[0].starts_with("weft.dev/proxy-admin-port: 4191 (the default) is also a port of container \"app\""));
+        let a = annotations(&[(key::INBOUND_PORT, "x"), (key::ADMIN_PORT, "4140")]);
+        let p = read(Some(&a), &[], &Options::default()).unwrap_err();
+        assert_eq!(p.len(), 2, "an unreadable port is reported once, not compared: {p:?}");
+        assert!(p[1].starts_with("weft.dev/proxy-admin-port: 4140 is also weft.dev/proxy-outbound-port"), "{p:?}");
     }
 
     #[test]

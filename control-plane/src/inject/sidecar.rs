@@ -4,12 +4,6 @@
 use super::settings::{Options, Settings, SidecarMode, key};
 use super::tree::Yaml;
 
-/// The proxy's uid and gid: `weft-proxy init` exempts this uid from the outbound redirection,
-/// so the proxy's own connections never loop. The images run as it too (images/*.Dockerfile).
-pub const PROXY_UID: u32 = 2102;
-pub const INBOUND_PORT: u16 = 4143;
-pub const OUTBOUND_PORT: u16 = 4140;
-pub const ADMIN_PORT: u16 = 4191;
 /// Where the images put the binary.
 pub const PROXY_BINARY: &str = "/usr/local/bin/weft-proxy";
 
@@ -49,13 +43,14 @@ pub(crate) fn proxy_config(pod: &PodFacts, s: &Settings, o: &Options) -> String 
     }
     let mut text = format!("apiVersion: weft.dev/v1alpha1\nkind: Proxy\nmetadata: {{{metadata}}}\nspec:\n");
     text.push_str(&format!("  service: {}\n", pod.service));
+    let ports = &s.ports;
     if let Some(port) = pod.app_port {
-        text.push_str(&format!("  inbound: {{listen: \"0.0.0.0:{INBOUND_PORT}\", app: \"127.0.0.1:{port}\"}}\n"));
+        text.push_str(&format!("  inbound: {{listen: \"0.0.0.0:{}\", app: \"127.0.0.1:{port}\"}}\n", ports.inbound));
     }
-    text.push_str(&format!("  outbound: {{listen: \"127.0.0.1:{OUTBOUND_PORT}\"}}\n"));
+    text.push_str(&format!("  outbound: {{listen: \"127.0.0.1:{}\"}}\n", ports.outbound));
     // The kubelet probes /ready and /live, and Prometheus scrapes /metrics, from outside the pod;
     // POST /shutdown still answers loopback callers only.
-    text.push_str(&format!("  admin: {{listen: \"0.0.0.0:{ADMIN_PORT}\"}}\n"));
+    text.push_str(&format!("  admin: {{listen: \"0.0.0.0:{}\"}}\n", ports.admin));
     text.push_str(&format!(
         "  controlPlane:\n    address: {}\n    trustBundleFile: {TRUST_DIR}/ca.pem\n    serviceAccountTokenFile: {TOKEN_DIR}/token\n",
         serde_json::to_string(&o.control_plane).unwrap_or_default()
@@ -74,7 +69,7 @@ fn ports_arg(ports: &[u16]) -> String {
     ports.iter().map(u16::to_string).collect::<Vec<_>>().join(",")
 }
 
-fn resources(cpu: (&str, &str), memory: (&str, &str)) -> Yaml {
+pub(crate) fn resources(cpu: (&str, &str), memory: (&str, &str)) -> Yaml {
     Yaml::map([
         ("requests", Yaml::map([("cpu", Yaml::str(cpu.0)), ("memory", Yaml::str(memory.0))])),
         ("limits", Yaml::map([("cpu", Yaml::str(cpu.1)), ("memory", Yaml::str(memory.1))])),
@@ -85,11 +80,11 @@ fn seccomp() -> Yaml {
     Yaml::map([("type", Yaml::str("RuntimeDefault"))])
 }
 
-fn strs(items: &[&str]) -> Yaml {
+pub(crate) fn strs(items: &[&str]) -> Yaml {
     Yaml::Seq(items.iter().map(|s| Yaml::str(*s)).collect())
 }
 
-fn mount(name: &str, path: &str, read_only: bool) -> Yaml {
+pub(crate) fn mount(name: &str, path: &str, read_only: bool) -> Yaml {
     let mut m = Yaml::map([("name", Yaml::str(name)), ("mountPath", Yaml::str(path))]);
     if read_only {
         m.set("readOnly", Yaml::Plain("true".to_string()));
@@ -100,14 +95,15 @@ fn mount(name: &str, path: &str, read_only: bool) -> Yaml {
 /// `weft-proxy init`: root only here, for the nat table (NET_ADMIN, NET_RAW); everything else
 /// dropped. Its `/run` is writable for iptables' lock file.
 pub(crate) fn init_container(pod: &PodFacts, s: &Settings) -> Yaml {
-    let mut inbound_skips = vec![ADMIN_PORT];
+    let mut inbound_skips = vec![s.ports.admin];
     inbound_skips.extend(pod.probe_ports.iter().chain(&s.skip_inbound_ports));
     inbound_skips.sort_unstable();
     inbound_skips.dedup();
-    let uid = PROXY_UID.to_string();
+    let uid = s.proxy_uid.to_string();
     let mut args: Vec<String> = ["init", "--proxy-uid", &uid, "--proxy-gid", &uid].map(str::to_string).to_vec();
-    args.extend(["--inbound-port".to_string(), INBOUND_PORT.to_string()]);
-    args.extend(["--outbound-port".to_string(), OUTBOUND_PORT.to_string()]);
+    args.extend(["--inbound-port".to_string(), s.ports.inbound.to_string()]);
+    args.extend(["--outbound-port".to_string(), s.ports.outbound.to_string()]);
+    args.extend(["--admin-port".to_string(), s.ports.admin.to_string()]);
     args.extend(["--skip-inbound-ports".to_string(), ports_arg(&inbound_skips)]);
     if !s.skip_outbound_ports.is_empty() {
         args.extend(["--skip-outbound-ports".to_string(), ports_arg(&s.skip_outbound_ports)]);
@@ -141,6 +137,24 @@ pub(crate) fn init_container(pod: &PodFacts, s: &Settings) -> Yaml {
     ])
 }
 
+/// The admin address `weft-proxy await` calls: `POST /shutdown` answers loopback callers only.
+pub(crate) fn loopback(admin_port: u16) -> String {
+    format!("127.0.0.1:{admin_port}")
+}
+
+/// The proxy's uid and gid, which `weft-init` exempts from redirection; no capabilities.
+pub(crate) fn non_root(uid: u32) -> Yaml {
+    Yaml::map([
+        ("runAsUser", Yaml::int(uid)),
+        ("runAsGroup", Yaml::int(uid)),
+        ("runAsNonRoot", Yaml::Plain("true".to_string())),
+        ("allowPrivilegeEscalation", Yaml::Plain("false".to_string())),
+        ("readOnlyRootFilesystem", Yaml::Plain("true".to_string())),
+        ("capabilities", Yaml::map([("drop", strs(&["ALL"]))])),
+        ("seccompProfile", seccomp()),
+    ])
+}
+
 fn field_env(name: &str, path: &str) -> Yaml {
     Yaml::map([
         ("name", Yaml::str(name)),
@@ -148,9 +162,9 @@ fn field_env(name: &str, path: &str) -> Yaml {
     ])
 }
 
-fn http_probe(path: &str, period: i64, failures: i64) -> Yaml {
+fn http_probe(path: &str, admin_port: u16, period: i64, failures: i64) -> Yaml {
     Yaml::map([
-        ("httpGet", Yaml::map([("path", Yaml::str(path)), ("port", Yaml::int(ADMIN_PORT))])),
+        ("httpGet", Yaml::map([("path", Yaml::str(path)), ("port", Yaml::int(admin_port))])),
         ("periodSeconds", Yaml::int(period)),
         ("timeoutSeconds", Yaml::int(1)),
         ("failureThreshold", Yaml::int(failures)),
@@ -174,7 +188,7 @@ pub(crate) fn proxy_container(s: &Settings) -> Yaml {
     let port = |name: &str, n: u16| {
         Yaml::map([("name", Yaml::str(name)), ("containerPort", Yaml::int(n)), ("protocol", Yaml::str("TCP"))])
     };
-    c.set("ports", Yaml::Seq(vec![port("weft-inbound", INBOUND_PORT), port("weft-admin", ADMIN_PORT)]));
+    c.set("ports", Yaml::Seq(vec![port("weft-inbound", s.ports.inbound), port("weft-admin", s.ports.admin)]));
     c.set(
         "env",
         Yaml::Seq(vec![
@@ -187,27 +201,17 @@ pub(crate) fn proxy_container(s: &Settings) -> Yaml {
         ]),
     );
     // Up to 2 minutes to get a config and a certificate; liveness only starts after that.
-    c.set("startupProbe", http_probe("/ready", 1, 120));
-    c.set("readinessProbe", http_probe("/ready", 2, 3));
-    c.set("livenessProbe", http_probe("/live", 10, 3));
+    let admin = s.ports.admin;
+    c.set("startupProbe", http_probe("/ready", admin, 1, 120));
+    c.set("readinessProbe", http_probe("/ready", admin, 2, 3));
+    c.set("livenessProbe", http_probe("/live", admin, 10, 3));
     if s.mode == SidecarMode::FirstContainer {
-        let wait = strs(&[PROXY_BINARY, "await", "--timeout", "2m"]);
+        let wait = strs(&[PROXY_BINARY, "await", "--admin", &loopback(admin), "--timeout", "2m"]);
         let hook = Yaml::map([("exec", Yaml::map([("command", wait)]))]);
         c.set("lifecycle", Yaml::map([("postStart", hook)]));
     }
     c.set("resources", resources((&r.cpu_request, &r.cpu_limit), (&r.memory_request, &r.memory_limit)));
-    c.set(
-        "securityContext",
-        Yaml::map([
-            ("runAsUser", Yaml::int(PROXY_UID)),
-            ("runAsGroup", Yaml::int(PROXY_UID)),
-            ("runAsNonRoot", Yaml::Plain("true".to_string())),
-            ("allowPrivilegeEscalation", Yaml::Plain("false".to_string())),
-            ("readOnlyRootFilesystem", Yaml::Plain("true".to_string())),
-            ("capabilities", Yaml::map([("drop", strs(&["ALL"]))])),
-            ("seccompProfile", seccomp()),
-        ]),
-    );
+    c.set("securityContext", non_root(s.proxy_uid));
     c.set(
         "volumeMounts",
         Yaml::Seq(vec![
@@ -269,7 +273,7 @@ mod tests {
 
     #[test]
     fn the_proxy_document_passes_weft_check() {
-        let mut s = settings::read(None, &Options::default()).unwrap();
+        let mut s = settings::read(None, &[], &Options::default()).unwrap();
         s.log_level = Some("weft_proxy=debug".into());
         s.shutdown_grace = Some(("45s".into(), std::time::Duration::from_secs(45)));
         let text = proxy_config(&facts(), &s, &Options::default());
@@ -292,7 +296,7 @@ mod tests {
             skip_inbound_ports: vec![9000, 8081],
             skip_subnets: vec!["10.0.0.0/8".into()],
             ipv6: true,
-            ..settings::read(None, &Options::default()).unwrap()
+            ..settings::read(None, &[], &Options::default()).unwrap()
         };
         let init = init_container(&facts(), &s);
         let args: Vec<&str> = init.get("args").unwrap().items().iter().filter_map(Yaml::as_str).collect();
@@ -308,6 +312,8 @@ mod tests {
                 "4143",
                 "--outbound-port",
                 "4140",
+                "--admin-port",
+                "4191",
                 "--skip-inbound-ports",
                 "4191,8081,9000",
                 "--skip-subnets",
@@ -320,5 +326,50 @@ mod tests {
         let caps = init.path(&["securityContext", "capabilities"]).unwrap();
         assert_eq!(caps.get("drop").unwrap().items(), [Yaml::str("ALL")]);
         assert_eq!(init.path(&["securityContext", "runAsUser"]), Some(&Yaml::int(0)));
+    }
+
+    /// Moved ports and uid reach every place that names them: the init rules, the listeners,
+    /// the container's ports, the probes, the postStart hook and the security context.
+    #[test]
+    fn custom_ports_and_uid_flow_everywhere() {
+        let s = settings::Settings {
+            ports: settings::ProxyPorts { inbound: 5143, outbound: 5140, admin: 5191 },
+            proxy_uid: 3000,
+            mode: SidecarMode::FirstContainer,
+            ..settings::read(None, &[], &Options::default()).unwrap()
+        };
+        let init = init_container(&facts(), &s);
+        let args: Vec<&str> = init.get("args").unwrap().items().iter().filter_map(Yaml::as_str).collect();
+        let flag = |f: &str| args[args.iter().position(|a| *a == f).unwrap() + 1];
+        assert_eq!(
+            [flag("--proxy-uid"), flag("--proxy-gid"), flag("--inbound-port"), flag("--outbound-port")],
+            ["3000", "3000", "5143", "5140"]
+        );
+        assert_eq!((flag("--admin-port"), flag("--skip-inbound-ports")), ("5191", "5191,8081"));
+
+        let config = proxy_config(&facts(), &s, &Options::default());
+        let docs = weft_api::parse_file("proxy.yaml", &config).unwrap();
+        let [weft_api::Document::Proxy(p)] = docs.as_slice() else { panic!("{docs:?}") };
+        assert_eq!(p.spec.inbound.as_ref().unwrap().listen.port(), 5143);
+        assert_eq!(p.spec.outbound.as_ref().unwrap().listen.port(), 5140);
+        assert_eq!(p.spec.admin.listen.port(), 5191);
+
+        let proxy = proxy_container(&s);
+        let ports: Vec<&str> =
+            proxy.get("ports").unwrap().items().iter().filter_map(|p| p.get("containerPort")?.as_str()).collect();
+        assert_eq!(ports, ["5143", "5191"]);
+        for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+            assert_eq!(proxy.path(&[probe, "httpGet", "port"]), Some(&Yaml::int(5191)), "{probe}");
+        }
+        let hook: Vec<&str> = proxy
+            .path(&["lifecycle", "postStart", "exec", "command"])
+            .unwrap()
+            .items()
+            .iter()
+            .filter_map(Yaml::as_str)
+            .collect();
+        assert_eq!(&hook[1..4], ["await", "--admin", "127.0.0.1:5191"]);
+        assert_eq!(proxy.path(&["securityContext", "runAsUser"]), Some(&Yaml::int(3000u32)));
+        assert_eq!(proxy.path(&["securityContext", "runAsGroup"]), Some(&Yaml::int(3000u32)));
     }
 }

@@ -75,10 +75,10 @@ fn apply(opts: &Options, backend: Backend, family: Family) -> Result<(), String>
 const USAGE: &str = "\
 USAGE:
     weft-proxy init --proxy-uid UID [--proxy-gid GID] [--inbound-port 4143] [--outbound-port 4140]
-        [--skip-inbound-ports P,...] [--skip-outbound-ports P,...] [--skip-subnets CIDR,...]
-        [--ipv6] [--mode auto|nft|legacy] [--cleanup] [--dry-run]
+        [--admin-port 4191] [--skip-inbound-ports P,...] [--skip-outbound-ports P,...]
+        [--skip-subnets CIDR,...] [--ipv6] [--mode auto|nft|legacy] [--cleanup] [--dry-run]
     Programs the nat table for transparent mode: inbound TCP to the inbound port, outbound TCP
     to the outbound port, except the proxy's own uid/gid, loopback, skipped ports and subnets.
-    The admin port (4191) and the proxy's own ports are never redirected inbound. Re-running is
+    The admin port and the proxy's own ports are never redirected inbound. Re-running is
     harmless; --cleanup removes exactly these rules; --dry-run prints what it would run.
 ";

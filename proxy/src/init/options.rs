@@ -32,6 +32,8 @@ pub struct Options {
     pub proxy_gid: Option<u32>,
     pub inbound_port: u16,
     pub outbound_port: u16,
+    /// Never redirected inbound, so kubelet probes and scrapes reach it.
+    pub admin_port: u16,
     pub skip_inbound_ports: Vec<PortRange>,
     pub skip_outbound_ports: Vec<PortRange>,
     pub skip_subnets: Vec<Subnet>,
@@ -41,9 +43,6 @@ pub struct Options {
     pub dry_run: bool,
 }
 
-/// The proxy's admin port (DESIGN.md): never redirected, so kubelet probes and scrapes reach it.
-pub const ADMIN_PORT: u16 = 4191;
-
 impl Options {
     /// Options with the defaults of the contract and `uid` as the proxy's uid.
     pub fn new(proxy_uid: u32) -> Options {
@@ -52,6 +51,7 @@ impl Options {
             proxy_gid: None,
             inbound_port: 4143,
             outbound_port: 4140,
+            admin_port: 4191,
             skip_inbound_ports: Vec::new(),
             skip_outbound_ports: Vec::new(),
             skip_subnets: Vec::new(),
@@ -82,6 +82,7 @@ impl Options {
                 | "--proxy-gid"
                 | "--inbound-port"
                 | "--outbound-port"
+                | "--admin-port"
                 | "--skip-inbound-ports"
                 | "--skip-outbound-ports"
                 | "--skip-subnets"
@@ -95,6 +96,7 @@ impl Options {
                         "--proxy-gid" => v.parse().map(|n| opts.proxy_gid = Some(n)).map_err(|_| "a number"),
                         "--inbound-port" => parse_port(&v).map(|p| opts.inbound_port = p),
                         "--outbound-port" => parse_port(&v).map(|p| opts.outbound_port = p),
+                        "--admin-port" => parse_port(&v).map(|p| opts.admin_port = p),
                         "--skip-inbound-ports" => parse_ports(&v).map(|p| opts.skip_inbound_ports.extend(p)),
                         "--skip-outbound-ports" => parse_ports(&v).map(|p| opts.skip_outbound_ports.extend(p)),
                         "--skip-subnets" => parse_subnets(&v).map(|s| opts.skip_subnets.extend(s)),
@@ -112,8 +114,15 @@ impl Options {
             None if opts.cleanup => {}
             None => errors.push("--proxy-uid UID is required: the proxy's own traffic must not loop".to_string()),
         }
-        if opts.inbound_port == opts.outbound_port {
-            errors.push(format!("--inbound-port and --outbound-port are both {}", opts.inbound_port));
+        let ports = [
+            ("--inbound-port", opts.inbound_port),
+            ("--outbound-port", opts.outbound_port),
+            ("--admin-port", opts.admin_port),
+        ];
+        for (i, (flag, port)) in ports.iter().enumerate() {
+            if let Some((other, _)) = ports[..i].iter().find(|(_, p)| p == port) {
+                errors.push(format!("{other} and {flag} are both {port}"));
+            }
         }
         if errors.is_empty() { Ok(opts) } else { Err(errors.join("\n")) }
     }
@@ -171,12 +180,13 @@ mod tests {
     #[test]
     fn every_flag_of_the_contract_is_read() {
         let o = Options::parse(&args(
-            "--proxy-uid 2102 --proxy-gid 2103 --inbound-port 5143 --outbound-port=5140 \
+            "--proxy-uid 2102 --proxy-gid 2103 --inbound-port 5143 --outbound-port=5140 --admin-port 5191 \
              --skip-inbound-ports 22,9000-9010 --skip-outbound-ports 3306 \
              --skip-subnets 10.0.0.0/8,fd00::/8,192.168.1.1 --ipv6 --mode legacy --dry-run",
         ))
         .unwrap();
         assert_eq!((o.proxy_uid, o.proxy_gid, o.inbound_port, o.outbound_port), (2102, Some(2103), 5143, 5140));
+        assert_eq!(o.admin_port, 5191);
         assert_eq!(o.skip_inbound_ports, [PortRange { first: 22, last: 22 }, PortRange { first: 9000, last: 9010 }]);
         assert_eq!(o.skip_outbound_ports, [PortRange { first: 3306, last: 3306 }]);
         assert_eq!(o.skip_subnets.len(), 3);
@@ -189,13 +199,22 @@ mod tests {
     fn defaults_are_the_contracts_ports_and_auto() {
         let o = Options::parse(&args("--proxy-uid 7")).unwrap();
         assert_eq!(o, Options::new(7));
-        assert_eq!((o.inbound_port, o.outbound_port, o.mode), (4143, 4140, Mode::Auto));
+        assert_eq!((o.inbound_port, o.outbound_port, o.admin_port, o.mode), (4143, 4140, 4191, Mode::Auto));
     }
 
     #[test]
     fn every_problem_is_reported_at_once() {
-        let err = Options::parse(&args("--skip-subnets 10.0.0.0/33 --mode fast --inbound-port 0 --bogus")).unwrap_err();
-        for want in ["--proxy-uid UID is required", "--skip-subnets", "--mode", "--inbound-port", "\"--bogus\""] {
+        let err =
+            Options::parse(&args("--skip-subnets 10.0.0.0/33 --mode fast --inbound-port 0 --bogus --admin-port 4140"))
+                .unwrap_err();
+        for want in [
+            "--proxy-uid UID is required",
+            "--skip-subnets",
+            "--mode",
+            "--inbound-port",
+            "\"--bogus\"",
+            "--outbound-port and --admin-port are both 4140",
+        ] {
             assert!(err.contains(want), "{want} in {err}");
         }
     }

@@ -1,7 +1,7 @@
 //! The nat rules of transparent mode, as a pure function of the flags: the `iptables-restore`
 //! input that installs them (idempotently) and the one that removes exactly them.
 
-use super::options::{ADMIN_PORT, Options, PortRange};
+use super::options::{Options, PortRange};
 
 /// Inbound TCP, jumped to from PREROUTING: skipped ports return, the rest is redirected.
 pub const INBOUND_CHAIN: &str = "WEFT_INBOUND";
@@ -53,7 +53,7 @@ pub fn chain_rules(o: &Options, family: Family) -> Vec<String> {
     add(IN_REDIRECT_CHAIN, "-p tcp ".into(), "redirect-to-inbound", format!("REDIRECT --to-ports {}", o.inbound_port));
 
     // Inbound: the admin port and the proxy's own listeners are never redirected.
-    let mut inbound_skips = vec![single(ADMIN_PORT), single(o.inbound_port), single(o.outbound_port)];
+    let mut inbound_skips = vec![single(o.admin_port), single(o.inbound_port), single(o.outbound_port)];
     inbound_skips.extend(o.skip_inbound_ports.iter().copied());
     dedup(&mut inbound_skips);
     for ports in multiport_groups(&inbound_skips) {
@@ -231,11 +231,11 @@ mod tests {
                 ],
             ),
             (
-                "--proxy-uid 2102 --skip-subnets 10.96.0.0/12,fd00::/8 --inbound-port 5143 --outbound-port 5140",
+                "--proxy-uid 2102 --skip-subnets 10.96.0.0/12,fd00::/8 --inbound-port 5143 --outbound-port 5140 --admin-port 5191",
                 Family::V6,
                 &[
                     "-A WEFT_IN_REDIRECT -p tcp -m comment --comment weft/redirect-to-inbound -j REDIRECT --to-ports 5143",
-                    "-A WEFT_INBOUND -p tcp -m multiport --dports 4191,5143,5140 -m comment --comment weft/inbound-skip-ports -j RETURN",
+                    "-A WEFT_INBOUND -p tcp -m multiport --dports 5191,5143,5140 -m comment --comment weft/inbound-skip-ports -j RETURN",
                     INBOUND,
                     "-A WEFT_OUTPUT ! -d ::1/128 -o lo -p tcp ! --dport 5143 -m owner --uid-owner 2102 -m comment --comment weft/hairpin-proxy-uid -j WEFT_IN_REDIRECT",
                     PROXY_UID,

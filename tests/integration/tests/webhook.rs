@@ -138,6 +138,31 @@ async fn an_admission_review_over_tls_injects_the_pod_the_cli_injects() {
     assert_eq!(patched, by_cli);
     assert_eq!(cli_inject(&patched), by_cli);
 
+    // A Job's pod with native sidecars off: its command is wrapped in `weft-proxy await`, as
+    // the CLI wraps it; a container with only `args` cannot be, which a warning says.
+    let mut job_pod = pod();
+    job_pod["metadata"]["annotations"] = json!({"weft.dev/native-sidecar": "false"});
+    job_pod["spec"]["restartPolicy"] = json!("Never");
+    job_pod["spec"]["containers"] = json!([
+        {"name": "report", "image": "report:1", "command": ["/report"], "args": ["--since", "24h"]},
+        {"name": "upload", "image": "upload:1", "args": ["--to", "s3://reports"]},
+    ]);
+    let mut job_review = review.clone();
+    job_review["request"]["object"] = job_pod.clone();
+    let answer = post_review(&pki, &cp, &job_review).await;
+    let warnings = answer["response"]["warnings"].as_array().cloned().unwrap_or_default();
+    assert_eq!(warnings.len(), 1, "{answer}");
+    assert!(warnings[0].as_str().unwrap().starts_with("weft: container \"upload\" sets no command"), "{warnings:?}");
+    let patch =
+        base64::engine::general_purpose::STANDARD.decode(answer["response"]["patch"].as_str().unwrap()).unwrap();
+    let mut patched = job_pod.clone();
+    for op in serde_json::from_slice::<Vec<Value>>(&patch).unwrap() {
+        patched[op["path"].as_str().unwrap().trim_start_matches('/')] = op["value"].clone();
+    }
+    assert_eq!(patched["spec"]["containers"][1]["command"][0], "/weft/bin/weft-proxy", "{patched}");
+    assert_eq!(patched, cli_inject(&job_pod));
+    assert_eq!(cli_inject(&patched), patched, "re-injecting the webhook's pod changes nothing");
+
     // A pod that opted out is admitted unchanged.
     let mut opted_out = review.clone();
     opted_out["request"]["object"]["metadata"]["annotations"] = json!({"weft.dev/inject": "disabled"});
