@@ -24,6 +24,8 @@ pub struct ControlPlane {
     listen: SocketAddr,
     admin: SocketAddr,
     starts: usize,
+    /// Flags for `weft serve` beyond the policy folder, ports and timers.
+    extra: Vec<String>,
     /// The ports it listens on, kept from other tests across kills and restarts.
     _ports: Reserved,
 }
@@ -32,20 +34,33 @@ impl ControlPlane {
     /// Starts `weft serve` with `policy` as its only policy file and waits for `/ready`.
     pub async fn start(policy: &str) -> ControlPlane {
         let ports = reserve_addrs(2);
-        ControlPlane::launch(policy, ports.addrs()[0], ports.addrs()[1], ports).await
+        ControlPlane::launch(policy, ports.addrs()[0], ports.addrs()[1], ports, &[]).await
+    }
+
+    /// Like [`ControlPlane::start`], with more `weft serve` flags (a registry to watch).
+    pub async fn start_with(policy: &str, extra: &[&str]) -> ControlPlane {
+        let ports = reserve_addrs(2);
+        ControlPlane::launch(policy, ports.addrs()[0], ports.addrs()[1], ports, extra).await
     }
 
     /// Like [`ControlPlane::start`], with the discovery listener on `listen` (which the caller
     /// keeps reserved, see `net::Reserved`, if it picked it ahead).
     pub async fn start_at(policy: &str, listen: SocketAddr) -> ControlPlane {
         let ports = reserve_addrs(1);
-        ControlPlane::launch(policy, listen, ports.addr(), ports).await
+        ControlPlane::launch(policy, listen, ports.addr(), ports, &[]).await
     }
 
-    async fn launch(policy: &str, listen: SocketAddr, admin: SocketAddr, ports: Reserved) -> ControlPlane {
+    async fn launch(
+        policy: &str,
+        listen: SocketAddr,
+        admin: SocketAddr,
+        ports: Reserved,
+        extra: &[&str],
+    ) -> ControlPlane {
         let dir = TempDir::new("control");
         std::fs::create_dir_all(dir.path().join("policy")).expect("create policy dir");
-        let mut cp = ControlPlane { child: None, dir, listen, admin, starts: 0, _ports: ports };
+        let extra = extra.iter().map(|s| s.to_string()).collect();
+        let mut cp = ControlPlane { child: None, dir, listen, admin, starts: 0, extra, _ports: ports };
         cp.write_policy(policy);
         cp.restart().await;
         cp
@@ -61,6 +76,7 @@ impl ControlPlane {
             .arg(self.policy_dir())
             .args(["--listen", &self.listen.to_string(), "--admin", &self.admin.to_string()])
             .args(["--registration-ttl", REGISTRATION_TTL, "--heartbeat", HEARTBEAT])
+            .args(&self.extra)
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())
             .stdout(log("stdout"))

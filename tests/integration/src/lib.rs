@@ -9,6 +9,7 @@ pub mod binaries;
 pub mod client;
 pub mod config;
 pub mod control_plane;
+pub mod kube_api;
 pub mod load;
 pub mod mesh;
 pub mod metrics;

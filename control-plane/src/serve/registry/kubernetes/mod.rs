@@ -124,7 +124,10 @@ impl KubernetesRegistry {
                     continue;
                 }
             };
-            if failing {
+            // `Init` and `InitApply` come before a (re)list is complete, and a later page can
+            // still fail: the source is current again only once the list is done or the watch
+            // delivers a change.
+            if failing && matches!(event, Event::InitDone | Event::Apply(_) | Event::Delete(_)) {
                 tracing::info!(%kind, "Kubernetes watch recovered");
                 failing = false;
                 self.set_failing(-1);
