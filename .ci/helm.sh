@@ -42,8 +42,12 @@ for doc in yaml.safe_load_all(open(sys.argv[1])):
 PY
     "$weft" check "$out/$f-policy"
 done
+# Kubernetes discovery is on by default; the namespaces it watches reach weft serve.
+grep -q -- '- --kubernetes$' "$out/default.yaml"
+grep -A1 -- '- --kube-namespaces$' "$out/full.yaml" | grep -q '"shop,ops"'
 # Values outside the schema are refused before anything renders.
-for bad in replicas=two webhook.failurePolicy=Sometimes discovery.port=http; do
+for bad in replicas=two webhook.failurePolicy=Sometimes discovery.port=http kubernetes.discovery=maybe \
+    'kubernetes.namespaces={Shop_1}'; do
     if "$helm" template weft "$chart" --set "$bad" > /dev/null 2> "$out/err"; then
         echo "values.schema.json accepted --set $bad" >&2
         exit 1

@@ -266,6 +266,10 @@ pub struct StatusReport {
     /// When the CA's own certificate expires (Unix seconds), with `--ca`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_not_after: Option<u64>,
+    /// Registries that cannot be read now (the Kubernetes API is down or refuses): their last
+    /// known instances keep serving.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stale_sources: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

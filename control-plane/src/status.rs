@@ -194,6 +194,9 @@ pub fn table(url: &str, r: &StatusReport) -> String {
     for p in r.policy_errors.iter().take(10) {
         let _ = writeln!(out, "  {p}");
     }
+    for s in &r.stale_sources {
+        let _ = writeln!(out, "registry {s} STALE: it cannot be read now; its last known instances are serving");
+    }
     let _ = writeln!(out, "\n{} proxies connected", r.proxies.len());
     if !r.proxies.is_empty() {
         let _ = writeln!(
@@ -277,7 +280,11 @@ mod tests {
         assert!(text.contains("p.yaml:3: spec.ports[0].port"), "{text}");
         assert!(text.contains("frontend.shop@127.0.0.1:4143") && text.contains("behind"), "{text}");
         assert!(text.contains("self-registration=2"), "{text}");
+        assert!(!text.contains("STALE"), "{text}");
         let mut report = report;
+        report.stale_sources = vec!["kubernetes".into()];
+        let text = table("http://127.0.0.1:9990", &report);
+        assert!(text.contains("registry kubernetes STALE"), "{text}");
         report.traffic = vec![weft_api::discovery::TrafficSummary {
             direction: "outbound".into(),
             service: "payments.shop".into(),

@@ -24,7 +24,6 @@ use weft_api::{Document, SpiffeId};
 
 use catalog::Catalog;
 use discovery::Discovery;
-use policy::Policy;
 use registry::{Registry, SelfRegistration, YamlDirRegistry};
 
 pub const USAGE: &str = "\
@@ -265,7 +264,7 @@ pub async fn start(args: &ServeArgs) -> Result<Running, String> {
                 _ => None,
             })
             .unwrap_or(trust_domain);
-        catalog.set_policy(Policy::new(files));
+        catalog.set_policy_files(files);
     }
     let tls = match &issuer {
         Some(issuer) => {
@@ -348,7 +347,7 @@ fn reload_policy(catalog: &Catalog, dir: &std::path::Path, registry: Option<&Yam
             if let Some(r) = registry {
                 r.take_instances(&mut files);
             }
-            if catalog.set_policy(Policy::new(files)) {
+            if catalog.set_policy_files(files) {
                 catalog.metrics.policy_reloads.with_label_values(&["applied"]).inc();
                 tracing::info!(dir = %dir.display(), version = catalog.version(), "policy reloaded");
             }

@@ -9,8 +9,9 @@
 //! its scope, its own service's AuthorizationPolicies, the Mesh, and the scope's endpoints.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
-use weft_api::{AuthzAction, Document};
+use weft_api::{AuthzAction, Document, Service};
 
 #[derive(Debug, Default)]
 pub struct Policy {
@@ -137,6 +138,102 @@ impl Policy {
     }
 }
 
+/// The file name the cluster's Services are composed under (in diagnostics and `weft status`).
+pub const CLUSTER_FILE: &str = "<kubernetes Services>";
+
+/// What the policy is made of: the operators' files (checked as a set) and the Services a
+/// cluster registry knows (their ports, protocols and virtual IPs).
+#[derive(Default)]
+pub struct PolicyInputs {
+    files: Vec<(String, Vec<Document>)>,
+    cluster: Vec<Service>,
+}
+
+impl PolicyInputs {
+    /// Takes a valid policy folder's documents (Service endpoints are the registry's and are
+    /// dropped here).
+    pub fn set_files(&mut self, mut files: Vec<(String, Vec<Document>)>) {
+        for doc in files.iter_mut().flat_map(|(_, docs)| docs.iter_mut()) {
+            if let Document::Service(s) = doc {
+                s.spec.endpoints = Vec::new();
+            }
+        }
+        self.files = files;
+    }
+
+    /// Takes the cluster's Services; false when they are the ones already held.
+    pub fn set_cluster(&mut self, cluster: Vec<Service>) -> bool {
+        if self.cluster == cluster {
+            return false;
+        }
+        self.cluster = cluster;
+        true
+    }
+
+    /// The files with the cluster's Services merged in, and what had to be left out:
+    /// - a Service a file declares is the file's (the operator said how to serve it); when
+    ///   the file lists no virtual IPs it takes the cluster's;
+    /// - a cluster Service no file declares is added as the cluster says;
+    /// - a virtual IP that a file gives another Service, or an earlier cluster Service holds,
+    ///   is left out (and reported), so an address always routes to one service.
+    pub fn compose(&self) -> (Vec<(String, Vec<Document>)>, Vec<String>) {
+        let mut files = self.files.clone();
+        let mut claimed: BTreeMap<IpAddr, String> = BTreeMap::new();
+        let mut declared: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+        for (f, (_, docs)) in files.iter().enumerate() {
+            for (d, doc) in docs.iter().enumerate() {
+                if let Document::Service(s) = doc {
+                    let key = service_key(&s.metadata.name, &s.metadata.namespace);
+                    for ip in &s.spec.virtual_ips {
+                        claimed.entry(*ip).or_insert_with(|| key.clone());
+                    }
+                    declared.entry(key).or_insert((f, d));
+                }
+            }
+        }
+        let mut dropped = Vec::new();
+        let mut added = Vec::new();
+        for svc in &self.cluster {
+            let key = service_key(&svc.metadata.name, &svc.metadata.namespace);
+            let mut ips = Vec::new();
+            for ip in &svc.spec.virtual_ips {
+                match claimed.get(ip) {
+                    Some(owner) if *owner != key => {
+                        dropped.push(format!("virtual IP {ip} of Kubernetes Service {key} is already {owner}'s"));
+                    }
+                    _ => {
+                        claimed.insert(*ip, key.clone());
+                        ips.push(*ip);
+                    }
+                }
+            }
+            match declared.get(&key) {
+                Some(&(f, d)) => {
+                    if let Document::Service(s) = &mut files[f].1[d]
+                        && s.spec.virtual_ips.is_empty()
+                    {
+                        s.spec.virtual_ips = ips;
+                    }
+                }
+                None => {
+                    let mut svc = svc.clone();
+                    svc.spec.virtual_ips = ips;
+                    added.push(Document::Service(svc));
+                }
+            }
+        }
+        if !added.is_empty() {
+            files.push((CLUSTER_FILE.to_string(), added));
+        }
+        (files, dropped)
+    }
+
+    /// The files alone (when the composition does not hold together).
+    pub fn files(&self) -> Vec<(String, Vec<Document>)> {
+        self.files.clone()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,5 +302,93 @@ spec:
         assert!(s.spec.endpoints.is_empty(), "endpoints are registrations, sent apart");
         let ledger = p.documents_for(&p.scope(&known(&p), "ledger.shop"), "ledger.shop");
         assert!(ledger.iter().any(|d| d.kind() == "AuthorizationPolicy"), "a proxy gets its own authorization");
+    }
+
+    fn cluster_service(name: &str, ns: &str, ips: &[&str]) -> Service {
+        Service {
+            metadata: weft_api::Metadata {
+                name: name.into(),
+                namespace: ns.into(),
+                line: 0,
+                fields: Default::default(),
+            },
+            spec: weft_api::ServiceSpec {
+                ports: vec![weft_api::ServicePort { port: 8080, protocol: weft_api::Protocol::Tcp }],
+                endpoints: Vec::new(),
+                virtual_ips: ips.iter().map(|ip| ip.parse().unwrap()).collect(),
+            },
+        }
+    }
+
+    fn services(files: &[(String, Vec<Document>)]) -> Vec<(String, String, Vec<String>, Vec<u16>)> {
+        let mut out = Vec::new();
+        for (file, docs) in files {
+            for doc in docs {
+                if let Document::Service(s) = doc {
+                    out.push((
+                        file.clone(),
+                        service_key(&s.metadata.name, &s.metadata.namespace),
+                        s.spec.virtual_ips.iter().map(ToString::to_string).collect(),
+                        s.spec.ports.iter().map(|p| p.port).collect(),
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_files_say_how_a_service_is_served_and_the_cluster_where_it_is_addressed() {
+        let text = "\
+apiVersion: weft.dev/v1alpha1
+kind: Service
+metadata: {name: payments, namespace: shop}
+spec:
+  ports: [{port: 80, protocol: http}]
+  endpoints: [{address: \"10.0.0.1:8080\"}]
+---
+apiVersion: weft.dev/v1alpha1
+kind: Service
+metadata: {name: pinned, namespace: shop}
+spec:
+  ports: [{port: 80, protocol: http}]
+  virtualIPs: [10.96.0.9]
+";
+        let mut inputs = PolicyInputs::default();
+        inputs.set_files(vec![("p.yaml".into(), weft_api::parse_file("p.yaml", text).unwrap())]);
+        assert!(inputs.set_cluster(vec![
+            cluster_service("payments", "shop", &["10.96.0.7"]),
+            cluster_service("pinned", "shop", &["10.96.0.8"]),
+            cluster_service("cart", "shop", &["10.96.0.9", "10.96.0.10"]),
+            cluster_service("orders", "shop", &["10.96.0.10"]),
+        ]));
+        assert!(!inputs.set_cluster(inputs.cluster.clone()), "the same Services are no change");
+        let (files, dropped) = inputs.compose();
+        let p = |f: &str, k: &str, ips: &[&str], ports: &[u16]| {
+            (f.to_string(), k.to_string(), ips.iter().map(|s| s.to_string()).collect::<Vec<_>>(), ports.to_vec())
+        };
+        assert_eq!(
+            services(&files),
+            [
+                p("p.yaml", "payments.shop", &["10.96.0.7"], &[80]),
+                p("p.yaml", "pinned.shop", &["10.96.0.9"], &[80]),
+                p(CLUSTER_FILE, "cart.shop", &["10.96.0.10"], &[8080]),
+                p(CLUSTER_FILE, "orders.shop", &[], &[8080]),
+            ],
+            "a file's Service keeps its ports and its own virtual IPs; a claimed IP stays its owner's"
+        );
+        assert_eq!(
+            dropped,
+            [
+                "virtual IP 10.96.0.9 of Kubernetes Service cart.shop is already pinned.shop's",
+                "virtual IP 10.96.0.10 of Kubernetes Service orders.shop is already cart.shop's",
+            ]
+        );
+        let endpoints = files.iter().flat_map(|(_, d)| d).filter_map(|d| match d {
+            Document::Service(s) => Some(s.spec.endpoints.len()),
+            _ => None,
+        });
+        assert_eq!(endpoints.sum::<usize>(), 0, "endpoints are the registry's, not the policy's");
+        assert!(weft_api::validate::validate_set(&files).is_ok());
     }
 }

@@ -19,12 +19,12 @@ use weft_integration::{Backend, ControlPlane, Proxy, ProxyConfig, Req, eventuall
 
 const SETTLE: Duration = Duration::from_secs(20);
 
-fn kube_service(name: &str, version: &str) -> Value {
+fn kube_service(name: &str, cluster_ip: &str, version: &str) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": name, "namespace": "default", "resourceVersion": version},
-        "spec": {"clusterIP": "10.96.0.20", "clusterIPs": ["10.96.0.20"],
-                 "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]}
+        "spec": {"clusterIP": cluster_ip, "clusterIPs": [cluster_ip],
+                 "ports": [{"name": "http", "port": 8000, "targetPort": 8080, "protocol": "TCP"}]}
     })
 }
 
@@ -83,6 +83,13 @@ async fn kubernetes_instances(cp: &ControlPlane) -> u64 {
         .unwrap_or(0)
 }
 
+/// The virtual IPs and ports of Service `name` in the proxy's config (None: no such Service).
+fn service_in(config: &Value, name: &str) -> Option<(Value, Value)> {
+    let docs = config["documents"].as_array()?;
+    let doc = docs.iter().find(|d| d["kind"] == "Service" && d["metadata"]["name"] == name)?;
+    Some((doc["spec"]["virtualIPs"].clone(), doc["spec"]["ports"].clone()))
+}
+
 async fn stale(cp: &ControlPlane) -> f64 {
     metric_sum(&cp.metrics().await, "weft_control_registry_stale", &[("source", "kubernetes")])
 }
@@ -138,7 +145,11 @@ async fn endpoints_follow_the_cluster_through_pages_drains_watch_resumes_relists
     //    with no endpoints.
     let call = api.next("services").await;
     assert_eq!((call.path.as_str(), call.is_watch()), ("/api/v1/services", false));
-    call.list("ServiceList", "10", vec![kube_service("web", "5")]);
+    call.list(
+        "ServiceList",
+        "10",
+        vec![kube_service("web", "10.96.0.20", "5"), kube_service("api", "10.96.0.21", "4")],
+    );
     let services_watch = api.next("services").await;
     assert!(services_watch.is_watch(), "{:?}", services_watch.query);
     assert_eq!(services_watch.resource_version(), Some("10"), "the watch starts where the list ended");
@@ -158,6 +169,20 @@ async fn endpoints_follow_the_cluster_through_pages_drains_watch_resumes_relists
     .await;
     assert_eq!(kubernetes_instances(&cp).await, 2);
     assert_eq!(stale(&cp).await, 0.0);
+    // The cluster's Services join the policy: web, which the policy file declares, keeps the
+    // file's port and protocol and takes its ClusterIP; api, which no file declares, comes as
+    // the cluster says (its first port, by its name's protocol).
+    let config = proxy.config_json().await;
+    assert_eq!(
+        service_in(&config, "web"),
+        Some((json!(["10.96.0.20"]), json!([{"port": 80, "protocol": "http"}]))),
+        "{config}"
+    );
+    assert_eq!(
+        service_in(&config, "api"),
+        Some((json!(["10.96.0.21"]), json!([{"port": 8000, "protocol": "http"}]))),
+        "{config}"
+    );
     let watch = api.next("endpointslices").await;
     assert_eq!((watch.is_watch(), watch.resource_version()), (true, Some("10")));
     let slices = watch.stream();
@@ -203,6 +228,7 @@ async fn endpoints_follow_the_cluster_through_pages_drains_watch_resumes_relists
         let again = api.next("endpointslices").await;
         assert!(!again.is_watch(), "a failed list is retried: {:?}", again.query);
         assert_eq!(stale(&cp).await, 1.0, "stale until a list succeeds");
+        assert_eq!(cp.status().await["staleSources"], json!(["kubernetes"]), "weft status says so too");
         assert_eq!(web(&proxy).await.as_deref(), Some("b"), "the last known state is kept after a {code}");
         relist = again;
     }
@@ -211,6 +237,7 @@ async fn endpoints_follow_the_cluster_through_pages_drains_watch_resumes_relists
     relist.list("EndpointSliceList", "20", vec![slice("web-c", "19", &c, Condition::Ready)]);
     routes_only_to(&proxy, &["c"], 10).await;
     eventually("the source to be current again", SETTLE, || async { (stale(&cp).await == 0.0).then_some(()) }).await;
+    assert_eq!(cp.status().await["staleSources"], Value::Null, "no stale source is listed");
     let watch = api.next("endpointslices").await;
     assert_eq!((watch.is_watch(), watch.resource_version()), (true, Some("20")));
     let _slices = watch.stream();
@@ -220,9 +247,11 @@ async fn endpoints_follow_the_cluster_through_pages_drains_watch_resumes_relists
     assert_eq!(failed, 0, "{failed} of {calls} calls to web failed while the cluster and the watch changed");
 
     // 5. The Service is deleted: its instances leave with it.
-    services.send("DELETED", kube_service("web", "21"));
-    eventually("web's Kubernetes instances to leave", SETTLE, || async {
-        (kubernetes_instances(&cp).await == 0).then_some(())
+    services.send("DELETED", kube_service("web", "10.96.0.20", "21"));
+    eventually("web's Kubernetes instances and ClusterIP to leave", SETTLE, || async {
+        let config = proxy.config_json().await;
+        let vips = service_in(&config, "web").map(|(vips, _)| vips);
+        (kubernetes_instances(&cp).await == 0 && vips == Some(Value::Null)).then_some(())
     })
     .await;
 }
@@ -238,7 +267,7 @@ async fn kube_namespaces_watches_only_the_named_namespaces() {
     .await;
     let call = api.next("services").await;
     assert_eq!(call.path, "/api/v1/namespaces/default/services");
-    call.list("ServiceList", "3", vec![kube_service("web", "2")]);
+    call.list("ServiceList", "3", vec![kube_service("web", "10.96.0.20", "2")]);
     let call = api.next("endpointslices").await;
     assert_eq!(call.path, "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices");
     call.list("EndpointSliceList", "3", vec![slice("web-a", "2", &a, Condition::Ready)]);

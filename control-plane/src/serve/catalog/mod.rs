@@ -14,11 +14,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
-use weft_api::EndpointSpec;
 use weft_api::discovery::{Delta, EndpointChange, Snapshot, WatchMessage};
+use weft_api::{Document, EndpointSpec};
 
 use super::metrics::ControlMetrics;
-use super::policy::Policy;
+use super::policy::{CLUSTER_FILE, Policy, PolicyInputs};
 
 mod report;
 pub mod traffic;
@@ -202,6 +202,8 @@ pub struct Catalog {
     /// than a fifth of it left missed its renewal (proxies renew at 70 %).
     cert_ttl_secs: AtomicU64,
     ca_not_after: AtomicU64,
+    /// What the policy is composed of (files, cluster Services); taken before `inner`.
+    inputs: Mutex<PolicyInputs>,
 }
 
 struct Inner {
@@ -209,6 +211,8 @@ struct Inner {
     last_published: Instant,
     policy: Arc<Policy>,
     policy_errors: Vec<String>,
+    /// Registries whose source cannot be read now (their last known instances serve).
+    stale: BTreeSet<&'static str>,
     instances: BTreeMap<String, BTreeMap<SocketAddr, Instance>>,
     /// Services with a Service document or a registration (registry-only services stay known
     /// once seen, so an instance flapping does not resync every stream).
@@ -311,6 +315,7 @@ impl Catalog {
                 last_published: Instant::now(),
                 policy: Arc::new(Policy::default()),
                 policy_errors: Vec::new(),
+                stale: BTreeSet::new(),
                 instances: BTreeMap::new(),
                 known: BTreeSet::new(),
                 scopes: HashMap::new(),
@@ -324,6 +329,7 @@ impl Catalog {
             epoch: version,
             cert_ttl_secs: AtomicU64::new(24 * 3600),
             ca_not_after: AtomicU64::new(0),
+            inputs: Mutex::new(PolicyInputs::default()),
         })
     }
 
@@ -358,6 +364,46 @@ impl Catalog {
         lock(&self.inner).version
     }
 
+    /// Takes a valid policy folder's documents and composes them with the cluster's Services.
+    /// Returns false when the policy did not change (a file touched, only comments edited).
+    pub fn set_policy_files(&self, files: Vec<(String, Vec<Document>)>) -> bool {
+        let mut inputs = lock(&self.inputs);
+        inputs.set_files(files);
+        self.compose(&inputs)
+    }
+
+    /// Takes the Services a cluster registry knows and composes them with the files. Returns
+    /// false when the policy did not change.
+    pub fn set_cluster_services(&self, services: Vec<weft_api::Service>) -> bool {
+        let mut inputs = lock(&self.inputs);
+        inputs.set_cluster(services) && self.compose(&inputs)
+    }
+
+    /// Builds the policy from its inputs. The files were checked as a set; what the cluster
+    /// adds is checked with them, and when the whole does not hold together the files alone
+    /// serve (and the problems are logged), so the cluster can never break an operator's policy.
+    fn compose(&self, inputs: &PolicyInputs) -> bool {
+        let (files, dropped) = inputs.compose();
+        for d in &dropped {
+            tracing::warn!(problem = %d, "left out of the policy");
+        }
+        let checked = files
+            .iter()
+            .filter(|(f, _)| f == CLUSTER_FILE)
+            .try_for_each(|(f, docs)| weft_api::validate::validate_documents(f, docs))
+            .and_then(|()| weft_api::validate::validate_set(&files));
+        let files = match checked {
+            Ok(()) => files,
+            Err(problems) => {
+                for p in &problems.0 {
+                    tracing::error!(problem = %p, "the cluster's Services do not fit the policy; the policy files serve alone");
+                }
+                inputs.files()
+            }
+        };
+        self.set_policy(Policy::new(files))
+    }
+
     /// Replaces the policy (already validated): every stream gets a fresh snapshot. Returns
     /// false when nothing changed (a file touched, or only comments edited).
     pub fn set_policy(&self, policy: Policy) -> bool {
@@ -389,6 +435,18 @@ impl Catalog {
         }
         inner.policy_errors = errors;
         true
+    }
+
+    /// Marks `source` as unreadable (its last known instances keep serving) or current again,
+    /// in `weft status` and `weft_control_registry_stale`.
+    pub fn set_stale(&self, source: &'static str, stale: bool) {
+        let mut inner = lock(&self.inner);
+        if stale {
+            inner.stale.insert(source);
+        } else {
+            inner.stale.remove(source);
+        }
+        self.metrics.registry_stale.with_label_values(&[source]).set(i64::from(stale));
     }
 
     /// Adds or updates one instance. Returns whether anything changed.

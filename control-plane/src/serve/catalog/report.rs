@@ -63,6 +63,7 @@ impl Catalog {
             services,
             traffic: super::traffic::summarize(&intervals),
             ca_not_after: self.ca_not_after(),
+            stale_sources: inner.stale.iter().map(|s| s.to_string()).collect(),
         }
     }
 

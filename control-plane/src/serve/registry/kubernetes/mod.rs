@@ -167,7 +167,7 @@ impl KubernetesRegistry {
     fn set_failing(&self, delta: isize) {
         let mut state = lock(&self.state);
         state.failing = state.failing.saturating_add_signed(delta);
-        self.catalog.metrics.registry_stale.with_label_values(&[SOURCE]).set(i64::from(state.failing > 0));
+        self.catalog.set_stale(SOURCE, state.failing > 0);
     }
 
     fn publish(&self, state: &State) {
@@ -175,6 +175,11 @@ impl KubernetesRegistry {
             return;
         }
         let t = translate(&state.services, &state.slices);
+        // The Services first: an endpoint of a Service that is new to the policy then arrives
+        // with the Service's ports and protocol already known.
+        if self.catalog.set_cluster_services(t.services) {
+            tracing::debug!(services = state.services.len(), "Kubernetes Services composed into the policy");
+        }
         if self.catalog.replace_source(SOURCE, t.endpoints) {
             tracing::debug!(
                 services = state.services.len(),
@@ -195,7 +200,7 @@ impl Registry for KubernetesRegistry {
         let services = self.apis::<KubeService>(&client);
         let slices = self.apis::<EndpointSlice>(&client);
         lock(&self.state).watches = services.len() + slices.len();
-        self.catalog.metrics.registry_stale.with_label_values(&[SOURCE]).set(0);
+        self.catalog.set_stale(SOURCE, false);
         for (ns, api) in services {
             tokio::spawn(self.clone().watch(ns, api, |s| &mut s.services));
         }

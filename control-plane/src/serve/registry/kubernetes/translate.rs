@@ -1,6 +1,6 @@
 //! Kubernetes Services and EndpointSlices as the catalog sees them: for every Service, its
 //! endpoints (pod address and target port of the Service's first port) and a Weft Service
-//! document carrying its ports and virtual IPs (the ClusterIPs the transparent outbound listener
+//! document carrying that port and its virtual IPs (the ClusterIPs the transparent outbound listener
 //! routes by). Pure functions over the watched objects, so every rule below is unit-tested
 //! without an API server.
 //!
@@ -71,8 +71,10 @@ fn is_tcp(protocol: &Option<String>) -> bool {
     protocol.as_deref().is_none_or(|p| p == "TCP")
 }
 
-/// The Weft Service for a Kubernetes Service: its TCP ports with their protocols, and its
-/// ClusterIPs. None when it has no TCP port (nothing for the proxy to serve).
+/// The Weft Service for a Kubernetes Service: its first TCP port with its protocol, and its
+/// ClusterIPs. Only the first port, because only its endpoints are known (see `endpoints`): a
+/// call to a ClusterIP on another port must not be sent to the first port's pods, so it is left
+/// to kube-proxy (passed through). None when it has no TCP port (nothing for the proxy to serve).
 fn service_document(namespace: &str, name: &str, svc: &KubeService) -> Option<Service> {
     let spec = svc.spec.as_ref()?;
     let ports: Vec<ServicePort> = spec
@@ -80,6 +82,7 @@ fn service_document(namespace: &str, name: &str, svc: &KubeService) -> Option<Se
         .iter()
         .flatten()
         .filter(|p| is_tcp(&p.protocol))
+        .take(1)
         .filter_map(|p| {
             let port = u16::try_from(p.port).ok().filter(|p| *p > 0)?;
             Some(ServicePort { port, protocol: protocol(p.app_protocol.as_deref(), p.name.as_deref()) })
@@ -297,7 +300,8 @@ mod tests {
         assert_eq!(web.spec.virtual_ips, ["10.96.0.10".parse::<IpAddr>().unwrap(), "fd00:96::10".parse().unwrap()]);
         assert_eq!(
             web.spec.ports,
-            [ServicePort { port: 80, protocol: Protocol::Http }, ServicePort { port: 9090, protocol: Protocol::Tcp }]
+            [ServicePort { port: 80, protocol: Protocol::Http }],
+            "only the first port, whose endpoints are known; a call to 9090 is left to kube-proxy"
         );
     }
 
