@@ -7,7 +7,7 @@
 //! again), so one slow proxy costs the others nothing.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -20,6 +20,7 @@ use weft_api::{Document, EndpointSpec};
 use super::metrics::ControlMetrics;
 use super::policy::{CLUSTER_FILE, Policy, PolicyInputs};
 
+mod merge;
 mod report;
 pub mod traffic;
 
@@ -54,6 +55,11 @@ impl Instance {
 
     pub fn spec(&self) -> &EndpointSpec {
         &self.first.1
+    }
+
+    /// What `source` says of this address, if it says anything.
+    pub fn claim_of(&self, source: &str) -> Option<&EndpointSpec> {
+        std::iter::once(&self.first).chain(&self.others).find(|(s, _)| *s == source).map(|(_, spec)| spec)
     }
 
     pub fn sources(&self) -> impl Iterator<Item = &'static str> + '_ {
@@ -214,6 +220,9 @@ struct Inner {
     /// Registries whose source cannot be read now (their last known instances serve).
     stale: BTreeSet<&'static str>,
     instances: BTreeMap<String, BTreeMap<SocketAddr, Instance>>,
+    /// Per service, the pod IPs the cluster lists (any condition): for those services a meshed
+    /// pod is published once (see merge.rs).
+    pod_ips: BTreeMap<String, BTreeSet<IpAddr>>,
     /// Services with a Service document or a registration (registry-only services stay known
     /// once seen, so an instance flapping does not resync every stream).
     known: BTreeSet<String>,
@@ -280,7 +289,7 @@ impl SnapshotParts {
                 let list = inner
                     .instances
                     .get(key)
-                    .map(|m| m.values().map(|i| i.spec().clone()).collect())
+                    .map(|m| merge::effective(m, inner.pod_ips.get(key)).into_values().collect())
                     .unwrap_or_default();
                 (key.clone(), list)
             })
@@ -317,6 +326,7 @@ impl Catalog {
                 policy_errors: Vec::new(),
                 stale: BTreeSet::new(),
                 instances: BTreeMap::new(),
+                pod_ips: BTreeMap::new(),
                 known: BTreeSet::new(),
                 scopes: HashMap::new(),
                 subscribers: HashMap::new(),
@@ -451,16 +461,27 @@ impl Catalog {
 
     /// Adds or updates one instance. Returns whether anything changed.
     pub fn upsert(&self, source: &'static str, service: &str, spec: EndpointSpec) -> bool {
-        self.apply(source, vec![(service.to_string(), vec![spec], vec![])])
+        self.apply(source, vec![(service.to_string(), vec![spec], vec![])], None)
     }
 
     /// Removes one instance if `source` registered it.
     pub fn remove(&self, source: &'static str, service: &str, address: SocketAddr) -> bool {
-        self.apply(source, vec![(service.to_string(), vec![], vec![address])])
+        self.apply(source, vec![(service.to_string(), vec![], vec![address])], None)
     }
 
     /// Makes `source`'s instances exactly `now` (by service key), as one version.
-    pub fn replace_source(&self, source: &'static str, mut now: BTreeMap<String, Vec<EndpointSpec>>) -> bool {
+    pub fn replace_source(&self, source: &'static str, now: BTreeMap<String, Vec<EndpointSpec>>) -> bool {
+        self.replace_source_with_pods(source, now, None)
+    }
+
+    /// Like [`Catalog::replace_source`], for a cluster registry that also says which pod IPs
+    /// each service has (whatever their readiness), in the same version: see merge.rs.
+    pub fn replace_source_with_pods(
+        &self,
+        source: &'static str,
+        mut now: BTreeMap<String, Vec<EndpointSpec>>,
+        pods: Option<BTreeMap<String, BTreeSet<IpAddr>>>,
+    ) -> bool {
         let mut changes = Vec::new();
         {
             let inner = lock(&self.inner);
@@ -480,17 +501,41 @@ impl Catalog {
             }
             changes.extend(now.into_iter().map(|(service, upserts)| (service, upserts, vec![])));
         }
-        self.apply(source, changes)
+        self.apply(source, changes, pods)
     }
 
-    /// Applies changes as one version; only real changes are published.
-    fn apply(&self, source: &'static str, changes: Vec<(String, Vec<EndpointSpec>, Vec<SocketAddr>)>) -> bool {
-        let mut inner = lock(&self.inner);
+    /// Applies changes (and, from a cluster registry, the services' pod IPs) as one version;
+    /// only real changes are published.
+    fn apply(
+        &self,
+        source: &'static str,
+        mut changes: Vec<(String, Vec<EndpointSpec>, Vec<SocketAddr>)>,
+        pods: Option<BTreeMap<String, BTreeSet<IpAddr>>>,
+    ) -> bool {
+        let mut guard = lock(&self.inner);
+        let inner = &mut *guard;
+        if let Some(new) = &pods {
+            // A service whose pods change is looked at even when none of its instances does.
+            let old = &inner.pod_ips;
+            let moved: BTreeSet<&String> =
+                old.keys().chain(new.keys()).filter(|k| old.get(*k) != new.get(*k)).collect();
+            for service in moved {
+                if !changes.iter().any(|(s, _, _)| s == service) {
+                    changes.push((service.clone(), vec![], vec![]));
+                }
+            }
+        }
         let mut effective: Vec<EndpointChange> = Vec::new();
         let mut new_service = false;
         for (service, upserts, removes) in changes {
             let mut change = EndpointChange { service: service.clone(), ..EndpointChange::default() };
+            let pods_after = match &pods {
+                Some(new) => new.get(&service),
+                None => inner.pod_ips.get(&service),
+            };
+            let merged = inner.pod_ips.contains_key(&service) || pods_after.is_some();
             let instances = inner.instances.entry(service.clone()).or_default();
+            let before = merged.then(|| merge::effective(instances, inner.pod_ips.get(&service)));
             let mut delta_count: Vec<(&'static str, i64)> = Vec::new();
             for spec in upserts {
                 let Some(entry) = instances.get_mut(&spec.address) else {
@@ -525,6 +570,10 @@ impl Catalog {
                     }
                 }
             }
+            if let Some(before) = before {
+                let after = merge::effective(instances, pods_after);
+                (change.upsert, change.remove) = merge::diff(&before, &after);
+            }
             if instances.is_empty() {
                 inner.instances.remove(&service);
             }
@@ -535,6 +584,9 @@ impl Catalog {
                 new_service |= inner.known.insert(service);
                 effective.push(change);
             }
+        }
+        if let Some(new) = pods {
+            inner.pod_ips = new;
         }
         if effective.is_empty() {
             return false;
@@ -755,6 +807,40 @@ mod tests {
         let WatchMessage::Delta(d) = line(rx.try_recv().unwrap()) else { panic!("not a delta") };
         assert_eq!(d.changes[0].remove, vec![addr], "the address goes when its last source withdraws it");
         assert!(catalog.status().services[0].instances.is_empty());
+    }
+
+    #[test]
+    fn a_meshed_pod_reported_by_the_cluster_and_its_proxy_is_published_once_with_mtls() {
+        let id = "spiffe://cluster.local/ns/default/sa/s";
+        let meshed = |addr: &str| EndpointSpec { identity: Some(id.into()), ..ep(addr) };
+        let pods = |ips: &[&str]| {
+            Some(BTreeMap::from([("s.default".to_string(), ips.iter().map(|i| i.parse().unwrap()).collect())]))
+        };
+        let catalog = Catalog::new(Duration::ZERO);
+        let k8s = |list: Vec<EndpointSpec>| BTreeMap::from([("s.default".to_string(), list)]);
+        catalog.replace_source_with_pods("kubernetes", k8s(vec![ep("10.1.0.1:8080")]), pods(&["10.1.0.1"]));
+        let (_sub, mut rx) = catalog.subscribe("c.default".into(), "c".into(), None);
+        // The pod's proxy registers: the slice's endpoint gains its identity, and the
+        // registration itself is not a second endpoint.
+        assert!(catalog.upsert(merge::MESHED, "s.default", meshed("10.1.0.1:4143")));
+        let WatchMessage::Delta(d) = line(rx.try_recv().unwrap()) else { panic!("not a delta") };
+        assert_eq!((d.changes[0].upsert.clone(), d.changes[0].remove.clone()), (vec![meshed("10.1.0.1:8080")], vec![]));
+        let snap = catalog.preview("c.default");
+        assert_eq!(snap.endpoints["s.default"], [meshed("10.1.0.1:8080")]);
+        // The cluster takes the pod out (not ready, no longer in the endpoints): its proxy's
+        // registration does not bring it back.
+        catalog.replace_source_with_pods("kubernetes", k8s(vec![]), pods(&["10.1.0.1"]));
+        let WatchMessage::Delta(d) = line(rx.try_recv().unwrap()) else { panic!("not a delta") };
+        assert_eq!(d.changes[0].remove, ["10.1.0.1:8080".parse::<SocketAddr>().unwrap()]);
+        assert!(d.changes[0].upsert.is_empty(), "{d:?}");
+        // A proxy the cluster does not list (a VM) is published as it registered.
+        assert!(catalog.upsert(merge::MESHED, "s.default", meshed("192.168.1.9:4143")));
+        let WatchMessage::Delta(d) = line(rx.try_recv().unwrap()) else { panic!("not a delta") };
+        assert_eq!(d.changes[0].upsert, [meshed("192.168.1.9:4143")]);
+        // The pod is deleted: its lingering registration is an ordinary instance again.
+        catalog.replace_source_with_pods("kubernetes", k8s(vec![]), pods(&[]));
+        let WatchMessage::Delta(d) = line(rx.try_recv().unwrap()) else { panic!("not a delta") };
+        assert_eq!(d.changes[0].upsert, [meshed("10.1.0.1:4143")]);
     }
 
     #[test]

@@ -180,7 +180,7 @@ impl KubernetesRegistry {
         if self.catalog.set_cluster_services(t.services) {
             tracing::debug!(services = state.services.len(), "Kubernetes Services composed into the policy");
         }
-        if self.catalog.replace_source(SOURCE, t.endpoints) {
+        if self.catalog.replace_source_with_pods(SOURCE, t.endpoints, Some(t.pods)) {
             tracing::debug!(
                 services = state.services.len(),
                 slices = state.slices.len(),

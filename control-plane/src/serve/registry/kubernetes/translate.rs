@@ -39,6 +39,9 @@ pub struct Translated {
     pub endpoints: BTreeMap<String, Vec<EndpointSpec>>,
     /// A Weft Service document per Kubernetes Service with at least one TCP port.
     pub services: Vec<Service>,
+    /// Every pod IP a Service's slices list, whatever its conditions: a proxy registering from
+    /// one of them is that pod's (see catalog/merge.rs).
+    pub pods: BTreeMap<String, BTreeSet<IpAddr>>,
 }
 
 /// Translates the watched Services and EndpointSlices.
@@ -61,7 +64,9 @@ pub fn translate(
             svc.spec.as_ref().and_then(|s| s.ports.as_ref()).and_then(|p| p.iter().find(|p| is_tcp(&p.protocol)));
         let port_name = first.and_then(|p| p.name.as_deref()).unwrap_or("");
         let own = by_service.get(&(namespace.clone(), name.clone())).map(Vec::as_slice).unwrap_or_default();
-        out.endpoints.insert(format!("{name}.{namespace}"), endpoints(own, port_name));
+        let key = format!("{name}.{namespace}");
+        out.pods.insert(key.clone(), pod_ips(own));
+        out.endpoints.insert(key, endpoints(own, port_name));
         out.services.push(doc);
     }
     out
@@ -153,6 +158,17 @@ fn readiness(e: &Endpoint) -> Readiness {
     } else {
         Readiness::Out
     }
+}
+
+/// The addresses of one Service's IPv4 and IPv6 slices, in any condition.
+fn pod_ips(slices: &[&EndpointSlice]) -> BTreeSet<IpAddr> {
+    slices
+        .iter()
+        .filter(|s| s.address_type == "IPv4" || s.address_type == "IPv6")
+        .flat_map(|s| &s.endpoints)
+        .flat_map(|e| &e.addresses)
+        .filter_map(|a| a.parse().ok())
+        .collect()
 }
 
 /// The endpoints of one Service from its slices, on the slice port named `port_name`.
@@ -294,6 +310,8 @@ mod tests {
             "nil conditions mean ready; a repeated address counts once; FQDN and other ports skipped"
         );
         assert_eq!(addrs(&t, "web.other"), ["10.0.1.1:8081"], "slices stay in their namespace");
+        let pods: Vec<String> = t.pods["web.shop"].iter().map(ToString::to_string).collect();
+        assert_eq!(pods, ["10.0.0.1", "10.0.0.2", "10.0.0.9", "fd00::2"], "every pod IP of the Service, any port");
         assert_eq!(t.endpoints.len(), 2, "a slice of an unknown Service adds nothing");
         let web = &t.services[1];
         assert_eq!((web.metadata.name.as_str(), web.metadata.namespace.as_str()), ("web", "shop"));
