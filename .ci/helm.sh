@@ -44,6 +44,7 @@ PY
 done
 # Kubernetes discovery is on by default; the namespaces it watches reach weft serve.
 grep -q -- '- --kubernetes$' "$out/default.yaml"
+grep -q -- '- --kube-policy$' "$out/default.yaml"
 grep -A1 -- '- --kube-namespaces$' "$out/full.yaml" | grep -q '"shop,ops"'
 # Values outside the schema are refused before anything renders.
 for bad in replicas=two webhook.failurePolicy=Sometimes discovery.port=http kubernetes.discovery=maybe \

@@ -31,7 +31,7 @@ Usage: weft serve [--policy DIR] [--registry DIR] [--listen ADDR] [--admin ADDR]
                   [--registration-ttl DURATION] [--heartbeat DURATION]
                   [--ca DIR --join-token-file FILE [--cert-ttl DURATION] [--identity SPIFFE_ID]
                    [--tls-san DNS_NAME]...]
-                  [--kubernetes [--kube-api URL] [--kube-namespaces NS,...]]
+                  [--kubernetes [--kube-api URL] [--kube-namespaces NS,...] [--kube-policy]]
                   [--insecure-plaintext]
 
 Runs the control plane.
@@ -63,13 +63,17 @@ Runs the control plane.
                            that verify names: the Kubernetes API server calling the admission
                            webhook (POST /v1/admission) at weft-control.weft.svc
   --kubernetes             instances from the Kubernetes API: every Service's ready EndpointSlice
-                           endpoints (terminating ones only while none is ready), watched; an
-                           API server that is down or refuses keeps the last known state, marked
-                           stale (weft_control_registry_stale). In-cluster credentials unless
-                           --kube-api is given
+                           endpoints (terminating ones only while none is ready) and its
+                           ClusterIPs, watched; an API server that is down or refuses keeps the
+                           last known state, marked stale (weft_control_registry_stale).
+                           In-cluster credentials unless --kube-api is given
   --kube-api URL           the API server, reached without credentials (kubectl proxy); implies
                            --kubernetes
   --kube-namespaces NS,... watch these namespaces only (default: all); implies --kubernetes
+  --kube-policy            policy from the cluster too: the weft.dev/v1alpha1 objects (the CRDs
+                           `weft crds` prints), checked like files; an object that does not pass
+                           is reported by name and field and its last good version serves;
+                           implies --kubernetes
   --insecure-plaintext     accept plaintext discovery from any peer, not only loopback: anyone
                            who reaches the port can then read policy and act as any proxy
 ";
@@ -130,6 +134,10 @@ impl ServeArgs {
             }
             if flag == "--kubernetes" {
                 out.kubernetes.get_or_insert_default();
+                continue;
+            }
+            if flag == "--kube-policy" {
+                out.kubernetes.get_or_insert_default().policy = true;
                 continue;
             }
             let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -355,7 +363,7 @@ fn reload_policy(catalog: &Catalog, dir: &std::path::Path, registry: Option<&Yam
         Err(problems) => {
             // A change that arrives in several bursts of file events is loaded more than once;
             // the same problems are reported (logged and counted) once.
-            if catalog.set_policy_errors(problems.iter().map(ToString::to_string).collect()) {
+            if catalog.set_policy_file_problems(problems.iter().map(ToString::to_string).collect()) {
                 catalog.metrics.policy_reloads.with_label_values(&["rejected"]).inc();
                 for p in &problems {
                     tracing::error!(problem = %p, "policy change rejected; the last good policy keeps serving");

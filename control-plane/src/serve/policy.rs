@@ -141,12 +141,23 @@ impl Policy {
 /// The file name the cluster's Services are composed under (in diagnostics and `weft status`).
 pub const CLUSTER_FILE: &str = "<kubernetes Services>";
 
-/// What the policy is made of: the operators' files (checked as a set) and the Services a
-/// cluster registry knows (their ports, protocols and virtual IPs).
+/// What the policy is made of: the operators' files (checked as a set), the policy objects
+/// applied to the cluster (one "file" per object, each decoded), and the Services a cluster
+/// registry knows (their ports, protocols and virtual IPs).
 #[derive(Default)]
 pub struct PolicyInputs {
     files: Vec<(String, Vec<Document>)>,
+    objects: Vec<(String, Vec<Document>)>,
     cluster: Vec<Service>,
+    /// Why the policy folder's last load was refused (its previous documents serve).
+    pub file_problems: Vec<String>,
+    /// The policy objects that do not decode (their last good versions serve).
+    pub object_problems: Vec<String>,
+    /// What the last composition found across documents (objects held back, or the whole).
+    pub set_problems: Vec<String>,
+    /// Each object's version in the policy last served: what an object that breaks a rule
+    /// across documents falls back to.
+    served: BTreeMap<String, Vec<Document>>,
 }
 
 impl PolicyInputs {
@@ -161,6 +172,20 @@ impl PolicyInputs {
         self.files = files;
     }
 
+    /// Takes the cluster's policy objects (decoded); false when they are the ones already held.
+    pub fn set_objects(&mut self, objects: Vec<(String, Vec<Document>)>) -> bool {
+        if self.objects == objects {
+            return false;
+        }
+        self.objects = objects;
+        true
+    }
+
+    /// Every problem of the inputs, files first.
+    pub fn problems(&self) -> Vec<String> {
+        self.file_problems.iter().chain(&self.object_problems).chain(&self.set_problems).cloned().collect()
+    }
+
     /// Takes the cluster's Services; false when they are the ones already held.
     pub fn set_cluster(&mut self, cluster: Vec<Service>) -> bool {
         if self.cluster == cluster {
@@ -171,13 +196,22 @@ impl PolicyInputs {
     }
 
     /// The files with the cluster's Services merged in, and what had to be left out:
-    /// - a Service a file declares is the file's (the operator said how to serve it); when
-    ///   the file lists no virtual IPs it takes the cluster's;
+    /// - a Service a file or a policy object declares is theirs (the operator said how to serve it); when
+    ///   it lists no virtual IPs it takes the cluster's;
     /// - a cluster Service no file declares is added as the cluster says;
     /// - a virtual IP that a file gives another Service, or an earlier cluster Service holds,
     ///   is left out (and reported), so an address always routes to one service.
-    pub fn compose(&self) -> (Vec<(String, Vec<Document>)>, Vec<String>) {
+    ///
+    /// `held` names policy objects that broke a rule across documents: they take their
+    /// version in the last served policy, or are left out if they were not in it.
+    pub fn compose(&self, held: &BTreeSet<String>) -> (Vec<(String, Vec<Document>)>, Vec<String>) {
         let mut files = self.files.clone();
+        for (label, docs) in &self.objects {
+            match held.contains(label) {
+                false => files.push((label.clone(), docs.clone())),
+                true => files.extend(self.served.get(label).map(|docs| (label.clone(), docs.clone()))),
+            }
+        }
         let mut claimed: BTreeMap<IpAddr, String> = BTreeMap::new();
         let mut declared: BTreeMap<String, (usize, usize)> = BTreeMap::new();
         for (f, (_, docs)) in files.iter().enumerate() {
@@ -228,9 +262,14 @@ impl PolicyInputs {
         (files, dropped)
     }
 
-    /// The files alone (when the composition does not hold together).
-    pub fn files(&self) -> Vec<(String, Vec<Document>)> {
-        self.files.clone()
+    /// Whether `file` names one of the policy objects.
+    pub fn is_object(&self, file: &str) -> bool {
+        self.objects.iter().any(|(label, _)| label == file)
+    }
+
+    /// Records the objects of a policy that is now served.
+    pub fn served(&mut self, files: &[(String, Vec<Document>)]) {
+        self.served = files.iter().filter(|(f, _)| self.is_object(f)).cloned().collect();
     }
 }
 
@@ -363,7 +402,7 @@ spec:
             cluster_service("orders", "shop", &["10.96.0.10"]),
         ]));
         assert!(!inputs.set_cluster(inputs.cluster.clone()), "the same Services are no change");
-        let (files, dropped) = inputs.compose();
+        let (files, dropped) = inputs.compose(&BTreeSet::new());
         let p = |f: &str, k: &str, ips: &[&str], ports: &[u16]| {
             (f.to_string(), k.to_string(), ips.iter().map(|s| s.to_string()).collect::<Vec<_>>(), ports.to_vec())
         };

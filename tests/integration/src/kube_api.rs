@@ -1,5 +1,6 @@
 //! A scripted fake Kubernetes API server on loopback. Every request waits in a queue, one per
-//! resource (the last segment of its path: `services`, `endpointslices`, `tokenreviews`…), until
+//! resource (the last segment of its path: `services`, `endpointslices`, `tokenreviews`…, or
+//! `GROUP/resource` to tell a group's resource apart: `weft.dev/services`), until
 //! the test answers it, call by call: a list (or one page of it), a watch stream the test writes
 //! events into, an API error, any JSON. A resource nobody asked for gets 404.
 //!
@@ -200,7 +201,11 @@ async fn answer(req: Request<Incoming>, queues: &Queues) -> Reply {
         .filter_map(|kv| kv.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    let Some(queue) = path.rsplit('/').next().and_then(|resource| queues.get(resource)) else {
+    // A queue named `GROUP/resource` takes that group's calls (`weft.dev/services` apart from
+    // the core `services`); otherwise the resource's name alone.
+    let resource = path.rsplit('/').next().unwrap_or("");
+    let group = path.strip_prefix("/apis/").and_then(|p| p.split('/').next()).unwrap_or("");
+    let Some(queue) = queues.get(&format!("{group}/{resource}")).or_else(|| queues.get(resource)) else {
         return json_response(StatusCode::NOT_FOUND, &status_object(404, "NotFound"));
     };
     let body = match body.collect().await {

@@ -276,3 +276,104 @@ async fn kube_namespaces_watches_only_the_named_namespaces() {
     })
     .await;
 }
+
+/// A Route object as `kubectl apply` would store it: all of web's calls to `backend`, with a
+/// rule `timeout`.
+fn route_object(version: &str, backend: &str, timeout: &str) -> Value {
+    json!({
+        "apiVersion": "weft.dev/v1alpha1", "kind": "Route",
+        "metadata": {"name": "web", "namespace": "default", "resourceVersion": version, "uid": "r-1",
+                     "generation": 1, "creationTimestamp": "2026-12-03T10:00:00Z"},
+        "spec": {"service": "web", "rules": [{"match": {"pathPrefix": "/"}, "timeout": timeout,
+                                             "backends": [{"service": backend, "weight": 1}]}]}
+    })
+}
+
+/// A Service with one slice (`name-0`) holding `backend`.
+fn service_with_slice(name: &str, ip: &str, backend: &Backend) -> (Value, Value) {
+    let mut s = slice(&format!("{name}-0"), "3", backend, Condition::Ready);
+    s["metadata"]["labels"]["kubernetes.io/service-name"] = json!(name);
+    (kube_service(name, ip, "2"), s)
+}
+
+async fn policy_errors(cp: &ControlPlane) -> Vec<String> {
+    let status = cp.status().await;
+    status["policyErrors"].as_array().into_iter().flatten().filter_map(|e| e.as_str().map(String::from)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_objects_from_the_cluster_route_traffic_and_a_bad_one_keeps_the_last_good() {
+    const POLICY_KINDS: [&str; 5] = [
+        "weft.dev/services",
+        "weft.dev/routes",
+        "weft.dev/trafficpolicies",
+        "weft.dev/authorizationpolicies",
+        "weft.dev/meshes",
+    ];
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let mut resources = vec!["services", "endpointslices"];
+    resources.extend(POLICY_KINDS);
+    let api = FakeApi::start(&resources).await;
+    // No policy file: everything comes from the cluster.
+    let cp = ControlPlane::start_with("", &["--kube-api", &api.url(), "--kube-policy"]).await;
+    let proxy = Proxy::start(ProxyConfig {
+        proxy_spec: format!("controlPlane: {{address: \"{}\"}}\n", cp.url()),
+        ..Default::default()
+    })
+    .await;
+
+    // The cluster: Services web (a) and web-v2 (b); no policy object yet but an empty list of
+    // each kind (the CRDs are installed).
+    let (web_svc, web_slice) = service_with_slice("web", "10.96.0.30", &a);
+    let (v2_svc, v2_slice) = service_with_slice("web-v2", "10.96.0.31", &b);
+    api.next("services").await.list("ServiceList", "5", vec![web_svc, v2_svc]);
+    let _services = api.next("services").await.stream();
+    api.next("endpointslices").await.list("EndpointSliceList", "5", vec![web_slice, v2_slice]);
+    let _slices = api.next("endpointslices").await.stream();
+    let mut watches = Vec::new();
+    for kind in POLICY_KINDS {
+        let list = api.next(kind).await;
+        assert!(list.path.starts_with("/apis/weft.dev/v1alpha1/"), "{}", list.path);
+        list.list("List", "5", vec![]);
+        watches.push(api.next(kind).await.stream());
+    }
+    let routes = &watches[1];
+    routes_only_to(&proxy, &["a"], 5).await;
+
+    // kubectl apply of a Route: web's calls go to web-v2.
+    routes.send("ADDED", route_object("30", "web-v2", "2s"));
+    routes_only_to(&proxy, &["b"], 10).await;
+    assert!(policy_errors(&cp).await.is_empty());
+
+    // An edit the decoder refuses (the CRD schema would catch it at apply, but the control
+    // plane does not rely on that): reported by object and field, the last good Route serves.
+    routes.send("MODIFIED", route_object("31", "web-v2", "soon"));
+    let errors = eventually("the bad Route to be reported", SETTLE, || async {
+        let e = policy_errors(&cp).await;
+        (!e.is_empty()).then_some(e)
+    })
+    .await;
+    assert!(errors.iter().any(|e| e.starts_with("Route default/web: spec.rules[0].timeout: ")), "{errors:?}");
+    assert!(metric_sum(&cp.metrics().await, "weft_control_policy_errors", &[]) >= 1.0);
+    routes_only_to(&proxy, &["b"], 10).await;
+
+    // An edit that decodes but breaks a rule across documents (a backend nobody declares):
+    // held back, reported, and the last good version serves.
+    routes.send("MODIFIED", route_object("32", "nobody", "2s"));
+    let errors = eventually("the dangling Route to be reported", SETTLE, || async {
+        let e = policy_errors(&cp).await;
+        e.iter().any(|e| e.contains("held back")).then_some(e)
+    })
+    .await;
+    assert!(errors.iter().all(|e| e.starts_with("Route default/web")), "{errors:?}");
+    routes_only_to(&proxy, &["b"], 10).await;
+
+    // Fixed, then deleted: traffic follows, and nothing is reported any more.
+    routes.send("MODIFIED", route_object("33", "web-v2", "3s"));
+    eventually("the fixed Route to clear the errors", SETTLE, || async {
+        policy_errors(&cp).await.is_empty().then_some(())
+    })
+    .await;
+    routes.send("DELETED", route_object("34", "web-v2", "3s"));
+    routes_only_to(&proxy, &["a"], 10).await;
+}

@@ -19,6 +19,7 @@ use weft_api::{Document, EndpointSpec};
 
 use super::metrics::ControlMetrics;
 use super::policy::{CLUSTER_FILE, Policy, PolicyInputs};
+use super::registry::kubernetes::objects;
 
 mod merge;
 mod report;
@@ -379,39 +380,105 @@ impl Catalog {
     pub fn set_policy_files(&self, files: Vec<(String, Vec<Document>)>) -> bool {
         let mut inputs = lock(&self.inputs);
         inputs.set_files(files);
-        self.compose(&inputs)
+        inputs.file_problems.clear();
+        self.compose(&mut inputs)
+    }
+
+    /// Records why the policy folder's last load was refused (its previous documents keep
+    /// serving); false when these are the problems already recorded (say them once).
+    pub fn set_policy_file_problems(&self, problems: Vec<String>) -> bool {
+        let mut inputs = lock(&self.inputs);
+        if inputs.file_problems == problems {
+            return false;
+        }
+        inputs.file_problems = problems;
+        self.set_policy_errors(inputs.problems());
+        true
+    }
+
+    /// Takes the policy objects applied to the cluster (decoded, one "file" each) and the
+    /// problems of those that do not decode. Returns false when the policy did not change.
+    pub fn set_policy_objects(&self, objects: Vec<(String, Vec<Document>)>, problems: Vec<String>) -> bool {
+        let mut inputs = lock(&self.inputs);
+        let changed_problems = inputs.object_problems != problems;
+        inputs.object_problems = problems;
+        if inputs.set_objects(objects) {
+            return self.compose(&mut inputs);
+        }
+        if changed_problems {
+            self.set_policy_errors(inputs.problems());
+        }
+        false
     }
 
     /// Takes the Services a cluster registry knows and composes them with the files. Returns
     /// false when the policy did not change.
     pub fn set_cluster_services(&self, services: Vec<weft_api::Service>) -> bool {
         let mut inputs = lock(&self.inputs);
-        inputs.set_cluster(services) && self.compose(&inputs)
+        inputs.set_cluster(services) && self.compose(&mut inputs)
     }
 
-    /// Builds the policy from its inputs. The files were checked as a set; what the cluster
-    /// adds is checked with them, and when the whole does not hold together the files alone
-    /// serve (and the problems are logged), so the cluster can never break an operator's policy.
-    fn compose(&self, inputs: &PolicyInputs) -> bool {
-        let (files, dropped) = inputs.compose();
+    /// Builds the policy from its inputs and serves it if it holds together. The files were
+    /// checked as a set and each object on its own; the whole is checked again. A policy object
+    /// that breaks a rule across documents (a Route to a Service nobody declares) keeps its
+    /// version in the last served policy (or is left out if it had none) and is reported; if
+    /// the cluster's Services do not fit, the policy serves without them; if
+    /// nothing fits, the last good policy keeps serving. Every problem shows in `weft status`
+    /// and `weft_control_policy_errors`.
+    fn compose(&self, inputs: &mut PolicyInputs) -> bool {
+        let check = |files: &[(String, Vec<Document>)]| {
+            files
+                .iter()
+                .filter(|(f, _)| f == CLUSTER_FILE)
+                .try_for_each(|(f, docs)| weft_api::validate::validate_documents(f, docs))
+                .and_then(|()| weft_api::validate::validate_set(files))
+        };
+        let (files, dropped) = inputs.compose(&BTreeSet::new());
         for d in &dropped {
             tracing::warn!(problem = %d, "left out of the policy");
         }
-        let checked = files
-            .iter()
-            .filter(|(f, _)| f == CLUSTER_FILE)
-            .try_for_each(|(f, docs)| weft_api::validate::validate_documents(f, docs))
-            .and_then(|()| weft_api::validate::validate_set(&files));
-        let files = match checked {
-            Ok(()) => files,
-            Err(problems) => {
-                for p in &problems.0 {
-                    tracing::error!(problem = %p, "the cluster's Services do not fit the policy; the policy files serve alone");
+        let mut problems = Vec::new();
+        let mut chosen = None;
+        match check(&files) {
+            Ok(()) => chosen = Some(files),
+            Err(found) => {
+                let held: BTreeSet<String> =
+                    found.0.iter().filter(|d| inputs.is_object(&d.file)).map(|d| d.file.clone()).collect();
+                let retry = (!held.is_empty()).then(|| inputs.compose(&held).0);
+                if let Some(files) = retry.filter(|f| check(f).is_ok()) {
+                    let broken: Vec<&weft_api::Diagnostic> =
+                        found.0.iter().filter(|d| held.contains(&d.file)).collect();
+                    for d in &broken {
+                        tracing::warn!(problem = %objects::describe(d), "policy object held back: it does not fit the rest of the policy; its last good version (if any) keeps serving");
+                    }
+                    problems.extend(broken.into_iter().map(|d| {
+                        format!(
+                            "{} (held back: its version in the last good policy, if any, serves)",
+                            objects::describe(d)
+                        )
+                    }));
+                    chosen = Some(files);
+                } else {
+                    let without: Vec<(String, Vec<Document>)> =
+                        files.into_iter().filter(|(f, _)| f != CLUSTER_FILE).collect();
+                    match weft_api::validate::validate_set(&without) {
+                        Ok(()) => {
+                            tracing::error!(problems = %found, "the cluster's Services do not fit the policy; it serves without them");
+                            chosen = Some(without);
+                        }
+                        Err(_) => problems.extend(found.0.iter().map(ToString::to_string)),
+                    }
                 }
-                inputs.files()
             }
-        };
-        self.set_policy(Policy::new(files))
+        }
+        let changed = chosen.is_some_and(|files| {
+            inputs.served(&files);
+            self.set_policy(Policy::new(files))
+        });
+        inputs.set_problems = problems;
+        // `set_policy` clears the recorded problems: record those that remain.
+        self.set_policy_errors(inputs.problems());
+        changed
     }
 
     /// Replaces the policy (already validated): every stream gets a fresh snapshot. Returns

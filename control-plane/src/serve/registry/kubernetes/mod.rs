@@ -13,6 +13,7 @@
 //!   catalog, which publishes only what differs. Cost is linear in the watched cluster per
 //!   event; fine for thousands of Services, to be made incremental when a cluster needs it.
 
+pub mod objects;
 pub mod translate;
 
 use std::collections::BTreeMap;
@@ -22,6 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service as KubeService;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::DynamicObject;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -41,17 +43,35 @@ pub struct KubeOptions {
     pub api: Option<String>,
     /// Namespaces to watch; empty: all.
     pub namespaces: Vec<String>,
+    /// Also take policy from the cluster: the `weft.dev/v1alpha1` objects (`--kube-policy`).
+    pub policy: bool,
 }
 
 #[derive(Default)]
 struct State {
     services: BTreeMap<ObjectKey, KubeService>,
     slices: BTreeMap<ObjectKey, EndpointSlice>,
-    /// Watches (one per kind and namespace) that have completed a first list.
-    listed: usize,
-    watches: usize,
+    /// Policy objects by kind.
+    objects: BTreeMap<String, BTreeMap<ObjectKey, DynamicObject>>,
+    decoded: objects::Decoded,
+    /// Per role, the watches (one per kind and namespace) and those that completed a first
+    /// list: a role publishes once all of its watches have listed.
+    watches: BTreeMap<Role, (usize, usize)>,
     /// Watches whose last event was an error.
     failing: usize,
+}
+
+/// What a watch feeds: the registry (Services and EndpointSlices) or the policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Role {
+    Registry,
+    Policy,
+}
+
+impl State {
+    fn ready(&self, role: Role) -> bool {
+        self.watches.get(&role).is_some_and(|(all, listed)| listed >= all)
+    }
 }
 
 pub struct KubernetesRegistry {
@@ -69,7 +89,16 @@ fn key<K: Resource>(o: &K) -> ObjectKey {
 }
 
 /// Which of the state's maps a watch feeds.
-type Select<K> = fn(&mut State) -> &mut BTreeMap<ObjectKey, K>;
+type Select<K> = Box<dyn for<'a> Fn(&'a mut State) -> &'a mut BTreeMap<ObjectKey, K> + Send + Sync>;
+
+/// A watch: its kind (for logs), namespace (None: all), API, map and role.
+struct Watch<K: Clone> {
+    kind: String,
+    namespace: Option<String>,
+    api: Api<K>,
+    select: Select<K>,
+    role: Role,
+}
 
 impl KubernetesRegistry {
     pub fn new(catalog: Arc<Catalog>, options: KubeOptions) -> Arc<KubernetesRegistry> {
@@ -88,26 +117,60 @@ impl KubernetesRegistry {
         Client::try_from(config).map_err(|e| format!("Kubernetes client: {e}"))
     }
 
-    /// The APIs to watch for `K`: the whole cluster, or one per configured namespace (named).
-    fn apis<K>(&self, client: &Client) -> Vec<(Option<String>, Api<K>)>
-    where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-        K::DynamicType: Default,
-    {
+    /// The namespaces to watch, one API each: None is the whole cluster.
+    fn namespaces(&self) -> Vec<Option<String>> {
         if self.options.namespaces.is_empty() {
-            vec![(None, Api::all(client.clone()))]
+            vec![None]
         } else {
-            self.options.namespaces.iter().map(|ns| (Some(ns.clone()), Api::namespaced(client.clone(), ns))).collect()
+            self.options.namespaces.iter().cloned().map(Some).collect()
         }
     }
 
-    /// Follows one watch of `K` over `namespace` (None: all).
-    async fn watch<K>(self: Arc<Self>, namespace: Option<String>, api: Api<K>, select: Select<K>)
+    /// Watches of a typed kind (Services, EndpointSlices), one per namespace.
+    fn typed<K>(&self, client: &Client, select: fn(&mut State) -> &mut BTreeMap<ObjectKey, K>) -> Vec<Watch<K>>
     where
-        K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + 'static,
         K::DynamicType: Default,
     {
         let kind = K::kind(&K::DynamicType::default()).to_string();
+        self.namespaces()
+            .into_iter()
+            .map(|ns| Watch {
+                kind: kind.clone(),
+                api: match &ns {
+                    Some(ns) => Api::namespaced(client.clone(), ns),
+                    None => Api::all(client.clone()),
+                },
+                namespace: ns,
+                select: Box::new(select),
+                role: Role::Registry,
+            })
+            .collect()
+    }
+
+    /// Watches of the policy kinds, one per kind and namespace.
+    fn policy(&self, client: &Client) -> Vec<Watch<DynamicObject>> {
+        let mut out = Vec::new();
+        for (kind, plural) in objects::KINDS {
+            let resource = objects::api_resource(kind, plural);
+            for ns in self.namespaces() {
+                let api = match &ns {
+                    Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+                    None => Api::all_with(client.clone(), &resource),
+                };
+                let select: Select<DynamicObject> = Box::new(move |s| s.objects.entry(kind.to_string()).or_default());
+                out.push(Watch { kind: kind.to_string(), namespace: ns, api, select, role: Role::Policy });
+            }
+        }
+        out
+    }
+
+    /// Follows one watch.
+    async fn watch<K>(self: Arc<Self>, w: Watch<K>)
+    where
+        K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    {
+        let Watch { kind, namespace, api, select, role } = w;
         let mut stream = std::pin::pin!(watcher::watcher(api, watcher::Config::default()).default_backoff());
         let mut buffer: Option<BTreeMap<ObjectKey, K>> = None;
         let mut listed = false;
@@ -146,19 +209,19 @@ impl KubernetesRegistry {
                     map.extend(fresh);
                     if !listed {
                         listed = true;
-                        state.listed += 1;
+                        state.watches.entry(role).or_default().1 += 1;
                     }
-                    self.publish(&state);
+                    self.publish(&mut state, role);
                 }
                 Event::Apply(o) => {
                     let mut state = lock(&self.state);
                     select(&mut state).insert(key(&o), o);
-                    self.publish(&state);
+                    self.publish(&mut state, role);
                 }
                 Event::Delete(o) => {
                     let mut state = lock(&self.state);
                     select(&mut state).remove(&key(&o));
-                    self.publish(&state);
+                    self.publish(&mut state, role);
                 }
             }
         }
@@ -170,8 +233,18 @@ impl KubernetesRegistry {
         self.catalog.set_stale(SOURCE, state.failing > 0);
     }
 
-    fn publish(&self, state: &State) {
-        if state.listed < state.watches {
+    fn publish(&self, state: &mut State, role: Role) {
+        if !state.ready(role) {
+            return;
+        }
+        if role == Role::Policy {
+            let (docs, problems) = state.decoded.update(&state.objects);
+            for p in &problems {
+                tracing::warn!(problem = %p, "policy object rejected; its last good version (if any) keeps serving");
+            }
+            if self.catalog.set_policy_objects(docs, problems) {
+                tracing::info!(version = self.catalog.version(), "policy from the cluster applied");
+            }
             return;
         }
         let t = translate(&state.services, &state.slices);
@@ -197,15 +270,25 @@ impl Registry for KubernetesRegistry {
 
     fn start(self: Arc<Self>) -> Result<(), String> {
         let client = self.client()?;
-        let services = self.apis::<KubeService>(&client);
-        let slices = self.apis::<EndpointSlice>(&client);
-        lock(&self.state).watches = services.len() + slices.len();
-        self.catalog.set_stale(SOURCE, false);
-        for (ns, api) in services {
-            tokio::spawn(self.clone().watch(ns, api, |s| &mut s.services));
+        let services = self.typed::<KubeService>(&client, |s| &mut s.services);
+        let slices = self.typed::<EndpointSlice>(&client, |s| &mut s.slices);
+        let policy = if self.options.policy { self.policy(&client) } else { Vec::new() };
+        {
+            let mut state = lock(&self.state);
+            state.watches.insert(Role::Registry, (services.len() + slices.len(), 0));
+            if !policy.is_empty() {
+                state.watches.insert(Role::Policy, (policy.len(), 0));
+            }
         }
-        for (ns, api) in slices {
-            tokio::spawn(self.clone().watch(ns, api, |s| &mut s.slices));
+        self.catalog.set_stale(SOURCE, false);
+        for w in services {
+            tokio::spawn(self.clone().watch(w));
+        }
+        for w in slices {
+            tokio::spawn(self.clone().watch(w));
+        }
+        for w in policy {
+            tokio::spawn(self.clone().watch(w));
         }
         Ok(())
     }
