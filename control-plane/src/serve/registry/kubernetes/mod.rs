@@ -8,7 +8,8 @@
 //!   in whole at `InitDone`, so a relist never shows the catalog an empty or half-listed cluster;
 //! - nothing is published until both kinds have been listed once;
 //! - an error (API server down, 403, 5xx) keeps the last known state and marks the source stale
-//!   (`weft_control_registry_stale{source="kubernetes"}`) until the watch delivers again;
+//!   (`weft_control_registry_stale{source="kubernetes"}`, or `"kubernetes-policy"` for the policy
+//!   objects' watches) until the watch delivers again;
 //! - every change recomputes the whole translation and replaces the source's instances in the
 //!   catalog, which publishes only what differs. Cost is linear in the watched cluster per
 //!   event; fine for thousands of Services, to be made incremental when a cluster needs it.
@@ -34,6 +35,8 @@ use crate::serve::catalog::Catalog;
 use translate::{ObjectKey, translate};
 
 pub const SOURCE: &str = "kubernetes";
+/// The stale source of the policy objects' watches.
+pub const POLICY_SOURCE: &str = "kubernetes-policy";
 
 /// Where the API server is and what to watch (`weft serve --kubernetes` flags).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -57,8 +60,8 @@ struct State {
     /// Per role, the watches (one per kind and namespace) and those that completed a first
     /// list: a role publishes once all of its watches have listed.
     watches: BTreeMap<Role, (usize, usize)>,
-    /// Watches whose last event was an error.
-    failing: usize,
+    /// Per role, the watches whose last event was an error.
+    failing: BTreeMap<Role, usize>,
 }
 
 /// What a watch feeds: the registry (Services and EndpointSlices) or the policy.
@@ -66,6 +69,17 @@ struct State {
 enum Role {
     Registry,
     Policy,
+}
+
+impl Role {
+    /// The source a role's staleness is reported under: a policy watch that fails (the CRDs
+    /// are not installed, RBAC refuses) does not make the endpoints look stale.
+    fn source(self) -> &'static str {
+        match self {
+            Role::Registry => SOURCE,
+            Role::Policy => POLICY_SOURCE,
+        }
+    }
 }
 
 impl State {
@@ -182,7 +196,7 @@ impl KubernetesRegistry {
                     if !failing {
                         tracing::warn!(%kind, error = %e, "Kubernetes watch failed; serving the last known state until it recovers");
                         failing = true;
-                        self.set_failing(1);
+                        self.set_failing(role, 1);
                     }
                     continue;
                 }
@@ -193,7 +207,7 @@ impl KubernetesRegistry {
             if failing && matches!(event, Event::InitDone | Event::Apply(_) | Event::Delete(_)) {
                 tracing::info!(%kind, "Kubernetes watch recovered");
                 failing = false;
-                self.set_failing(-1);
+                self.set_failing(role, -1);
             }
             match event {
                 Event::Init => buffer = Some(BTreeMap::new()),
@@ -227,10 +241,11 @@ impl KubernetesRegistry {
         }
     }
 
-    fn set_failing(&self, delta: isize) {
+    fn set_failing(&self, role: Role, delta: isize) {
         let mut state = lock(&self.state);
-        state.failing = state.failing.saturating_add_signed(delta);
-        self.catalog.set_stale(SOURCE, state.failing > 0);
+        let failing = state.failing.entry(role).or_default();
+        *failing = failing.saturating_add_signed(delta);
+        self.catalog.set_stale(role.source(), *failing > 0);
     }
 
     fn publish(&self, state: &mut State, role: Role) {
@@ -281,6 +296,9 @@ impl Registry for KubernetesRegistry {
             }
         }
         self.catalog.set_stale(SOURCE, false);
+        if self.options.policy {
+            self.catalog.set_stale(POLICY_SOURCE, false);
+        }
         for w in services {
             tokio::spawn(self.clone().watch(w));
         }
