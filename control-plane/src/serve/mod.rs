@@ -431,4 +431,22 @@ mod tests {
         assert!(args(&["--registration-ttl", "5"]).unwrap_err().contains("--registration-ttl"));
         assert!(args(&["--colour"]).unwrap_err().contains("--colour"));
     }
+
+    #[test]
+    fn kubernetes_options_imply_kubernetes() {
+        use registry::kubernetes::KubeOptions;
+        assert_eq!(args(&[]).unwrap().kubernetes, None);
+        assert_eq!(args(&["--kubernetes"]).unwrap().kubernetes, Some(KubeOptions::default()));
+        let a =
+            args(&["--kube-policy", "--kube-namespaces", "shop, ops,", "--kube-api", "http://127.0.0.1:8001"]).unwrap();
+        assert_eq!(
+            a.kubernetes,
+            Some(KubeOptions {
+                api: Some("http://127.0.0.1:8001".into()),
+                namespaces: vec!["shop".into(), "ops".into()],
+                policy: true,
+            })
+        );
+        assert!(args(&["--kube-api"]).unwrap_err().contains("needs a value"));
+    }
 }
