@@ -9,6 +9,7 @@
 mod kinds;
 mod reader;
 
+use crate::schema;
 use crate::validate::check_name;
 use crate::yaml::{self, Node};
 use crate::*;
@@ -55,8 +56,6 @@ pub(crate) fn decode_file(file: &str, text: &str) -> Decoded {
     let problems = d.out.into_iter().map(|(_, diagnostic)| diagnostic).collect();
     Decoded { documents: docs, problems: Diagnostics(problems), complete }
 }
-
-const KINDS: &[&str] = &["Service", "Route", "TrafficPolicy", "AuthorizationPolicy", "Mesh", "Proxy"];
 
 /// The candidate closest to `word` by edit distance (ignoring case), if it is close enough to be
 /// a plausible typo rather than a different word.
@@ -106,7 +105,8 @@ impl Decoder<'_> {
         let kind = self.kind(&top);
         let metadata = self.metadata(&top, line);
         let kind = kind?;
-        let spec = self.sub_or_empty(&top, "spec", spec_fields(kind))?;
+        let fields = schema::kind(kind).map(|k| k.spec.names()).unwrap_or_default();
+        let spec = self.sub_or_empty(&top, "spec", &fields)?;
         self.lines = FieldLines::default();
         let mut doc = match kind {
             "Service" => Document::Service(Service { metadata, spec: self.service(&spec) }),
@@ -125,12 +125,13 @@ impl Decoder<'_> {
     fn kind(&mut self, top: &Map) -> Option<&'static str> {
         let node = self.required(top, "kind")?;
         let text = self.text(node, "kind")?;
-        if let Some(kind) = KINDS.iter().find(|k| **k == text) {
-            return Some(kind);
+        if let Some(kind) = schema::kind(text) {
+            return Some(kind.name);
         }
-        let hint = match nearest(text, KINDS) {
+        let kinds = schema::kind_names();
+        let hint = match nearest(text, &kinds) {
             Some(near) => format!("did you mean {near:?}?"),
-            None => format!("expected one of: {}", KINDS.join(", ")),
+            None => format!("expected one of: {}", kinds.join(", ")),
         };
         self.error(node.pos(), "kind", format!("unknown kind {text:?}; {hint}"));
         None
@@ -138,7 +139,7 @@ impl Decoder<'_> {
 
     fn metadata(&mut self, top: &Map, line: usize) -> Metadata {
         let Some(m) =
-            self.required(top, "metadata").and_then(|n| self.mapping(n, "metadata".into(), &["name", "namespace"]))
+            self.required(top, "metadata").and_then(|n| self.mapping(n, "metadata".into(), &schema::METADATA.names()))
         else {
             return Metadata {
                 name: String::new(),
@@ -153,33 +154,6 @@ impl Decoder<'_> {
             line,
             fields: FieldLines::default(),
         }
-    }
-}
-
-fn spec_fields(kind: &str) -> &'static [&'static str] {
-    match kind {
-        "Service" => &["ports", "endpoints", "virtualIPs"],
-        "Route" => &["service", "rules"],
-        "TrafficPolicy" => {
-            &["service", "loadBalancer", "connectTimeout", "idleTimeout", "limits", "outlierDetection", "retryBudget"]
-        }
-        "AuthorizationPolicy" => &["service", "default", "rules"],
-        "Mesh" => &["trustDomain", "mtls", "certTTL"],
-        _ => &[
-            "service",
-            "inbound",
-            "outbound",
-            "upstreams",
-            "admin",
-            "tls",
-            "controlPlane",
-            "identityDir",
-            "stateDir",
-            "workers",
-            "shutdownGrace",
-            "http",
-            "log",
-        ],
     }
 }
 
