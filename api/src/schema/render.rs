@@ -170,7 +170,6 @@ pub fn json_schema() -> Value {
         .collect();
     json!({
         "$schema": "http://json-schema.org/draft-07/schema#",
-        "$id": format!("https://{GROUP}/schemas/{GROUP}_{VERSION}.json"),
         "title": format!("Weft policy document ({API_VERSION})"),
         "type": "object",
         "required": ["kind", "metadata"],
