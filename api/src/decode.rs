@@ -9,6 +9,7 @@
 mod kinds;
 mod reader;
 
+use crate::schema;
 use crate::validate::check_name;
 use crate::yaml::{self, Node};
 use crate::*;
@@ -27,6 +28,36 @@ pub fn decode_documents(file: &str, text: &str) -> Result<Vec<Document>, Diagnos
 pub fn decode_best_effort(file: &str, text: &str) -> (Vec<Document>, Diagnostics) {
     let decoded = decode_file(file, text);
     (decoded.documents, decoded.problems)
+}
+
+/// Decodes a weft.dev object as the Kubernetes API serves it (JSON, the CRD schema's defaults
+/// filled in) with the decoder files go through, so a cluster object meets the same rules and
+/// messages as a file. A policy watcher hands each listed or watched object here, then checks
+/// the set as `check_files` does. Only apiVersion, kind, metadata.name, metadata.namespace and
+/// spec are read: the rest of the metadata (labels, uid, managedFields) and any status are the
+/// API server's. Problems name the object by `source` (e.g. `routes.weft.dev/shop/api`) and
+/// have line 0: an object has no lines, its field path says where.
+pub fn decode_object(source: &str, object: &serde_json::Value) -> Result<Document, Diagnostics> {
+    let metadata = &object["metadata"];
+    let mut trimmed = serde_json::json!({"kind": object["kind"], "metadata": {"name": metadata["name"]}});
+    for (key, value) in [("apiVersion", &object["apiVersion"]), ("spec", &object["spec"])] {
+        if !value.is_null() {
+            trimmed[key] = value.clone();
+        }
+    }
+    if !metadata["namespace"].is_null() {
+        trimmed["metadata"]["namespace"] = metadata["namespace"].clone();
+    }
+    // JSON is YAML: one line of it goes through the same marked-node decoder as a file.
+    let (docs, mut problems) = decode_best_effort(source, &trimmed.to_string());
+    for problem in &mut problems.0 {
+        problem.line = 0;
+    }
+    problems.into_result()?;
+    docs.into_iter().next().ok_or_else(|| {
+        let message = "not a weft.dev object".to_string();
+        Diagnostics(vec![Diagnostic { file: source.to_string(), line: 0, path: String::new(), message }])
+    })
 }
 
 /// A file's documents (best effort), its problems, and whether the documents show everything
@@ -55,8 +86,6 @@ pub(crate) fn decode_file(file: &str, text: &str) -> Decoded {
     let problems = d.out.into_iter().map(|(_, diagnostic)| diagnostic).collect();
     Decoded { documents: docs, problems: Diagnostics(problems), complete }
 }
-
-const KINDS: &[&str] = &["Service", "Route", "TrafficPolicy", "AuthorizationPolicy", "Mesh", "Proxy"];
 
 /// The candidate closest to `word` by edit distance (ignoring case), if it is close enough to be
 /// a plausible typo rather than a different word.
@@ -106,7 +135,8 @@ impl Decoder<'_> {
         let kind = self.kind(&top);
         let metadata = self.metadata(&top, line);
         let kind = kind?;
-        let spec = self.sub_or_empty(&top, "spec", spec_fields(kind))?;
+        let fields = schema::kind(kind).map(|k| k.spec.names()).unwrap_or_default();
+        let spec = self.sub_or_empty(&top, "spec", &fields)?;
         self.lines = FieldLines::default();
         let mut doc = match kind {
             "Service" => Document::Service(Service { metadata, spec: self.service(&spec) }),
@@ -125,12 +155,13 @@ impl Decoder<'_> {
     fn kind(&mut self, top: &Map) -> Option<&'static str> {
         let node = self.required(top, "kind")?;
         let text = self.text(node, "kind")?;
-        if let Some(kind) = KINDS.iter().find(|k| **k == text) {
-            return Some(kind);
+        if let Some(kind) = schema::kind(text) {
+            return Some(kind.name);
         }
-        let hint = match nearest(text, KINDS) {
+        let kinds = schema::kind_names();
+        let hint = match nearest(text, &kinds) {
             Some(near) => format!("did you mean {near:?}?"),
-            None => format!("expected one of: {}", KINDS.join(", ")),
+            None => format!("expected one of: {}", kinds.join(", ")),
         };
         self.error(node.pos(), "kind", format!("unknown kind {text:?}; {hint}"));
         None
@@ -138,7 +169,7 @@ impl Decoder<'_> {
 
     fn metadata(&mut self, top: &Map, line: usize) -> Metadata {
         let Some(m) =
-            self.required(top, "metadata").and_then(|n| self.mapping(n, "metadata".into(), &["name", "namespace"]))
+            self.required(top, "metadata").and_then(|n| self.mapping(n, "metadata".into(), &schema::METADATA.names()))
         else {
             return Metadata {
                 name: String::new(),
@@ -153,33 +184,6 @@ impl Decoder<'_> {
             line,
             fields: FieldLines::default(),
         }
-    }
-}
-
-fn spec_fields(kind: &str) -> &'static [&'static str] {
-    match kind {
-        "Service" => &["ports", "endpoints", "virtualIPs"],
-        "Route" => &["service", "rules"],
-        "TrafficPolicy" => {
-            &["service", "loadBalancer", "connectTimeout", "idleTimeout", "limits", "outlierDetection", "retryBudget"]
-        }
-        "AuthorizationPolicy" => &["service", "default", "rules"],
-        "Mesh" => &["trustDomain", "mtls", "certTTL"],
-        _ => &[
-            "service",
-            "inbound",
-            "outbound",
-            "upstreams",
-            "admin",
-            "tls",
-            "controlPlane",
-            "identityDir",
-            "stateDir",
-            "workers",
-            "shutdownGrace",
-            "http",
-            "log",
-        ],
     }
 }
 
@@ -328,6 +332,37 @@ spec:
         assert_eq!(problems.0.len(), 2);
         assert_eq!(docs.len(), 1);
         assert_eq!(docs[0].metadata().name, "s");
+    }
+
+    #[test]
+    fn a_cluster_object_decodes_as_its_file_does() {
+        let file = "kind: Route\nmetadata: {name: api, namespace: shop}\nspec:\n  service: api\n  rules: [{timeout: 2s, backends: [{service: api}]}]\n";
+        // As the API server returns it: its own metadata, a status, and the CRD's defaults filled in.
+        let object = serde_json::json!({
+            "apiVersion": "weft.dev/v1alpha1",
+            "kind": "Route",
+            "metadata": {"name": "api", "namespace": "shop", "uid": "0a1b", "labels": {"team": "x"},
+                         "managedFields": [{"manager": "kubectl"}]},
+            "spec": {"service": "api", "rules": [{"timeout": "2s", "backends": [{"service": "api", "weight": 1}]}]},
+            "status": {"observedGeneration": 1},
+        });
+        let decoded = decode_object("routes.weft.dev/shop/api", &object).unwrap();
+        // The same meaning (lines aside: the object has none worth keeping).
+        let json = |d: &Document| serde_json::to_value(d).unwrap();
+        assert_eq!(json(&decoded), json(&decode(file)[0]));
+
+        let mut bad = object.clone();
+        bad["spec"]["rules"][0]["timout"] = serde_json::json!("1s");
+        bad["spec"]["rules"][0]["backends"][0]["weight"] = serde_json::json!(0);
+        let problems: Vec<String> =
+            decode_object("routes.weft.dev/shop/api", &bad).unwrap_err().0.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            problems,
+            [
+                "routes.weft.dev/shop/api:0: spec.rules[0].backends[0].weight: must be at least 1, found 0",
+                "routes.weft.dev/shop/api:0: spec.rules[0].timout: unknown field; did you mean \"timeout\"?",
+            ]
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod diagnostic;
 pub mod discovery;
 pub mod duration;
 pub mod policy;
+pub mod schema;
 pub mod spiffe;
 pub mod validate;
 pub mod yaml;

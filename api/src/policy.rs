@@ -4,7 +4,7 @@
 //! `Default` impls so that the decoder, the proxy and the docs agree on one value.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -150,6 +150,9 @@ impl Protocol {
         matches!(self, Protocol::Http2 | Protocol::Grpc)
     }
 }
+
+/// The weight of an endpoint or a backend that does not say.
+pub const DEFAULT_WEIGHT: u32 = 1;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EndpointSpec {
@@ -406,6 +409,10 @@ pub enum AuthzAction {
     Deny,
 }
 
+impl AuthzAction {
+    pub const NAMES: &'static [&'static str] = &["allow", "deny"];
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AuthzRule {
     /// What a matching call gets; `allow` when omitted. The first matching rule decides, and a
@@ -458,6 +465,10 @@ pub enum MtlsMode {
     Off,
 }
 
+impl MtlsMode {
+    pub const NAMES: &'static [&'static str] = &["strict", "permissive", "off"];
+}
+
 // ---------------------------------------------------------------- Proxy
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -501,9 +512,17 @@ pub struct InboundSpec {
     pub protocol: Option<Protocol>,
 }
 
+impl InboundSpec {
+    pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 4143));
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OutboundSpec {
     pub listen: SocketAddr,
+}
+
+impl OutboundSpec {
+    pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 4140));
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -614,6 +633,10 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
+}
+
+impl LogFormat {
+    pub const NAMES: &'static [&'static str] = &["text", "json"];
 }
 
 impl ProxySpec {

@@ -3,6 +3,7 @@
 
 pub mod ca;
 pub mod check;
+pub mod crds;
 pub mod demo;
 pub mod inject;
 pub mod serve;

@@ -8,6 +8,7 @@ Usage: weft COMMAND [ARGS...]
 Commands:
   ca init|issue   make a root CA, or issue a certificate by hand
   check PATH...   validate policy files or folders; every problem as FILE:LINE: field.path: message
+  crds [--json-schema]  print the weft.dev CustomResourceDefinitions (or the editors' JSON Schema)
   inject [FILE...]  add Weft's init container and sidecar to Kubernetes manifests (stdin when no FILE)
   demo            a local mesh on loopback: control plane, services each behind a sidecar, load, a failure absorbed
   proxy ARGS...   run the sidecar proxy (the same as `weft-proxy ARGS...`)
@@ -24,6 +25,7 @@ fn main() -> ExitCode {
     let status = match args.first().map(String::as_str) {
         Some("ca") => weft_control::ca::cli::run(&args[1..]),
         Some("check") => weft_control::check::run(&args[1..]),
+        Some("crds") => weft_control::crds::run(&args[1..]),
         Some("demo") => weft_control::demo::run(&args[1..]),
         Some("inject") => weft_control::inject::run(&args[1..]),
         Some("proxy") => return proxy(&args[1..]),

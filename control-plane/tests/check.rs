@@ -143,3 +143,17 @@ fn a_syntax_error_hides_no_declaration_from_the_other_files() {
     assert!(lines[0].starts_with(&format!("{}:5: invalid YAML: ", dir.join("c-syntax.yaml").display())), "{lines:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The cases .ci/policy-schema.py holds the CRD schema and the JSON Schema to: `weft check`
+/// refuses each one too.
+#[test]
+fn every_schema_invalid_fixture_is_refused() {
+    let dir = Path::new("tests/fixtures/schema-invalid");
+    let mut files = Vec::new();
+    yaml_files(dir, &mut files);
+    assert!(files.len() >= 20, "expected the invalid cases, found {files:?}");
+    for file in &files {
+        let report = check_paths(std::slice::from_ref(file));
+        assert!(!report.problems.is_empty(), "{} was accepted", file.display());
+    }
+}

@@ -1,10 +1,11 @@
 //! Decoding of each kind's `spec`, field by field, falling back to the defaults in policy.rs.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use super::join;
 use super::reader::{Decoder, Map, key_text};
+use crate::schema;
 use crate::validate::{
     self, check_header_name, check_header_value, check_http_path, check_method, check_name, check_service_ref,
     check_spiffe_id,
@@ -12,14 +13,11 @@ use crate::validate::{
 use crate::yaml::{Node, Value};
 use crate::*;
 
-const MATCH_FIELDS: &[&str] = &["pathPrefix", "path", "methods", "headers"];
-const RETRY_FIELDS: &[&str] = &["attempts", "on", "perTryTimeout", "backoffBase", "backoffMax"];
-
 impl Decoder<'_> {
     pub(super) fn service(&mut self, spec: &Map) -> ServiceSpec {
         let mut ports = Vec::new();
         for (path, node) in self.list(spec, "ports") {
-            let Some(m) = self.mapping(node, path, &["port", "protocol"]) else {
+            let Some(m) = self.mapping(node, path, &schema::SERVICE_PORT.names()) else {
                 continue;
             };
             let port = self.required(&m, "port").and_then(|_| self.integer(&m, "port", validate::PORT));
@@ -28,11 +26,11 @@ impl Decoder<'_> {
         }
         let mut endpoints = Vec::new();
         for (path, node) in self.list(spec, "endpoints") {
-            let Some(m) = self.mapping(node, path, &["address", "weight", "identity"]) else {
+            let Some(m) = self.mapping(node, path, &schema::ENDPOINT.names()) else {
                 continue;
             };
             let address = self.required_address(&m, "address");
-            let weight = self.integer(&m, "weight", validate::WEIGHT).unwrap_or(1);
+            let weight = self.integer(&m, "weight", validate::WEIGHT).unwrap_or(DEFAULT_WEIGHT);
             let identity = self.string(&m, "identity", check_spiffe_id);
             endpoints.extend(address.map(|address| EndpointSpec { address, weight, identity }));
         }
@@ -65,25 +63,25 @@ impl Decoder<'_> {
         self.mark(spec, "service");
         let mut rules = Vec::new();
         for (path, node) in self.list(spec, "rules") {
-            let Some(m) = self.mapping(node, path, &["match", "backends", "timeout", "retry"]) else {
+            let Some(m) = self.mapping(node, path, &schema::ROUTE_RULE.names()) else {
                 continue;
             };
-            let matches = match self.sub(&m, "match", MATCH_FIELDS) {
+            let matches = match self.sub(&m, "match", &schema::ROUTE_MATCH.names()) {
                 Some(mm) => self.route_match(&mm),
                 None => RouteMatch::default(),
             };
             let mut backends = Vec::new();
             for (path, node) in self.list(&m, "backends") {
-                let Some(b) = self.mapping(node, path, &["service", "weight"]) else {
+                let Some(b) = self.mapping(node, path, &schema::BACKEND.names()) else {
                     continue;
                 };
                 let service = self.required_string(&b, "service", check_service_ref);
                 self.mark(&b, "service");
-                let weight = self.integer(&b, "weight", validate::WEIGHT).unwrap_or(1);
+                let weight = self.integer(&b, "weight", validate::WEIGHT).unwrap_or(DEFAULT_WEIGHT);
                 backends.push(BackendRef { service, weight });
             }
             let timeout = self.duration(&m, "timeout", true);
-            let retry = self.sub(&m, "retry", RETRY_FIELDS).map(|r| {
+            let retry = self.sub(&m, "retry", &schema::RETRY.names()).map(|r| {
                 let retry = self.retry(&r);
                 if let (Some(route), Some(per_try), Some(node)) =
                     (timeout, retry.per_try_timeout, r.get("perTryTimeout"))
@@ -178,7 +176,7 @@ impl Decoder<'_> {
         let service = self.required_string(spec, "service", check_service_ref);
         self.mark(spec, "service");
         let d = TrafficPolicySpec::defaults_for(&service);
-        let limits = match self.sub(spec, "limits", &["maxConcurrentRequests", "maxPendingRequests"]) {
+        let limits = match self.sub(spec, "limits", &schema::LIMITS.names()) {
             Some(m) => Limits {
                 max_concurrent_requests: self
                     .integer(&m, "maxConcurrentRequests", validate::AT_LEAST_ONE_U32)
@@ -189,8 +187,7 @@ impl Decoder<'_> {
             },
             None => d.limits,
         };
-        let od_fields = ["consecutiveFailures", "baseEjection", "maxEjection", "maxEjectionPercent"];
-        let outlier_detection = match self.sub(spec, "outlierDetection", &od_fields) {
+        let outlier_detection = match self.sub(spec, "outlierDetection", &schema::OUTLIER_DETECTION.names()) {
             Some(m) => {
                 let od = d.outlier_detection;
                 OutlierDetection {
@@ -206,7 +203,7 @@ impl Decoder<'_> {
             }
             None => d.outlier_detection,
         };
-        let retry_budget = match self.sub(spec, "retryBudget", &["ratio", "minPerSecond"]) {
+        let retry_budget = match self.sub(spec, "retryBudget", &schema::RETRY_BUDGET.names()) {
             Some(m) => RetryBudgetSpec {
                 ratio: self.ratio(&m, "ratio").unwrap_or(d.retry_budget.ratio),
                 min_per_second: self
@@ -231,14 +228,14 @@ impl Decoder<'_> {
     pub(super) fn authorization(&mut self, spec: &Map) -> AuthorizationSpec {
         let service = self.required_string(spec, "service", check_service_ref);
         self.mark(spec, "service");
-        let default = self.choice(spec, "default", AUTHZ_ACTIONS, authz_action).unwrap_or_default();
+        let default = self.choice(spec, "default", AuthzAction::NAMES, authz_action).unwrap_or_default();
         let mut rules = Vec::new();
         for (path, node) in self.list(spec, "rules") {
-            let Some(m) = self.mapping(node, path, &["action", "from", "paths", "methods"]) else {
+            let Some(m) = self.mapping(node, path, &schema::AUTHZ_RULE.names()) else {
                 continue;
             };
             rules.push(AuthzRule {
-                action: self.choice(&m, "action", AUTHZ_ACTIONS, authz_action).unwrap_or(AuthzAction::Allow),
+                action: self.choice(&m, "action", AuthzAction::NAMES, authz_action).unwrap_or(AuthzAction::Allow),
                 from: self.strings(&m, "from", str::to_string, check_spiffe_id),
                 paths: self.strings(&m, "paths", str::to_string, check_http_path),
                 methods: self.strings(&m, "methods", str::to_ascii_uppercase, check_method),
@@ -253,7 +250,7 @@ impl Decoder<'_> {
         self.mark(spec, "mtls");
         MeshSpec {
             trust_domain: self.string(spec, "trustDomain", validate::check_trust_domain).unwrap_or(d.trust_domain),
-            mtls: self.choice(spec, "mtls", MTLS_MODES, mtls_mode).unwrap_or(d.mtls),
+            mtls: self.choice(spec, "mtls", MtlsMode::NAMES, mtls_mode).unwrap_or(d.mtls),
             cert_ttl: self.duration(spec, "certTTL", true).unwrap_or(d.cert_ttl),
         }
     }
@@ -264,43 +261,41 @@ impl Decoder<'_> {
             self.mark(spec, key);
         }
         let d = ProxySpec::defaults_for(&service);
-        let inbound = self.sub(spec, "inbound", &["listen", "app", "protocol"]).and_then(|m| {
-            let listen = self.address(&m, "listen").unwrap_or(SocketAddr::from(([0, 0, 0, 0], 4143)));
+        let inbound = self.sub(spec, "inbound", &schema::INBOUND.names()).and_then(|m| {
+            let listen = self.address(&m, "listen").unwrap_or(InboundSpec::DEFAULT_LISTEN);
             let protocol = self.choice(&m, "protocol", Protocol::NAMES, Protocol::from_name);
             let app = self.required_address(&m, "app")?;
             Some(InboundSpec { listen, app, protocol })
         });
-        let outbound = self.sub(spec, "outbound", &["listen"]).map(|m| OutboundSpec {
-            listen: self.address(&m, "listen").unwrap_or(SocketAddr::from(([127, 0, 0, 1], 4140))),
-        });
+        let outbound = self
+            .sub(spec, "outbound", &schema::OUTBOUND.names())
+            .map(|m| OutboundSpec { listen: self.address(&m, "listen").unwrap_or(OutboundSpec::DEFAULT_LISTEN) });
         let mut upstreams = Vec::new();
         for (path, node) in self.list(spec, "upstreams") {
-            let Some(m) = self.mapping(node, path, &["service", "listen"]) else {
+            let Some(m) = self.mapping(node, path, &schema::UPSTREAM.names()) else {
                 continue;
             };
             let service = self.required_string(&m, "service", check_service_ref);
             self.mark(&m, "service");
             upstreams.extend(self.required_address(&m, "listen").map(|listen| UpstreamSpec { service, listen }));
         }
-        let admin = match self.sub(spec, "admin", &["listen"]) {
+        let admin = match self.sub(spec, "admin", &schema::ADMIN.names()) {
             Some(m) => AdminSpec { listen: self.address(&m, "listen").unwrap_or(d.admin.listen) },
             None => d.admin,
         };
-        let tls = self.sub(spec, "tls", &["certFile", "keyFile", "bundleFile"]).map(|m| TlsFiles {
+        let tls = self.sub(spec, "tls", &schema::TLS.names()).map(|m| TlsFiles {
             cert_file: self.required_string(&m, "certFile", validate::check_not_empty),
             key_file: self.required_string(&m, "keyFile", validate::check_not_empty),
             bundle_file: self.required_string(&m, "bundleFile", validate::check_not_empty),
         });
-        let cp_fields = ["address", "joinTokenFile", "serviceAccountTokenFile", "trustBundleFile", "identity"];
-        let control_plane = self.sub(spec, "controlPlane", &cp_fields).map(|m| ControlPlaneSpec {
+        let control_plane = self.sub(spec, "controlPlane", &schema::CONTROL_PLANE.names()).map(|m| ControlPlaneSpec {
             address: self.required_string(&m, "address", validate::check_url),
             join_token_file: self.string(&m, "joinTokenFile", validate::check_not_empty),
             service_account_token_file: self.string(&m, "serviceAccountTokenFile", validate::check_not_empty),
             trust_bundle_file: self.string(&m, "trustBundleFile", validate::check_not_empty),
             identity: self.string(&m, "identity", validate::check_spiffe_id),
         });
-        let http_fields = ["maxHeaderBytes", "maxBodyBytes", "headerReadTimeout", "clientIdleTimeout"];
-        let http = match self.sub(spec, "http", &http_fields) {
+        let http = match self.sub(spec, "http", &schema::HTTP_LIMITS.names()) {
             Some(m) => HttpLimits {
                 max_header_bytes: self
                     .integer(&m, "maxHeaderBytes", validate::AT_LEAST_ONE_U32)
@@ -311,9 +306,9 @@ impl Decoder<'_> {
             },
             None => d.http,
         };
-        let log = match self.sub(spec, "log", &["format", "level", "accessLog"]) {
+        let log = match self.sub(spec, "log", &schema::LOG.names()) {
             Some(m) => LogSpec {
-                format: self.choice(&m, "format", LOG_FORMATS, log_format).unwrap_or(d.log.format),
+                format: self.choice(&m, "format", LogFormat::NAMES, log_format).unwrap_or(d.log.format),
                 level: self.string(&m, "level", validate::check_log_level).unwrap_or(d.log.level),
                 access_log: self.boolean(&m, "accessLog").unwrap_or(d.log.access_log),
             },
@@ -337,9 +332,7 @@ impl Decoder<'_> {
     }
 }
 
-// The enums below have no `NAMES`/`from_name` in policy.rs; their YAML spellings live here.
-
-const AUTHZ_ACTIONS: &[&str] = &["allow", "deny"];
+// The YAML spellings of the enums below are their `NAMES` in policy.rs.
 
 fn authz_action(s: &str) -> Option<AuthzAction> {
     match s {
@@ -349,8 +342,6 @@ fn authz_action(s: &str) -> Option<AuthzAction> {
     }
 }
 
-const MTLS_MODES: &[&str] = &["strict", "permissive", "off"];
-
 fn mtls_mode(s: &str) -> Option<MtlsMode> {
     match s {
         "strict" => Some(MtlsMode::Strict),
@@ -359,8 +350,6 @@ fn mtls_mode(s: &str) -> Option<MtlsMode> {
         _ => None,
     }
 }
-
-const LOG_FORMATS: &[&str] = &["text", "json"];
 
 fn log_format(s: &str) -> Option<LogFormat> {
     match s {

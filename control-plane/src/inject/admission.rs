@@ -80,7 +80,7 @@ fn patch_for(
 }
 
 /// The injector's tree as JSON, with plain scalars typed as a YAML 1.2 reader types them.
-pub(super) fn to_json(y: &Yaml) -> Value {
+pub(crate) fn to_json(y: &Yaml) -> Value {
     match y {
         Yaml::Str(s) => Value::String(s.clone()),
         Yaml::Plain(s) => match s.as_str() {

@@ -8,12 +8,12 @@
 //! admission webhook ([`admission`]) injects a pod with the same [`pod`] code.
 
 pub mod admission;
-mod emit;
+pub(crate) mod emit;
 mod pod;
 mod settings;
 mod sidecar;
 mod stream;
-mod tree;
+pub(crate) mod tree;
 mod workload;
 mod wrap;
 

@@ -34,6 +34,20 @@ impl Yaml {
         })
     }
 
+    /// A JSON value as YAML: strings stay strings whatever they look like (`weft crds` writes
+    /// its JSON objects with the injector's writer).
+    pub(crate) fn from_json(value: &serde_json::Value) -> Yaml {
+        use serde_json::Value as Json;
+        match value {
+            Json::Null => Yaml::Plain("null".to_string()),
+            Json::Bool(b) => Yaml::Plain(b.to_string()),
+            Json::Number(n) => Yaml::Plain(n.to_string()),
+            Json::String(s) => Yaml::Str(s.clone()),
+            Json::Array(items) => Yaml::Seq(items.iter().map(Yaml::from_json).collect()),
+            Json::Object(entries) => Yaml::Map(entries.iter().map(|(k, v)| (k.clone(), Yaml::from_json(v))).collect()),
+        }
+    }
+
     pub(crate) fn str(s: impl Into<String>) -> Yaml {
         Yaml::Str(s.into())
     }

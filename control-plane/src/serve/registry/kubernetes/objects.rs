@@ -1,9 +1,8 @@
 //! Policy from the cluster: the `weft.dev/v1alpha1` objects operators apply with `kubectl`
 //! (`weft serve --kube-policy`), decoded and checked by the same code as policy files.
 //!
-//! Each object is rendered as the YAML document it would be in a file (JSON is YAML) and given
-//! to the file decoder, so an object is accepted exactly when the same document in a file
-//! passes `weft check`. An object that does not decode is reported by kind, namespace, name and
+//! Each object goes through the file decoder and the same value rules, so an object is
+//! accepted exactly when the same document in a file passes `weft check`. An object that does not decode is reported by kind, namespace, name and
 //! field path, and its last good version (if it had one) keeps serving; the CRD schema catches
 //! most mistakes earlier, at `kubectl apply`.
 
@@ -41,28 +40,23 @@ pub fn label(kind: &str, (namespace, name): &ObjectKey) -> String {
     format!("{kind} {namespace}/{name}")
 }
 
-/// Decodes one object as the policy document it stands for.
+/// Decodes one object as the policy document it stands for: the file decoder
+/// (`weft_api::decode::decode_object`), then the value rules every file's documents meet.
 pub fn decode(kind: &str, key: &ObjectKey, object: &DynamicObject) -> Result<Document, Vec<String>> {
     let label = label(kind, key);
-    let (namespace, name) = key;
-    let mut doc = serde_json::json!({
-        "apiVersion": format!("{GROUP}/{VERSION}"),
-        "kind": kind,
-        "metadata": {"name": name, "namespace": namespace},
-    });
-    if let Some(spec) = object.data.get("spec") {
-        doc["spec"] = spec.clone();
-    }
-    let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
-    match weft_api::parse_file(&label, &text) {
-        Ok(mut docs) if docs.len() == 1 => Ok(docs.remove(0)),
-        Ok(docs) => Err(vec![format!("{label}: decoded as {} documents", docs.len())]),
-        Err(problems) => Err(problems.0.iter().map(describe).collect()),
-    }
+    let mut value = serde_json::to_value(object).unwrap_or_default();
+    // The watch is per kind; an object listed there is of that kind whatever it says.
+    value["kind"] = serde_json::json!(kind);
+    value["apiVersion"] = serde_json::json!(format!("{GROUP}/{VERSION}"));
+    let doc =
+        weft_api::decode::decode_object(&label, &value).map_err(|d| d.0.iter().map(describe).collect::<Vec<_>>())?;
+    weft_api::validate::validate_documents(&label, std::slice::from_ref(&doc))
+        .map_err(|d| d.0.iter().map(describe).collect::<Vec<_>>())?;
+    Ok(doc)
 }
 
-/// A problem of an object: `Route shop/checkout: spec.rules[0].timeout: message`. The line
-/// is in the rendering `decode` makes, not in anything the operator wrote, so it is left out.
+/// A problem of an object: `Route shop/checkout: spec.rules[0].timeout: message` (an object
+/// has no lines; its field path says where).
 pub fn describe(d: &weft_api::Diagnostic) -> String {
     match d.path.is_empty() {
         true => format!("{}: {}", d.file, d.message),
