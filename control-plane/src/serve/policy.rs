@@ -186,8 +186,21 @@ impl PolicyInputs {
         self.file_problems.iter().chain(&self.object_problems).chain(&self.set_problems).cloned().collect()
     }
 
-    /// Takes the cluster's Services; false when they are the ones already held.
-    pub fn set_cluster(&mut self, cluster: Vec<Service>) -> bool {
+    /// Takes the cluster's Services; false when they are the ones already held. One that a
+    /// policy file could not hold (a name Weft refuses) is left out with a warning, so it cannot
+    /// keep the others out.
+    pub fn set_cluster(&mut self, mut cluster: Vec<Service>) -> bool {
+        cluster.retain(|svc| {
+            let doc = [Document::Service(svc.clone())];
+            match weft_api::validate::validate_documents(CLUSTER_FILE, &doc) {
+                Ok(()) => true,
+                Err(problems) => {
+                    let key = service_key(&svc.metadata.name, &svc.metadata.namespace);
+                    tracing::warn!(service = %key, %problems, "Kubernetes Service left out of the policy");
+                    false
+                }
+            }
+        });
         if self.cluster == cluster {
             return false;
         }
@@ -400,7 +413,9 @@ spec:
             cluster_service("pinned", "shop", &["10.96.0.8"]),
             cluster_service("cart", "shop", &["10.96.0.9", "10.96.0.10"]),
             cluster_service("orders", "shop", &["10.96.0.10"]),
+            cluster_service("Not_A_Name", "shop", &["10.96.0.11"]),
         ]));
+        assert_eq!(inputs.cluster.len(), 4, "a Service Weft cannot name is left out, not the others");
         assert!(!inputs.set_cluster(inputs.cluster.clone()), "the same Services are no change");
         let (files, dropped) = inputs.compose(&BTreeSet::new());
         let p = |f: &str, k: &str, ips: &[&str], ports: &[u16]| {
