@@ -57,7 +57,22 @@ struct State {
 pub struct KubernetesRegistry {
     catalog: Arc<Catalog>,
     options: KubeOptions,
+    client: Client,
     state: Mutex<State>,
+}
+
+/// The API client `weft serve --kubernetes` uses for everything it asks the API server (the
+/// watches here, the CA's TokenReviews): `--kube-api` without credentials, else in-cluster.
+pub fn client(options: &KubeOptions) -> Result<Client, String> {
+    let config = match &options.api {
+        Some(url) => {
+            let uri = url.parse().map_err(|e| format!("--kube-api {url:?}: {e}"))?;
+            kube::Config::new(uri)
+        }
+        None => kube::Config::incluster()
+            .map_err(|e| format!("not inside a pod, or its service account is missing ({e}); give --kube-api"))?,
+    };
+    Client::try_from(config).map_err(|e| format!("Kubernetes client: {e}"))
 }
 
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -72,20 +87,9 @@ fn key<K: Resource>(o: &K) -> ObjectKey {
 type Select<K> = fn(&mut State) -> &mut BTreeMap<ObjectKey, K>;
 
 impl KubernetesRegistry {
-    pub fn new(catalog: Arc<Catalog>, options: KubeOptions) -> Arc<KubernetesRegistry> {
-        Arc::new(KubernetesRegistry { catalog, options, state: Mutex::new(State::default()) })
-    }
-
-    fn client(&self) -> Result<Client, String> {
-        let config = match &self.options.api {
-            Some(url) => {
-                let uri = url.parse().map_err(|e| format!("--kube-api {url:?}: {e}"))?;
-                kube::Config::new(uri)
-            }
-            None => kube::Config::incluster()
-                .map_err(|e| format!("not inside a pod, or its service account is missing ({e}); give --kube-api"))?,
-        };
-        Client::try_from(config).map_err(|e| format!("Kubernetes client: {e}"))
+    /// `client` comes from [`client`], shared with the rest of `weft serve`.
+    pub fn new(catalog: Arc<Catalog>, options: KubeOptions, client: Client) -> Arc<KubernetesRegistry> {
+        Arc::new(KubernetesRegistry { catalog, options, client, state: Mutex::new(State::default()) })
     }
 
     /// The APIs to watch for `K`: the whole cluster, or one per configured namespace (named).
@@ -191,7 +195,7 @@ impl Registry for KubernetesRegistry {
     }
 
     fn start(self: Arc<Self>) -> Result<(), String> {
-        let client = self.client()?;
+        let client = self.client.clone();
         let services = self.apis::<KubeService>(&client);
         let slices = self.apis::<EndpointSlice>(&client);
         lock(&self.state).watches = services.len() + slices.len();
