@@ -115,6 +115,8 @@ where
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
         .map(str::to_string);
     let Some(token) = token else {
         return refused(

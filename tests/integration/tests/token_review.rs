@@ -186,6 +186,11 @@ async fn refused_tokens_say_why_in_the_answer_the_metric_and_the_log() {
         assert_eq!(certificates(&cp, reason).await, counted[reason], "{token}: counted as {reason}");
         seen.push((token, reason));
     }
+    // An empty bearer token is no token: refused here, without asking the API server (which
+    // nobody answers now: a review would end in 503 after its timeout).
+    let empty = ask(cp.addr(), "  ").await.await.expect("request task");
+    assert_eq!(empty.status, 401, "{}", empty.text());
+    assert_eq!(certificates(&cp, "no-token").await, 1.0);
     assert_eq!(certificates(&cp, "issued").await, 0.0);
     assert_eq!(
         certificates(&cp, "unknown-token").await,
