@@ -80,7 +80,7 @@ echo "weft check: ${#valid[@]} example files valid, ${#invalid[@]} invalid cases
 python3 .ci/policy-schema.py "$out/default.yaml" schemas/weft.dev_v1alpha1.json --valid "${valid[@]}" --invalid "${invalid[@]}" \
     | grep -v '^refused as expected'
 # Values outside the schema are refused before anything renders.
-for bad in replicas=two webhook.failurePolicy=Sometimes discovery.port=http kubernetes.discovery=maybe \
+for bad in replicas=two webhook.failurePolicy=Sometimes discovery.port=http kubernetes.policy=maybe \
     'kubernetes.namespaces={Shop_1}'; do
     if "$helm" template weft "$chart" --set "$bad" > /dev/null 2> "$out/err"; then
         echo "values.schema.json accepted --set $bad" >&2

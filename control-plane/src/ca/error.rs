@@ -51,7 +51,10 @@ pub enum CaError {
     #[error("a certificate lifetime must be longer than zero")]
     ZeroTtl,
 
-    #[error("the join token is not known to this CA; check the proxy's joinTokenFile against the CA's token file")]
+    #[error(
+        "the join token is not known to this CA; check the proxy's joinTokenFile against the CA's token file \
+         (a service-account token is checked only by `weft serve --kubernetes`)"
+    )]
     UnknownToken,
 
     #[error("{path}:{line}: {reason}; each line is `<token> <spiffe-id>`", path = path.display())]

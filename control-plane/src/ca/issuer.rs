@@ -1,5 +1,6 @@
-//! Signs proxies' certificate signing requests: a join token names the one SPIFFE id its
-//! holder may have, and the CSR must ask for exactly that id and nothing else.
+//! Signs proxies' certificate signing requests: a credential (a join token here, or a
+//! service-account token reviewed by `token_review`) names the one SPIFFE id its holder may
+//! have, and the CSR must ask for exactly that id and nothing else.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -70,7 +71,8 @@ impl JoinTokens {
     }
 }
 
-fn digest(token: &str) -> [u8; 32] {
+/// Tokens are compared and remembered only as this digest, never kept as text.
+pub(super) fn digest(token: &str) -> [u8; 32] {
     let d = ring::digest::digest(&ring::digest::SHA256, token.trim().as_bytes());
     d.as_ref().try_into().expect("SHA-256 is 32 bytes")
 }
@@ -114,11 +116,21 @@ impl Issuer {
         &self.authority
     }
 
-    /// Signs `csr_pem` for the holder of `token`. Refuses an unknown token, a CSR whose
-    /// signature does not verify, and a CSR that asks for any name other than the token's id.
+    /// The id a join token grants (None: not a join token this CA knows).
+    pub fn join_token_id(&self, token: &str) -> Option<SpiffeId> {
+        self.tokens.load().lookup(token).cloned()
+    }
+
+    /// Signs `csr_pem` for the holder of join token `token`. Refuses an unknown token, a CSR
+    /// whose signature does not verify, and a CSR that asks for any name other than the token's id.
     pub fn sign_csr(&self, token: &str, csr_pem: &str) -> Result<(SpiffeId, Issued), CaError> {
-        let tokens = self.tokens.load();
-        let allowed = tokens.lookup(token).ok_or(CaError::UnknownToken)?;
+        let allowed = self.join_token_id(token).ok_or(CaError::UnknownToken)?;
+        let issued = self.sign_csr_as(&allowed, csr_pem)?;
+        Ok((allowed, issued))
+    }
+
+    /// Signs `csr_pem` when it asks for exactly `allowed` (the id its caller's credential grants).
+    pub fn sign_csr_as(&self, allowed: &SpiffeId, csr_pem: &str) -> Result<Issued, CaError> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| CaError::BadCsr { reason: format!("{e} (it must be a signed PEM CERTIFICATE REQUEST)") })?;
         let requested: Vec<String> = csr
@@ -134,7 +146,7 @@ impl Issuer {
             let requested = if requested.is_empty() { "no name".to_string() } else { requested.join(", ") };
             return Err(CaError::CsrIdentityMismatch { expected: allowed.to_string(), requested });
         }
-        Ok((allowed.clone(), self.authority.sign(allowed, &csr.public_key, self.ttl)?))
+        self.authority.sign(allowed, &csr.public_key, self.ttl)
     }
 }
 

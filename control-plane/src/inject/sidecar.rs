@@ -16,8 +16,8 @@ const TOKEN_DIR: &str = "/var/run/secrets/weft.dev";
 const IDENTITY_DIR: &str = "/var/run/weft/identity";
 const STATE_DIR: &str = "/var/lib/weft";
 /// The audience of the projected service-account token, so the token is good for Weft's
-/// control plane only (never replayable against the API server).
-pub(crate) const TOKEN_AUDIENCE: &str = "weft.dev";
+/// control plane only (never replayable against the API server); the CA checks it.
+pub(crate) use crate::ca::TOKEN_AUDIENCE;
 
 /// Volumes `weft inject` owns, by name.
 pub(crate) const VOLUMES: [&str; 6] =

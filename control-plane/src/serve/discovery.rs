@@ -50,6 +50,8 @@ pub struct Discovery {
     pub heartbeat: Duration,
     /// Signs proxies' CSRs on `POST /v1/certificates` when `weft serve --ca` is given.
     pub issuer: Option<Arc<crate::ca::Issuer>>,
+    /// Checks Kubernetes service-account tokens for the CA (with `--ca` and `--kubernetes`).
+    pub token_review: Option<crate::ca::TokenReviewer>,
     /// TLS with the control plane's own certificate (with `--ca`).
     pub tls: Option<Arc<ServingTls>>,
     /// Plaintext from any peer, not only loopback (`--insecure-plaintext`).
@@ -186,9 +188,12 @@ impl Discovery {
                 Err(resp) => resp,
             },
             (_, crate::ca::http::CERTIFICATES_PATH) => match &self.issuer {
-                Some(issuer) => crate::ca::http::handle(issuer, &self.catalog.metrics, caller.peer, req)
-                    .await
-                    .map(|b| b.boxed_unsync()),
+                Some(issuer) => {
+                    let review = self.token_review.as_ref();
+                    crate::ca::http::handle(issuer, review, &self.catalog.metrics, caller.peer, req)
+                        .await
+                        .map(|b| b.boxed_unsync())
+                }
                 None => full(
                     StatusCode::NOT_FOUND,
                     "this control plane does not sign certificates; start it with --ca DIR --join-token-file FILE\n",

@@ -65,7 +65,10 @@ Runs the control plane.
   --kubernetes             instances from the Kubernetes API: every Service's ready EndpointSlice
                            endpoints (terminating ones only while none is ready) and its
                            ClusterIPs, watched; an API server that is down or refuses keeps the
-                           last known state, marked stale (weft_control_registry_stale).
+                           last known state, marked stale (weft_control_registry_stale). With
+                           --ca, a bearer token that is no join token is checked as a pod's
+                           service-account token (TokenReview, audience weft.dev) and gets
+                           exactly spiffe://<trust domain>/ns/<namespace>/sa/<account>.
                            In-cluster credentials unless --kube-api is given
   --kube-api URL           the API server, reached without credentials (kubectl proxy); implies
                            --kubernetes
@@ -306,8 +309,16 @@ pub async fn start(args: &ServeArgs) -> Result<Running, String> {
     if let Some(dir) = &args.registry {
         registries.push(YamlDirRegistry::new(catalog.clone(), dir.clone()));
     }
-    if let Some(options) = &args.kubernetes {
-        registries.push(registry::kubernetes::KubernetesRegistry::new(catalog.clone(), options.clone()));
+    let kube_client = match &args.kubernetes {
+        Some(options) => Some(registry::kubernetes::client(options).map_err(|e| format!("registry kubernetes: {e}"))?),
+        None => None,
+    };
+    if let (Some(options), Some(client)) = (&args.kubernetes, &kube_client) {
+        registries.push(registry::kubernetes::KubernetesRegistry::new(
+            catalog.clone(),
+            options.clone(),
+            client.clone(),
+        ));
     }
     for r in registries {
         let source = r.source();
@@ -318,6 +329,13 @@ pub async fn start(args: &ServeArgs) -> Result<Running, String> {
         folder::watch_file(&file.clone(), move || reload_tokens(&issuer, &file, &c))?;
     }
     let signs = issuer.is_some();
+    // With both a CA and Kubernetes, a bearer token that is no join token may be a pod's
+    // service-account token: the API server says whose (docs/certificates.md).
+    let token_review = match (&issuer, kube_client) {
+        (Some(_), Some(client)) => Some(crate::ca::TokenReviewer::new(client, trust_domain.clone())),
+        _ => None,
+    };
+    let reviews_tokens = token_review.is_some();
     let transport = match (&tls, args.insecure_plaintext) {
         (Some(t), false) => format!("TLS as {} (plaintext from loopback peers only)", t.id),
         (Some(t), true) => format!("TLS as {}, and plaintext from ANY peer (--insecure-plaintext)", t.id),
@@ -329,6 +347,7 @@ pub async fn start(args: &ServeArgs) -> Result<Running, String> {
         self_registration,
         heartbeat: args.heartbeat,
         issuer,
+        token_review,
         tls,
         insecure_plaintext: args.insecure_plaintext,
     });
@@ -340,6 +359,7 @@ pub async fn start(args: &ServeArgs) -> Result<Running, String> {
         policy = ?args.policy,
         version = catalog.version(),
         signs_certificates = signs,
+        reviews_service_account_tokens = reviews_tokens,
         "weft control plane {} serving; discovery: {transport}",
         env!("CARGO_PKG_VERSION")
     );

@@ -91,7 +91,22 @@ impl State {
 pub struct KubernetesRegistry {
     catalog: Arc<Catalog>,
     options: KubeOptions,
+    client: Client,
     state: Mutex<State>,
+}
+
+/// The API client `weft serve --kubernetes` uses for everything it asks the API server (the
+/// watches here, the CA's TokenReviews): `--kube-api` without credentials, else in-cluster.
+pub fn client(options: &KubeOptions) -> Result<Client, String> {
+    let config = match &options.api {
+        Some(url) => {
+            let uri = url.parse().map_err(|e| format!("--kube-api {url:?}: {e}"))?;
+            kube::Config::new(uri)
+        }
+        None => kube::Config::incluster()
+            .map_err(|e| format!("not inside a pod, or its service account is missing ({e}); give --kube-api"))?,
+    };
+    Client::try_from(config).map_err(|e| format!("Kubernetes client: {e}"))
 }
 
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -115,20 +130,9 @@ struct Watch<K: Clone> {
 }
 
 impl KubernetesRegistry {
-    pub fn new(catalog: Arc<Catalog>, options: KubeOptions) -> Arc<KubernetesRegistry> {
-        Arc::new(KubernetesRegistry { catalog, options, state: Mutex::new(State::default()) })
-    }
-
-    fn client(&self) -> Result<Client, String> {
-        let config = match &self.options.api {
-            Some(url) => {
-                let uri = url.parse().map_err(|e| format!("--kube-api {url:?}: {e}"))?;
-                kube::Config::new(uri)
-            }
-            None => kube::Config::incluster()
-                .map_err(|e| format!("not inside a pod, or its service account is missing ({e}); give --kube-api"))?,
-        };
-        Client::try_from(config).map_err(|e| format!("Kubernetes client: {e}"))
+    /// `client` comes from [`client`], shared with the rest of `weft serve`.
+    pub fn new(catalog: Arc<Catalog>, options: KubeOptions, client: Client) -> Arc<KubernetesRegistry> {
+        Arc::new(KubernetesRegistry { catalog, options, client, state: Mutex::new(State::default()) })
     }
 
     /// The namespaces to watch, one API each: None is the whole cluster.
@@ -284,7 +288,7 @@ impl Registry for KubernetesRegistry {
     }
 
     fn start(self: Arc<Self>) -> Result<(), String> {
-        let client = self.client()?;
+        let client = self.client.clone();
         let services = self.typed::<KubeService>(&client, |s| &mut s.services);
         let slices = self.typed::<EndpointSlice>(&client, |s| &mut s.slices);
         let policy = if self.options.policy { self.policy(&client) } else { Vec::new() };
