@@ -72,6 +72,18 @@ pub(crate) struct Decoded {
 }
 
 pub(crate) fn decode_file(file: &str, text: &str) -> Decoded {
+    // YAML takes a lone CR as a line break, editors and `grep -n` do not: every line number
+    // after one would point past where the problem is (found by fuzz/policy_decode).
+    if let Some(at) =
+        text.bytes().enumerate().position(|(i, b)| b == b'\r' && text.as_bytes().get(i + 1) != Some(&b'\n'))
+    {
+        let before = &text[..at];
+        let line = 1 + before.matches('\n').count();
+        let column = at - before.rfind('\n').map_or(0, |n| n + 1) + 1;
+        let message = format!("a carriage return without a line feed (column {column}); end lines with LF or CRLF");
+        let problem = Diagnostic { file: file.to_string(), line, path: String::new(), message };
+        return Decoded { documents: Vec::new(), problems: Diagnostics(vec![problem]), complete: false };
+    }
     let stream = yaml::parse_stream(text);
     let mut d = Decoder { file, out: Vec::new(), lines: FieldLines::default() };
     let nodes: Vec<&Node> = stream.documents.iter().filter(|n| !n.is_null()).collect();
@@ -202,6 +214,23 @@ mod tests {
             Ok(_) => Vec::new(),
             Err(d) => d.0.iter().map(ToString::to_string).collect(),
         }
+    }
+
+    #[test]
+    fn a_lone_carriage_return_is_refused_at_its_own_line() {
+        // YAML counts a lone CR as a line break, so a later error was reported on line 62 of an
+        // 8-line file (fuzz/policy_decode). CRLF files decode as before.
+        let crlf = "apiVersion: weft.dev/v1alpha1\r\nkind: Mesh\r\nmetadata: {name: default}\r\n";
+        assert_eq!(decode(crlf).len(), 1);
+        let lone = "apiVersion: weft.dev/v1alpha1\nkind: Mesh # old\r\r\rnote\nmetadata: {name: default}\n";
+        assert_eq!(
+            problems(lone),
+            ["f.yaml:2: a carriage return without a line feed (column 17); end lines with LF or CRLF"]
+        );
+        assert_eq!(
+            problems("kind: Mesh\r"),
+            ["f.yaml:1: a carriage return without a line feed (column 11); end lines with LF or CRLF"]
+        );
     }
 
     pub(super) fn meta(name: &str, namespace: &str, line: usize) -> Metadata {

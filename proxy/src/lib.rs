@@ -12,6 +12,8 @@ pub mod config;
 pub mod connect;
 pub mod discovery;
 pub mod forward;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod inbound;
 pub mod init;

@@ -34,7 +34,7 @@ use crate::http::body::{BoxError, ReqBody};
 /// Largest response head accepted (status line and headers).
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Most interim (1xx) responses before the final one.
-const MAX_INTERIM: usize = 8;
+pub(crate) const MAX_INTERIM: usize = 8;
 /// Most header fields in a response head (hyper's limit too).
 const MAX_HEADERS: usize = 100;
 /// Longest chunk-size line, extensions included.
@@ -539,7 +539,7 @@ fn push_number(out: &mut Vec<u8>, mut n: u64, radix: u64) {
     out.extend_from_slice(b"\r\n");
 }
 
-enum Parsed {
+pub(crate) enum Parsed {
     /// A 1xx response other than 101, consumed from the buffer.
     Informational,
     /// The response head (consumed), how its body is framed, and whether the connection can
@@ -549,7 +549,11 @@ enum Parsed {
 
 /// Parses a response head at the start of `buf`. `None` until it is complete. Header values
 /// share the buffer's memory (no copies); the header map is `recycle`'s allocation, taken.
-fn parse_head(buf: &mut BytesMut, head_only: bool, recycle: &mut HeaderMap) -> Result<Option<Parsed>, BoxError> {
+pub(crate) fn parse_head(
+    buf: &mut BytesMut,
+    head_only: bool,
+    recycle: &mut HeaderMap,
+) -> Result<Option<Parsed>, BoxError> {
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     // Offsets of each field's name and value in the head (the parser borrows the buffer,
     // which is then split off).
@@ -680,7 +684,7 @@ pub(crate) fn parse_length(v: &[u8]) -> Option<u64> {
 }
 
 /// Where the response body decoder stands.
-enum Decode {
+pub(crate) enum Decode {
     /// This many bytes are left.
     Length(u64),
     Chunked(Chunk),
@@ -690,7 +694,7 @@ enum Decode {
 }
 
 #[derive(Clone, Copy)]
-enum Chunk {
+pub(crate) enum Chunk {
     /// Expecting a chunk-size line.
     Size,
     /// Inside a chunk, this many bytes left.
@@ -702,7 +706,7 @@ enum Chunk {
 }
 
 /// What the decoder made of the buffered bytes.
-enum Step {
+pub(crate) enum Step {
     Data(Bytes),
     Trailers(HeaderMap),
     End,
@@ -711,7 +715,7 @@ enum Step {
 }
 
 impl Decode {
-    fn step(&mut self, buf: &mut BytesMut) -> Result<Step, BoxError> {
+    pub(crate) fn step(&mut self, buf: &mut BytesMut) -> Result<Step, BoxError> {
         loop {
             match self {
                 Decode::Done => return Ok(Step::End),

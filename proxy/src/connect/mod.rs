@@ -5,6 +5,7 @@ mod h1conn;
 mod h2conn;
 mod pool;
 
+pub(crate) use h1conn::{Decode, MAX_INTERIM, Parsed as ResponseParsed, Step, parse_head};
 pub use h1conn::{H1Body, H1Conn, Home, SendError as H1SendError};
 pub(crate) use h1conn::{forwardable_trailer, parse_length, push_field, push_hex, push_length};
 pub use h2conn::{BodyPipe, H2Body, H2Conn, SendError as H2SendError, handshake as handshake_h2};

@@ -5,6 +5,8 @@
 pub mod access;
 pub mod body;
 pub mod errors;
+#[cfg(test)]
+mod h1_properties;
 pub mod h1server;
 pub mod h2server;
 pub mod headers;

@@ -55,11 +55,8 @@ pub async fn sniff(stream: &TcpStream, idle: Duration, head: Duration) -> Option
             if n == 0 {
                 return None;
             }
-            if buf[..n] != H2_PREFACE[..n] {
-                return Some(Version::Http1);
-            }
-            if n == H2_PREFACE.len() {
-                return Some(Version::Http2);
+            if let Some(version) = version_from_prefix(&buf[..n]) {
+                return Some(version);
             }
             // Part of the preface so far (rare: it came in pieces); peeking again at once
             // would return the same bytes.
@@ -68,6 +65,19 @@ pub async fn sniff(stream: &TcpStream, idle: Duration, head: Duration) -> Option
         }
     };
     tokio::time::timeout(head, decide).await.ok().flatten()
+}
+
+/// The version the first bytes of a plaintext connection show: HTTP/2 once they are the whole
+/// preface, HTTP/1.x as soon as they stop matching it; `None` while they are the start of it.
+pub(crate) fn version_from_prefix(first: &[u8]) -> Option<Version> {
+    let n = first.len().min(H2_PREFACE.len());
+    if first[..n] != H2_PREFACE[..n] {
+        Some(Version::Http1)
+    } else if n == H2_PREFACE.len() {
+        Some(Version::Http2)
+    } else {
+        None
+    }
 }
 
 /// Serves a plaintext client connection: sniffs its version, then serves it. A client that

@@ -270,7 +270,7 @@ const END_HEADERS: u8 = 0x4;
 
 /// Where a client's HTTP/2 byte stream is: in a frame's payload (skipped), or in a frame
 /// header (kept, 9 bytes); and whether a header block has begun and not ended.
-struct FrameScan {
+pub(crate) struct FrameScan {
     /// Bytes to pass over before the next frame header: the preface, then each payload.
     skip: usize,
     head: [u8; 9],
@@ -281,12 +281,12 @@ struct FrameScan {
 }
 
 impl FrameScan {
-    fn new() -> FrameScan {
+    pub(crate) fn new() -> FrameScan {
         FrameScan { skip: 24, head: [0; 9], have: 0, ends_block: false, in_block: false }
     }
 
     /// Follows the next `bytes` of the stream; returns whether a header block is open after them.
-    fn feed(&mut self, mut bytes: &[u8]) -> bool {
+    pub(crate) fn feed(&mut self, mut bytes: &[u8]) -> bool {
         loop {
             let n = self.skip.min(bytes.len());
             self.skip -= n;
