@@ -39,6 +39,14 @@ fn sample(ty: &Type) -> Value {
 
 /// Every field under `object` at `path` (a JSON pointer and the diagnostic's dotted path),
 /// list items taken at index 0.
+/// Every field of a kind's spec and metadata, with its JSON pointer and dotted path.
+fn fields_of(kind: &Kind) -> Vec<(&'static Field, String, String)> {
+    let mut fields = Vec::new();
+    walk(kind.spec, "/spec", "spec", &mut fields);
+    walk(&METADATA, "/metadata", "metadata", &mut fields);
+    fields
+}
+
 fn walk(object: &'static Object, pointer: &str, path: &str, out: &mut Vec<(&'static Field, String, String)>) {
     for field in object.fields {
         let (pointer, path) = (format!("{pointer}/{}", field.name), format!("{path}.{}", field.name));
@@ -95,9 +103,7 @@ fn a_document_with_every_field_decodes_cleanly() {
 fn each_field_broken_in_turn_is_refused_at_its_path() {
     for kind in KINDS {
         let doc = full_document(kind);
-        let mut fields = Vec::new();
-        walk(kind.spec, "/spec", "spec", &mut fields);
-        walk(&METADATA, "/metadata", "metadata", &mut fields);
+        let fields = fields_of(kind);
         for (field, pointer, path) in &fields {
             let wrong_type = match field.ty {
                 Type::Object(_) | Type::StringMap => json!("x"),
@@ -137,9 +143,7 @@ fn an_optional_field_left_out_decodes_cleanly_to_the_schema_default() {
     let mut checked = 0;
     for kind in KINDS {
         let doc = full_document(kind);
-        let mut fields = Vec::new();
-        walk(kind.spec, "/spec", "spec", &mut fields);
-        walk(&METADATA, "/metadata", "metadata", &mut fields);
+        let fields = fields_of(kind);
         for (field, pointer, path) in &fields {
             if field.required {
                 continue;
