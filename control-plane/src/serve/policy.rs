@@ -216,8 +216,9 @@ impl PolicyInputs {
     ///   is left out (and reported), so an address always routes to one service.
     ///
     /// `held` names policy objects that broke a rule across documents: they take their
-    /// version in the last served policy, or are left out if they were not in it.
-    pub fn compose(&self, held: &BTreeSet<String>) -> (Vec<(String, Vec<Document>)>, Vec<String>) {
+    /// version in the last served policy, or are left out if they were not in it. Without
+    /// `cluster`, the cluster's Services (and the ClusterIPs they lend) are left out.
+    pub fn compose(&self, held: &BTreeSet<String>, cluster: bool) -> (Vec<(String, Vec<Document>)>, Vec<String>) {
         let mut files = self.files.clone();
         for (label, docs) in &self.objects {
             match held.contains(label) {
@@ -240,7 +241,7 @@ impl PolicyInputs {
         }
         let mut dropped = Vec::new();
         let mut added = Vec::new();
-        for svc in &self.cluster {
+        for svc in self.cluster.iter().filter(|_| cluster) {
             let key = service_key(&svc.metadata.name, &svc.metadata.namespace);
             let mut ips = Vec::new();
             for ip in &svc.spec.virtual_ips {
@@ -417,7 +418,7 @@ spec:
         ]));
         assert_eq!(inputs.cluster.len(), 4, "a Service Weft cannot name is left out, not the others");
         assert!(!inputs.set_cluster(inputs.cluster.clone()), "the same Services are no change");
-        let (files, dropped) = inputs.compose(&BTreeSet::new());
+        let (files, dropped) = inputs.compose(&BTreeSet::new(), true);
         let p = |f: &str, k: &str, ips: &[&str], ports: &[u16]| {
             (f.to_string(), k.to_string(), ips.iter().map(|s| s.to_string()).collect::<Vec<_>>(), ports.to_vec())
         };

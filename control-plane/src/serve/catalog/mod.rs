@@ -18,7 +18,7 @@ use weft_api::discovery::{Delta, EndpointChange, Snapshot, WatchMessage};
 use weft_api::{Document, EndpointSpec};
 
 use super::metrics::ControlMetrics;
-use super::policy::{CLUSTER_FILE, Policy, PolicyInputs};
+use super::policy::{Policy, PolicyInputs};
 use super::registry::kubernetes::objects;
 
 mod merge;
@@ -426,14 +426,10 @@ impl Catalog {
     /// nothing fits, the last good policy keeps serving. Every problem shows in `weft status`
     /// and `weft_control_policy_errors`.
     fn compose(&self, inputs: &mut PolicyInputs) -> bool {
-        let check = |files: &[(String, Vec<Document>)]| {
-            files
-                .iter()
-                .filter(|(f, _)| f == CLUSTER_FILE)
-                .try_for_each(|(f, docs)| weft_api::validate::validate_documents(f, docs))
-                .and_then(|()| weft_api::validate::validate_set(files))
-        };
-        let (files, dropped) = inputs.compose(&BTreeSet::new());
+        // Each input was checked on its own (files as a set, objects and cluster Services one by
+        // one): what remains is the rules across all of them.
+        let check = |files: &[(String, Vec<Document>)]| weft_api::validate::validate_set(files);
+        let (files, dropped) = inputs.compose(&BTreeSet::new(), true);
         for d in &dropped {
             tracing::warn!(problem = %d, "left out of the policy");
         }
@@ -444,7 +440,7 @@ impl Catalog {
             Err(found) => {
                 let held: BTreeSet<String> =
                     found.0.iter().filter(|d| inputs.is_object(&d.file)).map(|d| d.file.clone()).collect();
-                let retry = (!held.is_empty()).then(|| inputs.compose(&held).0);
+                let retry = (!held.is_empty()).then(|| inputs.compose(&held, true).0);
                 if let Some(files) = retry.filter(|f| check(f).is_ok()) {
                     let broken: Vec<&weft_api::Diagnostic> =
                         found.0.iter().filter(|d| held.contains(&d.file)).collect();
@@ -459,9 +455,8 @@ impl Catalog {
                     }));
                     chosen = Some(files);
                 } else {
-                    let without: Vec<(String, Vec<Document>)> =
-                        files.into_iter().filter(|(f, _)| f != CLUSTER_FILE).collect();
-                    match weft_api::validate::validate_set(&without) {
+                    let without = inputs.compose(&BTreeSet::new(), false).0;
+                    match check(&without) {
                         Ok(()) => {
                             tracing::error!(problems = %found, "the cluster's Services do not fit the policy; it serves without them");
                             chosen = Some(without);
