@@ -29,8 +29,9 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 /// How long [`FakeApi::next`] waits for a call.
 pub const WAIT: Duration = Duration::from_secs(20);
 
-/// A response body fed line by line by the test; it ends when the sender is dropped.
-struct Lines(mpsc::UnboundedReceiver<Bytes>);
+/// A response body fed line by line by the test; it ends when the sender is dropped. The
+/// streams of fake servers (watch streams, NDJSON) are made of it.
+pub struct Lines(pub mpsc::UnboundedReceiver<Bytes>);
 
 impl Body for Lines {
     type Data = Bytes;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::config::document;
 use crate::net::{Reserved, reserve_addrs};
+use crate::proxy::ProxyConfig;
 use crate::tempdir::TempDir;
 
 /// `spiffe://cluster.local/ns/default/sa/<account>`.
@@ -88,6 +89,18 @@ pub fn meshed_service(name: &str, addr: SocketAddr, identity: &str) -> String {
 pub fn meshed_service_speaking(name: &str, protocol: &str, addr: SocketAddr, identity: &str) -> String {
     let endpoints = format!("endpoints: [{{address: \"{addr}\", identity: \"{identity}\"}}]\n");
     document("Service", name, &format!("ports: [{{port: 80, protocol: {protocol}}}]\n{endpoints}"))
+}
+
+/// A proxy of service `client` whose upstream port `server` reaches the meshed proxy of
+/// service `server` at `addr` (identity `spiffe("server")`), with `proxy_spec` (its identity).
+pub fn client_of_server(proxy_spec: String, addr: SocketAddr) -> ProxyConfig {
+    ProxyConfig {
+        service: "client".to_string(),
+        upstreams: vec!["server".to_string()],
+        proxy_spec,
+        policy: meshed_service("server", addr, &spiffe("server")),
+        ..Default::default()
+    }
 }
 
 /// The minimal control plane (`weft serve`) signing CSRs, killed on drop. Its discovery port

@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use weft_integration::mesh::{ControlPlane, IdentityFiles, Pki, meshed_service, spiffe};
+use weft_integration::mesh::{ControlPlane, IdentityFiles, Pki, client_of_server, spiffe};
 use weft_integration::{Backend, Limit, Proxy, ProxyConfig, Req, TempDir, eventually, metric_sum, run_load};
 
 const SERVER_TOKEN: &str = "server-token-0123456789";
@@ -45,18 +45,13 @@ async fn server(cp: &ControlPlane, pki: &Pki, app: &Backend) -> Proxy {
 /// The client's config: its upstream port reaches `server` over mTLS; its certificate comes
 /// from `cp` and is kept in `identity_dir`.
 fn client_config(cp: &ControlPlane, pki: &Pki, server: &Proxy, identity_dir: &std::path::Path) -> ProxyConfig {
-    ProxyConfig {
-        service: "client".to_string(),
-        upstreams: vec!["server".to_string()],
-        proxy_spec: format!(
-            "{}\nidentityDir: \"{}\"\nstateDir: \"{}\"\n",
-            cp.tls_line(pki, "client", CLIENT_TOKEN),
-            identity_dir.display(),
-            identity_dir.with_extension("state").display()
-        ),
-        policy: meshed_service("server", server.inbound(), &spiffe("server")),
-        ..Default::default()
-    }
+    let spec = format!(
+        "{}\nidentityDir: \"{}\"\nstateDir: \"{}\"\n",
+        cp.tls_line(pki, "client", CLIENT_TOKEN),
+        identity_dir.display(),
+        identity_dir.with_extension("state").display()
+    );
+    client_of_server(spec, server.inbound())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

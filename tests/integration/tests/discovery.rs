@@ -4,21 +4,19 @@
 //! converge on a change.
 
 use std::convert::Infallible;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body::{Body, Frame};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use weft_integration::client::must;
+use weft_integration::kube_api::Lines;
 use weft_integration::metrics::metric_sum;
 use weft_integration::watch::{Watcher, mentions_endpoint, quantile};
 use weft_integration::{
@@ -230,16 +228,6 @@ struct FakeControlPlane {
     streams: Arc<AtomicUsize>,
 }
 
-struct LineBody(mpsc::UnboundedReceiver<Bytes>);
-
-impl Body for LineBody {
-    type Data = Bytes;
-    type Error = Infallible;
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
-    }
-}
-
 impl FakeControlPlane {
     async fn start(good: String, bad: String) -> FakeControlPlane {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -275,7 +263,7 @@ impl FakeControlPlane {
                                     });
                                 }
                             }
-                            Ok::<_, Infallible>(Response::new(LineBody(rx)))
+                            Ok::<_, Infallible>(Response::new(Lines(rx)))
                         }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use weft_integration::client::{must, send_h2};
-use weft_integration::mesh::{ControlPlane, IdentityFiles, Pki, meshed_service, spiffe};
+use weft_integration::mesh::{ControlPlane, IdentityFiles, Pki, client_of_server, meshed_service, spiffe};
 use weft_integration::net::raw_exchange;
 use weft_integration::tcp_echo::send_and_read_to_eof;
 use weft_integration::{Backend, Limit, Proxy, ProxyConfig, Req, document, eventually, metric_sum, run_load};
@@ -395,14 +395,7 @@ async fn certificates_from_the_control_plane_rotate_under_load_without_a_failed_
         ..Default::default()
     })
     .await;
-    let client = Proxy::start(ProxyConfig {
-        service: "client".to_string(),
-        upstreams: vec!["server".to_string()],
-        proxy_spec: token_file("client", tokens[1].0),
-        policy: meshed_service("server", server.inbound(), &spiffe("server")),
-        ..Default::default()
-    })
-    .await;
+    let client = Proxy::start(client_of_server(token_file("client", tokens[1].0), server.inbound())).await;
 
     let report =
         run_load(client.upstream("server"), 4, Limit::For(Duration::from_secs(8)), |i| Req::get(&format!("/r/{i}")))

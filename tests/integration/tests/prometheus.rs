@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
-use weft_integration::mesh::{ControlPlane, Pki, meshed_service, spiffe};
+use weft_integration::mesh::{ControlPlane, Pki, client_of_server, spiffe};
 use weft_integration::net::free_addrs;
 use weft_integration::{Backend, Limit, Proxy, ProxyConfig, Req, TempDir, client, document, eventually, run_load};
 
@@ -180,14 +180,7 @@ async fn every_dashboard_query_answers_from_a_real_prometheus_scraping_a_mesh_un
         ..Default::default()
     })
     .await;
-    let client = Proxy::start(ProxyConfig {
-        service: "client".to_string(),
-        upstreams: vec!["server".to_string()],
-        proxy_spec: cp.tls_line(&pki, "client", CLIENT_TOKEN),
-        policy: meshed_service("server", server.inbound(), &spiffe("server")),
-        ..Default::default()
-    })
-    .await;
+    let client = Proxy::start(client_of_server(cp.tls_line(&pki, "client", CLIENT_TOKEN), server.inbound())).await;
 
     let prom =
         Prometheus::start(&[("client", client.admin()), ("server", server.admin()), ("control", cp.admin())]).await;

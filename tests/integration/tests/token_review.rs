@@ -17,7 +17,7 @@ use http::{Method, StatusCode};
 use serde_json::{Value, json};
 use weft_integration::client::{self, must};
 use weft_integration::kube_api::{Events, FakeApi};
-use weft_integration::mesh::{ControlPlane, Pki, meshed_service, spiffe};
+use weft_integration::mesh::{ControlPlane, Pki, client_of_server, spiffe};
 use weft_integration::{Backend, Proxy, ProxyConfig, Req, Resp, eventually, metric_sum};
 
 const CLIENT_JOIN_TOKEN: &str = "client-join-token-0123456789";
@@ -108,14 +108,7 @@ async fn a_service_account_token_gets_exactly_its_identity_and_serves_mtls_besid
 
     // A proxy with a join token gets its certificate with no TokenReview (none is answered
     // from here on), and verifies that the server's certificate is exactly server's id.
-    let client = Proxy::start(ProxyConfig {
-        service: "client".to_string(),
-        upstreams: vec!["server".to_string()],
-        proxy_spec: cp.tls_line(&pki, "client", CLIENT_JOIN_TOKEN),
-        policy: meshed_service("server", server.inbound(), &spiffe("server")),
-        ..Default::default()
-    })
-    .await;
+    let client = Proxy::start(client_of_server(cp.tls_line(&pki, "client", CLIENT_JOIN_TOKEN), server.inbound())).await;
     let resp = must(client.upstream("server"), &Req::get("/hello")).await;
     assert_eq!(resp.status, 200, "{}\n{}", resp.text(), client.log_tail(20));
     assert_eq!(resp.header("x-seen-weft-client-id"), Some(spiffe("client").as_str()));
