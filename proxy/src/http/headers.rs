@@ -165,6 +165,18 @@ fn without_tokens<'a>(
     if kept.is_empty() { None } else { HeaderValue::from_bytes(&kept).ok() }
 }
 
+/// Whether a request's Transfer-Encoding, if it has one, is `chunked` alone: the only coding
+/// the proxy decodes. Anything else (an unknown coding before it, `chunked` twice, across
+/// fields or in one) leaves the body's length unknown to some recipient, so the request is
+/// refused rather than forwarded with a framing the next parser could read differently.
+pub fn chunked_or_none(headers: &HeaderMap) -> bool {
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter().flat_map(|v| tokens(v.as_bytes()));
+    match codings.next() {
+        None => !headers.contains_key(header::TRANSFER_ENCODING),
+        Some(first) => first.eq_ignore_ascii_case(b"chunked") && codings.next().is_none(),
+    }
+}
+
 /// Whether a retry of this method cannot change the outcome (RFC 9110 §9.2.2).
 pub fn is_idempotent(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
@@ -267,6 +279,31 @@ mod tests {
         assert!(!strip_hop_by_hop(&mut h));
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h.get("x-kept").unwrap(), "1");
+    }
+
+    #[test]
+    fn only_chunked_alone_is_a_transfer_encoding_the_proxy_takes() {
+        let with = |values: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(header::TRANSFER_ENCODING, HeaderValue::from_static(v));
+            }
+            chunked_or_none(&h)
+        };
+        assert!(with(&[]));
+        assert!(with(&["chunked"]) && with(&["Chunked"]) && with(&[" chunked "]));
+        for refused in [
+            &["identity, chunked"][..],
+            &["chunked, chunked"],
+            &["chunked", "chunked"],
+            &["gzip", "chunked"],
+            &["xchunked"],
+            &["chunked, gzip"],
+            &[""],
+            &[","],
+        ] {
+            assert!(!with(refused), "{refused:?}");
+        }
     }
 
     #[test]

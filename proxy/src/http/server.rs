@@ -222,6 +222,11 @@ impl hyper::service::Service<Request<Incoming>> for Handler {
         if req.headers().contains_key(http::header::UPGRADE) {
             super::headers::strip_h2c_upgrade(req.headers_mut());
         }
+        // `h1server` hands every chunked request to hyper, which takes any coding list that
+        // ends in `chunked`; the proxy forwards `chunked` alone (differential test: h11).
+        if !super::headers::chunked_or_none(req.headers()) {
+            return ResponseFuture(Box::pin(std::future::ready(refuse_framing())));
+        }
         ResponseFuture(Handler::call(self, req.map(ClientBody::Http1), Instant::now()))
     }
 }
@@ -306,6 +311,15 @@ impl Handler {
         let resp = self.respond(routed, req, started);
         Box::pin(async move { line.finish(resp.await) })
     }
+}
+
+/// The answer to a request whose body's framing the proxy will not pass on: 400, and the
+/// connection closed, since where that body ends is exactly what is in doubt.
+#[cold]
+fn refuse_framing() -> Response<RespBody> {
+    let mut resp = ProxyError::BadRequest.response();
+    resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+    resp
 }
 
 /// Puts the normal form of the path (and the query) into the request target, keeping its

@@ -25,7 +25,7 @@ async fn malformed_http_gets_400() {
     let api = Backend::start("api").await;
     let proxy = proxy_for(&api, "").await;
 
-    let cases: [&[u8]; 7] = [
+    let cases: [&[u8]; 10] = [
         b"THIS IS NOT HTTP\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: api\r\nthis line has no colon\r\n\r\n",
         b"POST / HTTP/1.1\r\nHost: api\r\nContent-Length: abc\r\n\r\n",
@@ -34,6 +34,10 @@ async fn malformed_http_gets_400() {
         b"POST / HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\nX",
         b"POST / HTTP/1.1\r\nHost: api\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
         b"GET / HTTP/1.1\r\nHost: api\r\nX-A: one\r\n two\r\n\r\n",
+        // A coding before chunked, or chunked twice: found by the differential test (h11).
+        b"POST / HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: identity, chunked\r\n\r\n1\r\nX\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
     ];
     for request in cases {
         let raw = raw_exchange(proxy.outbound(), request, RAW_DEADLINE).await;
