@@ -149,3 +149,8 @@ pub fn header_block_open<'a>(pieces: impl IntoIterator<Item = &'a [u8]>) -> bool
     }
     open
 }
+
+/// The header hygiene every forwarded request goes through (`http::headers`).
+pub use crate::http::headers::{
+    HostCheck, check_host, chunked_or_none, is_hop_by_hop, request_host, strip_h2c_upgrade, strip_hop_by_hop, to_http1,
+};

@@ -21,9 +21,14 @@ const HOP_BY_HOP: [HeaderName; 4] = [
 /// Runs on every request, so it allocates nothing and hashes only what is present: one scan
 /// of the (few) headers decides whether anything needs removing at all.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
-    let upgrade = match headers.remove(header::CONNECTION) {
-        Some(conn) => remove_named_by_connection(headers, &conn),
-        None => false,
+    // `HeaderMap::remove` returns the first value only: each Connection field names its own.
+    let upgrade = if headers.get_all(header::CONNECTION).iter().nth(1).is_some() {
+        remove_named_by_every_connection(headers)
+    } else {
+        match headers.remove(header::CONNECTION) {
+            Some(conn) => remove_named_by_connection(headers, &conn),
+            None => false,
+        }
     };
     let present = headers.keys().any(|name| HOP_BY_HOP.contains(name) || name == header::TE);
     if !present {
@@ -36,6 +41,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
         && !te.as_bytes().eq_ignore_ascii_case(b"trailers")
     {
         headers.remove(header::TE);
+    }
+    upgrade
+}
+
+/// `remove_named_by_connection` for a request with several Connection fields (rare; found by
+/// the `request_headers` fuzz target: the fields a second one named were passed on).
+#[cold]
+fn remove_named_by_every_connection(headers: &mut HeaderMap) -> bool {
+    let values: Vec<HeaderValue> = headers.get_all(header::CONNECTION).iter().cloned().collect();
+    headers.remove(header::CONNECTION);
+    let mut upgrade = false;
+    for value in &values {
+        upgrade |= remove_named_by_connection(headers, value);
     }
     upgrade
 }
@@ -267,6 +285,19 @@ mod tests {
         assert!(h.get(header::CONNECTION).is_none());
         assert_eq!(h.get(header::TE).unwrap(), "trailers");
         assert_eq!(h.get("x-kept").unwrap(), "1");
+    }
+
+    #[test]
+    fn every_connection_field_names_fields_to_remove() {
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("keep-alive, x-one"));
+        h.append(header::CONNECTION, HeaderValue::from_static("x-two, upgrade"));
+        h.insert("x-one", HeaderValue::from_static("1"));
+        h.insert("x-two", HeaderValue::from_static("2"));
+        h.insert("x-kept", HeaderValue::from_static("3"));
+        assert!(strip_hop_by_hop(&mut h), "the upgrade named by the second field counts");
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h.get("x-kept").unwrap(), "3");
     }
 
     #[test]

@@ -147,6 +147,7 @@ const WRITTEN: &[&str] = &[
     "GET http://elsewhere/absolute HTTP/1.1\r\nX-Case: {c}\r\nHost: api\r\n\r\n",
     "GET / HTTP/1.1\r\nX-Case: {c}\r\nHost: api\r\nHost: elsewhere\r\n\r\n",
     "GET / HTTP/1.1\r\nX-Case: {c}\r\n\r\n",
+    "GET / HTTP/1.1\r\nX-Case: {c}\r\nHost: api\r\nConnection: keep-alive\r\nConnection: x-secret\r\nX-Secret: 1\r\n\r\n",
     // Both framings, in either order, and their look-alikes.
     "POST / HTTP/1.1\r\nX-Case: {c}\r\nHost: api\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nX-Case: {c}\r\nHost: api\r\n\r\n",
     "POST / HTTP/1.1\r\nX-Case: {c}\r\nHost: api\r\nTransfer-Encoding: chunked\r\nContent-Length: 6\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nX-Case: {c}\r\nHost: api\r\n\r\n",
