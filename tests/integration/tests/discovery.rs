@@ -206,6 +206,7 @@ async fn control_plane_outages_drop_nothing_and_a_restarted_proxy_serves_its_per
     let report = load.await.unwrap();
     assert_eq!(report.failures(), 0, "{}", report.summary());
     assert!(report.total() > 100, "{}", report.summary());
+    eprintln!("control plane killed and restarted under load: {}", report.summary());
     eventually("the proxy to resubscribe", SETTLE, || async {
         (metric_sum(&proxy.metrics().await, "weft_discovery_connected", &[]) == 1.0).then_some(())
     })

@@ -402,6 +402,7 @@ async fn certificates_from_the_control_plane_rotate_under_load_without_a_failed_
             .await;
     assert_eq!(report.failures(), 0, "{}", report.summary());
     assert!(report.responses > 200, "{}", report.summary());
+    eprintln!("certificates rotated under load: {}", report.summary());
     for proxy in [&server, &client] {
         let renewals = proxy.logs().matches("certificate from the control plane installed").count();
         assert!(renewals >= 3, "a 3 s certificate renews every ~2 s; saw {renewals}:\n{}", proxy.log_tail(20));
@@ -638,6 +639,7 @@ async fn a_ca_change_with_overlapping_trust_loses_no_request() {
 
     let report = load.await.unwrap();
     assert_eq!(report.failures(), 0, "{}", report.summary());
+    eprintln!("CA changed with overlapping trust under load: {}", report.summary());
     let after = must(client.upstream("server"), &Req::get("/after")).await;
     assert_eq!(after.status, 200, "only the new CA is trusted now, and both sides use it: {after:?}");
     assert_eq!(handshake_errors(&server, "inbound", "unknown-ca").await, 0.0);

@@ -53,6 +53,7 @@ async fn file_swap_under_load_changes_routes_with_zero_failures() {
     let report = load.await.unwrap();
 
     assert_eq!(report.failures(), 0, "{}", report.summary());
+    eprintln!("policy file swapped under load: {}", report.summary());
     assert!(report.backends.get("old").is_some_and(|n| *n > 0), "{}", report.summary());
     assert!(report.backends.get("new").is_some_and(|n| *n > 0), "{}", report.summary());
     let old_hits = old.hits();

@@ -62,6 +62,7 @@ async fn backend_killed_during_load_fails_no_idempotent_request() {
 
     assert_eq!(report.failures(), 0, "{}", report.summary());
     assert!(report.total() > 100, "the load ran: {}", report.summary());
+    eprintln!("backend killed under load: {}", report.summary());
     let after_kill = report.backends.get("a").copied().unwrap_or(0) + report.backends.get("c").copied().unwrap_or(0);
     assert!(after_kill > 0, "{}", report.summary());
     let metrics = proxy.metrics().await;
