@@ -1,7 +1,7 @@
 //! A cheap process-wide monotonic clock in nanoseconds, so timestamps fit in atomics.
 
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 static EPOCH: OnceLock<Instant> = OnceLock::new();
 
@@ -15,10 +15,4 @@ pub fn now_nanos() -> u64 {
 pub fn nanos_at(at: Instant) -> u64 {
     let epoch = *EPOCH.get_or_init(Instant::now);
     at.saturating_duration_since(epoch).as_nanos() as u64 + 1
-}
-
-/// Converts a clock reading back into an `Instant`, for timers.
-pub fn to_instant(nanos: u64) -> Instant {
-    let epoch = *EPOCH.get_or_init(Instant::now);
-    epoch + Duration::from_nanos(nanos.saturating_sub(1))
 }
