@@ -36,21 +36,36 @@ pub enum ProxyError {
     BadRequest,
     /// The request names its host ambiguously: several Host fields, or userinfo in the target.
     BadHost,
-    /// The proxy is shutting down and will not open new upstream work.
-    ShuttingDown,
     /// The caller's identity is not allowed by the AuthorizationPolicy.
     Unauthorized,
 }
 
 impl ProxyError {
+    /// Every variant, in the order the README and docs/reference.md list them by status.
+    pub const ALL: [ProxyError; 14] = [
+        ProxyError::UnknownService,
+        ProxyError::NoRoute,
+        ProxyError::NoEndpoints,
+        ProxyError::CircuitOpen,
+        ProxyError::ConcurrencyLimit,
+        ProxyError::PendingLimit,
+        ProxyError::Timeout,
+        ProxyError::ConnectFailed,
+        ProxyError::UpstreamReset,
+        ProxyError::TlsFailed,
+        ProxyError::BodyTooLarge,
+        ProxyError::Unauthorized,
+        ProxyError::BadRequest,
+        ProxyError::BadHost,
+    ];
+
     pub fn status(self) -> StatusCode {
         match self {
             ProxyError::UnknownService | ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::NoEndpoints
             | ProxyError::CircuitOpen
             | ProxyError::ConcurrencyLimit
-            | ProxyError::PendingLimit
-            | ProxyError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            | ProxyError::PendingLimit => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::ConnectFailed | ProxyError::UpstreamReset | ProxyError::TlsFailed => StatusCode::BAD_GATEWAY,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -75,7 +90,6 @@ impl ProxyError {
             ProxyError::BodyTooLarge => "body-too-large",
             ProxyError::BadRequest => "bad-request",
             ProxyError::BadHost => "bad-host",
-            ProxyError::ShuttingDown => "shutting-down",
             ProxyError::Unauthorized => "unauthorized",
         }
     }
@@ -98,7 +112,6 @@ impl ProxyError {
             ProxyError::BodyTooLarge => "the request body is larger than the proxy's http.maxBodyBytes",
             ProxyError::BadRequest => "the request cannot be forwarded as written",
             ProxyError::BadHost => "send one Host header, and no userinfo in the request target",
-            ProxyError::ShuttingDown => "this proxy is shutting down",
             ProxyError::Unauthorized => "the caller is not allowed by the service's AuthorizationPolicy",
         }
     }
@@ -150,6 +163,49 @@ mod tests {
 
     async fn body_of(resp: Response<RespBody>) -> String {
         String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    }
+
+    /// The (status, reason) pairs a doc lists in the sentence that begins with `opening`: each
+    /// backticked reason takes the last three-digit status before it.
+    fn listed(doc: &str, opening: &str) -> Vec<(u16, String)> {
+        let text = std::fs::read_to_string(format!("{}/../{doc}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let start = text.find(opening).unwrap_or_else(|| panic!("{doc} has no {opening:?}"));
+        let sentence = &text[start..];
+        let end = [".\n", ". "].iter().filter_map(|stop| sentence.find(stop)).min().unwrap();
+        let sentence = &sentence[..end];
+        let (mut status, mut out) = (0, Vec::new());
+        for (i, piece) in sentence.split('`').enumerate() {
+            if i % 2 == 1 {
+                if !piece.is_empty()
+                    && piece.split('-').all(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase()))
+                {
+                    out.push((status, piece.to_string()));
+                }
+                continue;
+            }
+            for word in piece.split(|c: char| !c.is_ascii_digit()) {
+                if word.len() == 3 {
+                    status = word.parse().unwrap();
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn the_readme_and_the_reference_list_exactly_the_answers_of_this_table() {
+        let mut table: Vec<(u16, String)> =
+            ProxyError::ALL.iter().map(|e| (e.status().as_u16(), e.reason().to_string())).collect();
+        table.sort();
+        let distinct: std::collections::BTreeSet<_> = ProxyError::ALL.iter().map(|e| e.reason()).collect();
+        assert_eq!(distinct.len(), ProxyError::ALL.len(), "a reason is used twice");
+        assert_eq!(listed("README.md", "Every response the proxy makes itself carries"), table, "README.md");
+        assert_eq!(
+            listed("docs/reference.md", "Each carries `weft-proxy-error: <reason>`"),
+            table,
+            "docs/reference.md"
+        );
     }
 
     #[tokio::test]
