@@ -38,11 +38,13 @@ pub enum ProxyError {
     BadHost,
     /// The caller's identity is not allowed by the AuthorizationPolicy.
     Unauthorized,
+    /// A plaintext caller at an inbound listener whose Mesh says `mtls: strict`.
+    MtlsRequired,
 }
 
 impl ProxyError {
     /// Every variant, in the order the README and docs/reference.md list them by status.
-    pub const ALL: [ProxyError; 14] = [
+    pub const ALL: [ProxyError; 15] = [
         ProxyError::UnknownService,
         ProxyError::NoRoute,
         ProxyError::NoEndpoints,
@@ -55,6 +57,7 @@ impl ProxyError {
         ProxyError::TlsFailed,
         ProxyError::BodyTooLarge,
         ProxyError::Unauthorized,
+        ProxyError::MtlsRequired,
         ProxyError::BadRequest,
         ProxyError::BadHost,
     ];
@@ -70,7 +73,7 @@ impl ProxyError {
             ProxyError::ConnectFailed | ProxyError::UpstreamReset | ProxyError::TlsFailed => StatusCode::BAD_GATEWAY,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadRequest | ProxyError::BadHost => StatusCode::BAD_REQUEST,
-            ProxyError::Unauthorized => StatusCode::FORBIDDEN,
+            ProxyError::Unauthorized | ProxyError::MtlsRequired => StatusCode::FORBIDDEN,
         }
     }
 
@@ -91,6 +94,7 @@ impl ProxyError {
             ProxyError::BadRequest => "bad-request",
             ProxyError::BadHost => "bad-host",
             ProxyError::Unauthorized => "unauthorized",
+            ProxyError::MtlsRequired => "mtls-required",
         }
     }
 
@@ -113,11 +117,29 @@ impl ProxyError {
             ProxyError::BadRequest => "the request cannot be forwarded as written",
             ProxyError::BadHost => "send one Host header, and no userinfo in the request target",
             ProxyError::Unauthorized => "the caller is not allowed by the service's AuthorizationPolicy",
+            ProxyError::MtlsRequired => {
+                "this service accepts only mutual TLS from Weft proxies (Mesh mtls: strict); call it through one"
+            }
         }
     }
 
     pub fn response(self) -> Response<RespBody> {
         self.response_with_body(format!("{}: {}\n", self.reason(), self.hint()))
+    }
+
+    /// The same answer as HTTP/1.1 bytes, for a connection that is closed after it and has no
+    /// request object to answer (a head refused while parsing, a plaintext caller).
+    pub fn http1_bytes_then_close(self) -> Vec<u8> {
+        let status = self.status();
+        let body = format!("{}: {}\n", self.reason(), self.hint());
+        format!(
+            "HTTP/1.1 {} {}\r\n{ERROR_HEADER}: {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            status.as_str(),
+            status.canonical_reason().unwrap_or(""),
+            self.reason(),
+            body.len()
+        )
+        .into_bytes()
     }
 
     /// The 404 `unknown-service` answer, saying which name was looked up (`None`: the request
@@ -191,6 +213,16 @@ mod tests {
         }
         out.sort();
         out
+    }
+
+    #[test]
+    fn bytes_written_before_a_request_exists_carry_the_reason_and_its_hint() {
+        let raw = String::from_utf8(ProxyError::BadRequest.http1_bytes_then_close()).unwrap();
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{head}");
+        assert!(head.contains("\r\nweft-proxy-error: bad-request\r\n") && head.contains("\r\nconnection: close"));
+        assert!(head.contains(&format!("\r\ncontent-length: {}", body.len())), "{raw}");
+        assert_eq!(body, format!("bad-request: {}\n", ProxyError::BadRequest.hint()));
     }
 
     #[test]

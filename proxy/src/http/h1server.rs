@@ -38,6 +38,7 @@ use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::body::{BoxError, ClientBody, RespBody};
+use super::errors::ProxyError;
 use super::server::Handler;
 use crate::connect::{forwardable_trailer, parse_length, push_field, push_hex, push_length};
 
@@ -110,7 +111,9 @@ struct Framing {
     length: bool,
     /// A `Transfer-Encoding` field.
     chunked: bool,
-    /// Hyper's to serve or refuse: an invalid or conflicting length, `Expect`, an upgrade.
+    /// An invalid `Content-Length`, or two that differ: refused here (400).
+    bad_length: bool,
+    /// Hyper's to serve: `Expect`, an upgrade.
     handover: bool,
 }
 
@@ -180,8 +183,7 @@ where
         let (answer, close, head_only, trailers) = match taken {
             Ok(taken) => taken,
             Err(why) => {
-                let _ =
-                    io.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+                let _ = io.write_all(&ProxyError::BadRequest.http1_bytes_then_close()).await;
                 let _ = io.shutdown().await;
                 return Served::Ended(Err(H1Error::BadRequest(why)));
             }
@@ -324,6 +326,8 @@ pub(crate) fn parse(buf: &mut BytesMut, recycle: &mut HeaderMap, max_head: usize
         let len = match head.parse_with_uninit_headers(buf, &mut fields) {
             Ok(httparse::Status::Complete(len)) if len <= max_head && head.version == Some(1) => len,
             Ok(httparse::Status::Partial) if buf.len() <= max_head => return Next::Partial,
+            // Answered here, so that the 400 carries `weft-proxy-error` like every other.
+            Err(_) if buf.len() <= max_head => return Next::Bad("malformed request head"),
             _ => return Next::Handover,
         };
         let (Some(method), Some(path)) = (head.method, head.path) else { return Next::Handover };
@@ -341,8 +345,7 @@ pub(crate) fn parse(buf: &mut BytesMut, recycle: &mut HeaderMap, max_head: usize
                     framing.length = true;
                     match parse_length(value) {
                         Some(n) if body_len.is_none_or(|m| m == n) => body_len = Some(n),
-                        // Invalid or conflicting: hyper refuses it (400), unless chunked too.
-                        _ => framing.handover = true,
+                        _ => framing.bad_length = true,
                     }
                 }
                 17 if name.eq_ignore_ascii_case(b"transfer-encoding") => framing.chunked = true,
@@ -373,6 +376,9 @@ pub(crate) fn parse(buf: &mut BytesMut, recycle: &mut HeaderMap, max_head: usize
     // behind another proxy may not (request smuggling). Refused, wherever the fields are.
     if framing.chunked && framing.length {
         return Next::Bad("both Transfer-Encoding and Content-Length");
+    }
+    if framing.bad_length {
+        return Next::Bad("invalid or conflicting Content-Length");
     }
     if framing.chunked || framing.handover {
         return Next::Handover;
@@ -728,11 +734,18 @@ mod tests {
             b"GET / HTTP/1.1\r\nconnection: upgrade\r\n\r\n",
             b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
             b"GET / HTTP/1.0\r\n\r\n",
-            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
-            b"POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\na",
-            b"THIS IS NOT HTTP\r\n\r\n",
         ] {
             assert!(handed_over(raw, MAX_HEAD), "{:?} was taken", String::from_utf8_lossy(raw));
+        }
+        // Malformed heads and lengths are refused here, so their 400 names its reason.
+        for raw in [
+            &b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"[..],
+            b"POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\na",
+            b"THIS IS NOT HTTP\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX-A: one\r\n two\r\n\r\n",
+        ] {
+            let parsed = parse(&mut BytesMut::from(raw), &mut HeaderMap::new(), MAX_HEAD);
+            assert!(matches!(parsed, Next::Bad(_)), "{:?} was not refused", String::from_utf8_lossy(raw));
         }
         // A head over maxHeaderBytes is hyper's to refuse (431; hyper's own limit is at least
         // 8 KiB, so a lower setting holds from there).

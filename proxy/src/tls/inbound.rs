@@ -12,6 +12,7 @@ use tokio_rustls::TlsAcceptor;
 use weft_api::MtlsMode;
 
 use super::identity::peer_id;
+use crate::http::errors::ProxyError;
 use crate::http::server::Version;
 use crate::listeners::Side;
 use crate::metrics::METRICS;
@@ -102,17 +103,13 @@ fn app_is_tcp(state: &ProxyState, port: Option<u16>) -> bool {
 async fn refuse_plaintext(mut stream: TcpStream, peer: SocketAddr) {
     METRICS.tls_handshake_errors.with_label_values(&["inbound", "plaintext"]).inc();
     tracing::warn!(%peer, reason = "plaintext", "plaintext connection refused: mtls is strict; call through a Weft proxy");
-    let body = "mtls-required: this service accepts only mutual TLS from Weft proxies (Mesh mtls: strict)\n";
-    let resp = format!(
-        "HTTP/1.1 403 Forbidden\r\nweft-proxy-error: mtls-required\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
+    let resp = ProxyError::MtlsRequired.http1_bytes_then_close();
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         // Read the request first: closing with unread bytes would reset the connection and
         // lose the answer.
         let mut buf = [0u8; 4096];
         let _ = tokio::time::timeout(Duration::from_millis(100), stream.read(&mut buf)).await;
-        let _ = stream.write_all(resp.as_bytes()).await;
+        let _ = stream.write_all(&resp).await;
         let _ = stream.shutdown().await;
     })
     .await;

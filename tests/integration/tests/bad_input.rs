@@ -48,6 +48,12 @@ async fn malformed_http_gets_400() {
             String::from_utf8_lossy(request),
             String::from_utf8_lossy(&raw)
         );
+        assert!(
+            String::from_utf8_lossy(&raw).contains("\r\nweft-proxy-error: bad-request\r\n"),
+            "{:?}: the proxy's own answer names its reason: {:?}",
+            String::from_utf8_lossy(request),
+            String::from_utf8_lossy(&raw)
+        );
     }
     assert_eq!(api.hits(), 0);
 }
