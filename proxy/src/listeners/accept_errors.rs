@@ -48,3 +48,29 @@ impl AcceptErrors {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_running_out_of_descriptors_counts_as_the_fd_limit() {
+        let cases = [(libc::EMFILE, true), (libc::ENFILE, true), (libc::ECONNABORTED, false), (libc::ENOBUFS, false)];
+        for (errno, limit) in cases {
+            assert_eq!(is_fd_limit(&std::io::Error::from_raw_os_error(errno)), limit, "errno {errno}");
+        }
+        assert!(!is_fd_limit(&std::io::Error::other("no errno")));
+    }
+
+    #[test]
+    fn a_run_of_failures_is_counted_each_time_and_ends_at_the_next_accept() {
+        let counted = || METRICS.accept_errors.with_label_values(&["unit", "fd-limit"]).get();
+        let mut errors = AcceptErrors::new("unit");
+        for _ in 0..3 {
+            errors.failed(&std::io::Error::from_raw_os_error(libc::EMFILE));
+        }
+        assert_eq!((errors.failing, counted()), (3, 3));
+        errors.accepted();
+        assert_eq!(errors.failing, 0);
+    }
+}
