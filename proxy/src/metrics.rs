@@ -26,6 +26,9 @@ pub struct Metrics {
     pub config_reload_errors: IntCounter,
     pub cert_expiry: IntGauge,
     pub protocol_errors: IntCounterVec,
+    /// Failed accepts by `direction` (`outbound`, `inbound`, `admin`) and `reason`
+    /// (`fd-limit` when the process is out of descriptors, else `other`).
+    pub accept_errors: IntCounterVec,
     /// Inbound connections by `transport` (`mtls` or `plaintext`), so permissive mode shows
     /// who still calls without TLS.
     pub inbound_connections: IntCounterVec,
@@ -111,6 +114,12 @@ impl Metrics {
             "Client connections closed for a protocol violation (malformed HTTP, header timeout).",
             &["direction"],
         );
+        let accept_errors = counter_vec(
+            &registry,
+            "weft_accept_errors_total",
+            "Failed accepts on a listener (fd-limit: out of file descriptors; the connection waits in the backlog).",
+            &["direction", "reason"],
+        );
         let inbound_connections = counter_vec(
             &registry,
             "weft_inbound_connections_total",
@@ -157,6 +166,7 @@ impl Metrics {
             config_reload_errors,
             cert_expiry,
             protocol_errors,
+            accept_errors,
             inbound_connections,
             authz_decisions,
             passthrough_connections,

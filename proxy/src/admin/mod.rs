@@ -6,6 +6,7 @@ mod explain;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -17,23 +18,69 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::clock::now_nanos;
+use crate::listeners::{ACCEPT_BACKOFF, AcceptErrors, is_fd_limit};
 use crate::metrics::METRICS;
 use crate::state::ProxyState;
 
 type AdminResponse = Response<Full<Bytes>>;
 
+/// How long the admin connection served on the reserve descriptor may take: while it is
+/// served no other admin connection is accepted.
+const RESERVE_CONNECTION_LIMIT: Duration = Duration::from_secs(5);
+
 pub async fn serve(listener: TcpListener, state: Arc<ProxyState>) {
+    // One descriptor held back for this port: when the data plane has taken every other one,
+    // it is given up for one admin connection, so /metrics and /ready still answer at the limit.
+    let mut reserve = reserve_descriptor();
+    let mut errors = AcceptErrors::new("admin");
     loop {
-        let Ok((stream, peer)) = listener.accept().await else { continue };
-        let state = state.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&state, peer, req).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
-        });
+        if reserve.is_none() {
+            reserve = reserve_descriptor();
+        }
+        let (stream, peer) = match listener.accept().await {
+            Ok(pair) => pair,
+            Err(e) => {
+                errors.failed(&e);
+                // Out of descriptors, accept fails whether or not a connection waits: with the
+                // reserve given up, take a connection only if one is there now.
+                if is_fd_limit(&e) && reserve.take().is_some() {
+                    if let Ok(Ok((stream, peer))) = tokio::time::timeout(Duration::ZERO, listener.accept()).await {
+                        let one = serve_connection(stream, peer, state.clone(), KeepAlive::No);
+                        let _ = tokio::time::timeout(RESERVE_CONNECTION_LIMIT, one).await;
+                        continue;
+                    }
+                    reserve = reserve_descriptor();
+                }
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        errors.accepted();
+        tokio::spawn(serve_connection(stream, peer, state.clone(), KeepAlive::Yes));
     }
+}
+
+/// Whether an admin connection may carry more than one request.
+#[derive(Clone, Copy)]
+enum KeepAlive {
+    Yes,
+    /// The connection on the reserve descriptor: one request, then the descriptor is free again.
+    No,
+}
+
+fn reserve_descriptor() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
+}
+
+async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, state: Arc<ProxyState>, keep: KeepAlive) {
+    let svc = service_fn(move |req| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(route(&state, peer, req).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .keep_alive(matches!(keep, KeepAlive::Yes))
+        .serve_connection(TokioIo::new(stream), svc)
+        .await;
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> AdminResponse {

@@ -3,12 +3,12 @@
 //! connection that iptables redirected (transparent mode) is served by what its original
 //! destination was: a known service, the app on another port, or a pass-through.
 
+mod accept_errors;
 mod original_dst;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use socket2::{Domain, Protocol as SockProto, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
@@ -17,6 +17,8 @@ use weft_api::{MtlsMode, Protocol};
 use crate::config::snapshot::Snapshot;
 use crate::metrics::METRICS;
 use crate::state::ProxyState;
+
+pub use accept_errors::{ACCEPT_BACKOFF, AcceptErrors, is_fd_limit};
 
 /// Which side of the proxy a listener serves.
 #[derive(Clone, Debug)]
@@ -117,16 +119,17 @@ pub fn bind_all(spec: &weft_api::ProxySpec, workers: usize) -> Result<Vec<Bound>
 /// Accepts connections until the process exits. Runs inside one worker's runtime.
 pub async fn accept_loop(listener: TcpListener, side: Side, state: Arc<ProxyState>) {
     let gauge = METRICS.open_connections.with_label_values(&[side.direction()]);
+    let mut errors = AcceptErrors::new(side.direction());
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(pair) => pair,
             Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                errors.failed(&e);
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }
         };
+        errors.accepted();
         let _ = stream.set_nodelay(true);
         let serve = match side {
             Side::Upstream(_) => Serve::As(side.clone()),

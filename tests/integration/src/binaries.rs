@@ -20,11 +20,16 @@ pub fn bin(name: &str) -> PathBuf {
 /// The folder holding this test binary's profile outputs (`<target>/<profile>`).
 ///
 /// Test executables live in `<target>/<profile>/deps/`, wherever `CARGO_TARGET_DIR` or
-/// `--target-dir` put them, so the binaries built next to them match their profile.
+/// `--target-dir` put them, so the binaries built next to them match their profile; this
+/// crate's own binaries (the soak) live in `<target>/<profile>/` itself.
 fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("path of the test executable");
-    let deps = exe.parent().expect("test executable has a folder");
-    deps.parent().expect("deps folder has a parent").to_path_buf()
+    let folder = exe.parent().expect("test executable has a folder");
+    if folder.file_name().is_some_and(|n| n == "deps") {
+        folder.parent().expect("deps folder has a parent").to_path_buf()
+    } else {
+        folder.to_path_buf()
+    }
 }
 
 fn workspace_root() -> PathBuf {
@@ -44,7 +49,17 @@ fn build_binaries() -> PathBuf {
         Some(other) => other.to_string(),
     };
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let output = Command::new(cargo)
+    let mut command = Command::new(cargo);
+    // The variables cargo set for this test (CARGO_PKG_NAME=weft-integration…) would reach the
+    // build scripts that watch them (ring's), which would then rerun and rebuild their crate
+    // here and again in the next `cargo test`.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_CRATE_"].iter().any(|p| name.starts_with(p)) {
+            command.env_remove(name.as_ref());
+        }
+    }
+    let output = command
         .current_dir(workspace_root())
         .args(["build", "-p", "weft-proxy", "-p", "weft-control", "--bins"])
         .arg("--profile")

@@ -42,6 +42,23 @@ pub fn service_weighted(name: &str, protocol: &str, endpoints: &[(SocketAddr, u3
     document("Service", name, &spec)
 }
 
+/// A `Route` sending every path of `service` to it, with `settings` (YAML lines such as
+/// `timeout: 1s` or `retry: {…}`) on its one rule.
+pub fn catch_all_route(service: &str, settings: &[&str]) -> String {
+    let mut rule = format!(
+        "service: {service}\nrules:\n  - match: {{pathPrefix: /}}\n    backends: [{{service: {service}, weight: 1}}]\n"
+    );
+    for line in settings {
+        let _ = writeln!(rule, "    {line}");
+    }
+    document("Route", service, &rule)
+}
+
+/// A `TrafficPolicy` for `service` with `spec` (YAML lines) after its `service:` line.
+pub fn traffic_policy(service: &str, spec: &str) -> String {
+    document("TrafficPolicy", service, &format!("service: {service}\n{spec}"))
+}
+
 /// Removes the common leading indentation and surrounding blank lines of an indented literal.
 fn dedent(text: &str) -> String {
     let lines: Vec<&str> = text.lines().collect();

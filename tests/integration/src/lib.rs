@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod binaries;
+pub mod churn;
 pub mod client;
 pub mod config;
 pub mod control_plane;
@@ -14,6 +15,7 @@ pub mod load;
 pub mod mesh;
 pub mod metrics;
 pub mod net;
+pub mod process;
 pub mod proxy;
 pub mod tcp_echo;
 pub mod tempdir;
@@ -23,7 +25,7 @@ pub mod watch;
 pub use backend::Backend;
 pub use binaries::bin;
 pub use client::{H1Conn, H2Conn, Req, Resp};
-pub use config::{document, service, service_weighted};
+pub use config::{catch_all_route, document, service, service_weighted, traffic_policy};
 pub use control_plane::ControlPlane;
 pub use load::{Limit, LoadReport, run_load};
 pub use metrics::metric_sum;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -15,10 +15,12 @@ use crate::client::{H1Conn, Req};
 /// No load run sends more than this many requests, whatever its limit.
 pub const MAX_REQUESTS: usize = 50_000;
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub enum Limit {
     Requests(usize),
     For(Duration),
+    /// Until the flag is set (by a test that ends the load when its faults are done).
+    Until(Arc<AtomicBool>),
 }
 
 #[derive(Debug, Default)]
@@ -26,6 +28,8 @@ pub struct LoadReport {
     /// Requests that got a response.
     pub responses: usize,
     pub statuses: BTreeMap<u16, usize>,
+    /// How long each response took (request sent to body read), by status.
+    pub latencies: BTreeMap<u16, Vec<Duration>>,
     /// Count of responses per `x-backend`.
     pub backends: BTreeMap<String, usize>,
     /// Requests that got no response (connection refused, reset, timeout…).
@@ -43,6 +47,13 @@ impl LoadReport {
     /// Requests that did not end in a 2xx response.
     pub fn failures(&self) -> usize {
         self.errors + self.statuses.iter().filter(|(c, _)| !(200..300).contains(*c)).map(|(_, n)| n).sum::<usize>()
+    }
+
+    /// The latencies of `code` responses, sorted (for `watch::quantile`).
+    pub fn sorted_latencies(&self, code: u16) -> Vec<Duration> {
+        let mut all = self.latencies.get(&code).cloned().unwrap_or_default();
+        all.sort();
+        all
     }
 
     pub fn total(&self) -> usize {
@@ -76,6 +87,9 @@ impl LoadReport {
         for (code, n) in other.statuses {
             *self.statuses.entry(code).or_default() += n;
         }
+        for (code, mut took) in other.latencies {
+            self.latencies.entry(code).or_default().append(&mut took);
+        }
         for (name, n) in other.backends {
             *self.backends.entry(name).or_default() += n;
         }
@@ -94,7 +108,7 @@ where
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let tasks: Vec<_> =
-        (0..workers).map(|_| tokio::spawn(worker(addr, limit, start, next.clone(), make.clone()))).collect();
+        (0..workers).map(|_| tokio::spawn(worker(addr, limit.clone(), start, next.clone(), make.clone()))).collect();
     let mut report = LoadReport::default();
     for task in tasks {
         report.merge(task.await.expect("load worker panicked"));
@@ -111,9 +125,10 @@ where
     let mut conn: Option<H1Conn> = None;
     loop {
         let i = next.fetch_add(1, Ordering::SeqCst);
-        let done = match limit {
-            Limit::Requests(n) => i >= n,
-            Limit::For(d) => start.elapsed() >= d,
+        let done = match &limit {
+            Limit::Requests(n) => i >= *n,
+            Limit::For(d) => start.elapsed() >= *d,
+            Limit::Until(stop) => stop.load(Ordering::SeqCst),
         };
         if done || i >= MAX_REQUESTS {
             return report;
@@ -138,10 +153,12 @@ where
             }
         }
         let c = conn.as_mut().expect("connected above");
+        let sent = Instant::now();
         match c.send(&req).await {
             Ok(resp) => {
                 report.responses += 1;
                 *report.statuses.entry(resp.status).or_default() += 1;
+                report.latencies.entry(resp.status).or_default().push(sent.elapsed());
                 if let Some(name) = resp.backend() {
                     *report.backends.entry(name.to_string()).or_default() += 1;
                 }

@@ -31,6 +31,9 @@ pub struct ProxyConfig {
     pub proxy_spec: String,
     /// The other documents (Service, Route, TrafficPolicy…).
     pub policy: String,
+    /// When set, the process's file-descriptor limit (RLIMIT_NOFILE, soft and hard), as a
+    /// container's or a unit's `LimitNOFILE` would set it.
+    pub fd_limit: Option<u64>,
 }
 
 pub struct Proxy {
@@ -83,7 +86,16 @@ impl Proxy {
         let upstreams: Vec<(String, SocketAddr)> = cfg.upstreams.iter().map(|s| (s.clone(), next())).collect();
         let proxy_doc = proxy_document(cfg, outbound, admin, inbound, &upstreams);
         write_atomically(&config_path, &format!("{proxy_doc}{}", cfg.policy));
-        let child = Command::new(crate::bin("weft-proxy"))
+        let mut command = match cfg.fd_limit {
+            // The shell sets the limit, then becomes the proxy: same process, same pid.
+            Some(n) => {
+                let mut sh = Command::new("sh");
+                sh.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\"")]).arg(crate::bin("weft-proxy"));
+                sh
+            }
+            None => Command::new(crate::bin("weft-proxy")),
+        };
+        let child = command
             .arg("--config")
             .arg(&config_path)
             .env("RUST_BACKTRACE", "1")

@@ -5,17 +5,11 @@ use std::time::{Duration, Instant};
 use weft_integration::client::{H2Conn, must, send};
 use weft_integration::metrics::metric_sum;
 use weft_integration::net::dead_addr;
-use weft_integration::{Backend, Limit, Proxy, ProxyConfig, Req, document, eventually, run_load, service};
+use weft_integration::{Backend, Limit, Proxy, ProxyConfig, Req, catch_all_route, eventually, run_load, service};
 
-/// A Route sending every path of `api` to it, with `settings` (YAML lines such as `timeout: 1s`)
-/// on its one rule.
+/// The one Route of these tests: every path of `api` to it, with `settings` on its rule.
 fn api_route(settings: &[&str]) -> String {
-    let mut rule =
-        "service: api\nrules:\n  - match: {pathPrefix: /}\n    backends: [{service: api, weight: 1}]\n".to_string();
-    for line in settings {
-        rule += &format!("    {line}\n");
-    }
-    document("Route", "api", &rule)
+    catch_all_route("api", settings)
 }
 
 fn retry_route(retry: &str) -> String {
@@ -35,7 +29,7 @@ async fn assert_cut_at(outbound: std::net::SocketAddr, deadline: Duration) {
 }
 
 fn traffic_policy(spec: &str) -> String {
-    document("TrafficPolicy", "api", &format!("service: api\n{spec}"))
+    weft_integration::traffic_policy("api", spec)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
