@@ -11,7 +11,8 @@ pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Whether `e` says the process (EMFILE) or the system (ENFILE) has no descriptor left.
 pub fn is_fd_limit(e: &std::io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+    let code = e.raw_os_error();
+    code == Some(rustix::io::Errno::MFILE.raw_os_error()) || code == Some(rustix::io::Errno::NFILE.raw_os_error())
 }
 
 /// One listener's run of failed accepts.
@@ -52,10 +53,16 @@ impl AcceptErrors {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustix::io::Errno;
 
     #[test]
     fn only_running_out_of_descriptors_counts_as_the_fd_limit() {
-        let cases = [(libc::EMFILE, true), (libc::ENFILE, true), (libc::ECONNABORTED, false), (libc::ENOBUFS, false)];
+        let cases = [
+            (Errno::MFILE.raw_os_error(), true),
+            (Errno::NFILE.raw_os_error(), true),
+            (Errno::CONNABORTED.raw_os_error(), false),
+            (Errno::NOBUFS.raw_os_error(), false),
+        ];
         for (errno, limit) in cases {
             assert_eq!(is_fd_limit(&std::io::Error::from_raw_os_error(errno)), limit, "errno {errno}");
         }
@@ -67,7 +74,7 @@ mod tests {
         let counted = || METRICS.accept_errors.with_label_values(&["unit", "fd-limit"]).get();
         let mut errors = AcceptErrors::new("unit");
         for _ in 0..3 {
-            errors.failed(&std::io::Error::from_raw_os_error(libc::EMFILE));
+            errors.failed(&std::io::Error::from_raw_os_error(Errno::MFILE.raw_os_error()));
         }
         assert_eq!((errors.failing, counted()), (3, 3));
         errors.accepted();
