@@ -9,6 +9,7 @@ pub mod binaries;
 pub mod client;
 pub mod config;
 pub mod control_plane;
+pub mod h2raw;
 pub mod kube_api;
 pub mod load;
 pub mod mesh;
@@ -17,6 +18,7 @@ pub mod net;
 pub mod proxy;
 pub mod tcp_echo;
 pub mod tempdir;
+pub mod tls_peer;
 pub mod wait;
 pub mod watch;
 
