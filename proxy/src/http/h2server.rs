@@ -273,7 +273,8 @@ impl Future for Answer {
 /// Times a response body that waits for the client's flow-control window with nothing sent.
 struct WindowWatch {
     limit: Duration,
-    /// Bytes sent when the wait began, and when it ends; `None` while not waiting for window.
+    /// The bytes sent when the current wait began, and the timer at its end; `None` until
+    /// the body first waits for window.
     stall: Option<(u64, Pin<Box<tokio::time::Sleep>>)>,
 }
 
