@@ -141,6 +141,8 @@ pub struct BodyPipe<B> {
     stream: SendStream<Bytes>,
     /// Data read from the body and not yet sent, waiting for window.
     chunk: Option<Bytes>,
+    /// Bytes handed to h2 so far: whether a pipe waiting for window has moved since.
+    sent: u64,
     /// Why the stream is reset when the body fails, unless the failure carries an HTTP/2
     /// reason of its own: CANCEL for a request (the client gave up), INTERNAL_ERROR for a
     /// response (the upstream failed).
@@ -153,7 +155,23 @@ where
     B::Error: Into<BoxError>,
 {
     pub fn new(body: B, stream: SendStream<Bytes>, on_error: Reason) -> BodyPipe<B> {
-        BodyPipe { body, stream, chunk: None, on_error }
+        BodyPipe { body, stream, chunk: None, sent: 0, on_error }
+    }
+
+    /// Whether the pipe holds data that waits for the peer's flow-control window (rather than
+    /// for the body to produce more).
+    pub fn waits_for_window(&self) -> bool {
+        self.chunk.is_some()
+    }
+
+    /// Bytes of the body sent so far.
+    pub fn bytes_sent(&self) -> u64 {
+        self.sent
+    }
+
+    /// Gives up on the stream: resets it with `reason` (the body is dropped with the pipe).
+    pub fn reset(&mut self, reason: Reason) {
+        self.stream.send_reset(reason);
     }
 
     /// `Ready(Ok)` once the body is sent (or the peer said it needs no more of it).
@@ -170,6 +188,7 @@ where
                     continue;
                 }
                 let part = chunk.split_to(window.min(chunk.len()));
+                self.sent += part.len() as u64;
                 let last = chunk.is_empty() && self.body.is_end_stream();
                 if chunk.is_empty() {
                     self.chunk = None;

@@ -3,21 +3,26 @@
 //! Responses carry `x-backend: <name>` and echo the method, path, host, HTTP version and body
 //! length in `x-echo-*` headers; request headers starting with `x-` (and `weft-client-id`,
 //! `upgrade`, `http2-settings`) come back as `x-seen-<name>`.
-//! Behaviour is picked by the request: a path segment pair `/status/<code>` or `/delay/<ms>`
-//! anywhere in the path (or headers `x-status`, `x-delay-ms`), a path starting with `/echo`
+//! Behaviour is picked by the request: a path segment pair `/status/<code>`, `/delay/<ms>` or
+//! `/bytes/<n>` (a body of n bytes, made as it is sent) anywhere in the path (or headers
+//! `x-status`, `x-delay-ms`), a path starting with `/echo`
 //! returns the request body, `content-type: application/grpc` gets a gRPC-style answer whose
 //! trailer `grpc-status` comes from the request header `x-grpc-status`, and an
 //! `Upgrade: websocket` (or `h2c`, as a server that takes the offer would) request is switched
 //! to a raw byte echo.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use http_body::Frame;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -55,6 +60,8 @@ impl Serving {
 struct State {
     name: String,
     hits: Arc<AtomicUsize>,
+    /// Requests received per first path segment (`/reset/1` counts under `reset`).
+    hits_by_segment: Mutex<HashMap<String, usize>>,
     in_flight: AtomicUsize,
     /// When non-zero, every plain request gets this status.
     forced_status: AtomicU16,
@@ -70,6 +77,7 @@ impl Backend {
         let state = Arc::new(State {
             name: name.to_string(),
             hits: Arc::new(AtomicUsize::new(0)),
+            hits_by_segment: Mutex::new(HashMap::new()),
             in_flight: AtomicUsize::new(0),
             forced_status: AtomicU16::new(0),
             upgraded: Mutex::new(Vec::new()),
@@ -89,6 +97,11 @@ impl Backend {
     /// Requests received so far (counted when the request head arrives).
     pub fn hits(&self) -> usize {
         self.state.hits.load(Ordering::SeqCst)
+    }
+
+    /// Requests received so far whose path starts with `/<segment>`.
+    pub fn hits_at(&self, segment: &str) -> usize {
+        self.state.hits_by_segment.lock().unwrap().get(segment).copied().unwrap_or(0)
     }
 
     /// The shared request counter, for tests that watch it from another task.
@@ -190,6 +203,8 @@ impl Drop for InFlight<'_> {
 
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     state.hits.fetch_add(1, Ordering::SeqCst);
+    let segment = req.uri().path().trim_start_matches('/').split('/').next().unwrap_or_default();
+    *state.hits_by_segment.lock().unwrap().entry(segment.to_string()).or_default() += 1;
     state.in_flight.fetch_add(1, Ordering::SeqCst);
     let _guard = InFlight(&state);
     let is_upgrade = req.headers().get(http::header::UPGRADE).is_some_and(|v| {
@@ -209,37 +224,88 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
     })
 }
 
-/// Status and delay asked for by the path segments and headers.
-fn requested_behaviour(req: &Request<Incoming>) -> (Option<u16>, Option<u64>) {
+/// What a request asks of the backend, by its path segments and headers.
+#[derive(Default)]
+struct Asked {
+    status: Option<u16>,
+    delay_ms: Option<u64>,
+    /// A body of this many bytes instead of the backend's name.
+    body_bytes: Option<u64>,
+}
+
+fn requested_behaviour(req: &Request<Incoming>) -> Asked {
     let segments: Vec<&str> = req.uri().path().split('/').collect();
-    let mut status = None;
-    let mut delay = None;
+    let mut asked = Asked::default();
     for pair in segments.windows(2) {
         match pair[0] {
-            "status" => status = pair[1].parse().ok().or(status),
-            "delay" => delay = pair[1].parse().ok().or(delay),
+            "status" => asked.status = pair[1].parse().ok().or(asked.status),
+            "delay" => asked.delay_ms = pair[1].parse().ok().or(asked.delay_ms),
+            "bytes" => asked.body_bytes = pair[1].parse().ok().or(asked.body_bytes),
             _ => {}
         }
     }
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
-    let status_header = header("x-status").and_then(|v| v.parse().ok());
-    let delay_header = header("x-delay-ms").and_then(|v| v.parse().ok());
-    (status_header.or(status), delay_header.or(delay))
+    if let Some(status) = header("x-status").and_then(|v| v.parse().ok()) {
+        asked.status = Some(status);
+    }
+    if let Some(delay) = header("x-delay-ms").and_then(|v| v.parse().ok()) {
+        asked.delay_ms = Some(delay);
+    }
+    asked
+}
+
+/// A body of `left` bytes, sent in 64 KiB slices of one buffer: a large response costs the
+/// backend no memory, and it is made only as fast as the peer takes it.
+struct Filler {
+    left: u64,
+    chunk: Bytes,
+}
+
+impl Filler {
+    fn new(len: u64) -> Filler {
+        Filler { left: len, chunk: Bytes::from(vec![b'x'; 64 * 1024]) }
+    }
+}
+
+impl http_body::Body for Filler {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        let n = self.left.min(self.chunk.len() as u64);
+        self.left -= n;
+        Poll::Ready(Some(Ok(Frame::data(self.chunk.slice(..n as usize)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.left)
+    }
 }
 
 async fn plain(state: &State, req: Request<Incoming>) -> Response<Body> {
-    let (status, delay) = requested_behaviour(&req);
+    let asked = requested_behaviour(&req);
     let forced = state.forced_status.load(Ordering::SeqCst);
-    let status = if forced != 0 { forced } else { status.unwrap_or(200) };
+    let status = if forced != 0 { forced } else { asked.status.unwrap_or(200) };
     let echo_body = req.uri().path().starts_with("/echo");
     let mut headers = echo_headers(state, &req);
     let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
     insert(&mut headers, "x-echo-body-len", &body.len().to_string());
-    if let Some(ms) = delay {
+    if let Some(ms) = asked.delay_ms {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     let text = if echo_body { body } else { Bytes::from(format!("{}\n", state.name)) };
-    let mut resp = Response::new(Full::new(text).boxed_unsync());
+    let body = match asked.body_bytes {
+        Some(len) => Filler::new(len).boxed_unsync(),
+        None => Full::new(text).boxed_unsync(),
+    };
+    let mut resp = Response::new(body);
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     *resp.headers_mut() = headers;
     resp

@@ -178,7 +178,15 @@ impl H2Conn {
     pub async fn connect(addr: SocketAddr) -> Result<H2Conn, BoxError> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
+        H2Conn::over(stream).await
+    }
+
+    /// HTTP/2 on a stream already open (a TLS stream that negotiated `h2`, say).
+    pub async fn over<S>(io: S) -> Result<H2Conn, BoxError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(io)).await?;
         tokio::spawn(conn);
         Ok(H2Conn { sender })
     }

@@ -10,6 +10,7 @@ pub mod churn;
 pub mod client;
 pub mod config;
 pub mod control_plane;
+pub mod h2raw;
 pub mod kube_api;
 pub mod load;
 pub mod mesh;
@@ -19,6 +20,7 @@ pub mod process;
 pub mod proxy;
 pub mod tcp_echo;
 pub mod tempdir;
+pub mod tls_peer;
 pub mod wait;
 pub mod watch;
 

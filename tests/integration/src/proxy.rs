@@ -153,6 +153,28 @@ impl Proxy {
         self.child.id()
     }
 
+    /// User plus system CPU time the process has used so far (`/proc/PID/stat`).
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).expect("read /proc/PID/stat");
+        // Fields after the command name (which may hold spaces) start at the third: state.
+        let fields: Vec<&str> = stat.rsplit_once(')').expect("stat has a command name").1.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+        // /proc counts in USER_HZ, which Linux fixes at 100 for every architecture.
+        Duration::from_millis(ticks * 10)
+    }
+
+    /// Resident memory in bytes (`VmRSS` of `/proc/PID/status`).
+    pub fn rss_bytes(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("read /proc/PID/status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status");
+        kib * 1024
+    }
+
     pub fn config_path(&self) -> &Path {
         &self.config_path
     }

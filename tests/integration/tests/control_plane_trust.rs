@@ -7,15 +7,13 @@
 //! plane work at once, and every certificate issued or refused is in its log and metrics.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use weft_integration::mesh::{ControlPlane, IdentityFiles, Pki, client_of_server, spiffe};
+use weft_integration::tls_peer;
 use weft_integration::{Backend, Limit, Proxy, ProxyConfig, Req, TempDir, eventually, metric_sum, run_load};
 
 const SERVER_TOKEN: &str = "server-token-0123456789";
@@ -131,83 +129,18 @@ async fn a_proxy_with_the_wrong_trust_bundle_stops_with_a_clear_error() {
     assert!(logs.contains("unknown-ca"), "{logs}");
 }
 
-/// A TLS connection to the control plane, presenting `identity` when given.
+/// A TLS connection to the control plane, presenting `identity` when given. The test checks
+/// the control plane's SPIFFE id itself (below); the client only checks the chain.
 async fn tls_to(
     pki: &Pki,
     addr: SocketAddr,
     identity: Option<&IdentityFiles>,
 ) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
-    let ca = std::fs::read(pki.ca_dir().join("ca.pem")).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(&ca) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServer(roots)));
-    let mut config = match identity {
-        Some(files) => {
-            let chain: Vec<_> =
-                CertificateDer::pem_file_iter(files.path("cert.pem")).unwrap().map(|c| c.unwrap()).collect();
-            let key = PrivateKeyDer::from_pem_file(files.path("key.pem")).unwrap();
-            builder.with_client_auth_cert(chain, key).unwrap()
-        }
-        None => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("weft-control").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap();
+    let config = tls_peer::client_config(&pki.ca_dir().join("ca.pem"), identity, b"http/1.1");
+    let tls = tls_peer::connect(addr, config).await.unwrap();
     let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
     tokio::spawn(conn);
     send
-}
-
-/// The test checks the control plane's SPIFFE id itself (below); this only checks the chain.
-#[derive(Debug)]
-struct AnyServer(rustls::RootCertStore);
-
-impl rustls::client::danger::ServerCertVerifier for AnyServer {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _name: &rustls::pki_types::ServerName<'_>,
-        _ocsp: &[u8],
-        now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        let cert = webpki::EndEntityCert::try_from(end_entity).map_err(|e| rustls::Error::General(e.to_string()))?;
-        let algs = rustls::crypto::ring::default_provider().signature_verification_algorithms;
-        cert.verify_for_usage(algs.all, &self.0.roots, intermediates, now, webpki::KeyUsage::server_auth(), None, None)
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _m: &[u8],
-        _c: &CertificateDer<'_>,
-        _d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("TLS 1.3 only".into()))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        let algs = rustls::crypto::ring::default_provider().signature_verification_algorithms;
-        rustls::crypto::verify_tls13_signature(m, c, d, &algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
-    }
 }
 
 /// Sends one request; the status and, for a watch (which never ends), the first line only.
