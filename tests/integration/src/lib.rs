@@ -17,6 +17,7 @@ pub mod net;
 pub mod proxy;
 pub mod tcp_echo;
 pub mod tempdir;
+pub mod tls;
 pub mod wait;
 pub mod watch;
 
