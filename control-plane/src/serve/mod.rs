@@ -82,7 +82,7 @@ Runs the control plane.
                            open watch streams one client (its address and, over TLS, its
                            certificate's id) may hold; more are refused with 429 and counted in
                            weft_control_requests_refused_total{reason=\"too-many-watches\"}
-                           (default 100)
+                           (default 100); plaintext from loopback is not limited
   --insecure-plaintext     accept plaintext discovery from any peer, not only loopback: anyone
                            who reaches the port can then read policy and act as any proxy
 ";

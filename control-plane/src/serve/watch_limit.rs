@@ -4,7 +4,7 @@
 //!
 //! A client is its peer IP and, over TLS, the SPIFFE id of its certificate: replicas of one
 //! service share an id but not an address, and a proxy holds one stream (two for a moment
-//! while it reconnects).
+//! while it reconnects). Plaintext from loopback is not limited (see `Discovery::watch`).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
