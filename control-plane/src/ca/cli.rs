@@ -11,9 +11,10 @@ const USAGE: &str = "\
 Usage:
   weft ca init --out DIR [--trust-domain DOMAIN] [--force]
       write a new root CA: DIR/ca.pem and DIR/ca-key.pem (the key readable by its owner only)
-  weft ca issue --ca DIR --id SPIFFE_ID --out DIR2 [--ttl DURATION] [--force]
+  weft ca issue --ca DIR --id SPIFFE_ID --out DIR2 [--ttl DURATION] [--starts-in DURATION] [--force]
       issue a certificate by hand: DIR2/cert.pem (chain), DIR2/key.pem, DIR2/bundle.pem;
-      the lifetime defaults to 24h
+      the lifetime defaults to 24h; --starts-in makes it valid only from that long from now
+      (to stage a certificate, or to see how peers treat one that is not valid yet)
 ";
 
 pub fn run(args: &[String]) -> u8 {
@@ -102,7 +103,7 @@ fn init(args: &[String]) -> Result<(), Failure> {
 }
 
 fn issue(args: &[String]) -> Result<(), Failure> {
-    let flags = Flags::parse(args, &["--ca", "--id", "--out", "--ttl"])?;
+    let flags = Flags::parse(args, &["--ca", "--id", "--out", "--ttl", "--starts-in"])?;
     let ca_dir = PathBuf::from(flags.required("--ca")?);
     let id = SpiffeId::parse(flags.required("--id")?).map_err(CaError::from)?;
     let out = PathBuf::from(flags.required("--out")?);
@@ -114,7 +115,15 @@ fn issue(args: &[String]) -> Result<(), Failure> {
     refuse_overwrite(&files, flags.force)?;
     let authority = Authority::load(&ca_dir)?;
     let key = rcgen::KeyPair::generate().map_err(CaError::from)?;
-    let issued = authority.sign(&id, &key, ttl)?;
+    let issued = match flags.get("--starts-in") {
+        Some(t) => {
+            let wait =
+                weft_api::duration::parse_duration(t).map_err(|e| Failure::Usage(format!("--starts-in: {e}")))?;
+            let start = std::time::SystemTime::now() + wait;
+            authority.sign_with_validity(&id, &key, start, (start + ttl).min(authority.not_after()))?
+        }
+        None => authority.sign(&id, &key, ttl)?,
+    };
     create_dir(&out)?;
     super::write_file(&files[0], &issued.chain_pem, false)?;
     super::write_file(&files[1], &key.serialize_pem(), true)?;

@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use serde::{Deserialize, Serialize};
 
 use super::token_review::Refusal;
@@ -128,6 +128,11 @@ where
     };
     let body = match Limited::new(req.into_body(), MAX_REQUEST_BYTES).collect().await {
         Ok(b) => b.to_bytes(),
+        // No more than the limit is read: the connection closes with the rest unread.
+        Err(e) if e.is::<LengthLimitError>() => {
+            let message = format!("the body is larger than {MAX_REQUEST_BYTES} bytes; a CSR is well under 2 KiB");
+            return refused(StatusCode::PAYLOAD_TOO_LARGE, "too-large", message, None);
+        }
         Err(e) => {
             return refused(StatusCode::BAD_REQUEST, "bad-request", format!("cannot read the request body: {e}"), None);
         }

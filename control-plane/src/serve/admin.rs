@@ -39,7 +39,10 @@ fn json(value: &impl serde::Serialize) -> Response<ResponseBody> {
 
 fn route(catalog: &Catalog, req: &Request<Incoming>) -> Response<ResponseBody> {
     if req.method() != Method::GET {
-        return full(StatusCode::METHOD_NOT_ALLOWED, "the admin API is read-only\n");
+        catalog.metrics.refused.with_label_values(&["admin", "wrong-method"]).inc();
+        let mut r = full(StatusCode::METHOD_NOT_ALLOWED, "the admin API is read-only\n");
+        r.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static("GET"));
+        return r;
     }
     match req.uri().path() {
         "/metrics" => {
@@ -59,9 +62,12 @@ fn route(catalog: &Catalog, req: &Request<Incoming>) -> Response<ResponseBody> {
                 None => json(&catalog.dump()),
             }
         }
-        _ => full(
-            StatusCode::NOT_FOUND,
-            "not found; try /metrics, /ready, /live, /v1/status, /v1/snapshot[?service=NAME.NS]\n",
-        ),
+        _ => {
+            catalog.metrics.refused.with_label_values(&["admin", "not-found"]).inc();
+            full(
+                StatusCode::NOT_FOUND,
+                "not found; try /metrics, /ready, /live, /v1/status, /v1/snapshot[?service=NAME.NS]\n",
+            )
+        }
     }
 }

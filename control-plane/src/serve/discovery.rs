@@ -17,7 +17,7 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body::{Body, Frame};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -32,8 +32,20 @@ use super::catalog::{Catalog, Item, Subscriber};
 use super::policy::service_key;
 use super::registry::self_registration::{Registration, SelfRegistration};
 use super::tls::{Accept, Caller, HANDSHAKE_TIMEOUT, ServingTls, Transport, classify};
+use super::watch_limit::{WatchLimit, WatchPermit};
 
 pub type ResponseBody = UnsyncBoxBody<Bytes, Infallible>;
+
+/// Every route of the discovery listener: path, name (the `route` label of
+/// `weft_control_requests_refused_total`) and method.
+static ROUTES: [(&str, &str, Method); 6] = [
+    ("/v1/watch", "watch", Method::GET),
+    ("/v1/ack", "ack", Method::POST),
+    ("/v1/leave", "leave", Method::POST),
+    ("/v1/report", "report", Method::POST),
+    ("/v1/admission", "admission", Method::POST),
+    (crate::ca::http::CERTIFICATES_PATH, "certificates", Method::POST),
+];
 
 /// Largest ack, leave or report body accepted.
 const MAX_POST_BYTES: usize = 256 * 1024;
@@ -56,6 +68,8 @@ pub struct Discovery {
     pub tls: Option<Arc<ServingTls>>,
     /// Plaintext from any peer, not only loopback (`--insecure-plaintext`).
     pub insecure_plaintext: bool,
+    /// Open watch streams per client (`--max-watches-per-client`).
+    pub watch_limit: WatchLimit,
 }
 
 pub async fn serve(listener: TcpListener, discovery: Arc<Discovery>) {
@@ -138,9 +152,16 @@ pub fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<ResponseBody
 
 impl Discovery {
     async fn route(&self, caller: &Caller, req: Request<Incoming>) -> Response<ResponseBody> {
-        match (req.method().clone(), req.uri().path()) {
-            (Method::GET, "/v1/watch") => self.watch(caller, req.uri().query().unwrap_or("")),
-            (Method::POST, "/v1/ack") => match read_json::<Ack>(req).await {
+        let Some((_, route, method)) = ROUTES.iter().find(|(path, ..)| *path == req.uri().path()) else {
+            return self.refuse(caller, "other", Refusal::NotFound);
+        };
+        // The CA's route answers a wrong method itself, counted with the certificates.
+        if req.method() != method && *route != "certificates" {
+            return self.refuse(caller, route, Refusal::WrongMethod(method));
+        }
+        match *route {
+            "watch" => self.watch(caller, req.uri().query().unwrap_or("")),
+            "ack" => match self.read_json::<Ack>(caller, route, req).await {
                 Ok(ack) => match self.stream_of(caller, "ack", &ack.session) {
                     Ok(_) if self.catalog.ack(&ack.session, ack.version, ack.cert_not_after) => {
                         full(StatusCode::NO_CONTENT, "")
@@ -150,7 +171,7 @@ impl Discovery {
                 },
                 Err(resp) => resp,
             },
-            (Method::POST, "/v1/leave") => match read_json::<Leave>(req).await {
+            "leave" => match self.read_json::<Leave>(caller, route, req).await {
                 Ok(leave) => match self.stream_of(caller, "leave", &leave.session) {
                     Ok(sub) => {
                         if let Some(addr) = sub.address {
@@ -163,7 +184,7 @@ impl Discovery {
                 },
                 Err(resp) => resp,
             },
-            (Method::POST, "/v1/report") => match read_json::<TrafficReport>(req).await {
+            "report" => match self.read_json::<TrafficReport>(caller, route, req).await {
                 Ok(report) => match self.stream_of(caller, "report", &report.session) {
                     Ok(sub) => {
                         self.catalog.report(&sub, report);
@@ -175,7 +196,7 @@ impl Discovery {
             },
             // The Kubernetes API server calls with no client certificate; injecting a pod
             // grants nothing (the pod still needs its own credential for a certificate).
-            (Method::POST, "/v1/admission") => match read_body(req, MAX_ADMISSION_BYTES).await {
+            "admission" => match self.read_body(caller, route, req, MAX_ADMISSION_BYTES).await {
                 Ok(body) => match crate::inject::admission::review(&body, &crate::inject::Options::default()) {
                     Ok(review) => {
                         let mut r = full(StatusCode::OK, review.to_string());
@@ -183,11 +204,11 @@ impl Discovery {
                             .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
                         r
                     }
-                    Err(e) => full(StatusCode::BAD_REQUEST, format!("/v1/admission: {e}\n")),
+                    Err(e) => self.refuse(caller, route, Refusal::BadRequest(format!("/v1/admission: {e}"))),
                 },
                 Err(resp) => resp,
             },
-            (_, crate::ca::http::CERTIFICATES_PATH) => match &self.issuer {
+            _ => match &self.issuer {
                 Some(issuer) => {
                     let review = self.token_review.as_ref();
                     crate::ca::http::handle(issuer, review, &self.catalog.metrics, caller.peer, req)
@@ -199,10 +220,6 @@ impl Discovery {
                     "this control plane does not sign certificates; start it with --ca DIR --join-token-file FILE\n",
                 ),
             },
-            _ => full(
-                StatusCode::NOT_FOUND,
-                "not found; the discovery API is GET /v1/watch, POST /v1/ack, POST /v1/leave\n",
-            ),
         }
     }
 
@@ -228,16 +245,39 @@ impl Discovery {
         Ok(sub)
     }
 
-    /// Answers 401 or 403, counts it, and logs who was refused.
+    /// Answers with the refusal's status, counts it, and logs who was refused.
     fn refuse(&self, caller: &Caller, route: &str, why: Refusal) -> Response<ResponseBody> {
         let (status, reason, message) = match why {
             Refusal::NoCertificate => (
                 StatusCode::UNAUTHORIZED,
                 "no-client-certificate",
-                "present this proxy's mesh certificate (mutual TLS); a proxy without one may only request a certificate",
+                "present this proxy's mesh certificate (mutual TLS); a proxy without one may only request a certificate"
+                    .to_string(),
             ),
-            Refusal::OtherIdentity => {
-                (StatusCode::FORBIDDEN, "other-identity", "a proxy may act only as the identity its certificate names")
+            Refusal::OtherIdentity => (
+                StatusCode::FORBIDDEN,
+                "other-identity",
+                "a proxy may act only as the identity its certificate names".to_string(),
+            ),
+            Refusal::TooManyWatches(max) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-watches",
+                format!("this client already holds {max} open watch streams (weft serve --max-watches-per-client)"),
+            ),
+            Refusal::TooLarge(max) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "too-large", format!("the body is larger than {max} bytes"))
+            }
+            Refusal::BadRequest(message) => (StatusCode::BAD_REQUEST, "bad-request", message),
+            Refusal::WrongMethod(method) => {
+                let mut r = full(StatusCode::METHOD_NOT_ALLOWED, format!("use {method} on this path\n"));
+                r.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static(method.as_str()));
+                self.catalog.metrics.refused.with_label_values(&[route, "wrong-method"]).inc();
+                return r;
+            }
+            Refusal::NotFound => {
+                self.catalog.metrics.refused.with_label_values(&[route, "not-found"]).inc();
+                let paths: Vec<String> = ROUTES.iter().map(|(path, _, method)| format!("{method} {path}")).collect();
+                return full(StatusCode::NOT_FOUND, format!("not found; the discovery API is {}\n", paths.join(", ")));
             }
         };
         self.catalog.metrics.refused.with_label_values(&[route, reason]).inc();
@@ -252,7 +292,7 @@ impl Discovery {
     fn watch(&self, caller: &Caller, query: &str) -> Response<ResponseBody> {
         let mut req = match WatchRequest::from_query(query) {
             Ok(r) => r,
-            Err(e) => return full(StatusCode::BAD_REQUEST, format!("/v1/watch: {e}\n")),
+            Err(e) => return self.refuse(caller, "watch", Refusal::BadRequest(format!("/v1/watch: {e}"))),
         };
         let peer = caller.peer;
         let key = match (req.service.split_once('.'), &req.namespace) {
@@ -274,6 +314,16 @@ impl Discovery {
                 Some(id.to_string())
             }
             Transport::Plain => None,
+        };
+        // Plaintext from loopback is the operator's own tooling (`weft demo`, benchmarks that
+        // play many proxies): not limited.
+        let permit = if caller.transport == Transport::Plain && peer.ip().is_loopback() {
+            None
+        } else {
+            match self.watch_limit.acquire((peer.ip(), caller_id.clone())) {
+                Some(permit) => Some(permit),
+                None => return self.refuse(caller, "watch", Refusal::TooManyWatches(self.watch_limit.max())),
+            }
         };
         // An instance listening on every interface is reached at the address it called from.
         let address =
@@ -301,6 +351,7 @@ impl Discovery {
             warmup,
             heartbeat,
             _registration: registration,
+            _permit: permit,
         };
         let mut r = Response::new(body.boxed_unsync());
         r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/x-ndjson"));
@@ -314,20 +365,44 @@ enum Refusal {
     NoCertificate,
     /// A certificate for another proxy than the one asked about.
     OtherIdentity,
+    /// The client holds the most watch streams it may (the limit).
+    TooManyWatches(usize),
+    /// A body over the route's limit (in bytes); no more than that was read.
+    TooLarge(usize),
+    /// A body or query that does not parse; the message says what is wrong.
+    BadRequest(String),
+    /// A known path with another method than its own.
+    WrongMethod(&'static Method),
+    NotFound,
 }
 
-/// A whole request body of at most `max` bytes.
-async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, Response<ResponseBody>> {
-    Ok(Limited::new(req.into_body(), max)
-        .collect()
-        .await
-        .map_err(|e| full(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}\n")))?
-        .to_bytes())
-}
+impl Discovery {
+    /// A whole request body of at most `max` bytes: a larger one is refused (413) once `max`
+    /// bytes have been read, without reading the rest.
+    async fn read_body(
+        &self,
+        caller: &Caller,
+        route: &str,
+        req: Request<Incoming>,
+        max: usize,
+    ) -> Result<Bytes, Response<ResponseBody>> {
+        match Limited::new(req.into_body(), max).collect().await {
+            Ok(body) => Ok(body.to_bytes()),
+            Err(e) if e.is::<LengthLimitError>() => Err(self.refuse(caller, route, Refusal::TooLarge(max))),
+            Err(e) => Err(self.refuse(caller, route, Refusal::BadRequest(format!("cannot read the body: {e}")))),
+        }
+    }
 
-async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, Response<ResponseBody>> {
-    let body = read_body(req, MAX_POST_BYTES).await?;
-    serde_json::from_slice(&body).map_err(|e| full(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}\n")))
+    async fn read_json<T: serde::de::DeserializeOwned>(
+        &self,
+        caller: &Caller,
+        route: &str,
+        req: Request<Incoming>,
+    ) -> Result<T, Response<ResponseBody>> {
+        let body = self.read_body(caller, route, req, MAX_POST_BYTES).await?;
+        serde_json::from_slice(&body)
+            .map_err(|e| self.refuse(caller, route, Refusal::BadRequest(format!("invalid JSON body: {e}"))))
+    }
 }
 
 /// The response body of one watch stream: pulls lines from the stream's queue as fast as the
@@ -341,6 +416,7 @@ struct WatchBody {
     warmup: Option<Pin<Box<Sleep>>>,
     heartbeat: Interval,
     _registration: Option<Registration>,
+    _permit: Option<WatchPermit>,
 }
 
 impl WatchBody {

@@ -19,7 +19,9 @@ pub struct ControlMetrics {
     pub policy_reloads: IntCounterVec,
     /// Fresh snapshots sent on open streams, by reason (`overflow`, `policy`, `scope`).
     pub resyncs: IntCounterVec,
-    /// Discovery requests refused for who sent them, by route and reason.
+    /// Discovery and admin requests refused, by route and reason: who sent them
+    /// (`no-client-certificate`, `other-identity`), what they sent (`bad-request`, `too-large`,
+    /// `wrong-method`, `not-found`) or how many watches they hold (`too-many-watches`).
     pub refused: IntCounterVec,
     /// Certificate requests by result (`issued`, or why one was refused).
     pub certificates: IntCounterVec,
@@ -88,7 +90,7 @@ impl ControlMetrics {
         };
         let refused = counters(
             "weft_control_requests_refused_total",
-            "Discovery requests refused for the caller's identity (none, or another proxy's), by route and reason.",
+            "Discovery and admin requests refused, by route and reason (the caller's identity, a malformed or too large body, the watch limit, a wrong method or path).",
             &["route", "reason"],
         );
         let certificates = counters(

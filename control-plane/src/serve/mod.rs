@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod policy;
 pub mod registry;
 pub mod tls;
+pub mod watch_limit;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,7 +33,7 @@ Usage: weft serve [--policy DIR] [--registry DIR] [--listen ADDR] [--admin ADDR]
                   [--ca DIR --join-token-file FILE [--cert-ttl DURATION] [--identity SPIFFE_ID]
                    [--tls-san DNS_NAME]...]
                   [--kubernetes [--kube-api URL] [--kube-namespaces NS,...] [--kube-policy]]
-                  [--insecure-plaintext]
+                  [--max-watches-per-client N] [--insecure-plaintext]
 
 Runs the control plane.
 
@@ -77,6 +78,11 @@ Runs the control plane.
                            `weft crds` prints), checked like files; an object that does not pass
                            is reported by name and field and its last good version serves;
                            implies --kubernetes
+  --max-watches-per-client N
+                           open watch streams one client (its address and, over TLS, its
+                           certificate's id) may hold; more are refused with 429 and counted in
+                           weft_control_requests_refused_total{reason=\"too-many-watches\"}
+                           (default 100); plaintext from loopback is not limited
   --insecure-plaintext     accept plaintext discovery from any peer, not only loopback: anyone
                            who reaches the port can then read policy and act as any proxy
 ";
@@ -98,6 +104,8 @@ pub struct ServeArgs {
     /// DNS names for the serving certificate (`--tls-san`).
     pub tls_sans: Vec<String>,
     pub insecure_plaintext: bool,
+    /// Open watch streams one client (peer IP and certificate id) may hold.
+    pub max_watches_per_client: usize,
     /// `--kubernetes`: Services and EndpointSlices from the Kubernetes API as a registry.
     pub kubernetes: Option<registry::kubernetes::KubeOptions>,
 }
@@ -121,6 +129,7 @@ impl Default for ServeArgs {
             identity: None,
             tls_sans: Vec::new(),
             insecure_plaintext: false,
+            max_watches_per_client: watch_limit::DEFAULT_MAX_WATCHES_PER_CLIENT,
             kubernetes: None,
         }
     }
@@ -154,6 +163,14 @@ impl ServeArgs {
                 "--ca" => out.ca = Some(value()?.into()),
                 "--join-token-file" => out.join_token_file = Some(value()?.into()),
                 "--cert-ttl" => out.cert_ttl = parse_duration(flag, value()?)?,
+                "--max-watches-per-client" => {
+                    let v = value()?;
+                    out.max_watches_per_client = v
+                        .parse()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| format!("{flag}: {v:?} is not a count above 0"))?;
+                }
                 "--tls-san" => out.tls_sans.push(value()?.clone()),
                 "--kube-api" => out.kubernetes.get_or_insert_default().api = Some(value()?.clone()),
                 "--kube-namespaces" => {
@@ -350,6 +367,7 @@ pub async fn start(args: &ServeArgs) -> Result<Running, String> {
         token_review,
         tls,
         insecure_plaintext: args.insecure_plaintext,
+        watch_limit: watch_limit::WatchLimit::new(args.max_watches_per_client),
     });
     tokio::spawn(discovery::serve(listener, discovery));
     tokio::spawn(admin::serve(admin, catalog.clone()));

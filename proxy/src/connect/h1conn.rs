@@ -484,9 +484,12 @@ fn replayable(req: &Request<ReqBody>) -> bool {
 }
 
 /// Whether a request trailer field may be forwarded: not one that frames the message, routes
-/// it, authenticates it or controls how it is handled (RFC 9110 §6.5.1), which a recipient
-/// could otherwise mistake for a header.
+/// it, authenticates it (the caller's verified id among them) or controls how it is handled
+/// (RFC 9110 §6.5.1), which a recipient could otherwise mistake for a header.
 pub(crate) fn forwardable_trailer(name: &HeaderName) -> bool {
+    if crate::http::headers::names_client_id(name) {
+        return false;
+    }
     const NOT_IN_TRAILERS: [HeaderName; 12] = [
         header::AUTHORIZATION,
         header::CACHE_CONTROL,
@@ -1220,7 +1223,8 @@ mod tests {
 
     #[test]
     fn trailers_that_would_frame_route_or_authenticate_are_not_forwarded() {
-        for name in ["content-length", "transfer-encoding", "host", "authorization", "te", "trailer"] {
+        let names = ["content-length", "transfer-encoding", "host", "authorization", "te", "trailer"];
+        for name in names.into_iter().chain(["weft-client-id", "weft_client_id"]) {
             assert!(!forwardable_trailer(&HeaderName::from_static(name)), "{name}");
         }
         for name in ["grpc-status", "x-checksum", "server-timing"] {

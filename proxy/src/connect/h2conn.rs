@@ -223,6 +223,11 @@ where
                     Ok(data) => self.chunk = Some(data),
                     Err(frame) => {
                         if let Ok(trailers) = frame.into_trailers() {
+                            let trailers = trailers
+                                .iter()
+                                .filter(|(name, _)| super::forwardable_trailer(name))
+                                .map(|(name, value)| (name.clone(), value.clone()))
+                                .collect();
                             self.stream.send_trailers(trailers)?;
                             return Poll::Ready(Ok(()));
                         }

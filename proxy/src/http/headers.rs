@@ -6,6 +6,21 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, Scheme, Uri};
 use http::{Method, Request, Version};
 
+/// Header through which the app learns the caller's verified identity (set by the inbound
+/// side, see `inbound::admit`). Whatever a client sent under this name, in headers or
+/// trailers, is removed first, so the app can trust it.
+pub const CLIENT_ID_HEADER: HeaderName = HeaderName::from_static(CLIENT_ID);
+const CLIENT_ID: &str = "weft-client-id";
+
+/// Whether `name` is [`CLIENT_ID_HEADER`] once underscores are read as dashes, as CGI-style
+/// apps (PHP, WSGI, nginx's `underscores_in_headers`) read them: `weft_client_id` must not
+/// reach the app either.
+pub fn names_client_id(name: &HeaderName) -> bool {
+    let name = name.as_str().as_bytes();
+    let id = CLIENT_ID.as_bytes();
+    name.len() == id.len() && name.iter().zip(id).all(|(&a, &b)| a == b || (a == b'_' && b == b'-'))
+}
+
 /// Headers that describe one connection (RFC 9110 §7.6.1) and must not be forwarded, besides
 /// `Connection` itself and the headers it names.
 const HOP_BY_HOP: [HeaderName; 4] = [

@@ -14,9 +14,7 @@ use crate::http::errors::ProxyError;
 use crate::routing::Rule;
 use crate::state::ProxyState;
 
-/// Header through which the app learns the caller's verified identity. Whatever a client sent
-/// under this name is removed first, so the app can trust it.
-pub const CLIENT_ID_HEADER: &str = "weft-client-id";
+pub use crate::http::headers::CLIENT_ID_HEADER;
 
 /// Admits a call to the local app's `port` (see `Side::Inbound`): checks the
 /// AuthorizationPolicy, and sets `weft-client-id`
@@ -48,6 +46,13 @@ pub fn admit(
     };
     let headers = req.headers_mut();
     headers.remove(CLIENT_ID_HEADER);
+    // Rare: only a client trying to spoof the id sends an underscore spelling.
+    if headers.keys().any(crate::http::headers::names_client_id) {
+        let spoofed: Vec<_> = headers.keys().filter(|n| crate::http::headers::names_client_id(n)).cloned().collect();
+        for name in spoofed {
+            headers.remove(name);
+        }
+    }
     if let Some(id) = caller.and_then(|id| http::HeaderValue::from_str(id).ok()) {
         headers.insert(CLIENT_ID_HEADER, id);
     }

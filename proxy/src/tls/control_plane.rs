@@ -119,16 +119,15 @@ impl ControlPlaneTarget {
                 let reason = super::verify::failure_reason(&e);
                 let detail = super::verify::describe(&e);
                 match reason {
-                    "unknown-ca" | "wrong-identity" | "no-spiffe-id" | "expired" | "bad-certificate" => {
-                        Err(ConnectFailure::Untrusted(format!(
-                            "the control plane at {} presented a certificate that does not verify against \
+                    "unknown-ca" | "wrong-identity" | "no-spiffe-id" | "expired" | "not-yet-valid"
+                    | "bad-certificate" => Err(ConnectFailure::Untrusted(format!(
+                        "the control plane at {} presented a certificate that does not verify against \
                              trustBundleFile {} as {} ({reason}: {detail}); check trustBundleFile and \
                              controlPlane.identity",
-                            self.authority,
-                            target.bundle_file.display(),
-                            target.expected
-                        )))
-                    }
+                        self.authority,
+                        target.bundle_file.display(),
+                        target.expected
+                    ))),
                     _ => Err(unreachable(format!("TLS handshake with {}: {detail}", self.authority))),
                 }
             }

@@ -36,7 +36,13 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, port: Option<u16>, state
     let plaintext = match tokio::time::timeout(wait, stream.peek(&mut first)).await {
         Ok(Ok(1)) => first[0] != TLS_HANDSHAKE_RECORD,
         Err(_) if server_first => true,
-        // Closed, broken or silent before sending anything: nothing to serve or count.
+        // Connected, then silent for the whole handshake deadline: a stuck or hostile client
+        // holding a descriptor, counted like a handshake that never finishes.
+        Err(_) => {
+            let e = std::io::Error::new(std::io::ErrorKind::TimedOut, "nothing sent within 10s");
+            return super::handshake_failed("inbound", peer, &e);
+        }
+        // Closed or broken before sending anything (a TCP probe): nothing to serve or count.
         _ => return,
     };
     if plaintext {

@@ -121,10 +121,9 @@ pub fn failure_reason(e: &std::io::Error) -> &'static str {
         Error::NoCertificatesPresented => "no-client-cert",
         Error::InvalidCertificate(c) => match c {
             CertificateError::UnknownIssuer | CertificateError::BadSignature => "unknown-ca",
-            CertificateError::Expired
-            | CertificateError::ExpiredContext { .. }
-            | CertificateError::NotValidYet
-            | CertificateError::NotValidYetContext { .. } => "expired",
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired",
+            // Apart from expired: usually a clock that is behind, on one side or the other.
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => "not-yet-valid",
             CertificateError::Other(OtherError(inner)) if inner.is::<IdentityMismatch>() => "wrong-identity",
             CertificateError::Other(OtherError(inner)) if inner.is::<NoId>() => "no-spiffe-id",
             _ => "bad-certificate",

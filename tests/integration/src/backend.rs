@@ -2,7 +2,8 @@
 //!
 //! Responses carry `x-backend: <name>` and echo the method, path, host, HTTP version and body
 //! length in `x-echo-*` headers; request headers starting with `x-` (and `weft-client-id`,
-//! `upgrade`, `http2-settings`) come back as `x-seen-<name>`.
+//! `upgrade`, `http2-settings`) come back as `x-seen-<name>` (every value), request trailers
+//! among them as `x-seen-trailer-<name>`.
 //! Behaviour is picked by the request: a path segment pair `/status/<code>`, `/delay/<ms>` or
 //! `/bytes/<n>` (a body of n bytes, made as it is sent) anywhere in the path (or headers
 //! `x-status`, `x-delay-ms`), a path starting with `/echo`
@@ -295,7 +296,15 @@ async fn plain(state: &State, req: Request<Incoming>) -> Response<Body> {
     let status = if forced != 0 { forced } else { asked.status.unwrap_or(200) };
     let echo_body = req.uri().path().starts_with("/echo");
     let mut headers = echo_headers(state, &req);
-    let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let collected = req.into_body().collect().await.ok();
+    for (name, value) in collected.as_ref().and_then(|c| c.trailers()).into_iter().flatten() {
+        if seen(name)
+            && let Ok(seen) = HeaderName::try_from(format!("x-seen-trailer-{}", name.as_str()))
+        {
+            headers.insert(seen, value.clone());
+        }
+    }
+    let body = collected.map(|c| c.to_bytes()).unwrap_or_default();
     insert(&mut headers, "x-echo-body-len", &body.len().to_string());
     if let Some(ms) = asked.delay_ms {
         tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -359,13 +368,20 @@ fn echo_headers(state: &State, req: &Request<Incoming>) -> HeaderMap {
     insert(&mut headers, "x-echo-host", host);
     insert(&mut headers, "x-echo-version", &format!("{:?}", req.version()));
     for (name, value) in req.headers() {
-        if (name.as_str().starts_with("x-") || matches!(name.as_str(), "weft-client-id" | "upgrade" | "http2-settings"))
+        if seen(name)
             && let Ok(seen) = HeaderName::try_from(format!("x-seen-{}", name.as_str()))
         {
-            headers.insert(seen, value.clone());
+            headers.append(seen, value.clone());
         }
     }
     headers
+}
+
+/// Whether a request field comes back as `x-seen-…`: `x-` fields, a few the proxy handles
+/// specially, and `weft-client-id` in any spelling a CGI-style app reads as it (`weft_client_id`).
+fn seen(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    name.starts_with("x-") || matches!(name, "upgrade" | "http2-settings") || name.replace('_', "-") == "weft-client-id"
 }
 
 fn insert(headers: &mut HeaderMap, name: &'static str, value: &str) {

@@ -328,8 +328,8 @@ impl Dial {
                 Box::new(tcp)
             }
             Dial::Mtls(addr, identity) => {
-                let config = crate::tls_peer::client_config(&identity.path("bundle.pem"), Some(identity), b"h2");
-                Box::new(crate::tls_peer::connect(*addr, config).await.expect("mTLS handshake"))
+                let config = crate::tls::client_config_trusting(&identity.path("bundle.pem"), Some(identity), &[b"h2"]);
+                Box::new(crate::tls::connect(*addr, config).await.expect("mTLS handshake"))
             }
         }
     }

@@ -20,7 +20,7 @@ pub mod process;
 pub mod proxy;
 pub mod tcp_echo;
 pub mod tempdir;
-pub mod tls_peer;
+pub mod tls;
 pub mod wait;
 pub mod watch;
 

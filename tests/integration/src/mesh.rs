@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use crate::config::document;
 use crate::net::{Reserved, reserve_addrs};
-use crate::proxy::ProxyConfig;
+use crate::proxy::{Proxy, ProxyConfig};
 use crate::tempdir::TempDir;
+use crate::{Backend, eventually, metric_sum};
 
 /// `spiffe://cluster.local/ns/default/sa/<account>`.
 pub fn spiffe(account: &str) -> String {
@@ -62,6 +63,15 @@ impl Pki {
         IdentityFiles { dir: out }
     }
 
+    /// Like [`Pki::issue`], for a certificate that becomes valid only `starts_in` from now
+    /// (`weft ca issue --starts-in`).
+    pub fn issue_starting_in(&self, name: &str, id: &str, starts_in: &str) -> IdentityFiles {
+        let out = self.dir.path().join(name);
+        let (ca, out_arg) = (self.ca_dir().display().to_string(), out.display().to_string());
+        weft(&["ca", "issue", "--ca", &ca, "--id", id, "--out", &out_arg, "--starts-in", starts_in, "--force"]);
+        IdentityFiles { dir: out }
+    }
+
     /// The same certificate and key as `id`, with `trust`'s bundle (a workload whose certificate
     /// comes from another CA but who trusts this one).
     pub fn with_bundle_of(&self, name: &str, id: &IdentityFiles, trust: &IdentityFiles) -> IdentityFiles {
@@ -89,6 +99,58 @@ pub fn meshed_service(name: &str, addr: SocketAddr, identity: &str) -> String {
 pub fn meshed_service_speaking(name: &str, protocol: &str, addr: SocketAddr, identity: &str) -> String {
     let endpoints = format!("endpoints: [{{address: \"{addr}\", identity: \"{identity}\"}}]\n");
     document("Service", name, &format!("ports: [{{port: 80, protocol: {protocol}}}]\n{endpoints}"))
+}
+
+/// The proxy of service `server` beside `app`, with `files`' identity, accepting mesh calls on
+/// its inbound listener.
+pub async fn server_proxy(files: &IdentityFiles, app: &Backend, policy: &str) -> Proxy {
+    Proxy::start(ProxyConfig {
+        service: "server".to_string(),
+        inbound_app: Some(app.addr()),
+        proxy_spec: files.tls_line(),
+        policy: policy.to_string(),
+        ..Default::default()
+    })
+    .await
+}
+
+/// A proxy of service `client` with `files`' identity whose upstream port `server` reaches
+/// `addr`, expected to be `identity`.
+pub async fn client_proxy(files: &IdentityFiles, addr: SocketAddr, identity: &str) -> Proxy {
+    Proxy::start(ProxyConfig {
+        service: "client".to_string(),
+        upstreams: vec!["server".to_string()],
+        proxy_spec: files.tls_line(),
+        policy: meshed_service("server", addr, identity),
+        ..Default::default()
+    })
+    .await
+}
+
+/// The Mesh document with `mtls: <mode>` (strict, permissive, off).
+pub fn mesh_mode(mode: &str) -> String {
+    document("Mesh", "default", &format!("mtls: {mode}\n"))
+}
+
+/// `weft_tls_handshake_errors_total` of `proxy` for `direction` and `reason`.
+pub async fn handshake_errors(proxy: &Proxy, direction: &str, reason: &str) -> f64 {
+    let labels = [("direction", direction), ("reason", reason)];
+    metric_sum(&proxy.metrics().await, "weft_tls_handshake_errors_total", &labels)
+}
+
+/// Waits until `proxy` counted a handshake failure for `reason` and logged it.
+pub async fn rejected_for(proxy: &Proxy, direction: &str, reason: &str) {
+    eventually(&format!("a {direction} handshake error counted as {reason}"), Duration::from_secs(5), || async {
+        (handshake_errors(proxy, direction, reason).await >= 1.0).then_some(())
+    })
+    .await;
+    // The line is written just after the count: wait for it too (a loaded machine can be seen
+    // between the two).
+    let named = |l: &str| l.contains("mTLS handshake failed") && l.contains(&format!("reason=\"{reason}\""));
+    eventually("a log line naming the rejection", Duration::from_secs(5), || async {
+        proxy.logs().lines().any(named).then_some(())
+    })
+    .await;
 }
 
 /// A proxy of service `client` whose upstream port `server` reaches the meshed proxy of

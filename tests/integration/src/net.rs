@@ -1,9 +1,9 @@
 //! Loopback address helpers: free ports and raw-socket exchanges for hand-written HTTP.
 
 use std::net::{SocketAddr, TcpListener};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Loopback addresses kept for processes that bind them later (a proxy's listeners, a control
@@ -87,7 +87,12 @@ pub fn dead_addr() -> DeadAddr {
 ///
 /// Returns what was read. Used for malformed requests that no HTTP client library would send.
 pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], limit: Duration) -> Vec<u8> {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    exchange_on(stream, bytes, limit).await
+}
+
+/// Like [`raw_exchange`], on a connection already made (a TLS stream, say).
+pub async fn exchange_on(mut stream: impl AsyncRead + AsyncWrite + Unpin, bytes: &[u8], limit: Duration) -> Vec<u8> {
     // The peer may answer and close before reading everything (a 431 for a huge head): a
     // failed write is fine as long as a response comes back.
     let _ = stream.write_all(bytes).await;
@@ -103,6 +108,25 @@ pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], limit: Duration) -> Ve
     })
     .await;
     out
+}
+
+/// Sends `bytes` on a fresh connection (while reading, so a server that answers early is
+/// heard) and returns what came back and how long the server took to close.
+pub async fn send_until_closed(addr: SocketAddr, bytes: Vec<u8>, limit: Duration) -> (Vec<u8>, Duration) {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut read, mut write) = stream.into_split();
+    let started = Instant::now();
+    let writer = tokio::spawn(async move {
+        // The server may refuse and close before it has all of it: a failed write is fine.
+        let _ = write.write_all(&bytes).await;
+        write
+    });
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(limit, read_until_close(&mut read, &mut out)).await;
+    assert!(closed.is_ok(), "still open after {limit:?}, having answered {out:?}");
+    let took = started.elapsed();
+    writer.abort();
+    (out, took)
 }
 
 /// Reads into `out` until EOF or an error (a reset counts as the end).

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use weft_integration::mesh::{ControlPlane, IdentityFiles, Pki, client_of_server, spiffe};
-use weft_integration::tls_peer;
+use weft_integration::tls;
 use weft_integration::{Backend, Limit, Proxy, ProxyConfig, Req, TempDir, eventually, metric_sum, run_load};
 
 const SERVER_TOKEN: &str = "server-token-0123456789";
@@ -136,9 +136,9 @@ async fn tls_to(
     addr: SocketAddr,
     identity: Option<&IdentityFiles>,
 ) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
-    let config = tls_peer::client_config(&pki.ca_dir().join("ca.pem"), identity, b"http/1.1");
-    let tls = tls_peer::connect(addr, config).await.unwrap();
-    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+    let config = tls::client_config_trusting(&pki.ca_dir().join("ca.pem"), identity, &[b"http/1.1"]);
+    let stream = tls::connect(addr, config).await.unwrap();
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
     send
 }

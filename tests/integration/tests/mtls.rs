@@ -3,65 +3,20 @@
 //! rotation under load, and where the private key lives.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use weft_integration::client::{must, send_h2};
-use weft_integration::mesh::{ControlPlane, IdentityFiles, Pki, client_of_server, meshed_service, spiffe};
+use weft_integration::mesh::{
+    ControlPlane, IdentityFiles, Pki, client_of_server, client_proxy as client, handshake_errors, mesh_mode as mesh,
+    rejected_for, server_proxy as server, spiffe,
+};
 use weft_integration::net::raw_exchange;
 use weft_integration::tcp_echo::send_and_read_to_eof;
+use weft_integration::tls::no_cert_tls_exchange;
 use weft_integration::{Backend, Limit, Proxy, ProxyConfig, Req, document, eventually, metric_sum, run_load};
-
-/// The proxy beside `app`, accepting mesh calls on its inbound listener.
-async fn server(files: &IdentityFiles, app: &Backend, policy: &str) -> Proxy {
-    Proxy::start(ProxyConfig {
-        service: "server".to_string(),
-        inbound_app: Some(app.addr()),
-        proxy_spec: files.tls_line(),
-        policy: policy.to_string(),
-        ..Default::default()
-    })
-    .await
-}
-
-/// A proxy whose upstream port `server` reaches `addr`, expected to be `identity`.
-async fn client(files: &IdentityFiles, addr: SocketAddr, identity: &str) -> Proxy {
-    Proxy::start(ProxyConfig {
-        service: "client".to_string(),
-        upstreams: vec!["server".to_string()],
-        proxy_spec: files.tls_line(),
-        policy: meshed_service("server", addr, identity),
-        ..Default::default()
-    })
-    .await
-}
-
-fn mesh(mode: &str) -> String {
-    document("Mesh", "default", &format!("mtls: {mode}\n"))
-}
 
 async fn counter(proxy: &Proxy, name: &str, labels: &[(&str, &str)]) -> f64 {
     metric_sum(&proxy.metrics().await, name, labels)
-}
-
-async fn handshake_errors(proxy: &Proxy, direction: &str, reason: &str) -> f64 {
-    counter(proxy, "weft_tls_handshake_errors_total", &[("direction", direction), ("reason", reason)]).await
-}
-
-/// Waits until `proxy` counted a handshake failure for `reason` and logged it.
-async fn rejected_for(proxy: &Proxy, direction: &str, reason: &str) {
-    eventually(&format!("a {direction} handshake error counted as {reason}"), Duration::from_secs(5), || async {
-        (handshake_errors(proxy, direction, reason).await >= 1.0).then_some(())
-    })
-    .await;
-    // The line is written just after the count: wait for it too (a loaded machine can be seen
-    // between the two).
-    let named = |l: &str| l.contains("mTLS handshake failed") && l.contains(&format!("reason=\"{reason}\""));
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !proxy.logs().lines().any(named) {
-        assert!(std::time::Instant::now() < deadline, "no log line names the rejection:\n{}", proxy.log_tail(20));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -495,66 +450,6 @@ fn assert_no_private_key_in_open_files(pid: u32) {
         {
             assert!(!String::from_utf8_lossy(&bytes).contains("PRIVATE KEY"), "{} holds a key", target.display());
         }
-    }
-}
-
-/// A TLS 1.3 client with no certificate (and no opinion of the server's): sends one request
-/// and returns whatever comes back.
-async fn no_cert_tls_exchange(addr: SocketAddr) -> Vec<u8> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
-    let connected = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await;
-    let Ok(mut stream) = connected else { return Vec::new() };
-    let _ = stream.write_all(b"GET / HTTP/1.1\r\nhost: server\r\n\r\n").await;
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
-    out
-}
-
-#[derive(Debug)]
-struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AnyServer {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &rustls::pki_types::CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &rustls::pki_types::CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
