@@ -14,6 +14,7 @@ pub mod load;
 pub mod mesh;
 pub mod metrics;
 pub mod net;
+pub mod netns;
 pub mod proxy;
 pub mod tcp_echo;
 pub mod tempdir;
