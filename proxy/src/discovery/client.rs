@@ -22,8 +22,11 @@ use crate::state::ProxyState;
 use crate::tls::control_plane::ControlPlaneTarget;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// The control plane sends a heartbeat every 10 s on an idle stream.
+/// The control plane sends a heartbeat on a stream idle for its `--heartbeat` (10 s by
+/// default); a stream silent this long is given up before any heartbeat was heard.
 const SILENCE_LIMIT: Duration = Duration::from_secs(35);
+/// A stream is never given up sooner than this, however often its heartbeats come.
+const MIN_SILENCE: Duration = Duration::from_secs(2);
 /// A single message larger than this is refused (a whole mesh of 100,000 endpoints is ~7 MB).
 const MAX_LINE_BYTES: usize = 128 * 1024 * 1024;
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
@@ -119,6 +122,9 @@ async fn session(
     let mut session_id: Option<String> = None;
     let mut left = request.address.is_none();
     let mut heard = Instant::now();
+    // The longest wait for a heartbeat so far: the control plane's heartbeat period, as
+    // this stream shows it (a partitioned control plane is silent, not closed).
+    let mut heartbeat_every: Option<Duration> = None;
     let mut acked: Option<u64> = None;
     let mut installs = crate::tls::installs();
     installs.mark_unchanged();
@@ -132,7 +138,8 @@ async fn session(
             left = true;
             leave(&mut send, authority, s.clone()).await;
         }
-        let silence_at = heard + SILENCE_LIMIT;
+        let silence = silence_limit(heartbeat_every);
+        let silence_at = heard + silence;
         let wake_at = persister.due().map_or(silence_at, |due| due.min(silence_at));
         // `frame()` takes nothing until it is ready, so losing the race below loses no data.
         let frame = tokio::select! {
@@ -140,7 +147,7 @@ async fn session(
             _ = tokio::time::sleep_until(wake_at.into()) => {
                 persister.flush(state);
                 if Instant::now() >= silence_at {
-                    return Err(format!("nothing from the control plane for {SILENCE_LIMIT:?}"));
+                    return Err(format!("nothing from the control plane for {silence:?}"));
                 }
                 continue;
             }
@@ -166,6 +173,7 @@ async fn session(
                 continue;
             }
         };
+        let waited = heard.elapsed();
         heard = Instant::now();
         let data = match frame {
             None => return Ok(()),
@@ -188,7 +196,9 @@ async fn session(
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            fold_line(state, line, &mut session_id, &mut pending)?;
+            if fold_line(state, line, &mut session_id, &mut pending)? == Line::Heartbeat {
+                heartbeat_every = Some(heartbeat_every.map_or(waited, |every| every.max(waited)));
+            }
         }
         if let Some((layer, snapshot)) = pending {
             let version = apply_layer(state, layer)?;
@@ -211,6 +221,20 @@ async fn session(
     }
 }
 
+/// How long a stream may stay silent before the proxy reconnects: three and a half heartbeat
+/// periods (as the default 10 s heartbeat and 35 s limit are), within `MIN_SILENCE` and
+/// `SILENCE_LIMIT`; `SILENCE_LIMIT` until a heartbeat shows the period.
+fn silence_limit(heartbeat_every: Option<Duration>) -> Duration {
+    heartbeat_every.map_or(SILENCE_LIMIT, |every| every.mul_f64(3.5).clamp(MIN_SILENCE, SILENCE_LIMIT))
+}
+
+/// What kind of line [`fold_line`] took.
+#[derive(Debug, PartialEq)]
+enum Line {
+    Heartbeat,
+    Update,
+}
+
 /// Folds one stream line into `pending` (the layer to apply once the lines at hand are read;
 /// the flag says whether a snapshot is among them).
 fn fold_line(
@@ -218,13 +242,13 @@ fn fold_line(
     line: &[u8],
     session_id: &mut Option<String>,
     pending: &mut Option<(ControlPlaneLayer, bool)>,
-) -> Result<(), String> {
+) -> Result<Line, String> {
     let msg: WatchMessage = match serde_json::from_slice(line) {
         Ok(m) => m,
         Err(e) => return Err(reject(format!("not a discovery message ({e})"))),
     };
     match msg {
-        WatchMessage::Heartbeat { .. } => {}
+        WatchMessage::Heartbeat { .. } => return Ok(Line::Heartbeat),
         WatchMessage::Snapshot(s) => {
             *session_id = Some(s.session.clone());
             *pending = Some((ControlPlaneLayer::from_snapshot(s), true));
@@ -241,7 +265,7 @@ fn fold_line(
             }
         }
     }
-    Ok(())
+    Ok(Line::Update)
 }
 
 /// Checks and swaps in `layer`; returns its control-plane version.
@@ -298,5 +322,27 @@ async fn leave(send: &mut SendRequest<Full<Bytes>>, authority: &str, session: St
     match tokio::time::timeout(Duration::from_secs(1), send.send_request(req)).await {
         Ok(Ok(resp)) if resp.status().is_success() => tracing::info!("registration withdrawn from the control plane"),
         _ => tracing::warn!("could not withdraw the registration; it expires with the control plane's TTL"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_silent_stream_is_given_up_after_three_and_a_half_heartbeat_periods() {
+        let ms = Duration::from_millis;
+        // (longest wait for a heartbeat so far) → how long silence is borne
+        let cases = [
+            (None, SILENCE_LIMIT),
+            (Some(ms(10_000)), ms(35_000)),
+            (Some(ms(2_000)), ms(7_000)),
+            (Some(ms(500)), MIN_SILENCE),
+            (Some(Duration::ZERO), MIN_SILENCE),
+            (Some(ms(60_000)), SILENCE_LIMIT),
+        ];
+        for (every, expected) in cases {
+            assert_eq!(silence_limit(every), expected, "heartbeats every {every:?}");
+        }
     }
 }

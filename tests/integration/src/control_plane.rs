@@ -26,6 +26,8 @@ pub struct ControlPlane {
     starts: usize,
     /// Flags for `weft serve` beyond the policy folder, ports and timers.
     extra: Vec<String>,
+    /// The network namespace it runs in (`ip netns exec`), if not the test's own.
+    netns: Option<String>,
     /// The ports it listens on, kept from other tests across kills and restarts.
     _ports: Reserved,
 }
@@ -34,20 +36,33 @@ impl ControlPlane {
     /// Starts `weft serve` with `policy` as its only policy file and waits for `/ready`.
     pub async fn start(policy: &str) -> ControlPlane {
         let ports = reserve_addrs(2);
-        ControlPlane::launch(policy, ports.addrs()[0], ports.addrs()[1], ports, &[]).await
+        ControlPlane::launch(policy, ports.addrs()[0], ports.addrs()[1], ports, &[], None).await
     }
 
     /// Like [`ControlPlane::start`], with more `weft serve` flags (a registry to watch).
     pub async fn start_with(policy: &str, extra: &[&str]) -> ControlPlane {
         let ports = reserve_addrs(2);
-        ControlPlane::launch(policy, ports.addrs()[0], ports.addrs()[1], ports, extra).await
+        ControlPlane::launch(policy, ports.addrs()[0], ports.addrs()[1], ports, extra, None).await
     }
 
     /// Like [`ControlPlane::start`], with the discovery listener on `listen` (which the caller
     /// keeps reserved, see `net::Reserved`, if it picked it ahead).
     pub async fn start_at(policy: &str, listen: SocketAddr) -> ControlPlane {
         let ports = reserve_addrs(1);
-        ControlPlane::launch(policy, listen, ports.addr(), ports, &[]).await
+        ControlPlane::launch(policy, listen, ports.addr(), ports, &[], None).await
+    }
+
+    /// Like [`ControlPlane::start_with`], run inside network namespace `netns` (see
+    /// `netns::Netns`) with its discovery and admin listeners on `listen` and `admin` there.
+    pub async fn start_in_netns(
+        policy: &str,
+        netns: &str,
+        listen: SocketAddr,
+        admin: SocketAddr,
+        extra: &[&str],
+    ) -> ControlPlane {
+        // Its ports are the namespace's own: nothing of the host's to reserve.
+        ControlPlane::launch(policy, listen, admin, reserve_addrs(0), extra, Some(netns)).await
     }
 
     async fn launch(
@@ -56,11 +71,21 @@ impl ControlPlane {
         admin: SocketAddr,
         ports: Reserved,
         extra: &[&str],
+        netns: Option<&str>,
     ) -> ControlPlane {
         let dir = TempDir::new("control");
         std::fs::create_dir_all(dir.path().join("policy")).expect("create policy dir");
         let extra = extra.iter().map(|s| s.to_string()).collect();
-        let mut cp = ControlPlane { child: None, dir, listen, admin, starts: 0, extra, _ports: ports };
+        let mut cp = ControlPlane {
+            child: None,
+            dir,
+            listen,
+            admin,
+            starts: 0,
+            extra,
+            netns: netns.map(String::from),
+            _ports: ports,
+        };
         cp.write_policy(policy);
         cp.restart().await;
         cp
@@ -70,7 +95,16 @@ impl ControlPlane {
     pub async fn restart(&mut self) {
         self.starts += 1;
         let log = |name: &str| File::create(self.dir.path().join(format!("{name}-{}.log", self.starts))).expect("log");
-        let child = Command::new(crate::bin("weft"))
+        // `ip netns exec` execs the command itself: the child is `weft serve`, killed as usual.
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(crate::bin("weft"));
+                c
+            }
+            None => Command::new(crate::bin("weft")),
+        };
+        let child = command
             .arg("serve")
             .arg("--policy")
             .arg(self.policy_dir())

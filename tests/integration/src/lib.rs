@@ -16,6 +16,7 @@ pub mod load;
 pub mod mesh;
 pub mod metrics;
 pub mod net;
+pub mod netns;
 pub mod process;
 pub mod proxy;
 pub mod tcp_echo;

@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use weft_integration::mesh::{Pki, spiffe};
+use weft_integration::netns::{self, Netns, run};
 use weft_integration::{TempDir, bin, document, metric_sum};
 
 /// The uid (and gid) the proxies run as; `weft-proxy init` excludes it.
@@ -91,12 +92,8 @@ impl Family {
 
 /// Why this machine cannot run the test, if it cannot.
 fn unsupported(backend: &str, family: Family) -> Option<String> {
-    let uid = Command::new("id").arg("-u").output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-    if uid.as_deref() != Some("0") {
-        return Some("not running as root".into());
-    }
-    if !Command::new("ip").args(["netns", "list"]).output().is_ok_and(|o| o.status.success()) {
-        return Some("`ip netns` is not available (install iproute2)".into());
+    if let Some(why) = netns::unsupported() {
+        return Some(why);
     }
     for table in family.tables() {
         let tool = format!("{table}-{backend}-restore");
@@ -110,19 +107,15 @@ fn unsupported(backend: &str, family: Family) -> Option<String> {
     None
 }
 
-/// Runs `cmd` and returns its stdout; panics with its stderr when it fails.
-fn run(cmd: &[&str]) -> String {
-    let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// Two namespaces and everything started in them; removed on drop, even when a check fails.
 struct World {
     client: String,
     server: String,
     children: Vec<Child>,
     dir: TempDir,
+    /// Dropped after the children are killed: deleting a namespace removes its veth end (and
+    /// so the pair) and its nat rules.
+    _namespaces: [Netns; 2],
 }
 
 impl Drop for World {
@@ -131,26 +124,20 @@ impl Drop for World {
             let _ = child.kill();
             let _ = child.wait();
         }
-        // Deleting a namespace removes its veth end (and so the pair) and its nat rules.
-        for ns in [&self.client, &self.server] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
     }
 }
 
 impl World {
     fn new(tag: &str, family: Family) -> World {
+        let namespaces = [Netns::new(&format!("weft-c-{tag}")), Netns::new(&format!("weft-s-{tag}"))];
         let world = World {
-            client: format!("weft-c-{tag}"),
-            server: format!("weft-s-{tag}"),
+            client: namespaces[0].name().to_string(),
+            server: namespaces[1].name().to_string(),
             children: Vec::new(),
             dir: TempDir::new("netns"),
+            _namespaces: namespaces,
         };
         let (vc, vs) = (format!("wc{tag}"), format!("ws{tag}"));
-        for ns in [&world.client, &world.server] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-            run(&["ip", "netns", "add", ns]);
-        }
         run(&["ip", "link", "add", &vc, "type", "veth", "peer", "name", &vs]);
         for (ns, dev, n) in [(&world.client, &vc, 1), (&world.server, &vs, 2)] {
             run(&["ip", "link", "set", dev, "netns", ns]);
@@ -160,7 +147,6 @@ impl World {
                 Family::V6 => run(&["ip", "-n", ns, "addr", "add", &format!("{ip}/64"), "dev", dev, "nodad"]),
             };
             run(&["ip", "-n", ns, "link", "set", dev, "up"]);
-            run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
         }
         // The service CIDR leaves the client pod by its interface, as a node's routes send it.
         let services = match family {
