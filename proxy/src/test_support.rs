@@ -25,6 +25,7 @@ future_size_for_arity!(A, B);
 future_size_for_arity!(A, B, C);
 future_size_for_arity!(A, B, C, D);
 future_size_for_arity!(A, B, C, D, E);
+future_size_for_arity!(A, B, C, D, E, F);
 
 /// The size of the future an async fn returns (the state it keeps across awaits), without
 /// calling it.

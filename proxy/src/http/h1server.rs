@@ -40,10 +40,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use super::body::{BoxError, ClientBody, RespBody};
 use super::errors::ProxyError;
 use super::server::Handler;
+use super::spares::{Buffers, MAX_KEPT_OUT, OUT_SIZE, READ_SIZE};
 use crate::connect::{forwardable_trailer, parse_length, push_field, push_hex, push_length};
 
-/// The read buffer's size; a head must arrive whole within it to be taken here.
-const READ_SIZE: usize = 8 * 1024;
 /// Spare room below which the buffer is compacted (or grown) before a read.
 const MIN_ROOM: usize = 1024;
 /// How long a closing connection waits for its TLS close_notify to go out.
@@ -52,10 +51,6 @@ const QUIET_CLOSE: Duration = Duration::from_secs(1);
 const MAX_HEADERS: usize = 100;
 /// A response body piece up to this size is copied next to the head (one write for both).
 const COALESCE_BODY: usize = 16 * 1024;
-/// The write buffer's initial size.
-const OUT_SIZE: usize = 512;
-/// The write buffer is let go after a response that grew it beyond this.
-const MAX_KEPT_OUT: usize = 2 * COALESCE_BODY;
 
 /// How a connection served here ended.
 pub enum Served<S> {
@@ -129,89 +124,91 @@ pub struct Limits {
 }
 
 /// Serves `io` until it ends or hands it to hyper.
-pub async fn serve<S>(mut io: S, handler: &Handler, limits: Limits) -> Served<S>
+#[expect(clippy::manual_async_fn, reason = "an async fn keeps its arguments twice")]
+pub fn serve<S>(mut io: S, handler: &Handler, limits: Limits) -> impl Future<Output = Served<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut buf = BytesMut::with_capacity(READ_SIZE);
-    // Sized for a usual head and a small body: growing it step by step from empty cost about
-    // 2k instructions per connection (callgrind, a new connection per request: 32.6k -> 30.1k).
-    let mut out: Vec<u8> = Vec::with_capacity(OUT_SIZE);
-    let mut recycle = HeaderMap::new();
-    let mut idle_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
-    let mut idle_since = Instant::now();
-    // When the head being read must be complete, once part of it has arrived.
-    let mut head_by: Option<Instant> = None;
-    // Once draining, a connection that has been answered closes rather than wait; a new one
-    // gets its first request served (with `connection: close`).
-    let mut answered = false;
-    loop {
-        if buf.is_empty() {
-            match wait_for_bytes(&mut io, &mut buf, handler, &mut idle_timer, idle_since + limits.idle, answered).await
-            {
-                Wait::Bytes => {}
-                Wait::Closed | Wait::TimedOut => {
-                    quiet_close(&mut io, &mut idle_timer).await;
+    // Not an async fn, which would keep its arguments twice in the future (as passed and as locals).
+    async move {
+        // Taken when bytes arrive, given to the thread's spares while the connection waits.
+        let mut bufs = Buffers::default();
+        let mut idle_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        let mut idle_since = Instant::now();
+        // When the head being read must be complete, once part of it has arrived.
+        let mut head_by: Option<Instant> = None;
+        // Once draining, a connection that has been answered closes rather than wait; a new one
+        // gets its first request served (with `connection: close`).
+        let mut answered = false;
+        loop {
+            if bufs.read.is_empty() {
+                match wait_for_bytes(&mut io, &mut bufs, handler, &mut idle_timer, idle_since + limits.idle, answered)
+                    .await
+                {
+                    Wait::Bytes => {}
+                    Wait::Closed | Wait::TimedOut => {
+                        quiet_close(&mut io, &mut idle_timer).await;
+                        return Served::Ended(Ok(()));
+                    }
+                    Wait::Failed(e) => return Served::Ended(Err(e.into())),
+                }
+            }
+            // Requests and responses are moved out of the locals that held them before each
+            // await; the blocks end those locals (a moved-from local still takes room in the
+            // connection's future while its scope lasts).
+            let taken = match parse(&mut bufs.read, &mut bufs.headers, limits.max_head) {
+                Next::Request(Parsed { req, close, head_only, trailers }) => {
+                    head_by = None;
+                    Some(Ok((handler.call(req, Instant::now()), close, head_only, trailers)))
+                }
+                // The rest of a usual head is on its way (a head can arrive in several reads, in
+                // TCP segments or TLS records): waited for below, up to headerReadTimeout.
+                Next::Partial if bufs.read.len() < READ_SIZE => None,
+                Next::Partial | Next::Handover => return Served::Handover(io, bufs.read.freeze()),
+                Next::Bad(why) => Some(Err(why)),
+            };
+            let Some(taken) = taken else {
+                let by = *head_by.get_or_insert_with(|| Instant::now() + limits.head);
+                match wait_for_bytes(&mut io, &mut bufs, handler, &mut idle_timer, by, false).await {
+                    Wait::Bytes => continue,
+                    Wait::Closed => return Served::Ended(Err(H1Error::Incomplete)),
+                    Wait::TimedOut => return Served::Ended(Err(H1Error::HeadTimeout(limits.head))),
+                    Wait::Failed(e) => return Served::Ended(Err(e.into())),
+                }
+            };
+            let (answer, close, head_only, trailers) = match taken {
+                Ok(taken) => taken,
+                Err(why) => {
+                    let _ = io.write_all(&ProxyError::BadRequest.http1_bytes_then_close()).await;
+                    let _ = io.shutdown().await;
+                    return Served::Ended(Err(H1Error::BadRequest(why)));
+                }
+            };
+            let keep_alive = !close;
+            let mut pump = {
+                let Some(resp) = answer_or_gone(&mut io, &mut bufs.read, answer).await else {
+                    // The client went away; dropping the answer cancels its upstream request.
+                    return Served::Ended(Ok(()));
+                };
+                answered = true;
+                let keep_alive = keep_alive && !handler.is_draining();
+                let (parts, body) = resp.into_parts();
+                encode_head(&mut bufs.out, &mut bufs.headers, parts, body, keep_alive, head_only, trailers)
+            };
+            match std::future::poll_fn(|cx| pump.poll(cx, &mut io, &mut bufs.out)).await {
+                Ok(true) => {}
+                Ok(_) => {
+                    let _ = io.shutdown().await;
                     return Served::Ended(Ok(()));
                 }
-                Wait::Failed(e) => return Served::Ended(Err(e.into())),
+                Err(e) => return Served::Ended(Err(e)),
             }
+            // A large head or chunked body grew the write buffer: it is not kept.
+            if bufs.out.capacity() > MAX_KEPT_OUT {
+                bufs.out = Vec::with_capacity(OUT_SIZE);
+            }
+            idle_since = Instant::now();
         }
-        // Requests and responses are moved out of the locals that held them before each
-        // await; the blocks end those locals (a moved-from local still takes room in the
-        // connection's future while its scope lasts).
-        let taken = match parse(&mut buf, &mut recycle, limits.max_head) {
-            Next::Request(Parsed { req, close, head_only, trailers }) => {
-                head_by = None;
-                Some(Ok((handler.call(req, Instant::now()), close, head_only, trailers)))
-            }
-            // The rest of a usual head is on its way (a head can arrive in several reads, in
-            // TCP segments or TLS records): waited for below, up to headerReadTimeout.
-            Next::Partial if buf.len() < READ_SIZE => None,
-            Next::Partial | Next::Handover => return Served::Handover(io, buf.freeze()),
-            Next::Bad(why) => Some(Err(why)),
-        };
-        let Some(taken) = taken else {
-            let by = *head_by.get_or_insert_with(|| Instant::now() + limits.head);
-            match wait_for_bytes(&mut io, &mut buf, handler, &mut idle_timer, by, false).await {
-                Wait::Bytes => continue,
-                Wait::Closed => return Served::Ended(Err(H1Error::Incomplete)),
-                Wait::TimedOut => return Served::Ended(Err(H1Error::HeadTimeout(limits.head))),
-                Wait::Failed(e) => return Served::Ended(Err(e.into())),
-            }
-        };
-        let (answer, close, head_only, trailers) = match taken {
-            Ok(taken) => taken,
-            Err(why) => {
-                let _ = io.write_all(&ProxyError::BadRequest.http1_bytes_then_close()).await;
-                let _ = io.shutdown().await;
-                return Served::Ended(Err(H1Error::BadRequest(why)));
-            }
-        };
-        let keep_alive = !close;
-        let mut pump = {
-            let Some(resp) = answer_or_gone(&mut io, &mut buf, answer).await else {
-                // The client went away; dropping the answer cancels its upstream request.
-                return Served::Ended(Ok(()));
-            };
-            answered = true;
-            let keep_alive = keep_alive && !handler.is_draining();
-            let (parts, body) = resp.into_parts();
-            encode_head(&mut out, &mut recycle, parts, body, keep_alive, head_only, trailers)
-        };
-        match std::future::poll_fn(|cx| pump.poll(cx, &mut io, &mut out)).await {
-            Ok(true) => {}
-            Ok(_) => {
-                let _ = io.shutdown().await;
-                return Served::Ended(Ok(()));
-            }
-            Err(e) => return Served::Ended(Err(e)),
-        }
-        // A large head or chunked body grew the write buffer: it is not kept while idle.
-        if out.capacity() > MAX_KEPT_OUT {
-            out = Vec::with_capacity(OUT_SIZE);
-        }
-        idle_since = Instant::now();
     }
 }
 
@@ -227,24 +224,26 @@ enum Wait {
 }
 
 /// Waits for more bytes from the client, until `deadline`; with `drain_closes`, only until
-/// draining begins. One timer per connection: armed the first time, moved earlier when a
+/// draining begins. While none have come and none are held (between requests), the
+/// connection's buffers wait in the thread's spares. One timer per connection: armed the first time, moved earlier when a
 /// deadline is earlier, and moved later only when it fires.
 async fn wait_for_bytes<S: AsyncRead + Unpin>(
     io: &mut S,
-    buf: &mut BytesMut,
+    bufs: &mut Buffers,
     handler: &Handler,
     timer: &mut Option<Pin<Box<tokio::time::Sleep>>>,
     deadline: Instant,
     drain_closes: bool,
 ) -> Wait {
-    make_room(buf);
     let deadline = tokio::time::Instant::from_std(deadline);
     std::future::poll_fn(|cx| {
-        match tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf) {
+        bufs.ensure();
+        make_room(&mut bufs.read);
+        match tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, &mut bufs.read) {
             Poll::Ready(Ok(0)) => return Poll::Ready(Wait::Closed),
             Poll::Ready(Ok(_)) => return Poll::Ready(Wait::Bytes),
             Poll::Ready(Err(e)) => return Poll::Ready(Wait::Failed(e)),
-            Poll::Pending => {}
+            Poll::Pending => bufs.release(),
         }
         if drain_closes && handler.is_draining() {
             return Poll::Ready(Wait::Closed);
@@ -825,9 +824,9 @@ mod tests {
 
     #[test]
     fn an_idle_connection_future_stays_small() {
-        // Held by every open HTTP/1.1 client connection, idle or not (with hyper's server it
-        // was about 1 KiB, plus hyper's buffers): 896 bytes.
+        // Held by every open HTTP/1.1 client connection, idle or not (docs/performance.md,
+        // "Memory per idle connection").
         let size = crate::test_support::future_size(serve::<tokio::net::TcpStream>);
-        assert!(size <= 960, "h1server::serve's future is {size} bytes");
+        assert!(size <= 832, "h1server::serve's future is {size} bytes");
     }
 }

@@ -12,4 +12,5 @@ pub mod h2server;
 pub mod headers;
 pub mod path;
 pub mod server;
+mod spares;
 pub mod timeouts;

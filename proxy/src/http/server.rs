@@ -83,32 +83,38 @@ pub(crate) fn version_from_prefix(first: &[u8]) -> Option<Version> {
 /// Serves a plaintext client connection: sniffs its version, then serves it. A client that
 /// sends nothing within `clientIdleTimeout`, or only part of the HTTP/2 preface within
 /// `headerReadTimeout`, is closed.
-pub async fn serve_plaintext(
+#[expect(clippy::manual_async_fn, reason = "an async fn keeps its arguments twice")]
+pub fn serve_plaintext(
     stream: TcpStream,
     peer: SocketAddr,
     side: Side,
     state: Arc<ProxyState>,
     caller: Option<Arc<str>>,
-) {
-    let (idle, head) = {
-        let snap = state.config.load();
-        (snap.proxy.http.client_idle_timeout, snap.proxy.http.header_read_timeout)
-    };
-    // A connection that has sent nothing does not hold up a drain for longer than a slow
-    // head would.
-    let mut drain = state.drain_signal();
-    let idle = if state.is_draining() { head } else { idle };
-    let version = {
-        let mut sniffing = std::pin::pin!(sniff(&stream, idle, head));
-        tokio::select! {
-            biased;
-            version = &mut sniffing => version,
-            _ = drain.changed() => tokio::time::timeout(head, sniffing).await.ok().flatten(),
+) -> impl Future<Output = ()> {
+    // Not an async fn, which would keep its arguments twice in the future (as passed and as locals).
+    async move {
+        let (idle, head) = {
+            let snap = state.config.load();
+            (snap.proxy.http.client_idle_timeout, snap.proxy.http.header_read_timeout)
+        };
+        // Boxed: its state is gone once the version is known, and inline it would stay in every
+        // connection's future (480 bytes, a sixth of an idle connection).
+        let version = Box::pin(async {
+            // A connection that has sent nothing does not hold up a drain for longer than a slow
+            // head would.
+            let mut drain = state.drain_signal();
+            let idle = if state.is_draining() { head } else { idle };
+            let mut sniffing = std::pin::pin!(sniff(&stream, idle, head));
+            tokio::select! {
+                biased;
+                version = &mut sniffing => version,
+                _ = drain.changed() => tokio::time::timeout(head, sniffing).await.ok().flatten(),
+            }
+        })
+        .await;
+        if let Some(version) = version {
+            serve(stream, version, peer, side, state, caller).await;
         }
-    };
-    drop(drain);
-    if let Some(version) = version {
-        serve(stream, version, peer, side, state, caller).await;
     }
 }
 
@@ -119,53 +125,61 @@ pub async fn serve_plaintext(
 /// layout matters: the connection is pinned here, once, and `drive` borrows it (an async fn
 /// keeps a slot for each argument and each pinned local, so passing it by value stored it
 /// twice); hyper's larger state, for the connections handed to it, is boxed.
-pub async fn serve<S>(
+#[expect(clippy::manual_async_fn, reason = "an async fn keeps its arguments twice")]
+pub fn serve<S>(
     stream: S,
     version: Version,
     peer: SocketAddr,
     side: Side,
     state: Arc<ProxyState>,
     caller: Option<Arc<str>>,
-) where
+) -> impl Future<Output = ()>
+where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let direction = side.direction();
-    let (header_read_timeout, idle_timeout, max_header_bytes) = {
-        let snap = state.config.load();
-        let http = &snap.proxy.http;
-        (http.header_read_timeout, http.client_idle_timeout, http.max_header_bytes)
-    };
-    let service = Handler { state: state.clone(), side, peer, caller };
-    let ended = match version {
-        Version::Http1 => {
-            let limits =
-                h1server::Limits { idle: idle_timeout, head: header_read_timeout, max_head: max_header_bytes as usize };
-            let served = {
-                let fast = std::pin::pin!(h1server::serve(stream, &service, limits));
-                // Draining is noticed by the connection itself (between requests); `drive` wakes it.
-                drive(&state, fast, |_| {}).await
-            };
-            match served {
-                h1server::Served::Ended(ended) => ended.map_err(|e| e.to_string()),
-                // Rare (see `h1server`), and with hyper's larger state: boxed.
-                h1server::Served::Handover(stream, read) => {
-                    Box::pin(serve_hyper(stream, read, service, &state, limits)).await
+    // Not an async fn, which would keep its arguments twice in the future (as passed and as locals).
+    async move {
+        let direction = side.direction();
+        let (header_read_timeout, idle_timeout, max_header_bytes) = {
+            let snap = state.config.load();
+            let http = &snap.proxy.http;
+            (http.header_read_timeout, http.client_idle_timeout, http.max_header_bytes)
+        };
+        let service = Handler { state: state.clone(), side, peer, caller };
+        let ended = match version {
+            Version::Http1 => {
+                let limits = h1server::Limits {
+                    idle: idle_timeout,
+                    head: header_read_timeout,
+                    max_head: max_header_bytes as usize,
+                };
+                let served = {
+                    let fast = std::pin::pin!(h1server::serve(stream, &service, limits));
+                    // Draining is noticed by the connection itself (between requests); `drive` wakes it.
+                    drive(&state, fast, |_| {}).await
+                };
+                match served {
+                    h1server::Served::Ended(ended) => ended.map_err(|e| e.to_string()),
+                    // Rare (see `h1server`), and with hyper's larger state: boxed.
+                    h1server::Served::Handover(stream, read) => {
+                        Box::pin(serve_hyper(stream, read, service, &state, limits)).await
+                    }
                 }
             }
+            // Boxed: the HTTP/1.1 connection above stays inline, and the task of every
+            // plaintext connection does not reserve room for HTTP/2's larger state too.
+            Version::Http2 => Box::pin(async {
+                let mut conn =
+                    h2server::handshake(stream, service, header_read_timeout, idle_timeout, max_header_bytes).await?;
+                drive(&state, Pin::new(&mut conn), |c| c.get_mut().graceful_shutdown()).await
+            })
+            .await
+            .map_err(|e| e.to_string()),
+        };
+        if let Err(e) = ended {
+            METRICS.protocol_errors.with_label_values(&[direction]).inc();
+            tracing::debug!(%peer, direction, error = %e, "client connection ended with an error");
         }
-        // Boxed: the HTTP/1.1 connection above stays inline, and the task of every
-        // plaintext connection does not reserve room for HTTP/2's larger state too.
-        Version::Http2 => Box::pin(async {
-            let mut conn =
-                h2server::handshake(stream, service, header_read_timeout, idle_timeout, max_header_bytes).await?;
-            drive(&state, Pin::new(&mut conn), |c| c.get_mut().graceful_shutdown()).await
-        })
-        .await
-        .map_err(|e| e.to_string()),
-    };
-    if let Err(e) = ended {
-        METRICS.protocol_errors.with_label_values(&[direction]).inc();
-        tracing::debug!(%peer, direction, error = %e, "client connection ended with an error");
     }
 }
 
@@ -413,12 +427,11 @@ mod tests {
 
     #[test]
     fn an_idle_plaintext_connection_future_stays_small() {
-        // Each open client connection holds this future (boxed) for its whole life: 4.2 KiB
-        // when the connection was passed by value through two async layers, 1.3 KiB with
-        // hyper's HTTP/1.1 server inline (plus its buffers), 2.3 KiB with `h1server`'s (which
-        // keeps one 8 KiB buffer for good instead of hyper's reallocated ones).
+        // Each open client connection holds this future (boxed) for its whole life, idle or
+        // not; its buffers wait in the thread's spares while it is idle (`spares`). What it
+        // weighed and why is in docs/performance.md ("Memory per idle connection").
         let size = future_size(serve_plaintext);
-        assert!(size <= 2432, "serve_plaintext's future is {size} bytes");
+        assert!(size <= 1664, "serve_plaintext's future is {size} bytes");
     }
 
     /// A connection that never ends by itself, only after `graceful` is called; it counts
