@@ -10,7 +10,7 @@ use http::{Request, Response, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 
-use crate::balance::{InFlight, PickError};
+use crate::balance::{Endpoint, InFlight, PickError};
 use crate::clock;
 use crate::connect::{self, Conn};
 use crate::http::access;
@@ -37,6 +37,23 @@ impl GrpcRecord {
     /// Whether these trailers report a failed call.
     pub fn is_failure(trailers: &http::HeaderMap) -> bool {
         trailers.get("grpc-status").is_some_and(|s| s.as_bytes() != b"0")
+    }
+}
+
+/// Tells outlier detection how a response that went to the client ended: its head counted
+/// only for the latency estimate (`EndpointSet::on_head_at`), and a body the upstream broke
+/// part way is a failure of the endpoint, though the client already had the head.
+pub struct BodyOutcome {
+    cluster: Arc<Cluster>,
+    endpoint: Arc<Endpoint>,
+}
+
+impl BodyOutcome {
+    /// `broke`: the upstream's body ended in an error.
+    pub fn finish(self, broke: bool) {
+        if self.cluster.set.on_body_end(&self.endpoint, broke, clock::now_nanos()) {
+            note_ejection(&self.cluster, self.endpoint.addr);
+        }
     }
 }
 
@@ -199,13 +216,15 @@ pub async fn forward(rule: Arc<Rule>, req: Request<ClientBody>, started: Instant
                 let status = resp.status().as_u16();
                 if status < 500 {
                     let at = Instant::now();
-                    cluster.set.on_success_at(guard, clock::nanos_at(at));
-                    return respond(backend, endpoint.addr, resp, permit, started, at);
+                    let endpoint = cluster.set.on_head_at(guard, clock::nanos_at(at));
+                    let addr = endpoint.addr;
+                    let outcome = BodyOutcome { cluster: Arc::clone(cluster), endpoint };
+                    return respond(backend, addr, resp, permit, started, at, Some(outcome));
                 }
                 report_failure(cluster, idx, guard);
                 // Without a retry left, the backend's own answer is the client's answer.
                 if !(rule.retry.on_status(status) && replay.is_some() && may_retry(cluster, retries, max_retries)) {
-                    return respond(backend, endpoint.addr, resp, permit, started, Instant::now());
+                    return respond(backend, endpoint.addr, resp, permit, started, Instant::now(), None);
                 }
                 // Dropping the response closes its connection rather than reading a body we discard.
                 drop(resp);
@@ -273,7 +292,8 @@ pub async fn forward(rule: Arc<Rule>, req: Request<ClientBody>, started: Instant
 
 /// The client's response from the upstream's: records the outcome (a gRPC call's once its
 /// trailers arrive) and keeps the connection and the concurrency permit until the body ends.
-/// `at` is when the upstream's head arrived.
+/// `at` is when the upstream's head arrived; `outcome`, when the endpoint's health waits for
+/// the body.
 fn respond(
     backend: &Backend,
     endpoint: std::net::SocketAddr,
@@ -281,6 +301,7 @@ fn respond(
     permit: crate::balance::Permit,
     started: Instant,
     at: Instant,
+    outcome: Option<BodyOutcome>,
 ) -> Response<RespBody> {
     let metrics = &backend.metrics;
     let status = resp.status().as_u16();
@@ -300,7 +321,7 @@ fn respond(
         metrics.record(status, false, took);
         None
     };
-    let end = BodyEnd { permit: Some(permit), grpc };
+    let end = BodyEnd { permit: Some(permit), grpc, outcome };
     let mut resp = Response::from_parts(parts, RespBody::upstream(body, Some(end)));
     access::note_upstream(&mut resp, metrics.backend(), Some(endpoint));
     resp
@@ -543,11 +564,14 @@ fn as_http2(mut req: Request<ReqBody>, cluster: &Cluster) -> Request<ReqBody> {
 
 fn report_failure(cluster: &Cluster, idx: usize, guard: InFlight) {
     if cluster.set.on_failure(idx, guard) {
-        cluster.shared.metrics.ejections.inc();
-        let ep = &cluster.set.endpoints()[idx];
-        tracing::warn!(service = %cluster.name, endpoint = %ep.addr,
-            "endpoint ejected after consecutive failures (outlierDetection); it is probed again when the ejection ends");
+        note_ejection(cluster, cluster.set.endpoints()[idx].addr);
     }
+}
+
+fn note_ejection(cluster: &Cluster, endpoint: std::net::SocketAddr) {
+    cluster.shared.metrics.ejections.inc();
+    tracing::warn!(service = %cluster.name, %endpoint,
+        "endpoint ejected after consecutive failures (outlierDetection); it is probed again when the ejection ends");
 }
 
 /// An HTTP/1.1 request asking to switch protocols (WebSocket and the like).

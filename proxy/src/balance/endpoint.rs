@@ -105,7 +105,7 @@ impl InFlight {
         now.saturating_sub(self.started)
     }
 
-    pub(super) fn endpoint(&self) -> &Endpoint {
+    pub(super) fn endpoint(&self) -> &Arc<Endpoint> {
         &self.endpoint
     }
 }

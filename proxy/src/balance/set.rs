@@ -81,6 +81,29 @@ impl EndpointSet {
         endpoint.health.on_success(now);
     }
 
+    /// The try got a response head at `now` that goes to the client: its latency feeds the
+    /// estimate, and the endpoint comes back for [`on_body_end`](Self::on_body_end), which
+    /// tells outlier detection how the answer ended. Counted a success at its head, a
+    /// response whose body always breaks would keep its endpoint from ever being ejected.
+    pub fn on_head_at(&self, guard: InFlight, now: u64) -> Arc<Endpoint> {
+        let endpoint = guard.endpoint();
+        endpoint.latency.observe(guard.elapsed_nanos(now) as f64, now);
+        Arc::clone(endpoint)
+    }
+
+    /// The body of a response [`on_head_at`](Self::on_head_at) took ended: whole (or the
+    /// client stopped reading), or `broke` by the upstream part way (reset, cut short,
+    /// malformed), which is a failed try. Returns true when this failure ejected the endpoint.
+    pub fn on_body_end(&self, endpoint: &Endpoint, broke: bool, now: u64) -> bool {
+        if broke {
+            // Its latency was counted with the head: only the failure is recorded.
+            self.ejector.on_failure(endpoint, &self.endpoints, now)
+        } else {
+            endpoint.health.on_success(now);
+            false
+        }
+    }
+
     /// The try to endpoint `_index` failed (connect error, reset, 5xx, per-try timeout).
     /// Returns true when this failure ejected the endpoint, so the caller can count it.
     pub fn on_failure(&self, _index: usize, guard: InFlight) -> bool {
@@ -214,5 +237,28 @@ mod tests {
         assert_eq!(e.health.consecutive_failures(), 1);
         // A fast failure does not lower the estimate.
         assert_eq!(e.status(T0 + 80 * MS).ewma_ms, 80.0);
+    }
+
+    #[test]
+    fn a_body_that_breaks_after_its_head_counts_as_a_failure() {
+        let s = set(&[1, 1], LoadBalancer::PeakEwma);
+        let e = &s.endpoints[0];
+        // Three answers whose heads were fine and whose bodies broke: three failures in a row.
+        for i in 0..3 {
+            let at = T0 + i * 10 * MS;
+            let endpoint = s.on_head_at(e.start_at(at), at + 5 * MS);
+            assert_eq!(e.in_flight(), 0, "the in-flight slot ends with the head");
+            let ejected = s.on_body_end(&endpoint, true, at + 6 * MS);
+            assert_eq!(ejected, i == 2, "ejected at the third broken body, not before");
+        }
+        assert_eq!(s.counts(T0 + 30 * MS), (1, 1));
+        assert_eq!(e.status(T0 + 30 * MS).ewma_ms, 5.0, "the heads' latency was measured");
+        // A whole body is a success: the other endpoint's count restarts.
+        let other = &s.endpoints[1];
+        s.on_failure_at(other.start_at(T0), T0);
+        let endpoint = s.on_head_at(other.start_at(T0), T0 + MS);
+        assert_eq!(other.health.consecutive_failures(), 1, "nothing is decided at the head");
+        assert!(!s.on_body_end(&endpoint, false, T0 + 2 * MS));
+        assert_eq!(other.health.consecutive_failures(), 0);
     }
 }

@@ -110,17 +110,23 @@ impl Body for ReqBody {
 }
 
 /// Work to do once an upstream response body is finished or dropped: release the concurrency
-/// permit, and record a gRPC call's outcome (its status arrives in the trailers). An HTTP/1.1
-/// connection goes back to the pool by itself (see `connect::H1Body`).
+/// permit, record a gRPC call's outcome (its status arrives in the trailers), and tell outlier
+/// detection whether the upstream finished its answer. An HTTP/1.1 connection goes back to
+/// the pool by itself (see `connect::H1Body`).
 pub struct BodyEnd {
     pub permit: Option<crate::balance::Permit>,
     pub grpc: Option<crate::forward::GrpcRecord>,
+    pub outcome: Option<crate::forward::BodyOutcome>,
 }
 
 impl BodyEnd {
-    fn finish(self, complete: bool, failed_status: bool) {
+    /// `broke`: the upstream's body ended in an error.
+    fn finish(self, complete: bool, failed_status: bool, broke: bool) {
         if let Some(grpc) = self.grpc {
             grpc.finish(complete, failed_status);
+        }
+        if let Some(outcome) = self.outcome {
+            outcome.finish(broke);
         }
         drop(self.permit);
     }
@@ -169,8 +175,9 @@ pub enum RespBody {
     Full(Option<Bytes>),
     /// Streams from the upstream.
     /// `failed_status`: a gRPC call's trailers reported a failure (kept as a flag, not a copy
-    /// of the trailers: the body is moved with every response).
-    Upstream { inner: UpstreamBody, end: Option<BodyEnd>, done: bool, failed_status: bool },
+    /// of the trailers: the body is moved with every response). `broke`: the upstream's body
+    /// ended in an error.
+    Upstream { inner: UpstreamBody, end: Option<BodyEnd>, done: bool, failed_status: bool, broke: bool },
     /// A forwarded body the access log counts (only while it is on).
     Logged(Box<super::access::LoggedBody>),
 }
@@ -186,7 +193,7 @@ impl RespBody {
     }
 
     pub fn upstream(inner: UpstreamBody, end: Option<BodyEnd>) -> RespBody {
-        RespBody::Upstream { inner, end, done: false, failed_status: false }
+        RespBody::Upstream { inner, end, done: false, failed_status: false, broke: false }
     }
 }
 
@@ -197,10 +204,11 @@ impl Body for RespBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             RespBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            RespBody::Upstream { inner, end, done, failed_status } => {
+            RespBody::Upstream { inner, end, done, failed_status, broke } => {
                 let polled = Pin::new(inner).poll_frame(cx);
                 match &polled {
                     Poll::Ready(None) => *done = true,
+                    Poll::Ready(Some(Err(_))) => *broke = true,
                     Poll::Ready(Some(Ok(frame))) if end.is_some() => {
                         if let Some(t) = frame.trailers_ref() {
                             *failed_status = crate::forward::GrpcRecord::is_failure(t);
@@ -235,11 +243,11 @@ impl Body for RespBody {
 
 impl Drop for RespBody {
     fn drop(&mut self) {
-        if let RespBody::Upstream { inner, end, done, failed_status } = self
+        if let RespBody::Upstream { inner, end, done, failed_status, broke } = self
             && let Some(end) = end.take()
         {
             let complete = *done || inner.is_end_stream();
-            end.finish(complete, *failed_status);
+            end.finish(complete, *failed_status, *broke);
         }
     }
 }

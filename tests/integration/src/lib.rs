@@ -5,6 +5,7 @@
 //! (ports, temp dir, processes) so tests can run in parallel threads without sharing state.
 
 pub mod backend;
+pub mod bad_upstream;
 pub mod binaries;
 pub mod churn;
 pub mod client;
@@ -26,11 +27,12 @@ pub mod wait;
 pub mod watch;
 
 pub use backend::Backend;
+pub use bad_upstream::{BadUpstream, Misbehaviour};
 pub use binaries::bin;
 pub use client::{H1Conn, H2Conn, Req, Resp};
 pub use config::{catch_all_route, document, service, service_weighted, traffic_policy};
 pub use control_plane::ControlPlane;
-pub use load::{Limit, LoadReport, run_load};
+pub use load::{Limit, LoadReport, run_load, run_load_timed};
 pub use metrics::metric_sum;
 pub use proxy::{Proxy, ProxyConfig};
 pub use tcp_echo::TcpEcho;
