@@ -20,12 +20,15 @@ use crate::init::options::InitArgs;
 #[derive(Args, Debug)]
 #[command(version, arg_required_else_help = true, subcommand_negates_reqs = true)]
 pub struct ProxyCli {
-    /// The config: a Proxy document plus any Service, Route, TrafficPolicy,
-    /// AuthorizationPolicy and Mesh documents; relative paths in it resolve against its folder
+    /// The config file: a Proxy document plus any other kinds
+    ///
+    /// A Proxy document plus any Service, Route, TrafficPolicy, AuthorizationPolicy and Mesh
+    /// documents; relative paths in it resolve against its folder.
     #[arg(short, long, value_name = "FILE", env = "WEFT_PROXY_CONFIG", required = true)]
     pub config: Option<PathBuf>,
-    /// Worker threads, one current-thread runtime each (default: the config's `workers`, else
-    /// the CPUs this process may use)
+    /// Worker threads (default: the config's `workers`, else the CPUs this process may use)
+    ///
+    /// One current-thread runtime each.
     #[arg(long, value_name = "N", env = "WEFT_PROXY_WORKERS", value_parser = positive)]
     pub workers: Option<usize>,
     #[command(subcommand)]

@@ -34,8 +34,10 @@ use registry::{Registry, SelfRegistration, YamlDirRegistry};
 /// command line wins over its variable.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ServeArgs {
-    /// Policy YAML folder, watched; an invalid change is rejected (every problem logged as
-    /// FILE:LINE: field.path: message) and the last good policy keeps serving
+    /// Policy YAML folder, watched
+    ///
+    /// An invalid change is rejected (every problem logged as FILE:LINE: field.path: message)
+    /// and the last good policy keeps serving.
     #[arg(long, value_name = "DIR", env = "WEFT_SERVE_POLICY")]
     pub policy: Option<PathBuf>,
     /// Folder of Service documents whose endpoints are registrations, watched (default: the
@@ -48,43 +50,54 @@ pub struct ServeArgs {
     /// /metrics, /ready, /live, /v1/status, /v1/snapshot
     #[arg(long, value_name = "ADDR", env = "WEFT_SERVE_ADMIN", default_value = "127.0.0.1:9990", value_parser = socket_addr)]
     pub admin: SocketAddr,
-    /// How long a proxy's instance stays after its stream closes, and how long a starting
-    /// control plane waits for proxies to re-register before it sends snapshots
+    /// How long a proxy's instance stays after its stream closes
+    ///
+    /// Also how long a starting control plane waits for proxies to re-register before it sends
+    /// snapshots.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration)]
     pub registration_ttl: Duration,
-    /// Idle streams get a heartbeat line, and HTTP/2 connections a PING to answer, this often
-    /// (at least 100ms); a proxy that stops answering loses its stream and registration
+    /// Heartbeat lines and HTTP/2 PINGs this often (at least 100ms)
+    ///
+    /// Idle streams get a heartbeat line, and HTTP/2 connections a PING to answer; a proxy that
+    /// stops answering loses its stream and registration.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = heartbeat)]
     pub heartbeat: Duration,
-    /// Sign proxies' certificate requests (POST /v1/certificates) with the CA in DIR (ca.pem,
-    /// ca-key.pem, optional trust-bundle.pem; see `weft ca init`)
+    /// Sign proxies' certificate requests with the CA in DIR
+    ///
+    /// POST /v1/certificates; DIR holds ca.pem, ca-key.pem and optionally trust-bundle.pem (see
+    /// `weft ca init`).
     #[arg(long, value_name = "DIR", env = "WEFT_SERVE_CA", requires = "join_token_file")]
     pub ca: Option<PathBuf>,
-    /// Bootstrap credentials for --ca: one `<token> <spiffe-id>` per line; a token only ever gets
-    /// a certificate for its own id; watched (an invalid change is logged and the last good
-    /// tokens stay)
+    /// Bootstrap credentials for --ca: one `<token> <spiffe-id>` per line
+    ///
+    /// A token only ever gets a certificate for its own id. Watched: an invalid change is
+    /// logged and the last good tokens stay.
     #[arg(long, value_name = "FILE", env = "WEFT_SERVE_JOIN_TOKEN_FILE", requires = "ca")]
     pub join_token_file: Option<PathBuf>,
     /// Lifetime of issued certificates; proxies renew at 70 %
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = duration)]
     pub cert_ttl: Duration,
-    /// The control plane's own id in the certificate --ca signs for it (default
-    /// spiffe://<the Mesh's trustDomain>/ns/weft/sa/weft-control)
+    /// The control plane's own id in the certificate --ca signs for it
+    ///
+    /// Default: spiffe://<the Mesh's trustDomain>/ns/weft/sa/weft-control.
     #[arg(long, value_name = "SPIFFE_ID", requires = "ca", value_parser = spiffe_id)]
     pub identity: Option<SpiffeId>,
-    /// A DNS name for the serving certificate too (repeatable, or comma-separated), for clients
-    /// that verify names: the Kubernetes API server calling the admission webhook
-    /// (POST /v1/admission) at weft-control.weft.svc
+    /// A DNS name for the serving certificate too (repeatable, or comma-separated)
+    ///
+    /// For clients that verify names: the Kubernetes API server calling the admission webhook
+    /// (POST /v1/admission) at weft-control.weft.svc.
     #[arg(long = "tls-san", value_name = "DNS_NAME", env = "WEFT_SERVE_TLS_SAN", value_delimiter = ',')]
     pub tls_sans: Vec<String>,
-    /// Open watch streams one client (its address and, over TLS, its certificate's id) may hold;
-    /// more are refused with 429 and counted in
-    /// weft_control_requests_refused_total{reason="too-many-watches"}; plaintext from loopback
-    /// is not limited
+    /// Open watch streams one client may hold
+    ///
+    /// A client is its address and, over TLS, its certificate's id. More are refused with 429
+    /// and counted in weft_control_requests_refused_total{reason="too-many-watches"}; plaintext
+    /// from loopback is not limited.
     #[arg(long, value_name = "N", default_value_t = watch_limit::DEFAULT_MAX_WATCHES_PER_CLIENT, value_parser = positive)]
     pub max_watches_per_client: usize,
-    /// Accept plaintext discovery from any peer, not only loopback: anyone who reaches the port
-    /// can then read policy and act as any proxy
+    /// Accept plaintext discovery from any peer, not only loopback
+    ///
+    /// Anyone who reaches the port can then read policy and act as any proxy.
     #[arg(long)]
     pub insecure_plaintext: bool,
     #[command(flatten)]
@@ -94,13 +107,13 @@ pub struct ServeArgs {
 /// `--kubernetes` and the flags that imply it.
 #[derive(clap::Args, Clone, Debug)]
 pub struct KubeFlags {
-    /// Instances from the Kubernetes API: every Service's ready EndpointSlice endpoints
-    /// (terminating ones only while none is ready) and its ClusterIPs, watched; an API server
-    /// that is down or refuses keeps the last known state, marked stale
-    /// (weft_control_registry_stale). With --ca, a bearer token that is no join token is checked
-    /// as a pod's service-account token (TokenReview, audience weft.dev) and gets exactly
-    /// spiffe://<trust domain>/ns/<namespace>/sa/<account>. In-cluster credentials unless
-    /// --kube-api is given
+    /// Instances from the Kubernetes API (in-cluster credentials unless --kube-api is given)
+    ///
+    /// Every Service's ready EndpointSlice endpoints (terminating ones only while none is ready)
+    /// and its ClusterIPs, watched; an API server that is down or refuses keeps the last known
+    /// state, marked stale (weft_control_registry_stale). With --ca, a bearer token that is no
+    /// join token is checked as a pod's service-account token (TokenReview, audience weft.dev)
+    /// and gets exactly spiffe://<trust domain>/ns/<namespace>/sa/<account>.
     #[arg(long, env = "WEFT_SERVE_KUBERNETES")]
     kubernetes: bool,
     /// The API server, reached without credentials (kubectl proxy); implies --kubernetes
@@ -109,9 +122,11 @@ pub struct KubeFlags {
     /// Watch these namespaces only (default: all); implies --kubernetes
     #[arg(long, value_name = "NS,...", env = "WEFT_SERVE_KUBE_NAMESPACES", value_delimiter = ',')]
     kube_namespaces: Vec<String>,
-    /// Policy from the cluster too: the weft.dev/v1alpha1 objects (the CRDs `weft crds` prints),
-    /// checked like files; an object that does not pass is reported by name and field and its
-    /// last good version serves; implies --kubernetes
+    /// Policy from the cluster's weft.dev objects too; implies --kubernetes
+    ///
+    /// The weft.dev/v1alpha1 objects (the CRDs `weft crds` prints), checked like files; an
+    /// object that does not pass is reported by name and field and its last good version
+    /// serves.
     #[arg(long, env = "WEFT_SERVE_KUBE_POLICY")]
     kube_policy: bool,
 }
