@@ -9,16 +9,19 @@ use std::path::{Path, PathBuf};
 
 use weft_api::{Diagnostic, Document};
 
-pub const USAGE: &str = "\
-Usage: weft check PATH...
-
-Validates Weft policy files. Each PATH is a YAML file or a folder, searched recursively for
-*.yaml and *.yml files. All files are checked together, so references between them resolve.
-Prints every problem as FILE:LINE: field.path: message.
-
-Exit status: 0 when everything is valid, 1 when any problem was found, 2 on usage errors
-(an unknown option, no PATH, or a PATH that does not exist).
-";
+/// Validate policy files: every problem as FILE:LINE: field.path: message.
+///
+/// Each PATH is a YAML file or a folder, searched recursively for *.yaml and *.yml files. All
+/// files are checked together, so references between them resolve.
+///
+/// Exit status: 0 when everything is valid, 1 when any problem was found, 2 on usage errors
+/// (an unknown option, no PATH, or a PATH that does not exist).
+#[derive(clap::Args, Debug)]
+pub struct CheckArgs {
+    /// Policy files or folders
+    #[arg(value_name = "PATH", required = true)]
+    paths: Vec<PathBuf>,
+}
 
 /// What a check found: the problems in file order, and how much was read.
 #[derive(Debug, Default)]
@@ -98,33 +101,13 @@ fn is_yaml(path: &Path) -> bool {
     matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
 }
 
-/// Runs `weft check` with the arguments after `check`; returns the exit status.
-pub fn run(args: &[String]) -> u8 {
-    let mut paths = Vec::new();
-    let mut only_paths = false;
-    for arg in args {
-        match arg.as_str() {
-            "-h" | "--help" if !only_paths => {
-                print!("{USAGE}");
-                return 0;
-            }
-            "--" if !only_paths => only_paths = true,
-            flag if flag.starts_with('-') && flag != "-" && !only_paths => {
-                eprintln!("weft check: unknown option {flag}\n\n{USAGE}");
-                return 2;
-            }
-            path => paths.push(PathBuf::from(path)),
-        }
-    }
-    if paths.is_empty() {
-        eprintln!("weft check: no PATH given\n\n{USAGE}");
-        return 2;
-    }
-
+/// Runs `weft check`; returns the exit status.
+pub fn run(args: CheckArgs) -> u8 {
+    let paths = args.paths;
     // A PATH that is not there is a mistyped command, not an invalid policy.
     for path in &paths {
         if let Err(e) = fs::metadata(path) {
-            eprintln!("weft check: {}: {}\n\n{USAGE}", path.display(), missing(&e));
+            eprintln!("weft check: {}: {}", path.display(), missing(&e));
             return 2;
         }
     }

@@ -6,14 +6,18 @@
 
 use crate::inject::{emit, tree::Yaml};
 
-pub const USAGE: &str = "\
-Usage: weft crds [--json-schema]
-
-Prints the CustomResourceDefinitions of Weft's policy kinds (apiextensions.k8s.io/v1, group
-weft.dev, version v1alpha1), ready for `kubectl apply -f -`. With --json-schema, prints instead
-the JSON Schema of one policy document, for editors (yaml-language-server's $schema modeline).
-Both come from the schema the policy decoder itself uses.
-";
+/// Print the weft.dev CustomResourceDefinitions (or the editors' JSON Schema).
+///
+/// Prints the CustomResourceDefinitions of Weft's policy kinds (apiextensions.k8s.io/v1, group
+/// weft.dev, version v1alpha1), ready for `kubectl apply -f -`. Both come from the schema the
+/// policy decoder itself uses.
+#[derive(clap::Args, Debug)]
+pub struct CrdsArgs {
+    /// Print instead the JSON Schema of one policy document, for editors (yaml-language-server's
+    /// $schema modeline)
+    #[arg(long)]
+    json_schema: bool,
+}
 
 /// Where the generated files are committed, relative to the repository root.
 pub const CHART_CRDS: &str = "charts/weft/crds/weft.dev.yaml";
@@ -37,16 +41,12 @@ pub fn json_schema_text() -> String {
     text
 }
 
-/// `weft crds [--json-schema]`; returns the exit status.
-pub fn run(args: &[String]) -> u8 {
-    match args {
-        [] => print!("{}", crds_yaml()),
-        [flag] if flag == "--json-schema" => print!("{}", json_schema_text()),
-        [flag] if flag == "-h" || flag == "--help" => print!("{USAGE}"),
-        _ => {
-            eprintln!("weft crds: unexpected arguments {args:?}\n\n{USAGE}");
-            return 2;
-        }
+/// Runs `weft crds`; returns the exit status.
+pub fn run(args: CrdsArgs) -> u8 {
+    if args.json_schema {
+        print!("{}", json_schema_text());
+    } else {
+        print!("{}", crds_yaml());
     }
     0
 }

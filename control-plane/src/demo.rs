@@ -118,11 +118,7 @@ struct Tally {
 }
 
 /// Runs the demo until Ctrl-C or SIGTERM. Returns the exit code.
-pub fn run(args: &[String]) -> u8 {
-    if let Some(a) = args.first() {
-        eprintln!("weft demo takes no arguments (got {a:?}); it runs on fixed loopback ports");
-        return 2;
-    }
+pub fn run() -> u8 {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -3,6 +3,7 @@
 
 pub mod ca;
 pub mod check;
+pub mod cli;
 pub mod crds;
 pub mod demo;
 pub mod inject;

@@ -11,80 +11,43 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use weft_api::discovery::StatusReport;
 
-pub const USAGE: &str = "\
-Usage: weft status [--control-plane URL] [-o json]
-
-Shows the proxies connected to the control plane, the version each has applied and its lag,
-when its certificate expires (flagged when its renewal is overdue),
-and the registered instances of each service.
-
-  --control-plane URL   the control plane's admin address (default http://127.0.0.1:9990)
-  -o json               print the report as JSON
-";
-
 const DEFAULT_URL: &str = "http://127.0.0.1:9990";
 
-pub const STAT_USAGE: &str = "\
-Usage: weft stat [--control-plane URL] [-o json]
+/// The flags `weft status` and `weft stat` share.
+#[derive(clap::Args, Debug)]
+pub struct ViewArgs {
+    /// The control plane's admin address
+    #[arg(long, value_name = "URL", default_value = DEFAULT_URL)]
+    control_plane: String,
+    /// A table for people, or JSON for scripts
+    #[arg(short, long, value_enum, default_value = "table")]
+    output: Output,
+}
 
-Golden metrics per direction, service and route over the last 30 s: request rate, success rate
-and p50/p95/p99 latency, summed over every proxy, from what the proxies report to the control
-plane every 2 s (no Prometheus needed). `inbound` is what a service's sidecars served to it,
-`outbound` what its callers' sidecars sent.
-
-  --control-plane URL   the control plane's admin address (default http://127.0.0.1:9990)
-  -o json               print the rows as JSON
-";
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
 
 /// `weft status`.
-pub fn run(args: &[String]) -> u8 {
-    run_view(args, "weft status", USAGE, table, serde_json::to_string_pretty)
+pub fn run(args: ViewArgs) -> u8 {
+    run_view(args, "weft status", table, serde_json::to_string_pretty)
 }
 
 /// `weft stat`.
-pub fn run_stat(args: &[String]) -> u8 {
-    run_view(
-        args,
-        "weft stat",
-        STAT_USAGE,
-        |_, report| stat_table(report),
-        |r| serde_json::to_string_pretty(&r.traffic),
-    )
+pub fn run_stat(args: ViewArgs) -> u8 {
+    run_view(args, "weft stat", |_, report| stat_table(report), |r| serde_json::to_string_pretty(&r.traffic))
 }
 
 fn run_view(
-    args: &[String],
+    args: ViewArgs,
     name: &str,
-    usage: &str,
     text: impl Fn(&str, &StatusReport) -> String,
     json_of: impl Fn(&StatusReport) -> serde_json::Result<String>,
 ) -> u8 {
-    let mut url = DEFAULT_URL.to_string();
-    let mut json = false;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match (a.as_str(), it.clone().next()) {
-            ("-h" | "--help", _) => {
-                print!("{usage}");
-                return 0;
-            }
-            ("--control-plane", Some(v)) => {
-                url = v.clone();
-                it.next();
-            }
-            ("-o" | "--output", Some(v)) if v == "json" => {
-                json = true;
-                it.next();
-            }
-            ("-o" | "--output", Some(v)) if v == "table" => {
-                it.next();
-            }
-            _ => {
-                eprintln!("{name}: unexpected argument {a:?}\n\n{usage}");
-                return 2;
-            }
-        }
-    }
+    let url = args.control_plane;
+    let json = args.output == Output::Json;
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -10,7 +10,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
-use std::process::{ExitCode, ExitStatus};
+use std::process::ExitStatus;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -28,41 +28,31 @@ enum Shutdown {
     AfterSuccess,
 }
 
-#[derive(Debug, PartialEq)]
-struct Options {
+/// Wait until the local proxy is ready, run CMD, then shut the proxy down when CMD exits.
+///
+/// Exits with CMD's exit code (128 + N when signal N ended it); SIGTERM and SIGINT are passed
+/// on to CMD. With no CMD, only wait (exit 0 once ready, 1 at the timeout): the postStart hook
+/// `weft inject` adds.
+#[derive(clap::Args, Debug, PartialEq)]
+pub struct AwaitArgs {
+    /// The proxy's admin address
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:4191", value_parser = crate::cli::socket_addr)]
     admin: SocketAddr,
+    /// How long to wait for the proxy's /ready
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = crate::cli::duration)]
     timeout: Duration,
-    shutdown: Shutdown,
+    /// Shut the proxy down only when CMD succeeds (restartPolicy OnFailure runs CMD again)
+    #[arg(long)]
+    keep_proxy_on_failure: bool,
+    /// The command to run once the proxy is ready, with its arguments
+    #[arg(last = true, value_name = "CMD")]
     cmd: Vec<String>,
 }
 
-fn parse(args: &[String]) -> Result<Options, String> {
-    let mut o = Options {
-        admin: SocketAddr::from(([127, 0, 0, 1], 4191)),
-        timeout: Duration::from_secs(60),
-        shutdown: Shutdown::AfterExit,
-        cmd: Vec::new(),
-    };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--admin" => {
-                o.admin =
-                    it.next().and_then(|v| v.parse().ok()).ok_or("--admin needs an address like 127.0.0.1:4191")?;
-            }
-            "--timeout" => match it.next().map(|v| weft_api::duration::parse_duration(v)) {
-                Some(Ok(v)) => o.timeout = v,
-                _ => return Err("--timeout needs a duration like 60s".to_string()),
-            },
-            "--keep-proxy-on-failure" => o.shutdown = Shutdown::AfterSuccess,
-            "--" => {
-                o.cmd = it.by_ref().cloned().collect();
-                break;
-            }
-            other => return Err(format!("unknown argument {other:?}")),
-        }
+impl AwaitArgs {
+    fn shutdown(&self) -> Shutdown {
+        if self.keep_proxy_on_failure { Shutdown::AfterSuccess } else { Shutdown::AfterExit }
     }
-    Ok(o)
 }
 
 /// CMD's exit code, or 128 + the signal that ended it, as a shell reports it.
@@ -78,24 +68,18 @@ fn shutdown_wanted(shutdown: Shutdown, code: u8) -> bool {
     shutdown == Shutdown::AfterExit || code == 0
 }
 
-pub fn run(args: &[String]) -> ExitCode {
-    let options = match parse(args) {
-        Ok(o) => o,
-        Err(msg) => {
-            eprintln!("weft-proxy await: {msg}");
-            return ExitCode::from(2);
-        }
-    };
+/// Runs `weft-proxy await`; returns the process exit code.
+pub fn run(options: AwaitArgs) -> u8 {
     match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => ExitCode::from(rt.block_on(run_with(options))),
+        Ok(rt) => rt.block_on(run_with(options)),
         Err(e) => {
             eprintln!("weft-proxy await: cannot start: {e}");
-            ExitCode::from(1)
+            1
         }
     }
 }
 
-async fn run_with(o: Options) -> u8 {
+async fn run_with(o: AwaitArgs) -> u8 {
     let mut signals = match Signals::install() {
         Ok(s) => s,
         Err(e) => {
@@ -123,7 +107,7 @@ async fn run_with(o: Options) -> u8 {
             127
         }
     };
-    if shutdown_wanted(o.shutdown, code) {
+    if shutdown_wanted(o.shutdown(), code) {
         if let Err(e) = admin_request(admin, "POST", "/shutdown").await {
             eprintln!("weft-proxy await: could not ask the proxy to shut down: {e}");
         }
@@ -242,22 +226,26 @@ async fn admin_request(admin: SocketAddr, method: &str, path: &str) -> io::Resul
 mod tests {
     use super::*;
 
-    fn args(s: &str) -> Vec<String> {
-        s.split_whitespace().map(String::from).collect()
+    fn parse(args: &str) -> Result<AwaitArgs, String> {
+        let args: Vec<&str> = args.split_whitespace().collect();
+        crate::cli::parse_from::<AwaitArgs>("await", &args).map_err(|e| e.to_string())
     }
 
     #[test]
     fn flags_and_the_command_after_the_separator() {
-        let o =
-            parse(&args("--admin 127.0.0.1:5191 --timeout 2m --keep-proxy-on-failure -- report --since 24h")).unwrap();
+        let o = parse("--admin 127.0.0.1:5191 --timeout 2m --keep-proxy-on-failure -- report --since 24h").unwrap();
         assert_eq!(o.admin, "127.0.0.1:5191".parse().unwrap());
-        assert_eq!((o.timeout, o.shutdown), (Duration::from_secs(120), Shutdown::AfterSuccess));
+        assert_eq!((o.timeout, o.shutdown()), (Duration::from_secs(120), Shutdown::AfterSuccess));
         assert_eq!(o.cmd, ["report", "--since", "24h"], "flags after -- belong to the command");
-        let o = parse(&[]).unwrap();
-        assert_eq!((o.admin.port(), o.shutdown, o.cmd.len()), (4191, Shutdown::AfterExit, 0));
-        assert!(parse(&args("--admin localhost")).unwrap_err().contains("--admin needs an address"));
-        assert!(parse(&args("--timeout soon")).is_err());
-        assert!(parse(&args("report")).unwrap_err().contains("unknown argument \"report\""));
+        let o = parse("").unwrap();
+        assert_eq!(
+            (o.admin.port(), o.timeout, o.shutdown(), o.cmd.len()),
+            (4191, Duration::from_secs(60), Shutdown::AfterExit, 0)
+        );
+        let err = parse("--admin localhost").unwrap_err();
+        assert!(err.contains("--admin") && err.contains("an IP:PORT address"), "{err}");
+        assert!(parse("--timeout soon").unwrap_err().contains("--timeout"));
+        assert!(parse("report").unwrap_err().contains("unexpected argument 'report'"));
     }
 
     #[test]

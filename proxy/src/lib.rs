@@ -6,7 +6,9 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod await_cmd;
 pub mod balance;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod connect;

@@ -7,124 +7,100 @@ use weft_api::SpiffeId;
 
 use super::{Authority, CA_CERT_FILE, CA_KEY_FILE, CaError};
 
-const USAGE: &str = "\
-Usage:
-  weft ca init --out DIR [--trust-domain DOMAIN] [--force]
-      write a new root CA: DIR/ca.pem and DIR/ca-key.pem (the key readable by its owner only)
-  weft ca issue --ca DIR --id SPIFFE_ID --out DIR2 [--ttl DURATION] [--starts-in DURATION] [--force]
-      issue a certificate by hand: DIR2/cert.pem (chain), DIR2/key.pem, DIR2/bundle.pem;
-      the lifetime defaults to 24h; --starts-in makes it valid only from that long from now
-      (to stage a certificate, or to see how peers treat one that is not valid yet)
-";
+/// Make a root CA, or issue a certificate by hand.
+#[derive(clap::Args, Debug)]
+pub struct CaArgs {
+    #[command(subcommand)]
+    command: CaCommand,
+}
 
-pub fn run(args: &[String]) -> u8 {
-    let result = match args.first().map(String::as_str) {
-        Some("init") => init(&args[1..]),
-        Some("issue") => issue(&args[1..]),
-        Some("-h" | "--help") => {
-            print!("{USAGE}");
-            return 0;
-        }
-        _ => {
-            eprint!("{USAGE}");
-            return 2;
-        }
+#[derive(clap::Subcommand, Debug)]
+enum CaCommand {
+    /// Write a new root CA: DIR/ca.pem and DIR/ca-key.pem (the key readable by its owner only)
+    Init {
+        /// The folder to write
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// The trust domain of the ids the CA signs
+        #[arg(long, value_name = "DOMAIN", default_value = "cluster.local")]
+        trust_domain: String,
+        /// Overwrite files that exist
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a certificate by hand: DIR2/cert.pem (chain), DIR2/key.pem, DIR2/bundle.pem
+    Issue {
+        /// The CA's folder (see `weft ca init`)
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        /// The certificate's SPIFFE id
+        #[arg(long, value_name = "SPIFFE_ID")]
+        id: String,
+        /// The folder to write
+        #[arg(long, value_name = "DIR2")]
+        out: PathBuf,
+        /// The certificate's lifetime
+        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = weft_proxy::cli::duration)]
+        ttl: Duration,
+        /// Make it valid only from that long from now (to stage a certificate, or to see how
+        /// peers treat one that is not valid yet)
+        #[arg(long, value_name = "DURATION", value_parser = weft_proxy::cli::duration)]
+        starts_in: Option<Duration>,
+        /// Overwrite files that exist
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// Runs `weft ca`; returns the exit status (1 when the CA refuses or a file cannot be written).
+pub fn run(args: CaArgs) -> u8 {
+    let result = match args.command {
+        CaCommand::Init { out, trust_domain, force } => init(&out, &trust_domain, force),
+        CaCommand::Issue { ca, id, out, ttl, starts_in, force } => issue(&ca, &id, &out, ttl, starts_in, force),
     };
     match result {
         Ok(()) => 0,
-        Err(Failure::Usage(msg)) => {
-            eprintln!("weft ca: {msg}\n\n{USAGE}");
-            2
-        }
-        Err(Failure::Ca(e)) => {
+        Err(e) => {
             eprintln!("weft ca: {e}");
             1
         }
     }
 }
 
-enum Failure {
-    Usage(String),
-    Ca(CaError),
-}
-
-impl From<CaError> for Failure {
-    fn from(e: CaError) -> Self {
-        Failure::Ca(e)
-    }
-}
-
-/// Flags of the form `--name VALUE`, and `--force`.
-struct Flags {
-    values: Vec<(String, String)>,
-    force: bool,
-}
-
-impl Flags {
-    fn parse(args: &[String], known: &[&str]) -> Result<Flags, Failure> {
-        let mut flags = Flags { values: Vec::new(), force: false };
-        let mut it = args.iter();
-        while let Some(arg) = it.next() {
-            if arg == "--force" {
-                flags.force = true;
-            } else if known.contains(&arg.as_str()) {
-                let value = it.next().ok_or_else(|| Failure::Usage(format!("{arg} needs a value")))?;
-                flags.values.push((arg.clone(), value.clone()));
-            } else {
-                return Err(Failure::Usage(format!("unknown argument {arg:?}")));
-            }
-        }
-        Ok(flags)
-    }
-
-    fn get(&self, name: &str) -> Option<&str> {
-        self.values.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
-    }
-
-    fn required(&self, name: &str) -> Result<&str, Failure> {
-        self.get(name).ok_or_else(|| Failure::Usage(format!("{name} is required")))
-    }
-}
-
-fn init(args: &[String]) -> Result<(), Failure> {
-    let flags = Flags::parse(args, &["--out", "--trust-domain"])?;
-    let out = PathBuf::from(flags.required("--out")?);
-    let trust_domain = flags.get("--trust-domain").unwrap_or("cluster.local");
+fn init(out: &Path, trust_domain: &str, force: bool) -> Result<(), CaError> {
     // Validates the trust domain with the same rules as ids.
-    SpiffeId::new(trust_domain, "x", "x").map_err(CaError::from)?;
+    SpiffeId::new(trust_domain, "x", "x")?;
     let files = [out.join(CA_CERT_FILE), out.join(CA_KEY_FILE)];
-    refuse_overwrite(&files, flags.force)?;
+    refuse_overwrite(&files, force)?;
     let (cert, key) = Authority::generate_root(trust_domain)?;
-    create_dir(&out)?;
+    create_dir(out)?;
     super::write_file(&files[0], &cert, false)?;
     super::write_file(&files[1], &key, true)?;
     println!("wrote {} and {}", files[0].display(), files[1].display());
     Ok(())
 }
 
-fn issue(args: &[String]) -> Result<(), Failure> {
-    let flags = Flags::parse(args, &["--ca", "--id", "--out", "--ttl", "--starts-in"])?;
-    let ca_dir = PathBuf::from(flags.required("--ca")?);
-    let id = SpiffeId::parse(flags.required("--id")?).map_err(CaError::from)?;
-    let out = PathBuf::from(flags.required("--out")?);
-    let ttl = match flags.get("--ttl") {
-        Some(t) => weft_api::duration::parse_duration(t).map_err(|e| Failure::Usage(format!("--ttl: {e}")))?,
-        None => Duration::from_secs(24 * 3600),
-    };
+fn issue(
+    ca_dir: &Path,
+    id: &str,
+    out: &Path,
+    ttl: Duration,
+    starts_in: Option<Duration>,
+    force: bool,
+) -> Result<(), CaError> {
+    let id = SpiffeId::parse(id)?;
     let files = [out.join("cert.pem"), out.join("key.pem"), out.join("bundle.pem")];
-    refuse_overwrite(&files, flags.force)?;
-    let authority = Authority::load(&ca_dir)?;
-    let key = rcgen::KeyPair::generate().map_err(CaError::from)?;
-    let issued = match flags.get("--starts-in") {
-        Some(t) => {
-            let wait =
-                weft_api::duration::parse_duration(t).map_err(|e| Failure::Usage(format!("--starts-in: {e}")))?;
+    refuse_overwrite(&files, force)?;
+    let authority = Authority::load(ca_dir)?;
+    let key = rcgen::KeyPair::generate()?;
+    let issued = match starts_in {
+        Some(wait) => {
             let start = std::time::SystemTime::now() + wait;
             authority.sign_with_validity(&id, &key, start, (start + ttl).min(authority.not_after()))?
         }
         None => authority.sign(&id, &key, ttl)?,
     };
-    create_dir(&out)?;
+    create_dir(out)?;
     super::write_file(&files[0], &issued.chain_pem, false)?;
     super::write_file(&files[1], &key.serialize_pem(), true)?;
     super::write_file(&files[2], authority.bundle_pem(), false)?;

@@ -22,20 +22,21 @@ pub use sidecar::PROXY_BINARY;
 
 use tree::Yaml;
 
-const USAGE: &str = "\
-Usage: weft inject [--control-plane URL] [--image IMAGE] [--trust-bundle-configmap NAME] [FILE...]
-
-Writes the manifests in FILE... (or stdin; `-` is stdin too) to stdout with Weft's init container
-and sidecar added to every Deployment, StatefulSet, DaemonSet, ReplicaSet, Job, CronJob and Pod.
-Other documents pass through unchanged. Injecting an injected manifest changes nothing.
-Workloads left alone (weft.dev/inject: disabled, hostNetwork, another mesh) are named on stderr
-with the reason.
-
-Options:
-  --control-plane URL           the control plane proxies subscribe to (default https://weft-control.weft:8086)
-  --image IMAGE                 the weft-proxy image (default weft/weft-proxy:VERSION)
-  --trust-bundle-configmap NAME the ConfigMap holding the mesh's ca.pem, in each pod's namespace (default weft-trust-bundle)
-";
+/// Add Weft's init container and sidecar to Kubernetes manifests.
+///
+/// Writes the manifests in FILE... (or stdin; `-` is stdin too) to stdout with Weft's init
+/// container and sidecar added to every Deployment, StatefulSet, DaemonSet, ReplicaSet, Job,
+/// CronJob and Pod. Other documents pass through unchanged. Injecting an injected manifest
+/// changes nothing. Workloads left alone (weft.dev/inject: disabled, hostNetwork, another mesh)
+/// are named on stderr with the reason.
+#[derive(clap::Args, Debug)]
+pub struct InjectArgs {
+    #[command(flatten)]
+    options: Options,
+    /// Manifests to read (default: stdin)
+    #[arg(value_name = "FILE")]
+    files: Vec<String>,
+}
 
 /// What happened to one stream: the text to write and a line per workload for stderr.
 #[derive(Debug, Default, PartialEq)]
@@ -123,38 +124,8 @@ fn inject_document(mut root: Yaml, options: &Options) -> Document {
 
 /// `weft inject [OPTIONS] [FILE...]`; returns the exit status (0, 1 when something was left
 /// unchanged for an error, 2 for usage).
-pub fn run(args: &[String]) -> u8 {
-    let mut options = Options::default();
-    let mut files = Vec::new();
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let mut value = |flag: &str| {
-            it.next().cloned().ok_or_else(|| {
-                eprintln!("weft inject: {flag} needs a value\n\n{USAGE}");
-                2u8
-            })
-        };
-        let set = match arg.as_str() {
-            "-h" | "--help" => {
-                print!("{USAGE}");
-                return 0;
-            }
-            "--control-plane" => value(arg).map(|v| options.control_plane = v),
-            "--image" => value(arg).map(|v| options.image = v),
-            "--trust-bundle-configmap" => value(arg).map(|v| options.trust_bundle_configmap = v),
-            flag if flag.starts_with("--") => {
-                eprintln!("weft inject: unknown option {flag:?}\n\n{USAGE}");
-                return 2;
-            }
-            file => {
-                files.push(file.to_string());
-                Ok(())
-            }
-        };
-        if let Err(code) = set {
-            return code;
-        }
-    }
+pub fn run(args: InjectArgs) -> u8 {
+    let InjectArgs { options, mut files } = args;
     if files.is_empty() {
         files.push("-".to_string());
     }

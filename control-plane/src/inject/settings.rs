@@ -40,13 +40,16 @@ pub const OUTBOUND_PORT: u16 = 4140;
 pub const ADMIN_PORT: u16 = 4191;
 
 /// The injector's own defaults (flags of `weft inject`, values of the chart's webhook).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct Options {
-    /// The control plane every proxy subscribes to.
+    /// The control plane every proxy subscribes to
+    #[arg(long, value_name = "URL", default_value_t = Options::default().control_plane)]
     pub control_plane: String,
-    /// The image holding `weft-proxy` (both the init step and the sidecar run it).
+    /// The image holding `weft-proxy` (both the init step and the sidecar run it)
+    #[arg(long, value_name = "IMAGE", default_value_t = Options::default().image)]
     pub image: String,
-    /// The ConfigMap (key `ca.pem`) with the mesh's trust bundle, in the pod's namespace.
+    /// The ConfigMap (key `ca.pem`) with the mesh's trust bundle, in the pod's namespace
+    #[arg(long, value_name = "NAME", default_value_t = Options::default().trust_bundle_configmap)]
     pub trust_bundle_configmap: String,
 }
 

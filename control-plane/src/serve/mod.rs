@@ -22,200 +22,147 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use weft_api::{Document, SpiffeId};
+use weft_proxy::cli::{duration, positive, socket_addr};
 
 use catalog::Catalog;
 use discovery::Discovery;
 use registry::{Registry, SelfRegistration, YamlDirRegistry};
 
-pub const USAGE: &str = "\
-Usage: weft serve [--policy DIR] [--registry DIR] [--listen ADDR] [--admin ADDR]
-                  [--registration-ttl DURATION] [--heartbeat DURATION]
-                  [--ca DIR --join-token-file FILE [--cert-ttl DURATION] [--identity SPIFFE_ID]
-                   [--tls-san DNS_NAME]...]
-                  [--kubernetes [--kube-api URL] [--kube-namespaces NS,...] [--kube-policy]]
-                  [--max-watches-per-client N] [--insecure-plaintext]
-
-Runs the control plane.
-
-  --policy DIR             policy YAML folder, watched; an invalid change is rejected (every
-                           problem logged as FILE:LINE: field.path: message) and the last good
-                           policy keeps serving
-  --registry DIR           folder of Service documents whose endpoints are registrations,
-                           watched (default: the policy folder)
-  --listen ADDR            discovery API, HTTP/2 or HTTP/1.1 (default 0.0.0.0:8086): TLS with --ca,
-                           plaintext only from loopback peers
-  --admin ADDR             /metrics, /ready, /live, /v1/status, /v1/snapshot (default 127.0.0.1:9990)
-  --registration-ttl DUR   how long a proxy's instance stays after its stream closes, and how
-                           long a starting control plane waits for proxies to re-register
-                           before it sends snapshots (default 5s)
-  --heartbeat DUR          idle streams get a heartbeat line, and HTTP/2 connections a PING to
-                           answer, this often; a proxy that stops answering loses its stream and
-                           registration (default 10s)
-  --ca DIR                 sign proxies' certificate requests (POST /v1/certificates) with the
-                           CA in DIR (ca.pem, ca-key.pem, optional trust-bundle.pem; see
-                           `weft ca init`)
-  --join-token-file FILE   bootstrap credentials for --ca: one `<token> <spiffe-id>` per line;
-                           a token only ever gets a certificate for its own id; watched (an
-                           invalid change is logged and the last good tokens stay)
-  --cert-ttl DURATION      lifetime of issued certificates (default 24h); proxies renew at 70 %
-  --identity SPIFFE_ID     the control plane's own id in its serving certificate (default
-                           spiffe://<the Mesh's trustDomain>/ns/weft/sa/weft-control)
-  --tls-san DNS_NAME       a DNS name for the serving certificate too (repeatable), for clients
-                           that verify names: the Kubernetes API server calling the admission
-                           webhook (POST /v1/admission) at weft-control.weft.svc
-  --kubernetes             instances from the Kubernetes API: every Service's ready EndpointSlice
-                           endpoints (terminating ones only while none is ready) and its
-                           ClusterIPs, watched; an API server that is down or refuses keeps the
-                           last known state, marked stale (weft_control_registry_stale). With
-                           --ca, a bearer token that is no join token is checked as a pod's
-                           service-account token (TokenReview, audience weft.dev) and gets
-                           exactly spiffe://<trust domain>/ns/<namespace>/sa/<account>.
-                           In-cluster credentials unless --kube-api is given
-  --kube-api URL           the API server, reached without credentials (kubectl proxy); implies
-                           --kubernetes
-  --kube-namespaces NS,... watch these namespaces only (default: all); implies --kubernetes
-  --kube-policy            policy from the cluster too: the weft.dev/v1alpha1 objects (the CRDs
-                           `weft crds` prints), checked like files; an object that does not pass
-                           is reported by name and field and its last good version serves;
-                           implies --kubernetes
-  --max-watches-per-client N
-                           open watch streams one client (its address and, over TLS, its
-                           certificate's id) may hold; more are refused with 429 and counted in
-                           weft_control_requests_refused_total{reason=\"too-many-watches\"}
-                           (default 100); plaintext from loopback is not limited
-  --insecure-plaintext     accept plaintext discovery from any peer, not only loopback: anyone
-                           who reaches the port can then read policy and act as any proxy
-";
-
-#[derive(Clone, Debug)]
+/// Run the control plane: policy, registry, discovery streams.
+///
+/// Flags a container sets also read a `WEFT_SERVE_*` environment variable; a flag given on the
+/// command line wins over its variable.
+#[derive(clap::Args, Clone, Debug)]
 pub struct ServeArgs {
+    /// Policy YAML folder, watched
+    ///
+    /// An invalid change is rejected (every problem logged as FILE:LINE: field.path: message)
+    /// and the last good policy keeps serving.
+    #[arg(long, value_name = "DIR", env = "WEFT_SERVE_POLICY")]
     pub policy: Option<PathBuf>,
+    /// Folder of Service documents whose endpoints are registrations, watched (default: the
+    /// policy folder)
+    #[arg(long, value_name = "DIR", env = "WEFT_SERVE_REGISTRY")]
     pub registry: Option<PathBuf>,
+    /// Discovery API, HTTP/2 or HTTP/1.1: TLS with --ca, plaintext only from loopback peers
+    #[arg(long, value_name = "ADDR", env = "WEFT_SERVE_LISTEN", default_value = "0.0.0.0:8086", value_parser = socket_addr)]
     pub listen: SocketAddr,
+    /// /metrics, /ready, /live, /v1/status, /v1/snapshot
+    #[arg(long, value_name = "ADDR", env = "WEFT_SERVE_ADMIN", default_value = "127.0.0.1:9990", value_parser = socket_addr)]
     pub admin: SocketAddr,
+    /// How long a proxy's instance stays after its stream closes
+    ///
+    /// Also how long a starting control plane waits for proxies to re-register before it sends
+    /// snapshots.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration)]
     pub registration_ttl: Duration,
+    /// Heartbeat lines and HTTP/2 PINGs this often (at least 100ms)
+    ///
+    /// Idle streams get a heartbeat line, and HTTP/2 connections a PING to answer; a proxy that
+    /// stops answering loses its stream and registration.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = heartbeat)]
     pub heartbeat: Duration,
-    /// The CA folder: when set, the discovery listener also signs CSRs.
+    /// Sign proxies' certificate requests with the CA in DIR
+    ///
+    /// POST /v1/certificates; DIR holds ca.pem, ca-key.pem and optionally trust-bundle.pem (see
+    /// `weft ca init`).
+    #[arg(long, value_name = "DIR", env = "WEFT_SERVE_CA", requires = "join_token_file")]
     pub ca: Option<PathBuf>,
+    /// Bootstrap credentials for --ca: one `<token> <spiffe-id>` per line
+    ///
+    /// A token only ever gets a certificate for its own id. Watched: an invalid change is
+    /// logged and the last good tokens stay.
+    #[arg(long, value_name = "FILE", env = "WEFT_SERVE_JOIN_TOKEN_FILE", requires = "ca")]
     pub join_token_file: Option<PathBuf>,
+    /// Lifetime of issued certificates; proxies renew at 70 %
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = duration)]
     pub cert_ttl: Duration,
-    /// The control plane's own SPIFFE id (default from the Mesh's trust domain).
+    /// The control plane's own id in the certificate --ca signs for it
+    ///
+    /// Default: spiffe://<the Mesh's trustDomain>/ns/weft/sa/weft-control.
+    #[arg(long, value_name = "SPIFFE_ID", requires = "ca", value_parser = spiffe_id)]
     pub identity: Option<SpiffeId>,
-    /// DNS names for the serving certificate (`--tls-san`).
+    /// A DNS name for the serving certificate too (repeatable, or comma-separated)
+    ///
+    /// For clients that verify names: the Kubernetes API server calling the admission webhook
+    /// (POST /v1/admission) at weft-control.weft.svc.
+    #[arg(long = "tls-san", value_name = "DNS_NAME", env = "WEFT_SERVE_TLS_SAN", value_delimiter = ',')]
     pub tls_sans: Vec<String>,
-    pub insecure_plaintext: bool,
-    /// Open watch streams one client (peer IP and certificate id) may hold.
+    /// Open watch streams one client may hold
+    ///
+    /// A client is its address and, over TLS, its certificate's id. More are refused with 429
+    /// and counted in weft_control_requests_refused_total{reason="too-many-watches"}; plaintext
+    /// from loopback is not limited.
+    #[arg(long, value_name = "N", default_value_t = watch_limit::DEFAULT_MAX_WATCHES_PER_CLIENT, value_parser = positive)]
     pub max_watches_per_client: usize,
-    /// `--kubernetes`: Services and EndpointSlices from the Kubernetes API as a registry.
-    pub kubernetes: Option<registry::kubernetes::KubeOptions>,
+    /// Accept plaintext discovery from any peer, not only loopback
+    ///
+    /// Anyone who reaches the port can then read policy and act as any proxy.
+    #[arg(long)]
+    pub insecure_plaintext: bool,
+    #[command(flatten)]
+    pub kube: KubeFlags,
+}
+
+/// `--kubernetes` and the flags that imply it.
+#[derive(clap::Args, Clone, Debug)]
+pub struct KubeFlags {
+    /// Instances from the Kubernetes API (in-cluster credentials unless --kube-api is given)
+    ///
+    /// Every Service's ready EndpointSlice endpoints (terminating ones only while none is ready)
+    /// and its ClusterIPs, watched; an API server that is down or refuses keeps the last known
+    /// state, marked stale (weft_control_registry_stale). With --ca, a bearer token that is no
+    /// join token is checked as a pod's service-account token (TokenReview, audience weft.dev)
+    /// and gets exactly spiffe://<trust domain>/ns/<namespace>/sa/<account>.
+    #[arg(long, env = "WEFT_SERVE_KUBERNETES")]
+    kubernetes: bool,
+    /// The API server, reached without credentials (kubectl proxy); implies --kubernetes
+    #[arg(long, value_name = "URL")]
+    kube_api: Option<String>,
+    /// Watch these namespaces only (default: all); implies --kubernetes
+    #[arg(long, value_name = "NS,...", env = "WEFT_SERVE_KUBE_NAMESPACES", value_delimiter = ',')]
+    kube_namespaces: Vec<String>,
+    /// Policy from the cluster's weft.dev objects too; implies --kubernetes
+    ///
+    /// The weft.dev/v1alpha1 objects (the CRDs `weft crds` prints), checked like files; an
+    /// object that does not pass is reported by name and field and its last good version
+    /// serves.
+    #[arg(long, env = "WEFT_SERVE_KUBE_POLICY")]
+    kube_policy: bool,
+}
+
+impl KubeFlags {
+    /// What to watch, when any of the flags asks for Kubernetes.
+    pub fn options(&self) -> Option<registry::kubernetes::KubeOptions> {
+        let wanted = self.kubernetes || self.kube_policy || self.kube_api.is_some() || !self.kube_namespaces.is_empty();
+        wanted.then(|| registry::kubernetes::KubeOptions {
+            api: self.kube_api.clone(),
+            namespaces: self
+                .kube_namespaces
+                .iter()
+                .map(|s| s.trim())
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+            policy: self.kube_policy,
+        })
+    }
 }
 
 /// The namespace and service account of the control plane's default identity.
 pub const DEFAULT_NAMESPACE: &str = "weft";
 pub const DEFAULT_SERVICE_ACCOUNT: &str = "weft-control";
 
-impl Default for ServeArgs {
-    fn default() -> Self {
-        ServeArgs {
-            policy: None,
-            registry: None,
-            listen: SocketAddr::from(([0, 0, 0, 0], 8086)),
-            admin: SocketAddr::from(([127, 0, 0, 1], 9990)),
-            registration_ttl: Duration::from_secs(5),
-            heartbeat: Duration::from_secs(10),
-            ca: None,
-            join_token_file: None,
-            cert_ttl: Duration::from_secs(24 * 3600),
-            identity: None,
-            tls_sans: Vec::new(),
-            insecure_plaintext: false,
-            max_watches_per_client: watch_limit::DEFAULT_MAX_WATCHES_PER_CLIENT,
-            kubernetes: None,
-        }
-    }
+fn heartbeat(s: &str) -> Result<Duration, String> {
+    duration(s).map(|d| d.max(Duration::from_millis(100)))
 }
 
-impl ServeArgs {
-    pub fn parse(args: &[String]) -> Result<ServeArgs, String> {
-        let mut out = ServeArgs::default();
-        let mut it = args.iter();
-        while let Some(flag) = it.next() {
-            if flag == "--insecure-plaintext" {
-                out.insecure_plaintext = true;
-                continue;
-            }
-            if flag == "--kubernetes" {
-                out.kubernetes.get_or_insert_default();
-                continue;
-            }
-            if flag == "--kube-policy" {
-                out.kubernetes.get_or_insert_default().policy = true;
-                continue;
-            }
-            let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
-            match flag.as_str() {
-                "--policy" => out.policy = Some(value()?.into()),
-                "--registry" => out.registry = Some(value()?.into()),
-                "--listen" => out.listen = parse_addr(flag, value()?)?,
-                "--admin" => out.admin = parse_addr(flag, value()?)?,
-                "--registration-ttl" => out.registration_ttl = parse_duration(flag, value()?)?,
-                "--heartbeat" => out.heartbeat = parse_duration(flag, value()?)?.max(Duration::from_millis(100)),
-                "--ca" => out.ca = Some(value()?.into()),
-                "--join-token-file" => out.join_token_file = Some(value()?.into()),
-                "--cert-ttl" => out.cert_ttl = parse_duration(flag, value()?)?,
-                "--max-watches-per-client" => {
-                    let v = value()?;
-                    out.max_watches_per_client = v
-                        .parse()
-                        .ok()
-                        .filter(|n| *n > 0)
-                        .ok_or_else(|| format!("{flag}: {v:?} is not a count above 0"))?;
-                }
-                "--tls-san" => out.tls_sans.push(value()?.clone()),
-                "--kube-api" => out.kubernetes.get_or_insert_default().api = Some(value()?.clone()),
-                "--kube-namespaces" => {
-                    let list: Vec<String> =
-                        value()?.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
-                    out.kubernetes.get_or_insert_default().namespaces = list;
-                }
-                "--identity" => {
-                    let v = value()?;
-                    out.identity = Some(SpiffeId::parse(v).map_err(|e| format!("--identity: {e}"))?);
-                }
-                other => return Err(format!("unknown option {other:?}")),
-            }
-        }
-        if out.ca.is_some() != out.join_token_file.is_some() {
-            return Err("--ca and --join-token-file go together".into());
-        }
-        if out.identity.is_some() && out.ca.is_none() {
-            return Err("--identity names the certificate --ca signs for the control plane; give --ca too".into());
-        }
-        Ok(out)
-    }
+fn spiffe_id(s: &str) -> Result<SpiffeId, String> {
+    SpiffeId::parse(s).map_err(|e| e.to_string())
 }
 
-fn parse_duration(flag: &str, v: &str) -> Result<Duration, String> {
-    weft_api::duration::parse_duration(v).map_err(|e| format!("{flag}: {e}"))
-}
-
-fn parse_addr(flag: &str, v: &str) -> Result<SocketAddr, String> {
-    v.parse().map_err(|_| format!("{flag}: {v:?} is not an IP:PORT address"))
-}
-
-/// Runs `weft serve` with the arguments after `serve`; returns the exit status.
-pub fn run(args: &[String]) -> u8 {
-    if args.iter().any(|a| a == "-h" || a == "--help") {
-        print!("{USAGE}");
-        return 0;
-    }
-    let args = match ServeArgs::parse(args) {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("weft serve: {e}\n\n{USAGE}");
-            return 2;
-        }
-    };
+/// Runs `weft serve`; returns the exit status.
+pub fn run(args: ServeArgs) -> u8 {
     if let Err(e) = weft_proxy::logging::init(weft_api::LogFormat::Text, "info") {
         eprintln!("weft serve: {e}");
         return 1;
@@ -326,11 +273,12 @@ pub async fn start(args: &ServeArgs) -> Result<Running, String> {
     if let Some(dir) = &args.registry {
         registries.push(YamlDirRegistry::new(catalog.clone(), dir.clone()));
     }
-    let kube_client = match &args.kubernetes {
+    let kubernetes = args.kube.options();
+    let kube_client = match &kubernetes {
         Some(options) => Some(registry::kubernetes::client(options).map_err(|e| format!("registry kubernetes: {e}"))?),
         None => None,
     };
-    if let (Some(options), Some(client)) = (&args.kubernetes, &kube_client) {
+    if let (Some(options), Some(client)) = (&kubernetes, &kube_client) {
         registries.push(registry::kubernetes::KubernetesRegistry::new(
             catalog.clone(),
             options.clone(),
@@ -447,7 +395,7 @@ mod tests {
     use super::*;
 
     fn args(list: &[&str]) -> Result<ServeArgs, String> {
-        ServeArgs::parse(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        weft_proxy::cli::parse_from::<ServeArgs>("serve", list).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -465,26 +413,44 @@ mod tests {
         assert_eq!(a.listen.to_string(), "127.0.0.1:1");
         assert_eq!(a.registration_ttl, Duration::from_millis(250));
         assert!(args(&["--listen", "nope"]).unwrap_err().contains("--listen"));
-        assert!(args(&["--policy"]).unwrap_err().contains("needs a value"));
+        assert!(args(&["--policy"]).unwrap_err().contains("a value is required for '--policy <DIR>'"));
         assert!(args(&["--registration-ttl", "5"]).unwrap_err().contains("--registration-ttl"));
         assert!(args(&["--colour"]).unwrap_err().contains("--colour"));
+        assert_eq!(args(&["--heartbeat", "1ms"]).unwrap().heartbeat, Duration::from_millis(100));
+        assert!(args(&["--max-watches-per-client", "0"]).unwrap_err().contains("--max-watches-per-client"));
+    }
+
+    #[test]
+    fn the_ca_and_its_tokens_go_together_and_the_identity_needs_them() {
+        for one in [["--ca", "ca"], ["--join-token-file", "tokens"]] {
+            let err = args(&one).unwrap_err();
+            assert!(err.contains("--ca <DIR>") && err.contains("--join-token-file <FILE>"), "{err}");
+        }
+        let err = args(&["--identity", "spiffe://cluster.local/ns/weft/sa/weft-control"]).unwrap_err();
+        assert!(err.contains("--ca <DIR>"), "{err}");
+        assert!(
+            args(&["--ca", "ca", "--join-token-file", "t", "--identity", "nope"]).unwrap_err().contains("--identity")
+        );
+        let a =
+            args(&["--ca", "ca", "--join-token-file", "t", "--tls-san", "a.svc", "--tls-san", "b.svc,c.svc"]).unwrap();
+        assert_eq!(a.tls_sans, ["a.svc", "b.svc", "c.svc"]);
     }
 
     #[test]
     fn kubernetes_options_imply_kubernetes() {
         use registry::kubernetes::KubeOptions;
-        assert_eq!(args(&[]).unwrap().kubernetes, None);
-        assert_eq!(args(&["--kubernetes"]).unwrap().kubernetes, Some(KubeOptions::default()));
+        assert_eq!(args(&[]).unwrap().kube.options(), None);
+        assert_eq!(args(&["--kubernetes"]).unwrap().kube.options(), Some(KubeOptions::default()));
         let a =
             args(&["--kube-policy", "--kube-namespaces", "shop, ops,", "--kube-api", "http://127.0.0.1:8001"]).unwrap();
         assert_eq!(
-            a.kubernetes,
+            a.kube.options(),
             Some(KubeOptions {
                 api: Some("http://127.0.0.1:8001".into()),
                 namespaces: vec!["shop".into(), "ops".into()],
                 policy: true,
             })
         );
-        assert!(args(&["--kube-api"]).unwrap_err().contains("needs a value"));
+        assert!(args(&["--kube-api"]).unwrap_err().contains("a value is required for '--kube-api <URL>'"));
     }
 }

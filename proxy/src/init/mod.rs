@@ -7,19 +7,15 @@ pub mod options;
 pub mod rules;
 
 use backend::Backend;
-use options::Options;
+use options::{InitArgs, Options};
 use rules::Family;
 
-/// Runs `weft-proxy init ARGS…`; returns the process exit code (2 for bad flags).
-pub fn run(args: &[String]) -> u8 {
-    if args.iter().any(|a| a == "--help" || a == "-h") {
-        print!("{USAGE}");
-        return 0;
-    }
-    let opts = match Options::parse(args) {
+/// Runs `weft-proxy init`; returns the process exit code (2 for flags that do not fit).
+pub fn run(args: InitArgs) -> u8 {
+    let opts = match Options::from_args(args) {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("weft-proxy init: {e}\n\n{USAGE}");
+            eprintln!("weft-proxy init: {e}");
             return 2;
         }
     };
@@ -71,14 +67,3 @@ fn apply(opts: &Options, backend: Backend, family: Family) -> Result<(), String>
     eprintln!("weft-proxy init: {what} the {family} nat rules ({now} Weft rules now)");
     Ok(())
 }
-
-const USAGE: &str = "\
-USAGE:
-    weft-proxy init --proxy-uid UID [--proxy-gid GID] [--inbound-port 4143] [--outbound-port 4140]
-        [--admin-port 4191] [--skip-inbound-ports P,...] [--skip-outbound-ports P,...]
-        [--skip-subnets CIDR,...] [--ipv6] [--mode auto|nft|legacy] [--cleanup] [--dry-run]
-    Programs the nat table for transparent mode: inbound TCP to the inbound port, outbound TCP
-    to the outbound port, except the proxy's own uid/gid, loopback, skipped ports and subnets.
-    The admin port and the proxy's own ports are never redirected inbound. Re-running is
-    harmless; --cleanup removes exactly these rules; --dry-run prints what it would run.
-";

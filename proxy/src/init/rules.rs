@@ -178,8 +178,7 @@ mod tests {
     use super::*;
 
     fn opts(args: &str) -> Options {
-        let args: Vec<String> = args.split_whitespace().map(String::from).collect();
-        Options::parse(&args).unwrap()
+        crate::init::options::parse_flags(args).unwrap()
     }
 
     const REDIRECT_IN: &str =

@@ -28,6 +28,8 @@ pub struct ControlPlane {
     extra: Vec<String>,
     /// The network namespace it runs in (`ip netns exec`), if not the test's own.
     netns: Option<String>,
+    /// The policy folder and both listeners given as `WEFT_SERVE_*` variables, not flags.
+    from_env: bool,
     /// The ports it listens on, kept from other tests across kills and restarts.
     _ports: Reserved,
 }
@@ -52,6 +54,16 @@ impl ControlPlane {
         ControlPlane::launch(policy, listen, ports.addr(), ports, &[], None).await
     }
 
+    /// Like [`ControlPlane::start`], with the policy folder and the listeners given as
+    /// `WEFT_SERVE_POLICY`, `WEFT_SERVE_LISTEN` and `WEFT_SERVE_ADMIN`, as a container sets them.
+    pub async fn start_from_env(policy: &str) -> ControlPlane {
+        let ports = reserve_addrs(2);
+        let mut cp = ControlPlane::new(policy, ports.addrs()[0], ports.addrs()[1], ports, &[], None);
+        cp.from_env = true;
+        cp.restart().await;
+        cp
+    }
+
     /// Like [`ControlPlane::start_with`], run inside network namespace `netns` (see
     /// `netns::Netns`) with its discovery and admin listeners on `listen` and `admin` there.
     pub async fn start_in_netns(
@@ -73,10 +85,23 @@ impl ControlPlane {
         extra: &[&str],
         netns: Option<&str>,
     ) -> ControlPlane {
+        let mut cp = ControlPlane::new(policy, listen, admin, ports, extra, netns);
+        cp.restart().await;
+        cp
+    }
+
+    fn new(
+        policy: &str,
+        listen: SocketAddr,
+        admin: SocketAddr,
+        ports: Reserved,
+        extra: &[&str],
+        netns: Option<&str>,
+    ) -> ControlPlane {
         let dir = TempDir::new("control");
         std::fs::create_dir_all(dir.path().join("policy")).expect("create policy dir");
         let extra = extra.iter().map(|s| s.to_string()).collect();
-        let mut cp = ControlPlane {
+        let cp = ControlPlane {
             child: None,
             dir,
             listen,
@@ -84,10 +109,10 @@ impl ControlPlane {
             starts: 0,
             extra,
             netns: netns.map(String::from),
+            from_env: false,
             _ports: ports,
         };
         cp.write_policy(policy);
-        cp.restart().await;
         cp
     }
 
@@ -104,11 +129,15 @@ impl ControlPlane {
             }
             None => Command::new(crate::bin("weft")),
         };
+        command.arg("serve");
+        let (listen, admin) = (self.listen.to_string(), self.admin.to_string());
+        if self.from_env {
+            command.env("WEFT_SERVE_POLICY", self.policy_dir());
+            command.env("WEFT_SERVE_LISTEN", listen).env("WEFT_SERVE_ADMIN", admin);
+        } else {
+            command.arg("--policy").arg(self.policy_dir()).args(["--listen", &listen, "--admin", &admin]);
+        }
         let child = command
-            .arg("serve")
-            .arg("--policy")
-            .arg(self.policy_dir())
-            .args(["--listen", &self.listen.to_string(), "--admin", &self.admin.to_string()])
             .args(["--registration-ttl", REGISTRATION_TTL, "--heartbeat", HEARTBEAT])
             .args(&self.extra)
             .env("RUST_BACKTRACE", "1")

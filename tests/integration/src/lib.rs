@@ -34,7 +34,7 @@ pub use config::{catch_all_route, document, service, service_weighted, traffic_p
 pub use control_plane::ControlPlane;
 pub use load::{Limit, LoadReport, run_load, run_load_timed};
 pub use metrics::metric_sum;
-pub use proxy::{Proxy, ProxyConfig};
+pub use proxy::{Launch, Proxy, ProxyConfig};
 pub use tcp_echo::TcpEcho;
 pub use tempdir::TempDir;
 pub use wait::eventually;

@@ -34,6 +34,24 @@ pub struct ProxyConfig {
     /// When set, the process's file-descriptor limit (RLIMIT_NOFILE, soft and hard), as a
     /// container's or a unit's `LimitNOFILE` would set it.
     pub fd_limit: Option<u64>,
+    /// Which command line starts it (`weft-proxy --config FILE` unless set).
+    pub launch: Launch,
+    /// More flags, given before the config's.
+    pub args: Vec<String>,
+    /// More environment variables for the process.
+    pub env: Vec<(String, String)>,
+}
+
+/// The ways to start the same proxy: its command line is one definition (`weft_proxy::cli`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Launch {
+    /// `weft-proxy … --config FILE`
+    #[default]
+    Binary,
+    /// `weft proxy … --config FILE`: the control plane's binary running the sidecar.
+    Subcommand,
+    /// `weft-proxy …` with `WEFT_PROXY_CONFIG=FILE`, as a container's environment sets it.
+    Environment,
 }
 
 pub struct Proxy {
@@ -86,18 +104,25 @@ impl Proxy {
         let upstreams: Vec<(String, SocketAddr)> = cfg.upstreams.iter().map(|s| (s.clone(), next())).collect();
         let proxy_doc = proxy_document(cfg, outbound, admin, inbound, &upstreams);
         write_atomically(&config_path, &format!("{proxy_doc}{}", cfg.policy));
+        let program = crate::bin(if cfg.launch == Launch::Subcommand { "weft" } else { "weft-proxy" });
         let mut command = match cfg.fd_limit {
             // The shell sets the limit, then becomes the proxy: same process, same pid.
             Some(n) => {
                 let mut sh = Command::new("sh");
-                sh.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\"")]).arg(crate::bin("weft-proxy"));
+                sh.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\"")]).arg(program);
                 sh
             }
-            None => Command::new(crate::bin("weft-proxy")),
+            None => Command::new(program),
+        };
+        if cfg.launch == Launch::Subcommand {
+            command.arg("proxy");
+        }
+        command.args(&cfg.args).envs(cfg.env.iter().map(|(k, v)| (k, v)));
+        match cfg.launch {
+            Launch::Environment => command.env("WEFT_PROXY_CONFIG", &config_path),
+            Launch::Binary | Launch::Subcommand => command.arg("--config").arg(&config_path),
         };
         let child = command
-            .arg("--config")
-            .arg(&config_path)
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())
             .stdout(log_file(dir.path(), "stdout.log"))
