@@ -36,8 +36,13 @@ use crate::connect::{BodyPipe, H2Body};
 /// connection's streams together `CONNECTION_WINDOW`.
 const STREAM_WINDOW: u32 = 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 1024 * 1024;
-/// Streams one client may have open at once.
+/// Streams one client connection may have open at once on the outbound listener, whose only
+/// client is the app.
 const MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// On the inbound listener, where callers share the app's concurrency budget (1024 by
+/// default): a quarter of it, so that one caller's connection cannot take it all (the
+/// hostile HTTP/2 suite found that one could). nginx allows 128 and haproxy 100.
+const INBOUND_MAX_CONCURRENT_STREAMS: u32 = 256;
 /// How long a connection sent GOAWAY (idle or draining) waits, with no stream open, for the
 /// client to answer its PING and close; at most `clientIdleTimeout`. Then it is closed anyway:
 /// h2 alone waits for the PING's answer forever, and a silent client kept its socket open.
@@ -67,11 +72,12 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let header_block = Arc::new(AtomicBool::new(false));
+    let streams = if handler.is_inbound() { INBOUND_MAX_CONCURRENT_STREAMS } else { MAX_CONCURRENT_STREAMS };
     let handshaking = h2::server::Builder::new()
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_header_list_size(max_header_bytes)
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_concurrent_streams(streams)
         .handshake::<_, Bytes>(HeaderBlockWatch::new(io, header_block.clone()));
     let wait = header_read_timeout;
     let conn = tokio::time::timeout(wait, handshaking).await.map_err(|_| H2ServeError::HandshakeTimeout(wait))??;

@@ -225,6 +225,13 @@ pub struct Handler {
     caller: Option<Arc<str>>,
 }
 
+impl Handler {
+    /// Whether its client calls the app from elsewhere (the inbound listener).
+    pub(crate) fn is_inbound(&self) -> bool {
+        matches!(self.side, Side::Inbound(_))
+    }
+}
+
 impl hyper::service::Service<Request<Incoming>> for Handler {
     type Response = Response<RespBody>;
     type Error = Infallible;

@@ -338,10 +338,16 @@ fn acks(seen: &Seen) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_past_max_concurrent_streams_are_refused_and_the_rest_served() {
-    const MAX_CONCURRENT_STREAMS: u32 = 1024;
-    const OPENED: u32 = MAX_CONCURRENT_STREAMS + 76;
+    // The proxy's MAX_CONCURRENT_STREAMS: outbound, where the app is the only client, 1024;
+    // inbound, where callers share the app's concurrency budget (1024 by default), 256.
+    let limit = |side: Side| match side {
+        Side::Outbound => 1024u32,
+        Side::Inbound => 256,
+    };
+    const OPENED: u32 = 1024 + 76;
     let world = World::start().await;
     for side in SIDES {
+        let max_streams = limit(side);
         let control = Control::start(&world, side).await;
         let before = world.usage();
         let mut h2 = world.raw(side, &[]).await;
@@ -356,19 +362,21 @@ async fn streams_past_max_concurrent_streams_are_refused_and_the_rest_served() {
         let count = |wanted: &[u16]| seen.statuses().iter().filter(|(_, status)| wanted.contains(status)).count();
         let (served, shed) = (count(&[200]), count(&[502, 503]));
         let refused = seen.resets().iter().filter(|(_, code)| *code == h2raw::REFUSED_STREAM).count();
-        assert_eq!(refused as u32, OPENED - MAX_CONCURRENT_STREAMS, "{}", seen.summary());
+        assert_eq!(refused as u32, OPENED - max_streams, "{side:?}: {}", seen.summary());
         assert!(seen.goaway().is_none(), "the connection itself is fine: {}", seen.summary());
-        // Every allowed stream gets an HTTP answer. Outbound the TrafficPolicy gives room
-        // for all; inbound the app's cluster has the fixed defaults (maxConcurrentRequests
-        // 1024, connectTimeout 1s), shared with the control client, so some are shed.
+        // Every allowed stream gets an HTTP answer. Outbound the TrafficPolicy gives room for
+        // all. Inbound the app's cluster has the fixed defaults (maxConcurrentRequests 1024,
+        // connectTimeout 1s): the connection's 256 leave room for the control client, which
+        // must never be refused for concurrency; 256 connections to the app at once on a
+        // loaded machine may see a connect timeout, so a 502 is tolerated there.
         let tolerated: &[&str] = match side {
             Side::Outbound => {
-                assert_eq!(served as u32, MAX_CONCURRENT_STREAMS, "{}", seen.summary());
+                assert_eq!(served as u32, max_streams, "{}", seen.summary());
                 &[]
             }
             Side::Inbound => {
-                assert_eq!((served + shed) as u32, MAX_CONCURRENT_STREAMS, "{}", seen.summary());
-                &["concurrency-limit", "connect-failed"]
+                assert_eq!((served + shed) as u32, max_streams, "{}", seen.summary());
+                &["connect-failed"]
             }
         };
         let control_shed = control.finish_tolerating("concurrent streams", side, tolerated).await;
