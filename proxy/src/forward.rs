@@ -46,12 +46,16 @@ impl GrpcRecord {
 pub struct BodyOutcome {
     cluster: Arc<Cluster>,
     endpoint: Arc<Endpoint>,
+    /// When the head arrived (`clock` nanoseconds).
+    head_at: u64,
 }
 
 impl BodyOutcome {
-    /// `broke`: the upstream's body ended in an error.
+    /// `broke`: the upstream's body ended in an error. A success is dated at its head (the
+    /// clock is read again only for a failure, which may start an ejection).
     pub fn finish(self, broke: bool) {
-        if self.cluster.set.on_body_end(&self.endpoint, broke, clock::now_nanos()) {
+        let now = if broke { clock::now_nanos() } else { self.head_at };
+        if self.cluster.set.on_body_end(&self.endpoint, broke, now) {
             note_ejection(&self.cluster, self.endpoint.addr);
         }
     }
@@ -216,9 +220,10 @@ pub async fn forward(rule: Arc<Rule>, req: Request<ClientBody>, started: Instant
                 let status = resp.status().as_u16();
                 if status < 500 {
                     let at = Instant::now();
-                    let endpoint = cluster.set.on_head_at(guard, clock::nanos_at(at));
+                    let head_at = clock::nanos_at(at);
+                    let endpoint = cluster.set.on_head_at(guard, head_at);
                     let addr = endpoint.addr;
-                    let outcome = BodyOutcome { cluster: Arc::clone(cluster), endpoint };
+                    let outcome = BodyOutcome { cluster: Arc::clone(cluster), endpoint, head_at };
                     return respond(backend, addr, resp, permit, started, at, Some(outcome));
                 }
                 report_failure(cluster, idx, guard);
