@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use weft_api::discovery::WatchMessage;
-use weft_proxy::discovery::layer::ControlPlaneLayer;
+use weft_proxy::config::layer::ControlPlaneLayer;
 
 fuzz_target!(|data: &[u8]| {
     // Lines as the client splits them (on '\n'); the first snapshot seen starts a layer.

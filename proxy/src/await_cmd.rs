@@ -36,10 +36,10 @@ enum Shutdown {
 #[derive(clap::Args, Debug, PartialEq)]
 pub struct AwaitArgs {
     /// The proxy's admin address
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:4191", value_parser = crate::cli::socket_addr)]
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:4191", value_parser = crate::flags::socket_addr)]
     admin: SocketAddr,
     /// How long to wait for the proxy's /ready
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = crate::cli::duration)]
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = crate::flags::duration)]
     timeout: Duration,
     /// Shut the proxy down only when CMD succeeds (restartPolicy OnFailure runs CMD again)
     #[arg(long)]
@@ -228,7 +228,7 @@ mod tests {
 
     fn parse(args: &str) -> Result<AwaitArgs, String> {
         let args: Vec<&str> = args.split_whitespace().collect();
-        crate::cli::parse_from::<AwaitArgs>("await", &args).map_err(|e| e.to_string())
+        crate::flags::parse_from::<AwaitArgs>("await", &args).map_err(|e| e.to_string())
     }
 
     #[test]

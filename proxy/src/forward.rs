@@ -10,56 +10,17 @@ use http::{Request, Response, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 
-use crate::balance::{Endpoint, InFlight, PickError};
+use crate::balance::{InFlight, PickError};
 use crate::clock;
 use crate::connect::{self, Conn};
-use crate::http::access;
-use crate::http::body::{BodyEnd, BoxError, ClientBody, MAX_REPLAY_BYTES, ReqBody, RespBody, UpstreamBody};
-use crate::http::errors::ProxyError;
+use crate::http::body::{BoxError, ClientBody, MAX_REPLAY_BYTES, ReqBody};
 use crate::http::headers;
 use crate::metrics::RouteMetrics;
+use crate::response::access;
+use crate::response::body::{BodyEnd, BodyOutcome, GrpcRecord, RespBody, UpstreamBody};
+use crate::response::errors::ProxyError;
 use crate::routing::{Backend, Rule};
 use crate::target::Cluster;
-
-/// Records a gRPC call's outcome once its trailers (and so its `grpc-status`) arrive.
-pub struct GrpcRecord {
-    metrics: Arc<RouteMetrics>,
-    status: u16,
-    started: Instant,
-}
-
-impl GrpcRecord {
-    /// `failed_status`: the trailers carried a `grpc-status` other than 0 (OK).
-    pub fn finish(self, complete: bool, failed_status: bool) {
-        record(&self.metrics, self.status, !complete || failed_status, self.started);
-    }
-
-    /// Whether these trailers report a failed call.
-    pub fn is_failure(trailers: &http::HeaderMap) -> bool {
-        trailers.get("grpc-status").is_some_and(|s| s.as_bytes() != b"0")
-    }
-}
-
-/// Tells outlier detection how a response that went to the client ended: its head counted
-/// only for the latency estimate (`EndpointSet::on_head_at`), and a body the upstream broke
-/// part way is a failure of the endpoint, though the client already had the head.
-pub struct BodyOutcome {
-    cluster: Arc<Cluster>,
-    endpoint: Arc<Endpoint>,
-    /// When the head arrived (`clock` nanoseconds).
-    head_at: u64,
-}
-
-impl BodyOutcome {
-    /// `broke`: the upstream's body ended in an error. A success is dated at its head (the
-    /// clock is read again only for a failure, which may start an ejection).
-    pub fn finish(self, broke: bool) {
-        let now = if broke { clock::now_nanos() } else { self.head_at };
-        if self.cluster.set.on_body_end(&self.endpoint, broke, now) {
-            note_ejection(&self.cluster, self.endpoint.addr);
-        }
-    }
-}
 
 fn record(metrics: &RouteMetrics, status: u16, grpc_failed: bool, started: Instant) {
     metrics.record(status, grpc_failed, started.elapsed().as_secs_f64());
@@ -126,6 +87,99 @@ enum TryFailure {
     PendingLimit,
 }
 
+impl TryFailure {
+    fn ended(&self) -> Ended {
+        match self {
+            TryFailure::Connect(_, e) => Ended::ConnectFailed { tls: matches!(e, connect::ConnectError::Tls { .. }) },
+            TryFailure::Reset(e) if is_body_too_large(e) => Ended::BodyTooLarge,
+            TryFailure::Reset(_) => Ended::Reset,
+            TryFailure::Timeout => Ended::TryTimeout,
+            TryFailure::PendingLimit => Ended::PendingLimit,
+        }
+    }
+}
+
+/// How a try ended, as far as the choice after it is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ended {
+    /// The upstream answered with this status.
+    Answered(u16),
+    /// No connection could be made (`tls`: the TLS handshake with the peer proxy failed).
+    ConnectFailed { tls: bool },
+    /// The connection or stream broke after (some of) the request went out.
+    Reset,
+    /// The client's streamed body went past `maxBodyBytes`: not the upstream's fault.
+    BodyTooLarge,
+    /// The per-try timeout fired (the route's own deadline ends the request before this).
+    TryTimeout,
+    /// Too many requests already wait for connections to the service.
+    PendingLimit,
+}
+
+/// Why a request is tried again: the retry counter it bumps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RetryReason {
+    Status,
+    Connect,
+    Reset,
+    Timeout,
+}
+
+impl RetryReason {
+    fn counter(self, metrics: &crate::metrics::ServiceMetrics) -> &prometheus::IntCounter {
+        match self {
+            RetryReason::Status => &metrics.retries_5xx,
+            RetryReason::Connect => &metrics.retries_connect,
+            RetryReason::Reset => &metrics.retries_reset,
+            RetryReason::Timeout => &metrics.retries_timeout,
+        }
+    }
+}
+
+/// The choice after one try.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Choice {
+    /// The try counts against the endpoint for outlier detection and the balancer.
+    blame: bool,
+    /// Try again, if the attempts so far are under this limit and the service's retry budget
+    /// allows.
+    retry: Option<(RetryReason, u32)>,
+    /// Without a retry, the client's answer: this error, or (`None`) the upstream's response.
+    error: Option<ProxyError>,
+}
+
+/// Decides what follows a try that ended as `ended`, under the route's `retry` policy;
+/// `replayable`: the request can be sent again whole (its body was buffered). Synchronous
+/// and without effects: `forward` does what it says (the table is in the tests).
+fn after_try(ended: Ended, retry: &crate::routing::Retry, replayable: bool) -> Choice {
+    let fail = |blame, e| Choice { blame, retry: None, error: Some(e) };
+    let again = |reason, limit, e| Choice { blame: true, retry: Some((reason, limit)), error: Some(e) };
+    match ended {
+        Ended::Answered(status) if status < 500 => Choice { blame: false, retry: None, error: None },
+        Ended::Answered(status) => Choice {
+            blame: true,
+            retry: (retry.on_status(status) && replayable).then_some((RetryReason::Status, retry.attempts)),
+            error: None,
+        },
+        // Nothing was sent, so any method may go to another endpoint, and at least twice.
+        Ended::ConnectFailed { tls } => again(
+            RetryReason::Connect,
+            retry.attempts.max(CONNECT_RETRIES),
+            if tls { ProxyError::TlsFailed } else { ProxyError::ConnectFailed },
+        ),
+        Ended::Reset if retry.on_reset && replayable => {
+            again(RetryReason::Reset, retry.attempts, ProxyError::UpstreamReset)
+        }
+        Ended::Reset => fail(true, ProxyError::UpstreamReset),
+        Ended::BodyTooLarge => fail(false, ProxyError::BodyTooLarge),
+        Ended::TryTimeout if retry.on_timeout && replayable => {
+            again(RetryReason::Timeout, retry.attempts, ProxyError::Timeout)
+        }
+        Ended::TryTimeout => fail(true, ProxyError::Timeout),
+        Ended::PendingLimit => fail(false, ProxyError::PendingLimit),
+    }
+}
+
 /// Forwards `req` according to `rule` and returns the response to send to the client.
 /// `started` is when the proxy received the request (for the duration metric, and the clock
 /// reading the first try uses for the budget, the pick, the endpoint's latency and pool
@@ -168,7 +222,6 @@ pub async fn forward(rule: Arc<Rule>, req: Request<ClientBody>, started: Instant
     let mut tried = [usize::MAX; 8];
     let mut tries = 0usize;
     let mut retries = 0u32;
-    let max_retries = rule.retry.attempts;
     let mut last_error = ProxyError::ConnectFailed;
     let failed = loop {
         let req = match pending.take() {
@@ -214,78 +267,56 @@ pub async fn forward(rule: Arc<Rule>, req: Request<ClientBody>, started: Instant
                 }
             }
         };
-        let mut limit = max_retries;
-        let retry_reason = match outcome {
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                if status < 500 {
-                    let at = Instant::now();
-                    let head_at = clock::nanos_at(at);
-                    let endpoint = cluster.set.on_head_at(guard, head_at);
-                    let addr = endpoint.addr;
-                    let outcome = BodyOutcome { cluster: Arc::clone(cluster), endpoint, head_at };
-                    return respond(backend, addr, resp, permit, started, at, Some(outcome));
-                }
-                report_failure(cluster, idx, guard);
-                // Without a retry left, the backend's own answer is the client's answer.
-                if !(rule.retry.on_status(status) && replay.is_some() && may_retry(cluster, retries, max_retries)) {
-                    return respond(backend, endpoint.addr, resp, permit, started, Instant::now(), None);
-                }
-                // Dropping the response closes its connection rather than reading a body we discard.
-                drop(resp);
-                retries += 1;
-                shared.metrics.retries_5xx.inc();
-                if !backoff(&rule, retries, deadline).await {
-                    break ProxyError::Timeout;
-                }
-                continue;
+        let ended = match &outcome {
+            Ok(resp) => Ended::Answered(resp.status().as_u16()),
+            Err(failure) => failure.ended(),
+        };
+        let choice = after_try(ended, &rule.retry, replay.is_some());
+        let resp = match outcome {
+            // A status below 500: the endpoint did its job, though its health waits for the body.
+            Ok(resp) if !choice.blame => {
+                let at = Instant::now();
+                let head_at = clock::nanos_at(at);
+                let endpoint = cluster.set.on_head_at(guard, head_at);
+                let addr = endpoint.addr;
+                let outcome = BodyOutcome::new(Arc::clone(cluster), endpoint, head_at);
+                return respond(backend, addr, resp, permit, started, at, Some(outcome));
             }
+            Ok(resp) => Some(resp),
             Err(TryFailure::Connect(req, e)) => {
                 tracing::warn!(service = %cluster.name, endpoint = %endpoint.addr, error = %e, "connect failed; trying another endpoint");
-                report_failure(cluster, idx, guard);
-                last_error = match e {
-                    connect::ConnectError::Tls { .. } => ProxyError::TlsFailed,
-                    _ => ProxyError::ConnectFailed,
-                };
                 pending = Some(req);
-                // Nothing was sent, so any method may go to another endpoint.
-                limit = max_retries.max(CONNECT_RETRIES);
-                &shared.metrics.retries_connect
+                None
             }
             Err(TryFailure::Reset(e)) => {
                 tracing::debug!(service = %cluster.name, endpoint = %endpoint.addr, error = %e, "upstream connection broke");
-                if is_body_too_large(&e) {
-                    // The client's body broke the limit mid-stream; the upstream is not to blame.
-                    drop(guard);
-                    break ProxyError::BodyTooLarge;
-                }
-                report_failure(cluster, idx, guard);
-                last_error = ProxyError::UpstreamReset;
-                if !(rule.retry.on_reset && replay.is_some()) {
-                    break last_error;
-                }
-                &shared.metrics.retries_reset
+                None
             }
             Err(TryFailure::PendingLimit) => {
-                drop(guard);
                 tracing::warn!(service = %cluster.name, limit = cluster.policy.limits.max_pending_requests,
                     "rejected: too many requests waiting for connections; raise limits.maxPendingRequests or add capacity");
-                break ProxyError::PendingLimit;
+                None
             }
-            Err(TryFailure::Timeout) => {
-                report_failure(cluster, idx, guard);
-                last_error = ProxyError::Timeout;
-                if !(rule.retry.on_timeout && replay.is_some()) {
-                    break last_error;
-                }
-                &shared.metrics.retries_timeout
+            Err(TryFailure::Timeout) => None,
+        };
+        if choice.blame {
+            report_failure(cluster, idx, guard);
+        } else {
+            drop(guard);
+        }
+        let retry = choice.retry.filter(|&(_, limit)| may_retry(cluster, retries, limit));
+        let Some((reason, _)) = retry else {
+            match resp {
+                // Without a retry left, the backend's own answer is the client's answer.
+                Some(resp) => return respond(backend, endpoint.addr, resp, permit, started, Instant::now(), None),
+                None => break choice.error.unwrap_or(last_error),
             }
         };
-        if !may_retry(cluster, retries, limit) {
-            break last_error;
-        }
+        last_error = choice.error.unwrap_or(last_error);
+        // Dropping a response closes its connection rather than reading a body we discard.
+        drop(resp);
         retries += 1;
-        retry_reason.inc();
+        reason.counter(&shared.metrics).inc();
         if !backoff(&rule, retries, deadline).await {
             break ProxyError::Timeout;
         }
@@ -320,7 +351,7 @@ fn respond(
                 metrics.record(status, s.as_bytes() != b"0", took);
                 None
             }
-            None => Some(GrpcRecord { metrics: metrics.clone(), status, started }),
+            None => Some(GrpcRecord::new(metrics.clone(), status, started)),
         }
     } else {
         metrics.record(status, false, took);
@@ -501,19 +532,19 @@ async fn try_endpoint(
     mut req: Request<ReqBody>,
     try_at: Instant,
 ) -> Result<Response<UpstreamBody>, TryFailure> {
-    let h2 = cluster.protocol.is_h2();
+    let wire = if cluster.protocol.is_h2() { connect::Wire::Http2 } else { connect::Wire::Http1 };
     let connect_timeout = cluster.policy.connect_timeout;
-    let mut fresh = false;
+    let mut reuse = connect::Reuse::Pooled;
     let idempotent = headers::is_idempotent(req.method());
     loop {
         let Some(pending) = cluster.shared.pending.try_acquire() else {
             return Err(TryFailure::PendingLimit);
         };
         let conn = match identity {
-            Some(id) => crate::tls::connect::checkout(addr, id, connect_timeout, fresh, try_at)
+            Some(id) => crate::tls::connect::checkout(addr, id, connect_timeout, reuse, try_at)
                 .await
                 .map(|(tx, reused)| Conn::Http2 { tx, reused }),
-            None => connect::checkout(addr, h2, connect_timeout, fresh, try_at).await,
+            None => connect::checkout(addr, wire, connect_timeout, reuse, try_at).await,
         };
         drop(pending);
         let conn = match conn {
@@ -546,7 +577,7 @@ async fn try_endpoint(
             Resend::FreshConnection => {
                 tracing::debug!(endpoint = %addr, "pooled connection closed under the request; sending it again on a fresh one");
                 req = back;
-                fresh = true;
+                reuse = connect::Reuse::Fresh;
             }
             Resend::Elsewhere => return Err(TryFailure::Connect(back, e)),
             Resend::No => {
@@ -569,14 +600,8 @@ fn as_http2(mut req: Request<ReqBody>, cluster: &Cluster) -> Request<ReqBody> {
 
 fn report_failure(cluster: &Cluster, idx: usize, guard: InFlight) {
     if cluster.set.on_failure(idx, guard) {
-        note_ejection(cluster, cluster.set.endpoints()[idx].addr);
+        cluster.note_ejection(cluster.set.endpoints()[idx].addr);
     }
-}
-
-fn note_ejection(cluster: &Cluster, endpoint: std::net::SocketAddr) {
-    cluster.shared.metrics.ejections.inc();
-    tracing::warn!(service = %cluster.name, %endpoint,
-        "endpoint ejected after consecutive failures (outlierDetection); it is probed again when the ejection ends");
 }
 
 /// An HTTP/1.1 request asking to switch protocols (WebSocket and the like).
@@ -611,7 +636,15 @@ pub async fn forward_upgrade(rule: Arc<Rule>, mut req: Request<ClientBody>, star
     parts.headers.remove("proxy-connection");
     let mut up_req = Request::from_parts(parts, ReqBody::Streaming(body));
     headers::to_http1(&mut up_req);
-    let conn = match connect::checkout(endpoint.addr, false, cluster.policy.connect_timeout, true, started).await {
+    let conn = match connect::checkout(
+        endpoint.addr,
+        connect::Wire::Http1,
+        cluster.policy.connect_timeout,
+        connect::Reuse::Fresh,
+        started,
+    )
+    .await
+    {
         Ok(Conn::Http1 { conn, .. }) => connect::upgrade_h1(endpoint.addr, conn).await,
         Ok(Conn::Http2 { .. }) => return finish_error(backend, ProxyError::BadRequest, started),
         Err(e) => Err(e),
@@ -661,6 +694,58 @@ pub async fn forward_upgrade(rule: Arc<Rule>, mut req: Request<ClientBody>, star
 mod tests {
     use super::*;
     use crate::test_support::future_size;
+
+    #[test]
+    fn the_choice_after_each_try() {
+        use Ended::*;
+        use ProxyError as E;
+        use RetryReason as R;
+        let none = crate::routing::Retry {
+            attempts: 0,
+            on_5xx: false,
+            on_gateway_error: false,
+            on_connect_failure: false,
+            on_reset: false,
+            on_timeout: false,
+            per_try_timeout: None,
+            backoff_base: std::time::Duration::ZERO,
+            backoff_max: std::time::Duration::ZERO,
+        };
+        let all = crate::routing::Retry { attempts: 3, on_5xx: true, on_reset: true, on_timeout: true, ..none };
+        let gateway = crate::routing::Retry { attempts: 1, on_gateway_error: true, ..none };
+        // (policy, how the try ended, replayable) → (blame the endpoint, retry, answer without one)
+        type Case<'a> = (&'a crate::routing::Retry, Ended, bool, bool, Option<(R, u32)>, Option<E>);
+        let cases: &[Case<'_>] = &[
+            (&all, Answered(200), true, false, None, None),
+            (&all, Answered(404), true, false, None, None),
+            (&all, Answered(503), true, true, Some((R::Status, 3)), None),
+            // A body that was streamed cannot be sent again: the 5xx goes to the client.
+            (&all, Answered(503), false, true, None, None),
+            (&none, Answered(500), true, true, None, None),
+            (&gateway, Answered(502), true, true, Some((R::Status, 1)), None),
+            (&gateway, Answered(500), true, true, None, None),
+            // Connect failures go elsewhere whatever the policy, the body and the method.
+            (&none, ConnectFailed { tls: false }, false, true, Some((R::Connect, 2)), Some(E::ConnectFailed)),
+            (&all, ConnectFailed { tls: true }, false, true, Some((R::Connect, 3)), Some(E::TlsFailed)),
+            (&all, Reset, true, true, Some((R::Reset, 3)), Some(E::UpstreamReset)),
+            (&all, Reset, false, true, None, Some(E::UpstreamReset)),
+            (&none, Reset, true, true, None, Some(E::UpstreamReset)),
+            // The client's own body broke the limit: the endpoint is not to blame.
+            (&all, BodyTooLarge, true, false, None, Some(E::BodyTooLarge)),
+            (&all, TryTimeout, true, true, Some((R::Timeout, 3)), Some(E::Timeout)),
+            (&all, TryTimeout, false, true, None, Some(E::Timeout)),
+            (&none, TryTimeout, true, true, None, Some(E::Timeout)),
+            (&all, PendingLimit, true, false, None, Some(E::PendingLimit)),
+        ];
+        for &(policy, ended, replayable, blame, retry, error) in cases {
+            assert_eq!(
+                after_try(ended, policy, replayable),
+                Choice { blame, retry, error },
+                "{ended:?} replayable={replayable} attempts={}",
+                policy.attempts
+            );
+        }
+    }
 
     #[test]
     fn only_a_request_that_never_reached_the_upstream_is_resent_whatever_its_method() {

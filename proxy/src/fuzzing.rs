@@ -7,9 +7,9 @@ use http::{HeaderMap, Request, Response};
 
 use crate::connect::{Decode, MAX_INTERIM, ResponseParsed, Step, parse_head};
 use crate::http::body::ClientBody;
-use crate::http::h1server::{self, Next};
-pub use crate::http::server::Version;
-use crate::http::timeouts::FrameScan;
+pub use crate::server::Version;
+use crate::server::h1server::{self, Next};
+use crate::server::timeouts::FrameScan;
 
 /// What the HTTP/1.1 server's own parser (`h1server`) made of the start of a client's bytes.
 pub enum RequestHead {
@@ -37,9 +37,9 @@ pub fn parse_request_head(bytes: &[u8], max_head: usize) -> RequestHead {
             RequestHead::Taken {
                 request: Request::from_parts(parts, body),
                 consumed,
-                close: p.close,
-                head_only: p.head_only,
-                trailers: p.trailers,
+                close: p.asked.close,
+                head_only: p.asked.head_only,
+                trailers: p.asked.trailers,
             }
         }
         Next::Partial => RequestHead::Partial,
@@ -136,7 +136,7 @@ pub fn parse_upstream_response(
 /// The version a plaintext connection's first bytes show (`None`: the start of the HTTP/2
 /// preface, so far).
 pub fn detect_version(first: &[u8]) -> Option<Version> {
-    crate::http::server::version_from_prefix(first)
+    crate::server::version_from_prefix(first)
 }
 
 /// Whether an HTTP/2 header block is open after the client's bytes arrived in these pieces (what

@@ -15,7 +15,7 @@ pub struct ProxyState {
     pub config: ArcSwap<Snapshot>,
     pub config_path: PathBuf,
     /// The file and control-plane documents the config is built from.
-    pub layers: crate::discovery::Layers,
+    pub layers: crate::config::layer::Layers,
     /// Set at SIGTERM or `POST /shutdown`: `/ready` turns 503 and connections start closing.
     draining: AtomicBool,
     drain_tx: watch::Sender<bool>,
@@ -31,7 +31,7 @@ impl ProxyState {
         Arc::new(ProxyState {
             config: ArcSwap::from_pointee(snapshot),
             config_path,
-            layers: crate::discovery::Layers::default(),
+            layers: crate::config::layer::Layers::default(),
             draining: AtomicBool::new(false),
             drain_tx,
             open_connections: AtomicI64::new(0),
@@ -55,4 +55,15 @@ impl ProxyState {
     pub fn drain_signal(&self) -> watch::Receiver<bool> {
         self.drain_tx.subscribe()
     }
+}
+
+/// A config that cannot work, found after start (a control plane whose certificate does not
+/// verify): the proxy stops with status 1 and this reason rather than retry forever.
+pub(crate) static FATAL: std::sync::LazyLock<tokio::sync::watch::Sender<Option<String>>> =
+    std::sync::LazyLock::new(|| tokio::sync::watch::Sender::new(None));
+
+/// Stops the proxy with exit status 1, saying `reason`.
+pub fn fatal(reason: String) {
+    tracing::error!("{reason}; stopping");
+    FATAL.send_replace(Some(reason));
 }

@@ -22,6 +22,15 @@ pub struct Cluster {
     pub authority: Authority,
 }
 
+impl Cluster {
+    /// Counts and logs an endpoint that outlier detection has just ejected.
+    pub fn note_ejection(&self, endpoint: std::net::SocketAddr) {
+        self.shared.metrics.ejections.inc();
+        tracing::warn!(service = %self.name, %endpoint,
+            "endpoint ejected after consecutive failures (outlierDetection); it is probed again when the ejection ends");
+    }
+}
+
 /// Per-service state carried from one config version to the next, so a reload neither resets
 /// a retry budget nor forgets requests in flight.
 pub struct ClusterShared {

@@ -10,8 +10,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::snapshot::AppTarget;
 use crate::connect::connect_tcp;
-use crate::listeners::Side;
 use crate::metrics::METRICS;
+use crate::side::Side;
 use crate::state::ProxyState;
 use crate::target::Cluster;
 
@@ -47,7 +47,7 @@ where
     let cluster: Option<Arc<Cluster>> = {
         let snap = state.config.load();
         match &side {
-            Side::Upstream(svc) => snap.service(svc).and_then(|s| snap.clusters.get(&s.key)).cloned(),
+            Side::BoundService(svc) => snap.service(svc).and_then(|s| snap.clusters.get(&s.key)).cloned(),
             Side::Inbound(port) => match snap.app_target(*port) {
                 Some(AppTarget::Declared(i)) => Some(i.cluster.clone()),
                 Some(AppTarget::Undeclared(app)) => {

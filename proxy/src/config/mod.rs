@@ -1,8 +1,9 @@
 //! Where the proxy's configuration comes from: the YAML file (watched), compiled into
-//! snapshots that the data path reads through arc-swap.
+//! snapshots that the data path reads through arc-swap; `layer` puts the control plane's
+//! documents on top of the file's.
 
+pub mod layer;
 pub mod snapshot;
-pub mod watch;
 
 use std::path::{Path, PathBuf};
 
@@ -62,7 +63,7 @@ fn resolve_paths(spec: &mut weft_api::ProxySpec, base: &Path) {
 /// Reads, parses and compiles the file into the next snapshot.
 pub fn load(path: &Path, version: u64, prev: Option<&Snapshot>) -> Result<(Snapshot, Vec<u8>), Diagnostics> {
     let (docs, bytes) = read_documents(path)?;
-    let docs = crate::discovery::layer::merge(&docs, None);
+    let docs = layer::merge(&docs, None);
     let snap = Snapshot::build(docs, &path.display().to_string(), version, prev)?;
     Ok((snap, bytes))
 }

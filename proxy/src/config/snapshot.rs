@@ -12,8 +12,8 @@ use weft_api::{
     Diagnostics, Document, EndpointSpec, MeshSpec, Protocol, ProxySpec, RetryPolicy, RouteRule, TrafficPolicySpec,
 };
 
+use crate::authz::Authz;
 use crate::balance::{Endpoint, EndpointSet, OutlierConfig};
-use crate::inbound::authz::Authz;
 use crate::metrics::RouteMetrics;
 use crate::routing::{Backend, Matcher, Retry, Rule, RuleOrigin, ServiceRoutes};
 use crate::target::{Cluster, ClusterShared};

@@ -30,6 +30,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 use crate::http::body::{BoxError, ReqBody};
+use crate::http::h1::{forwardable_trailer, parse_length, push_field, push_hex, push_length};
 
 /// Largest response head accepted (status line and headers).
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -483,65 +484,6 @@ fn replayable(req: &Request<ReqBody>) -> bool {
     matches!(req.body(), ReqBody::Buffered(_))
 }
 
-/// Whether a request trailer field may be forwarded: not one that frames the message, routes
-/// it, authenticates it (the caller's verified id among them) or controls how it is handled
-/// (RFC 9110 §6.5.1), which a recipient could otherwise mistake for a header.
-pub(crate) fn forwardable_trailer(name: &HeaderName) -> bool {
-    if crate::http::headers::names_client_id(name) {
-        return false;
-    }
-    const NOT_IN_TRAILERS: [HeaderName; 12] = [
-        header::AUTHORIZATION,
-        header::CACHE_CONTROL,
-        header::CONNECTION,
-        header::CONTENT_ENCODING,
-        header::CONTENT_LENGTH,
-        header::CONTENT_RANGE,
-        header::CONTENT_TYPE,
-        header::EXPECT,
-        header::HOST,
-        header::PROXY_AUTHORIZATION,
-        header::TE,
-        header::TRANSFER_ENCODING,
-    ];
-    !NOT_IN_TRAILERS.contains(name) && name != header::TRAILER && name != header::RANGE
-}
-
-/// `name: value` and its CRLF.
-pub(crate) fn push_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
-    out.extend_from_slice(name.as_str().as_bytes());
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value.as_bytes());
-    out.extend_from_slice(b"\r\n");
-}
-
-pub(crate) fn push_length(out: &mut Vec<u8>, n: u64) {
-    out.extend_from_slice(b"content-length: ");
-    push_number(out, n, 10);
-}
-
-/// A chunk-size line.
-pub(crate) fn push_hex(out: &mut Vec<u8>, n: usize) {
-    push_number(out, n as u64, 16);
-}
-
-/// `n` in base `radix` (10 or 16, upper-case digits) and a CRLF.
-fn push_number(out: &mut Vec<u8>, mut n: u64, radix: u64) {
-    const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = DIGITS[(n % radix) as usize];
-        n /= radix;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
-    out.extend_from_slice(b"\r\n");
-}
-
 pub(crate) enum Parsed {
     /// A 1xx response other than 101, consumed from the buffer.
     Informational,
@@ -675,15 +617,6 @@ fn parse_error(e: httparse::Error) -> &'static str {
         httparse::Error::Status => "upstream response has an invalid status line",
         _ => "upstream response head is malformed",
     }
-}
-
-/// A Content-Length value: decimal digits only (no sign, no spaces inside), at most 19 of them.
-pub(crate) fn parse_length(v: &[u8]) -> Option<u64> {
-    let v = v.trim_ascii();
-    if v.is_empty() || v.len() > 19 {
-        return None;
-    }
-    v.iter().try_fold(0u64, |n, &b| b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0')))
 }
 
 /// Where the response body decoder stands.
@@ -1222,18 +1155,7 @@ mod tests {
     }
 
     #[test]
-    fn trailers_that_would_frame_route_or_authenticate_are_not_forwarded() {
-        let names = ["content-length", "transfer-encoding", "host", "authorization", "te", "trailer"];
-        for name in names.into_iter().chain(["weft-client-id", "weft_client_id"]) {
-            assert!(!forwardable_trailer(&HeaderName::from_static(name)), "{name}");
-        }
-        for name in ["grpc-status", "x-checksum", "server-timing"] {
-            assert!(forwardable_trailer(&HeaderName::from_static(name)), "{name}");
-        }
-    }
-
-    #[test]
-    fn chunk_sizes_and_lengths_parse_strictly() {
+    fn chunk_sizes_parse_strictly() {
         assert_eq!(parse_chunk_size(b"1a\r\n"), Some(26));
         assert_eq!(parse_chunk_size(b"FF;name=value\r\n"), Some(255));
         assert_eq!(parse_chunk_size(b"0\r\n"), Some(0));
@@ -1241,14 +1163,5 @@ mod tests {
         assert_eq!(parse_chunk_size(b"\r\n"), None);
         assert_eq!(parse_chunk_size(b"-1\r\n"), None);
         assert_eq!(parse_chunk_size(b"ffffffffffffffffff\r\n"), None);
-        assert_eq!(parse_length(b"0"), Some(0));
-        assert_eq!(parse_length(b" 42 "), Some(42));
-        assert_eq!(parse_length(b"+1"), None);
-        assert_eq!(parse_length(b"1 2"), None);
-        assert_eq!(parse_length(b"99999999999999999999"), None);
-        let mut out = Vec::new();
-        push_length(&mut out, 1234567);
-        push_hex(&mut out, 0x1f40);
-        assert_eq!(out, b"content-length: 1234567\r\n1F40\r\n");
     }
 }

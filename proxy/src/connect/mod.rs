@@ -7,9 +7,8 @@ mod pool;
 
 pub(crate) use h1conn::{Decode, MAX_INTERIM, Parsed as ResponseParsed, Step, parse_head};
 pub use h1conn::{H1Body, H1Conn, Home, SendError as H1SendError};
-pub(crate) use h1conn::{forwardable_trailer, parse_length, push_field, push_hex, push_length};
-pub use h2conn::{BodyPipe, H2Body, H2Conn, SendError as H2SendError, handshake as handshake_h2};
-pub use pool::{Conn, ConnectError, checkout, sweep_idle, upgrade_h1};
+pub use h2conn::{H2Conn, SendError as H2SendError, handshake as handshake_h2};
+pub use pool::{Conn, ConnectError, Reuse, Wire, checkout, sweep_idle, upgrade_h1};
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -166,29 +166,46 @@ pub fn sweep_idle() {
     });
 }
 
-/// A connection to `addr`: pooled when one is free (unless `fresh`), else a new one.
-/// `now` is a recent clock reading, for idle expiry.
+/// The protocol spoken to an upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wire {
+    Http1,
+    Http2,
+}
+
+/// Whether a checkout may hand out a pooled connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reuse {
+    /// A free pooled connection if there is one, else a new one.
+    Pooled,
+    /// A new connection (the pooled one just failed under the request, or an upgrade).
+    Fresh,
+}
+
+/// A connection to `addr` as `reuse` says. `now` is a recent clock reading, for idle expiry.
 pub async fn checkout(
     addr: SocketAddr,
-    h2: bool,
+    wire: Wire,
     connect_timeout: Duration,
-    fresh: bool,
+    reuse: Reuse,
     now: Instant,
 ) -> Result<Conn, ConnectError> {
-    if h2 {
-        if !fresh
+    if wire == Wire::Http2 {
+        if reuse == Reuse::Pooled
             && let Some(tx) = POOL.with(|p| p.borrow().h2.get(&addr).filter(|tx| !tx.is_closed()).cloned())
             && tx.take(crate::clock::nanos_at(now)).await
         {
             return Ok(Conn::Http2 { tx, reused: true });
         }
         // Boxed: the handshake futures are large and rare; inline they would be copied with
-        // every request's future (see `http::server`).
+        // every request's future (see `server`).
         let tx = Box::pin(connect_h2(addr, connect_timeout)).await?;
         POOL.with(|p| p.borrow_mut().h2.insert(addr, tx.clone()));
         return Ok(Conn::Http2 { tx, reused: false });
     }
-    if !fresh && let Some(conn) = POOL.with(|p| p.borrow_mut().take_h1(addr, now)) {
+    if reuse == Reuse::Pooled
+        && let Some(conn) = POOL.with(|p| p.borrow_mut().take_h1(addr, now))
+    {
         return Ok(Conn::Http1 { conn, reused: true });
     }
     let stream = Box::pin(connect_tcp(addr, connect_timeout)).await?;

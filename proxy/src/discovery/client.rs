@@ -14,9 +14,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use weft_api::MtlsMode;
 use weft_api::discovery::{Ack, Leave, TrafficReport, WatchMessage, WatchRequest};
 
-use super::layer::ControlPlaneLayer;
 use super::persist::Persister;
 use super::{DISCOVERY, apply};
+use crate::config::layer::ControlPlaneLayer;
 use crate::retry::backoff;
 use crate::state::ProxyState;
 use crate::tls::control_plane::ControlPlaneTarget;
@@ -90,7 +90,7 @@ async fn session(
 ) -> Result<(), String> {
     let stream = target.connect(b"h2", true).await.map_err(|e| {
         if e.is_fatal() {
-            crate::runtime::fatal(e.to_string());
+            crate::state::fatal(e.to_string());
         }
         e.to_string()
     })?;

@@ -2,58 +2,23 @@
 //! `controlPlane.address`, applies each version atomically on top of its file's documents,
 //! acks it, and keeps the last good version in `stateDir` for starts without a control plane.
 //!
-//! `layer` holds what the stream said and the merge rule, `client` the stream itself,
-//! `persist` the copy on disk. The file watcher builds through [`build_with_file`] so that
-//! a file reload keeps the control-plane layer.
+//! `config::layer` holds what the stream said and the merge rule, `client` the stream itself,
+//! `persist` the copy on disk.
 
 pub mod client;
-pub mod layer;
 pub mod persist;
 pub mod report;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::sync::{Arc, LazyLock};
 
 use prometheus::{IntCounterVec, IntGauge, Opts};
+use weft_api::Diagnostics;
 use weft_api::discovery::WatchRequest;
-use weft_api::{Diagnostics, Document};
 
-use crate::config::Snapshot;
+use crate::config::layer::ControlPlaneLayer;
 use crate::metrics::METRICS;
 use crate::state::ProxyState;
-use layer::ControlPlaneLayer;
-
-/// The two sources of the effective config; snapshots are built from both, under this lock.
-#[derive(Default)]
-pub struct Layers {
-    inner: Mutex<LayerState>,
-    /// Set while a control plane is configured and none of its versions (received or
-    /// persisted) is in effect yet: `/ready` stays 503, so an app gated on readiness does not
-    /// make its first calls into a proxy that knows no endpoints.
-    awaiting: AtomicBool,
-}
-
-#[derive(Default)]
-struct LayerState {
-    file: Vec<Document>,
-    control_plane: Option<Arc<ControlPlaneLayer>>,
-}
-
-impl Layers {
-    fn lock(&self) -> MutexGuard<'_, LayerState> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn awaiting_control_plane(&self) -> bool {
-        self.awaiting.load(Ordering::Acquire)
-    }
-
-    /// The control-plane layer in effect, if any.
-    pub fn control_plane(&self) -> Option<Arc<ControlPlaneLayer>> {
-        self.lock().control_plane.clone()
-    }
-}
 
 pub struct DiscoveryMetrics {
     /// 1 while a watch stream to the control plane is open.
@@ -81,46 +46,14 @@ pub static DISCOVERY: LazyLock<DiscoveryMetrics> = LazyLock::new(|| {
     DiscoveryMetrics { connected, updates, version }
 });
 
-fn source(config_path: &Path, cp: Option<&ControlPlaneLayer>) -> String {
-    match cp {
-        Some(cp) => format!("{} + control plane v{}", config_path.display(), cp.version),
-        None => config_path.display().to_string(),
-    }
-}
-
-/// Builds the next snapshot from new file documents and the control-plane layer in effect
-/// (the file reload path). The caller swaps it in.
-pub fn build_with_file(
-    state: &ProxyState,
-    docs: Vec<Document>,
-    version: u64,
-    prev: &Snapshot,
-) -> Result<Snapshot, Diagnostics> {
-    let mut layers = state.layers.lock();
-    let merged = layer::merge(&docs, layers.control_plane.as_deref());
-    let snap =
-        Snapshot::build(merged, &source(&state.config_path, layers.control_plane.as_deref()), version, Some(prev))?;
-    layers.file = docs;
-    Ok(snap)
-}
-
 /// Checks a control-plane layer, builds it on top of the file layer and swaps it in; on any
 /// problem nothing changes. Returns the proxy's new config version.
 pub fn apply(state: &ProxyState, cp: ControlPlaneLayer) -> Result<u64, Diagnostics> {
-    let result = cp.validate().and_then(|()| {
-        let mut layers = state.layers.lock();
-        let current = state.config.load_full();
-        let merged = layer::merge(&layers.file, Some(&cp));
-        let snap =
-            Snapshot::build(merged, &source(&state.config_path, Some(&cp)), current.version + 1, Some(&current))?;
-        let version = snap.version;
-        state.config.store(Arc::new(snap));
-        METRICS.config_version.set(version as i64);
-        DISCOVERY.version.set(cp.version as i64);
-        layers.control_plane = Some(Arc::new(cp));
-        state.layers.awaiting.store(false, Ordering::Release);
-        Ok(version)
-    });
+    let cp_version = cp.version;
+    let result = state.layers.apply_control_plane(&state.config, &state.config_path, cp);
+    if result.is_ok() {
+        DISCOVERY.version.set(cp_version as i64);
+    }
     DISCOVERY.updates.with_label_values(&[if result.is_ok() { "applied" } else { "rejected" }]).inc();
     result
 }
@@ -133,11 +66,11 @@ pub fn start(state: &Arc<ProxyState>) {
     let target = match crate::tls::control_plane::ControlPlaneTarget::new(&cp, &snap.mesh.trust_domain) {
         Ok(t) => Arc::new(t),
         Err(e) => {
-            crate::runtime::fatal(format!("controlPlane: {e}"));
+            crate::state::fatal(format!("controlPlane: {e}"));
             return;
         }
     };
-    state.layers.awaiting.store(true, Ordering::Release);
+    state.layers.await_control_plane();
     // `weft status` names the proxy by its Proxy document's own name.
     let proxy_name;
     match crate::config::read_documents(&state.config_path) {
@@ -146,7 +79,7 @@ pub fn start(state: &Arc<ProxyState>) {
                 weft_api::Document::Proxy(p) => Some(p.metadata.name.clone()),
                 _ => None,
             });
-            state.layers.lock().file = docs;
+            state.layers.set_file(docs);
         }
         Err(diags) => {
             tracing::error!(problems = %diags, "cannot read the config file again; not subscribing");

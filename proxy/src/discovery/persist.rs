@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::layer::ControlPlaneLayer;
+use crate::config::layer::ControlPlaneLayer;
 use crate::state::ProxyState;
 
 const FILE: &str = "control-plane.json";

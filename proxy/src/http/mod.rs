@@ -1,16 +1,9 @@
-//! HTTP plumbing shared by the inbound and outbound sides: bodies, proxy-made errors, the
-//! server loop for client connections, header hygiene, request paths in normal form and the
-//! access log.
+//! HTTP pieces that both sides of the proxy share and that depend on nothing above them:
+//! request bodies, HTTP/2 bodies both ways, HTTP/1.1 wire helpers, header hygiene and request
+//! paths in normal form. The server loop is `server`, what goes back to clients `response`.
 
-pub mod access;
 pub mod body;
-pub mod errors;
-#[cfg(test)]
-mod h1_properties;
-pub mod h1server;
-pub mod h2server;
+pub mod h1;
+pub mod h2body;
 pub mod headers;
 pub mod path;
-pub mod server;
-mod spares;
-pub mod timeouts;

@@ -1,8 +1,6 @@
 //! Calls from other services to the local app: authorized, then forwarded to the app address
 //! of the Proxy spec with the caller's verified identity in `weft-client-id`.
 
-pub mod authz;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -10,7 +8,7 @@ use http::Request;
 
 use crate::config::snapshot::AppTarget;
 use crate::http::body::ClientBody;
-use crate::http::errors::ProxyError;
+use crate::response::errors::ProxyError;
 use crate::routing::Rule;
 use crate::state::ProxyState;
 

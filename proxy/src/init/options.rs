@@ -188,7 +188,7 @@ fn parse_subnets(s: &str) -> Result<SubnetList, &'static str> {
 #[cfg(test)]
 pub(crate) fn parse_flags(flags: &str) -> Result<Options, String> {
     let args: Vec<&str> = flags.split_whitespace().collect();
-    let args = crate::cli::parse_from::<InitArgs>("init", &args).map_err(|e| e.to_string())?;
+    let args = crate::flags::parse_from::<InitArgs>("init", &args).map_err(|e| e.to_string())?;
     Options::from_args(args)
 }
 

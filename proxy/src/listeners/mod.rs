@@ -16,33 +16,12 @@ use weft_api::{MtlsMode, Protocol};
 
 use crate::config::snapshot::Snapshot;
 use crate::metrics::METRICS;
+use crate::server::Version;
+pub use crate::side::Side;
 use crate::state::ProxyState;
+use crate::tls::inbound::Admitted;
 
 pub use accept_errors::{ACCEPT_BACKOFF, AcceptErrors, is_fd_limit};
-
-/// Which side of the proxy a listener serves.
-#[derive(Clone, Debug)]
-pub enum Side {
-    /// The app's calls, routed by Host.
-    Outbound,
-    /// The app's calls redirected to the outbound listener whose original destination is this
-    /// service's (`name.namespace`): routed by Host when it names a service, else to this one.
-    Transparent(Arc<str>),
-    /// The app's calls on a port bound to one service (`upstreams`).
-    Upstream(Arc<str>),
-    /// Other services' calls to the local app; with the app port a redirected caller
-    /// addressed (`None`: the inbound listener itself, so the configured app).
-    Inbound(Option<u16>),
-}
-
-impl Side {
-    pub fn direction(&self) -> &'static str {
-        match self {
-            Side::Inbound(_) => "inbound",
-            Side::Outbound | Side::Transparent(_) | Side::Upstream(_) => "outbound",
-        }
-    }
-}
 
 /// What a connection is served as, once its original destination is known.
 enum Serve {
@@ -61,12 +40,12 @@ fn classify(side: &Side, original: Option<SocketAddr>, snap: &Snapshot) -> Serve
     match side {
         Side::Inbound(_) => Serve::As(Side::Inbound(Some(original.port()))),
         Side::Outbound => match snap.service_at(original) {
-            Some(d) if d.protocol == Protocol::Tcp => Serve::Relay(Side::Upstream(d.service.clone())),
+            Some(d) if d.protocol == Protocol::Tcp => Serve::Relay(Side::BoundService(d.service.clone())),
             Some(d) => Serve::As(Side::Transparent(d.service.clone())),
             None => Serve::PassThrough(original),
         },
         // Upstream ports are called by address: nothing is redirected to them.
-        Side::Transparent(_) | Side::Upstream(_) => Serve::As(side.clone()),
+        Side::Transparent(_) | Side::BoundService(_) => Serve::As(side.clone()),
     }
 }
 
@@ -101,7 +80,7 @@ pub fn bind_all(spec: &weft_api::ProxySpec, workers: usize) -> Result<Vec<Bound>
         wanted.push((o.listen, Side::Outbound));
     }
     for u in &spec.upstreams {
-        wanted.push((u.listen, Side::Upstream(u.service.as_str().into())));
+        wanted.push((u.listen, Side::BoundService(u.service.as_str().into())));
     }
     if let Some(i) = &spec.inbound {
         wanted.push((i.listen, Side::Inbound(None)));
@@ -132,7 +111,7 @@ pub async fn accept_loop(listener: TcpListener, side: Side, state: Arc<ProxyStat
         errors.accepted();
         let _ = stream.set_nodelay(true);
         let serve = match side {
-            Side::Upstream(_) => Serve::As(side.clone()),
+            Side::BoundService(_) => Serve::As(side.clone()),
             _ => classify(&side, original_dst::redirected_from(&stream), &state.config.load()),
         };
         let state = state.clone();
@@ -159,18 +138,46 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, serve: Serve, sta
     };
     let mtls = match side {
         Side::Inbound(_) => crate::tls::inbound_mode(state),
-        Side::Outbound | Side::Transparent(_) | Side::Upstream(_) => MtlsMode::Off,
+        Side::Outbound | Side::Transparent(_) | Side::BoundService(_) => MtlsMode::Off,
     };
     if let (Side::Inbound(port), true) = (&side, mtls != MtlsMode::Off) {
-        Box::pin(crate::tls::inbound::serve(stream, peer, *port, state.clone(), mtls)).await;
+        Box::pin(serve_mtls(stream, peer, *port, state, mtls)).await;
     } else if is_tcp(state, &side) {
-        if let Side::Inbound(port) = side {
-            Box::pin(crate::tcp::serve_inbound(stream, None, port, state)).await;
-        } else {
-            Box::pin(crate::tcp::serve(stream, side, state)).await;
-        }
+        Box::pin(serve_tcp(stream, None, side, state)).await;
     } else {
-        Box::pin(crate::http::server::serve_plaintext(stream, peer, side, state.clone(), None)).await;
+        Box::pin(crate::server::serve_plaintext(stream, peer, side, state.clone(), None)).await;
+    }
+}
+
+/// An inbound connection under mTLS (strict or permissive): checked by `tls::inbound`, then
+/// served as opaque TCP or HTTP by the app port's protocol, with the caller's verified id.
+async fn serve_mtls(stream: TcpStream, peer: SocketAddr, port: Option<u16>, state: &Arc<ProxyState>, mode: MtlsMode) {
+    let side = Side::Inbound(port);
+    match crate::tls::inbound::admit(stream, peer, port, state, mode).await {
+        None => {}
+        Some(Admitted::Plaintext(stream)) if is_tcp(state, &side) => serve_tcp(stream, None, side, state).await,
+        Some(Admitted::Plaintext(stream)) => {
+            crate::server::serve_plaintext(stream, peer, side, state.clone(), None).await;
+        }
+        Some(Admitted::Mtls { stream, caller, .. }) if is_tcp(state, &side) => {
+            crate::tcp::serve_inbound(stream, Some(caller), port, state).await;
+        }
+        Some(Admitted::Mtls { stream, caller, h2 }) => {
+            let version = if h2 { Version::Http2 } else { Version::Http1 };
+            crate::server::serve(stream, version, peer, side, state.clone(), Some(caller)).await;
+        }
+    }
+}
+
+/// Opaque TCP: to the app for the inbound side (the caller's id, if any, goes in the log),
+/// else to the side's service.
+async fn serve_tcp<S>(stream: S, caller: Option<Arc<str>>, side: Side, state: &Arc<ProxyState>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    match side {
+        Side::Inbound(port) => crate::tcp::serve_inbound(stream, caller, port, state).await,
+        side => crate::tcp::serve(stream, side, state).await,
     }
 }
 
@@ -180,7 +187,7 @@ fn is_tcp(state: &ProxyState, side: &Side) -> bool {
     let snap = state.config.load();
     match side {
         Side::Outbound | Side::Transparent(_) => false,
-        Side::Upstream(svc) => {
+        Side::BoundService(svc) => {
             snap.service(svc).and_then(|s| snap.clusters.get(&s.key)).is_some_and(|c| c.protocol == Protocol::Tcp)
         }
         Side::Inbound(port) => snap.app_is_tcp(*port),
@@ -205,7 +212,7 @@ mod tests {
         match serve {
             Serve::As(Side::Outbound) => "outbound".into(),
             Serve::As(Side::Transparent(s)) => format!("transparent {s}"),
-            Serve::As(Side::Upstream(s)) => format!("upstream {s}"),
+            Serve::As(Side::BoundService(s)) => format!("bound service {s}"),
             Serve::Relay(side) => format!("tcp {side:?}"),
             Serve::As(Side::Inbound(port)) => format!("inbound {port:?}"),
             Serve::PassThrough(to) => format!("pass-through {to}"),
@@ -218,7 +225,7 @@ mod tests {
         let cases: &[(Side, Option<&str>, &str)] = &[
             (Side::Outbound, None, "outbound"),
             (Side::Outbound, Some("10.0.0.2:8080"), "transparent web.default"),
-            (Side::Outbound, Some("10.0.0.3:7"), "tcp Upstream(\"echo.default\")"),
+            (Side::Outbound, Some("10.0.0.3:7"), "tcp BoundService(\"echo.default\")"),
             (Side::Outbound, Some("192.0.2.1:443"), "pass-through 192.0.2.1:443"),
             (Side::Inbound(None), None, "inbound None"),
             (Side::Inbound(None), Some("10.0.0.2:9000"), "inbound Some(9000)"),

@@ -6,10 +6,11 @@ use std::time::Instant;
 
 use http::{Request, Response};
 
-use crate::http::body::{ClientBody, RespBody};
-use crate::http::errors::ProxyError;
+use crate::http::body::ClientBody;
 use crate::http::headers;
 use crate::metrics::RouteMetrics;
+use crate::response::body::RespBody;
+use crate::response::errors::ProxyError;
 use crate::routing::Rule;
 use crate::state::ProxyState;
 

@@ -22,7 +22,7 @@ use weft_api::SpiffeId;
 use super::MeshTls;
 use super::identity::{ALPN_H2, FixedKey};
 use super::verify::SpiffeServerVerifier;
-use crate::connect::{ConnectError, H2Conn, connect_tcp, handshake_h2};
+use crate::connect::{ConnectError, H2Conn, Reuse, connect_tcp, handshake_h2};
 
 struct MeshConn {
     tx: H2Conn,
@@ -35,12 +35,12 @@ thread_local! {
 }
 
 /// An HTTP/2 connection to the peer proxy at `addr` that proved it is `identity`, and whether
-/// it was reused. `now` is a recent clock reading (see `H2Conn::take`).
+/// it was reused (`reuse` allowing). `now` is a recent clock reading (see `H2Conn::take`).
 pub async fn checkout(
     addr: SocketAddr,
     identity: &Arc<str>,
     connect_timeout: Duration,
-    fresh: bool,
+    reuse: Reuse,
     now: Instant,
 ) -> Result<(H2Conn, bool), ConnectError> {
     let Some(tls) = super::current() else {
@@ -51,7 +51,7 @@ pub async fn checkout(
         });
     };
     let key = (addr, identity.clone());
-    if !fresh {
+    if reuse == Reuse::Pooled {
         let pooled = POOL.with(|p| {
             p.borrow().get(&key).filter(|c| !c.tx.is_closed() && Arc::ptr_eq(&c.tls, &tls)).map(|c| c.tx.clone())
         });

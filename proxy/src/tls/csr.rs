@@ -65,8 +65,8 @@ pub async fn run(state: Arc<ProxyState>, cp: ControlPlaneSpec) {
     };
     let (id, target) = match (id, target) {
         (Ok(id), Ok(t)) => (id, t),
-        (Err(e), _) => return crate::runtime::fatal(format!("the Proxy document's identity: {e}")),
-        (_, Err(e)) => return crate::runtime::fatal(format!("controlPlane: {e}")),
+        (Err(e), _) => return crate::state::fatal(format!("the Proxy document's identity: {e}")),
+        (_, Err(e)) => return crate::state::fatal(format!("controlPlane: {e}")),
     };
     let mut wait = Duration::ZERO;
     if let Some(dir) = &dir {
@@ -108,7 +108,7 @@ pub async fn run(state: Arc<ProxyState>, cp: ControlPlaneSpec) {
             }
             Err(e) => {
                 if let TlsError::Untrusted { fatal: true, .. } = &e {
-                    return crate::runtime::fatal(e.to_string());
+                    return crate::state::fatal(e.to_string());
                 }
                 let left = super::current().map(|t| t.remaining()).filter(|l| !l.is_zero());
                 let pause = match left {

@@ -9,13 +9,12 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 use weft_api::MtlsMode;
 
 use super::identity::peer_id;
-use crate::http::errors::ProxyError;
-use crate::http::server::Version;
-use crate::listeners::Side;
 use crate::metrics::METRICS;
+use crate::response::errors::ProxyError;
 use crate::state::ProxyState;
 
 /// A peer that has not finished its handshake by then is dropped.
@@ -27,10 +26,26 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 /// nothing until the app greets it: after this long without a byte, it is served as plaintext.
 const SERVER_FIRST_WAIT: Duration = Duration::from_millis(300);
 
-/// Serves one inbound connection under `mode` (strict or permissive), bound for the app's
-/// `port` (see `Side::Inbound`).
-pub async fn serve(stream: TcpStream, peer: SocketAddr, port: Option<u16>, state: Arc<ProxyState>, mode: MtlsMode) {
-    let server_first = mode == MtlsMode::Permissive && app_is_tcp(&state, port);
+/// An inbound connection that passed this side's checks, ready to be served.
+pub enum Admitted {
+    /// Plaintext, let through in permissive mode (counted).
+    Plaintext(TcpStream),
+    /// mTLS with a client certificate that names a workload; `h2`: the peer chose HTTP/2 by
+    /// ALPN (HTTP/2 over TLS requires ALPN, so a client that offered none speaks HTTP/1.1).
+    Mtls { stream: TlsStream<TcpStream>, caller: Arc<str>, h2: bool },
+}
+
+/// Checks one inbound connection under `mode` (strict or permissive), bound for the app's
+/// `port` (see `Side::Inbound`): `None` when it was refused (answered, counted and logged
+/// here) or closed before it said anything.
+pub async fn admit(
+    stream: TcpStream,
+    peer: SocketAddr,
+    port: Option<u16>,
+    state: &ProxyState,
+    mode: MtlsMode,
+) -> Option<Admitted> {
+    let server_first = mode == MtlsMode::Permissive && state.config.load().app_is_tcp(port);
     let wait = if server_first { SERVER_FIRST_WAIT } else { HANDSHAKE_TIMEOUT };
     let mut first = [0u8; 1];
     let plaintext = match tokio::time::timeout(wait, stream.peek(&mut first)).await {
@@ -40,36 +55,36 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, port: Option<u16>, state
         // holding a descriptor, counted like a handshake that never finishes.
         Err(_) => {
             let e = std::io::Error::new(std::io::ErrorKind::TimedOut, "nothing sent within 10s");
-            return super::handshake_failed("inbound", peer, &e);
+            super::handshake_failed("inbound", peer, &e);
+            return None;
         }
         // Closed or broken before sending anything (a TCP probe): nothing to serve or count.
-        _ => return,
+        _ => return None,
     };
     if plaintext {
         if mode == MtlsMode::Permissive {
             METRICS.inbound_connections.with_label_values(&["plaintext"]).inc();
-            if app_is_tcp(&state, port) {
-                crate::tcp::serve_inbound(stream, None, port, &state).await;
-            } else {
-                crate::http::server::serve_plaintext(stream, peer, Side::Inbound(port), state, None).await;
-            }
-        } else {
-            refuse_plaintext(stream, peer).await;
+            return Some(Admitted::Plaintext(stream));
         }
-        return;
+        refuse_plaintext(stream, peer).await;
+        return None;
     }
     let Some(tls) = super::current() else {
         METRICS.tls_handshake_errors.with_label_values(&["inbound", "no-identity"]).inc();
         tracing::warn!(%peer, "mTLS connection refused: this proxy has no certificate yet");
-        return;
+        return None;
     };
     let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(tls.server.clone()).accept(stream)).await;
     let stream = match accepted {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return super::handshake_failed("inbound", peer, &e),
+        Ok(Err(e)) => {
+            super::handshake_failed("inbound", peer, &e);
+            return None;
+        }
         Err(_) => {
             let e = std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake not finished within 10s");
-            return super::handshake_failed("inbound", peer, &e);
+            super::handshake_failed("inbound", peer, &e);
+            return None;
         }
     };
     // The verifier required a certificate chaining to the bundle; it must also name a workload.
@@ -82,26 +97,12 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, port: Option<u16>, state
         Err(reason) => {
             METRICS.tls_handshake_errors.with_label_values(&["inbound", "no-spiffe-id"]).inc();
             tracing::warn!(%peer, reason, "mTLS connection refused: the client certificate names no workload");
-            return;
+            return None;
         }
     };
     METRICS.inbound_connections.with_label_values(&["mtls"]).inc();
-    let caller = Some(Arc::from(caller.to_string()));
-    if app_is_tcp(&state, port) {
-        crate::tcp::serve_inbound(stream, caller, port, &state).await;
-    } else {
-        // Peer proxies negotiate h2 (or http/1.1 for upgrades) by ALPN; HTTP/2 over TLS
-        // requires ALPN, so a client that offered none speaks HTTP/1.1.
-        let version = match stream.get_ref().1.alpn_protocol() {
-            Some(b"h2") => Version::Http2,
-            _ => Version::Http1,
-        };
-        crate::http::server::serve(stream, version, peer, Side::Inbound(port), state, caller).await;
-    }
-}
-
-fn app_is_tcp(state: &ProxyState, port: Option<u16>) -> bool {
-    state.config.load().app_is_tcp(port)
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    Some(Admitted::Mtls { stream, caller: Arc::from(caller.to_string()), h2 })
 }
 
 /// Strict mode: a plaintext client gets one HTTP answer saying why (most plaintext callers are

@@ -466,7 +466,7 @@ async fn early_answers_during_an_upload_mean_what_the_upstream_meant() {
 
 /// What an HTTP/1.1 client pipelined on one connection (sent together, before any answer),
 /// answered in order: plain requests, one with a body, and one whose chunked body makes the
-/// proxy hand the rest of the connection to hyper's server (see `http::h1server`).
+/// proxy hand the rest of the connection to hyper's server (see `server::h1server`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_http1_requests_of_every_shape_are_answered_in_order() {
     let api = Backend::start("api").await;

@@ -10,11 +10,104 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use arc_swap::ArcSwap;
 
 use serde::{Deserialize, Serialize};
-use weft_api::discovery::{Delta, Snapshot};
+use weft_api::discovery::{Delta, Snapshot as Message};
 use weft_api::validate::applies_to;
 use weft_api::{Diagnostics, Document, EndpointSpec, Metadata, Service, ServiceSpec};
+
+use super::Snapshot;
+use crate::metrics::METRICS;
+
+/// The two sources of the effective config; snapshots are built from both, under this lock.
+#[derive(Default)]
+pub struct Layers {
+    inner: Mutex<LayerState>,
+    /// Set while a control plane is configured and none of its versions (received or
+    /// persisted) is in effect yet: `/ready` stays 503, so an app gated on readiness does not
+    /// make its first calls into a proxy that knows no endpoints.
+    awaiting: AtomicBool,
+}
+
+#[derive(Default)]
+struct LayerState {
+    file: Vec<Document>,
+    control_plane: Option<Arc<ControlPlaneLayer>>,
+}
+
+impl Layers {
+    fn lock(&self) -> MutexGuard<'_, LayerState> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn awaiting_control_plane(&self) -> bool {
+        self.awaiting.load(Ordering::Acquire)
+    }
+
+    /// A control plane is configured: `/ready` waits for its first version.
+    pub fn await_control_plane(&self) {
+        self.awaiting.store(true, Ordering::Release);
+    }
+
+    /// The control-plane layer in effect, if any.
+    pub fn control_plane(&self) -> Option<Arc<ControlPlaneLayer>> {
+        self.lock().control_plane.clone()
+    }
+
+    /// Replaces the file's documents without building (at start, before the first version).
+    pub fn set_file(&self, docs: Vec<Document>) {
+        self.lock().file = docs;
+    }
+
+    /// Builds the next snapshot from new file documents and the control-plane layer in effect
+    /// (the file reload path). The caller swaps it in.
+    pub fn build_with_file(
+        &self,
+        config_path: &Path,
+        docs: Vec<Document>,
+        version: u64,
+        prev: &Snapshot,
+    ) -> Result<Snapshot, Diagnostics> {
+        let mut layers = self.lock();
+        let cp = layers.control_plane.as_deref();
+        let snap = Snapshot::build(merge(&docs, cp), &source(config_path, cp), version, Some(prev))?;
+        layers.file = docs;
+        Ok(snap)
+    }
+
+    /// Checks a control-plane layer, builds it on top of the file layer and swaps it into
+    /// `config`; on any problem nothing changes. Returns the proxy's new config version.
+    pub fn apply_control_plane(
+        &self,
+        config: &ArcSwap<Snapshot>,
+        config_path: &Path,
+        cp: ControlPlaneLayer,
+    ) -> Result<u64, Diagnostics> {
+        cp.validate()?;
+        let mut layers = self.lock();
+        let current = config.load_full();
+        let merged = merge(&layers.file, Some(&cp));
+        let snap = Snapshot::build(merged, &source(config_path, Some(&cp)), current.version + 1, Some(&current))?;
+        let version = snap.version;
+        config.store(Arc::new(snap));
+        METRICS.config_version.set(version as i64);
+        layers.control_plane = Some(Arc::new(cp));
+        self.awaiting.store(false, Ordering::Release);
+        Ok(version)
+    }
+}
+
+fn source(config_path: &Path, cp: Option<&ControlPlaneLayer>) -> String {
+    match cp {
+        Some(cp) => format!("{} + control plane v{}", config_path.display(), cp.version),
+        None => config_path.display().to_string(),
+    }
+}
 
 /// Name used for the control plane in diagnostics.
 pub const SOURCE: &str = "control-plane";
@@ -28,7 +121,7 @@ pub struct ControlPlaneLayer {
 }
 
 impl ControlPlaneLayer {
-    pub fn from_snapshot(s: Snapshot) -> ControlPlaneLayer {
+    pub fn from_snapshot(s: Message) -> ControlPlaneLayer {
         ControlPlaneLayer { version: s.version, documents: s.documents, endpoints: s.endpoints }
     }
 

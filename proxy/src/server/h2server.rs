@@ -27,10 +27,11 @@ use h2::server::SendResponse;
 use http::{HeaderValue, Request, Response, header};
 use http_body::Body;
 
-use super::body::{ClientBody, RespBody};
-use super::server::{BoxedResponse, Handler};
 use super::timeouts::{HeaderBlockWatch, IdleTicker};
-use crate::connect::{BodyPipe, H2Body};
+use super::{BoxedResponse, Handler};
+use crate::http::body::ClientBody;
+use crate::http::h2body::{BodyPipe, H2Body};
+use crate::response::body::RespBody;
 
 /// Each stream may run this far ahead of the proxy reading its request body, and all of a
 /// connection's streams together `CONNECTION_WINDOW`.

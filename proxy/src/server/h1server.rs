@@ -37,11 +37,12 @@ use http::{Method, Request, StatusCode, Uri, Version};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use super::body::{BoxError, ClientBody, RespBody};
-use super::errors::ProxyError;
-use super::server::Handler;
+use super::Handler;
 use super::spares::{Buffers, MAX_KEPT_OUT, OUT_SIZE, READ_SIZE};
-use crate::connect::{forwardable_trailer, parse_length, push_field, push_hex, push_length};
+use crate::http::body::{BoxError, ClientBody};
+use crate::http::h1::{forwardable_trailer, parse_length, push_field, push_hex, push_length};
+use crate::response::body::RespBody;
+use crate::response::errors::ProxyError;
 
 /// Spare room below which the buffer is compacted (or grown) before a read.
 const MIN_ROOM: usize = 1024;
@@ -80,7 +81,13 @@ pub enum H1Error {
 /// A request head parsed from the buffer, with what serving it needs to know.
 pub(crate) struct Parsed {
     pub(crate) req: Request<ClientBody>,
-    /// The client asked to close the connection after this request.
+    pub(crate) asked: Asked,
+}
+
+/// What a request's head decides about how its response is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Asked {
+    /// The connection closes after this response (the client asked, or the proxy drains).
     pub(crate) close: bool,
     /// `HEAD`: the response has no body whatever its framing says.
     pub(crate) head_only: bool,
@@ -157,9 +164,9 @@ where
             // await; the blocks end those locals (a moved-from local still takes room in the
             // connection's future while its scope lasts).
             let taken = match parse(&mut bufs.read, &mut bufs.headers, limits.max_head) {
-                Next::Request(Parsed { req, close, head_only, trailers }) => {
+                Next::Request(Parsed { req, asked }) => {
                     head_by = None;
-                    Some(Ok((handler.call(req, Instant::now()), close, head_only, trailers)))
+                    Some(Ok((handler.call(req, Instant::now()), asked)))
                 }
                 // The rest of a usual head is on its way (a head can arrive in several reads, in
                 // TCP segments or TLS records): waited for below, up to headerReadTimeout.
@@ -176,7 +183,7 @@ where
                     Wait::Failed(e) => return Served::Ended(Err(e.into())),
                 }
             };
-            let (answer, close, head_only, trailers) = match taken {
+            let (answer, asked) = match taken {
                 Ok(taken) => taken,
                 Err(why) => {
                     let _ = io.write_all(&ProxyError::BadRequest.http1_bytes_then_close()).await;
@@ -184,16 +191,15 @@ where
                     return Served::Ended(Err(H1Error::BadRequest(why)));
                 }
             };
-            let keep_alive = !close;
             let mut pump = {
                 let Some(resp) = answer_or_gone(&mut io, &mut bufs.read, answer).await else {
                     // The client went away; dropping the answer cancels its upstream request.
                     return Served::Ended(Ok(()));
                 };
                 answered = true;
-                let keep_alive = keep_alive && !handler.is_draining();
+                let asked = Asked { close: asked.close || handler.is_draining(), ..asked };
                 let (parts, body) = resp.into_parts();
-                encode_head(&mut bufs.out, &mut bufs.headers, parts, body, keep_alive, head_only, trailers)
+                encode_head(&mut bufs.out, &mut bufs.headers, parts, body, asked)
             };
             match std::future::poll_fn(|cx| pump.poll(cx, &mut io, &mut bufs.out)).await {
                 Ok(true) => {}
@@ -414,7 +420,7 @@ pub(crate) fn parse(buf: &mut BytesMut, recycle: &mut HeaderMap, max_head: usize
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_11;
     *req.headers_mut() = headers;
-    Next::Request(Parsed { req, close, head_only, trailers })
+    Next::Request(Parsed { req, asked: Asked { close, head_only, trailers } })
 }
 
 /// Writes the status line and header fields into `out`, and says how the body follows. The
@@ -424,10 +430,9 @@ fn encode_head(
     recycle: &mut HeaderMap,
     mut parts: http::response::Parts,
     body: RespBody,
-    keep_alive: bool,
-    head_only: bool,
-    trailers: bool,
+    asked: Asked,
 ) -> Pump {
+    let Asked { mut close, head_only, trailers } = asked;
     let status = parts.status;
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -437,7 +442,6 @@ fn encode_head(
     out.extend_from_slice(b"\r\n");
     let mut declared: Option<u64> = None;
     let mut dated = false;
-    let mut close = !keep_alive;
     for (name, value) in &parts.headers {
         if name == header::CONTENT_LENGTH {
             // The first valid one goes out; any other is dropped.
@@ -680,12 +684,12 @@ mod tests {
         assert_eq!(p.req.uri().path_and_query().map(|p| p.as_str()), Some("/a?b=c"));
         assert_eq!(p.req.headers().get_all("x-a").iter().count(), 2, "repeated fields are kept");
         assert_eq!(p.req.headers()["host"], "api");
-        assert!(!p.close && !p.head_only && !p.trailers);
+        assert_eq!(p.asked, Asked { close: false, head_only: false, trailers: false });
         assert!(matches!(p.req.body(), ClientBody::Buffered(Some(b)) if &b[..] == b"hello"));
 
         let (p, rest) = taken(b"HEAD / HTTP/1.1\r\nConnection: keep-alive, close\r\nTE: deflate, trailers\r\n\r\n");
         assert!(rest.is_empty());
-        assert!(p.close && p.head_only && p.trailers);
+        assert_eq!(p.asked, Asked { close: true, head_only: true, trailers: true });
         assert!(p.req.body().is_end_stream(), "no body");
 
         // Equal Content-Length fields are one length: passed on once.
@@ -766,7 +770,8 @@ mod tests {
         let mut out = Vec::new();
         let mut recycle = HeaderMap::new();
         let (parts, body) = resp.into_parts();
-        let mut pump = encode_head(&mut out, &mut recycle, parts, body, keep_alive, head_only, false);
+        let asked = Asked { close: !keep_alive, head_only, trailers: false };
+        let mut pump = encode_head(&mut out, &mut recycle, parts, body, asked);
         let again = std::future::poll_fn(|cx| pump.poll(cx, &mut server, &mut out)).await.unwrap();
         drop(server);
         let mut wire = Vec::new();
@@ -817,7 +822,8 @@ mod tests {
         let (_client, mut server) = tokio::io::duplex(64 * 1024);
         let (mut out, mut recycle) = (Vec::new(), HeaderMap::new());
         let (parts, body) = resp.into_parts();
-        let mut pump = encode_head(&mut out, &mut recycle, parts, body, true, false, false);
+        let asked = Asked { close: false, head_only: false, trailers: false };
+        let mut pump = encode_head(&mut out, &mut recycle, parts, body, asked);
         let sent = std::future::poll_fn(|cx| pump.poll(cx, &mut server, &mut out)).await;
         assert!(matches!(sent, Err(H1Error::ShortBody(7))), "{sent:?}");
     }

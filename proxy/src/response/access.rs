@@ -12,9 +12,10 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 
-use super::body::{BoxError, RespBody};
+use super::body::RespBody;
 use super::errors::ERROR_HEADER;
-use super::headers;
+use crate::http::body::BoxError;
+use crate::http::headers;
 use crate::routing::Rule;
 
 /// The upstream a forwarded response came from, put in the response's extensions for the

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+mod reload;
+
 use crate::config;
 use crate::listeners::{self, Bound};
 use crate::metrics::METRICS;
@@ -107,17 +109,6 @@ fn spawn_workers(workers: usize, mut bound: Vec<Bound>, state: &Arc<ProxyState>)
     }
 }
 
-/// A config that cannot work, found after start (a control plane whose certificate does not
-/// verify): the proxy stops with status 1 and this reason rather than retry forever.
-static FATAL: std::sync::LazyLock<tokio::sync::watch::Sender<Option<String>>> =
-    std::sync::LazyLock::new(|| tokio::sync::watch::Sender::new(None));
-
-/// Stops the proxy with exit status 1, saying `reason`.
-pub fn fatal(reason: String) {
-    tracing::error!("{reason}; stopping");
-    FATAL.send_replace(Some(reason));
-}
-
 async fn control_loop(
     state: Arc<ProxyState>,
     admin: std::net::TcpListener,
@@ -133,12 +124,12 @@ async fn control_loop(
             return 1;
         }
     }
-    tokio::spawn(config::watch::watch(state.clone(), config_bytes));
+    tokio::spawn(reload::watch(state.clone(), config_bytes));
     crate::tls::start(&state);
     crate::discovery::start(&state);
     tokio::spawn(signals(state.clone()));
     let mut drain = state.drain_signal();
-    let mut fatal = FATAL.subscribe();
+    let mut fatal = crate::state::FATAL.subscribe();
     while !*drain.borrow_and_update() {
         tokio::select! {
             changed = drain.changed() => if changed.is_err() { return 1 },
@@ -187,7 +178,7 @@ async fn signals(state: Arc<ProxyState>) {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM received"); state.start_drain(); }
             _ = int.recv() => { tracing::info!("SIGINT received"); state.start_drain(); }
-            _ = hup.recv() => { tracing::info!("SIGHUP received; reloading config"); let _ = config::watch::reload(&state); }
+            _ = hup.recv() => { tracing::info!("SIGHUP received; reloading config"); let _ = reload::reload(&state); }
         }
     }
 }

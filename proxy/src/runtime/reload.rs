@@ -15,8 +15,8 @@ use crate::state::ProxyState;
 /// Loads the file again and swaps it in when valid. Returns the new version.
 pub fn reload(state: &ProxyState) -> Result<u64, Diagnostics> {
     let current = state.config.load_full();
-    let next = super::read_documents(&state.config_path)
-        .and_then(|(docs, _)| crate::discovery::build_with_file(state, docs, current.version + 1, &current));
+    let next = crate::config::read_documents(&state.config_path)
+        .and_then(|(docs, _)| state.layers.build_with_file(&state.config_path, docs, current.version + 1, &current));
     match next {
         Ok(snap) => {
             if snap.listen_addrs() != current.listen_addrs() {

@@ -2,7 +2,15 @@
 //! handler. The version comes from ALPN on TLS, or from the first bytes a plaintext client
 //! sends (peeked, so they stay in the socket: the HTTP/1.1 server's first read gets them
 //! whole). HTTP/1.1 is served by `h1server`, which hands connections with unusual requests to
-//! hyper's server (`serve_hyper`); HTTP/2 by `h2server`.
+//! hyper's server (`serve_hyper`); HTTP/2 by `h2server`. `timeouts` bounds how long a client
+//! may take, `spares` lends idle connections their buffers.
+
+#[cfg(test)]
+mod h1_properties;
+pub mod h1server;
+pub mod h2server;
+mod spares;
+pub mod timeouts;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -18,18 +26,18 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::access::AccessLine;
-use super::body::{ClientBody, RespBody};
-use super::errors::ProxyError;
-use super::headers::HostCheck;
-use super::path::{self, PathCheck};
-use super::timeouts::{HeadTimer, ReadWatch};
-use super::{h1server, h2server};
-use crate::listeners::Side;
+use crate::http::body::ClientBody;
+use crate::http::headers::{self, HostCheck};
+use crate::http::path::{self, PathCheck};
 use crate::metrics::METRICS;
 use crate::outbound::ServiceBy;
+use crate::response::access::AccessLine;
+use crate::response::body::RespBody;
+use crate::response::errors::ProxyError;
 use crate::routing::Rule;
+use crate::side::Side;
 use crate::state::ProxyState;
+use timeouts::{HeadTimer, ReadWatch};
 
 /// The HTTP version a client speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -241,11 +249,11 @@ impl hyper::service::Service<Request<Incoming>> for Handler {
         // The one place an h2c upgrade can arrive: `h1server` hands every request with an
         // Upgrade field to hyper, and HTTP/2 refuses the field.
         if req.headers().contains_key(http::header::UPGRADE) {
-            super::headers::strip_h2c_upgrade(req.headers_mut());
+            headers::strip_h2c_upgrade(req.headers_mut());
         }
         // `h1server` hands every chunked request to hyper, which takes any coding list that
         // ends in `chunked`; the proxy forwards `chunked` alone (differential test: h11).
-        if !super::headers::chunked_or_none(req.headers()) {
+        if !headers::chunked_or_none(req.headers()) {
             return ResponseFuture(Box::pin(std::future::ready(refuse_framing())));
         }
         ResponseFuture(Handler::call(self, req.map(ClientBody::Http1), Instant::now()))
@@ -269,7 +277,7 @@ impl Handler {
 
     fn route(&self, req: &mut Request<ClientBody>) -> Result<(Arc<Rule>, u64), ProxyError> {
         // Routing, authorization, metrics and the upstream must all see one host and one path.
-        match super::headers::check_host(req.version(), req.uri(), req.headers()) {
+        match headers::check_host(req.version(), req.uri(), req.headers()) {
             HostCheck::Agrees => {}
             HostCheck::Conflicts => {
                 req.headers_mut().remove(http::header::HOST);
@@ -288,7 +296,7 @@ impl Handler {
         match &self.side {
             Side::Outbound => crate::outbound::route(&self.state, ServiceBy::Host, req),
             Side::Transparent(service) => crate::outbound::route(&self.state, ServiceBy::HostThenAddress(service), req),
-            Side::Upstream(service) => crate::outbound::route(&self.state, ServiceBy::Port(service), req),
+            Side::BoundService(service) => crate::outbound::route(&self.state, ServiceBy::Port(service), req),
             Side::Inbound(port) => crate::inbound::admit(&self.state, self.peer, self.caller.as_deref(), *port, req),
         }
     }
@@ -306,7 +314,7 @@ impl Handler {
         match routed {
             Err(ProxyError::UnknownService) => {
                 let bound = match &self.side {
-                    Side::Upstream(service) => Some(&**service),
+                    Side::BoundService(service) => Some(&**service),
                     _ => None,
                 };
                 Box::pin(std::future::ready(crate::outbound::unknown_service(bound, &req, started)))

@@ -1,0 +1,7 @@
+//! What goes back to the client: response bodies and what is counted when they end
+//! (`body`), the one table of answers the proxy makes itself (`errors`), and the access log
+//! that wraps a forwarded body while it is on (`access`).
+
+pub mod access;
+pub mod body;
+pub mod errors;
