@@ -608,11 +608,7 @@ fn report_failure(cluster: &Cluster, idx: usize, guard: InFlight) {
 pub fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
         && req.headers().contains_key(header::UPGRADE)
-        && req
-            .headers()
-            .get(header::CONNECTION)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+        && req.headers().get(header::CONNECTION).is_some_and(|v| headers::has_token(v.as_bytes(), b"upgrade"))
 }
 
 /// Forwards an Upgrade request on a dedicated HTTP/1.1 connection; after `101 Switching

@@ -30,25 +30,22 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 use crate::http::body::{BoxError, ReqBody};
-use crate::http::h1::{forwardable_trailer, parse_length, push_field, push_hex, push_length};
+use crate::http::h1::{
+    COALESCE_BODY, MAX_HEADERS, READ_SIZE, forwardable_trailer, parse_length, push_field, push_hex, push_length,
+};
 
 /// Largest response head accepted (status line and headers).
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Most interim (1xx) responses before the final one.
 pub(crate) const MAX_INTERIM: usize = 8;
-/// Most header fields in a response head (hyper's limit too).
-const MAX_HEADERS: usize = 100;
 /// Longest chunk-size line, extensions included.
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 /// Largest trailer section of a chunked response.
 const MAX_TRAILER_BYTES: usize = 16 * 1024;
-/// Free space ensured before each read: it doubles after a read that fills it, up to the
-/// maximum, and halves after one that uses under a quarter. A body of known length gets room
+/// Free space ensured before each read starts at `READ_SIZE`: it doubles after a read that
+/// fills it, up to this maximum, and halves after one that uses under a quarter. A body of known length gets room
 /// for all of it (up to the maximum), so a 64 KiB response takes two reads, head and rest.
-const READ_SIZE: usize = 8 * 1024;
 const MAX_READ_SIZE: usize = 128 * 1024;
-/// A buffered request body up to this size goes out in the same write as the head.
-const COALESCE_BODY: usize = 16 * 1024;
 
 /// An HTTP/1.1 connection to an upstream, idle between requests.
 pub struct H1Conn {
@@ -565,8 +562,7 @@ pub(crate) fn parse_head(
                 .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
             continue;
         } else if name == header::CONNECTION {
-            for token in value.as_bytes().split(|&b| b == b',') {
-                let token = token.trim_ascii();
+            for token in crate::http::headers::tokens(value.as_bytes()) {
                 if token.eq_ignore_ascii_case(b"close") {
                     close = true;
                 } else if version == 0 && token.eq_ignore_ascii_case(b"keep-alive") {

@@ -4,6 +4,16 @@
 
 use http::header::{self, HeaderName, HeaderValue};
 
+/// Most header fields in a head, a client's request or an upstream's response (hyper's limit
+/// too).
+pub const MAX_HEADERS: usize = 100;
+/// A body piece up to this size goes out in the same write as its head.
+pub const COALESCE_BODY: usize = 16 * 1024;
+/// A connection's read buffer, both sides: the server takes a head only when it arrives whole
+/// within it (`server::h1server`); the upstream client starts from it and grows it for
+/// large bodies (`connect::H1Conn`).
+pub const READ_SIZE: usize = 8 * 1024;
+
 /// Whether a request trailer field may be forwarded: not one that frames the message, routes
 /// it, authenticates it (the caller's verified id among them) or controls how it is handled
 /// (RFC 9110 §6.5.1), which a recipient could otherwise mistake for a header.

@@ -83,13 +83,11 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// `keep-alive`, `te`) name none left to remove. Returns whether it asked for an upgrade.
 pub fn remove_named_by_connection(headers: &mut HeaderMap, connection: &HeaderValue) -> bool {
     let mut upgrade = false;
-    for token in connection.as_bytes().split(|&b| b == b',') {
-        let token = token.trim_ascii();
+    for token in tokens(connection.as_bytes()) {
         if token.eq_ignore_ascii_case(b"upgrade") {
             upgrade = true;
         }
-        let usual = token.is_empty()
-            || token.eq_ignore_ascii_case(b"close")
+        let usual = token.eq_ignore_ascii_case(b"close")
             || token.eq_ignore_ascii_case(b"keep-alive")
             || token.eq_ignore_ascii_case(b"te");
         if !usual && let Ok(name) = HeaderName::from_bytes(token) {
@@ -178,9 +176,14 @@ pub fn strip_h2c_upgrade(headers: &mut HeaderMap) -> bool {
 
 const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
-/// The non-empty, trimmed tokens of a comma-separated field value.
-fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+/// The non-empty, trimmed tokens of a comma-separated field value (`Connection`, `TE`).
+pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|t| !t.is_empty())
+}
+
+/// Whether a comma-separated field value lists `token` (ASCII case-insensitive).
+pub fn has_token(value: &[u8], token: &[u8]) -> bool {
+    tokens(value).any(|t| t.eq_ignore_ascii_case(token))
 }
 
 /// The tokens of all `values` except those `drop` picks, as one value; `None` when none is left.

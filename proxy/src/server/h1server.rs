@@ -38,9 +38,12 @@ use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::Handler;
-use super::spares::{Buffers, MAX_KEPT_OUT, OUT_SIZE, READ_SIZE};
+use super::spares::{Buffers, MAX_KEPT_OUT, OUT_SIZE};
 use crate::http::body::{BoxError, ClientBody};
-use crate::http::h1::{forwardable_trailer, parse_length, push_field, push_hex, push_length};
+use crate::http::h1::{
+    COALESCE_BODY, MAX_HEADERS, READ_SIZE, forwardable_trailer, parse_length, push_field, push_hex, push_length,
+};
+use crate::http::headers;
 use crate::response::body::RespBody;
 use crate::response::errors::ProxyError;
 
@@ -48,10 +51,6 @@ use crate::response::errors::ProxyError;
 const MIN_ROOM: usize = 1024;
 /// How long a closing connection waits for its TLS close_notify to go out.
 const QUIET_CLOSE: Duration = Duration::from_secs(1);
-/// Most header fields in a request head (hyper's limit too).
-const MAX_HEADERS: usize = 100;
-/// A response body piece up to this size is copied next to the head (one write for both).
-const COALESCE_BODY: usize = 16 * 1024;
 
 /// How a connection served here ended.
 pub enum Served<S> {
@@ -357,8 +356,7 @@ pub(crate) fn parse(buf: &mut BytesMut, recycle: &mut HeaderMap, max_head: usize
                 6 if name.eq_ignore_ascii_case(b"expect") => framing.handover = true,
                 7 if name.eq_ignore_ascii_case(b"upgrade") => framing.handover = true,
                 10 if name.eq_ignore_ascii_case(b"connection") => {
-                    for token in value.split(|&b| b == b',') {
-                        let token = token.trim_ascii();
+                    for token in headers::tokens(value) {
                         if token.eq_ignore_ascii_case(b"close") {
                             close = true;
                         } else if token.eq_ignore_ascii_case(b"upgrade") {
@@ -367,7 +365,7 @@ pub(crate) fn parse(buf: &mut BytesMut, recycle: &mut HeaderMap, max_head: usize
                     }
                 }
                 2 if name.eq_ignore_ascii_case(b"te") => {
-                    trailers |= value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
+                    trailers |= headers::has_token(value, b"trailers");
                 }
                 _ => {}
             }
@@ -458,7 +456,7 @@ fn encode_head(
             // The body is framed here.
             continue;
         } else if name == header::CONNECTION {
-            close |= value.as_bytes().split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+            close |= headers::has_token(value.as_bytes(), b"close");
             continue;
         }
         push_field(out, name, value);

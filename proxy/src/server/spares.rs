@@ -10,8 +10,8 @@ use std::cell::RefCell;
 use bytes::BytesMut;
 use http::HeaderMap;
 
-/// The read buffer's size; a head must arrive whole within it to be taken by `h1server`.
-pub const READ_SIZE: usize = 8 * 1024;
+use crate::http::h1::READ_SIZE;
+
 /// The write buffer's initial size: a usual head and a small body. (Growing it step by step
 /// from empty cost about 2k instructions per connection.)
 pub const OUT_SIZE: usize = 512;
