@@ -17,7 +17,7 @@ use crate::http::body::{BoxError, ClientBody, MAX_REPLAY_BYTES, ReqBody};
 use crate::http::headers;
 use crate::metrics::RouteMetrics;
 use crate::response::access;
-use crate::response::body::{BodyEnd, BodyOutcome, GrpcRecord, RespBody, UpstreamBody};
+use crate::response::body::{BodyEnd, BodyOutcome, Record, RespBody, UpstreamBody};
 use crate::response::errors::ProxyError;
 use crate::routing::{Backend, Rule};
 use crate::target::Cluster;
@@ -326,8 +326,9 @@ pub async fn forward(rule: Arc<Rule>, req: Request<ClientBody>, started: Instant
     finish_error_at(backend, last, failed, started)
 }
 
-/// The client's response from the upstream's: records the outcome (a gRPC call's once its
-/// trailers arrive) and keeps the connection and the concurrency permit until the body ends.
+/// The client's response from the upstream's: observes its latency at the head, counts it
+/// once its body ends (a gRPC call's status arrives in the trailers, and a body the upstream
+/// breaks is a failure), and keeps the connection and the concurrency permit until then.
 /// `at` is when the upstream's head arrived; `outcome`, when the endpoint's health waits for
 /// the body.
 fn respond(
@@ -344,20 +345,21 @@ fn respond(
     let is_grpc = is_grpc_response(&resp);
     let (parts, body) = resp.into_parts();
     let took = at.saturating_duration_since(started).as_secs_f64();
-    let grpc = if is_grpc {
+    let record = if is_grpc {
         // Trailers-only gRPC responses carry the status in the headers.
         match parts.headers.get("grpc-status") {
             Some(s) => {
                 metrics.record(status, s.as_bytes() != b"0", took);
                 None
             }
-            None => Some(GrpcRecord::new(metrics.clone(), status, started)),
+            None => Some(Record::grpc(metrics.clone(), status, started)),
         }
     } else {
-        metrics.record(status, false, took);
-        None
+        // The latency is the head's; whether the request succeeded waits for its body.
+        metrics.observe(took);
+        Some(Record::http(metrics.clone(), status))
     };
-    let end = BodyEnd { permit: Some(permit), grpc, outcome };
+    let end = BodyEnd { permit: Some(permit), record, outcome };
     let mut resp = Response::from_parts(parts, RespBody::upstream(body, Some(end)));
     access::note_upstream(&mut resp, metrics.backend(), Some(endpoint));
     resp

@@ -4,7 +4,7 @@
 #[cfg(target_os = "linux")]
 mod process;
 
-use std::sync::{Arc, LazyLock, OnceLock};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -201,8 +201,11 @@ pub struct RouteMetrics {
     duration: Histogram,
     /// Indexed by status code − 100; classification follows the status (5xx = failure).
     by_code: Box<[OnceLock<IntCounter>]>,
-    /// gRPC calls that failed (grpc-status ≠ 0) under an HTTP 200.
-    grpc_failures: OnceLock<IntCounter>,
+    /// Failures under a status below 500 by code: a gRPC call whose `grpc-status` said so
+    /// (nearly always under a 200, kept apart so it takes no lock), and a response whose body
+    /// the upstream broke after its head.
+    failed_200: OnceLock<IntCounter>,
+    failed_other: Mutex<Vec<(u16, IntCounter)>>,
 }
 
 impl RouteMetrics {
@@ -217,7 +220,8 @@ impl RouteMetrics {
             backend: backend.into(),
             duration,
             by_code: (100..600).map(|_| OnceLock::new()).collect(),
-            grpc_failures: OnceLock::new(),
+            failed_200: OnceLock::new(),
+            failed_other: Mutex::new(Vec::new()),
         }
     }
 
@@ -244,11 +248,34 @@ impl RouteMetrics {
         METRICS.requests.with_label_values(&[self.direction, &self.service, &self.route, &self.backend, &code, class])
     }
 
-    /// Counts one finished request. `grpc_failed` is true when a gRPC call's status said failure.
-    pub fn record(&self, status: u16, grpc_failed: bool, elapsed_secs: f64) {
+    /// Counts one finished request and its duration. `failed`: it failed whatever its status
+    /// says (a gRPC call's status, or a body the upstream broke).
+    pub fn record(&self, status: u16, failed: bool, elapsed_secs: f64) {
+        self.observe(elapsed_secs);
+        self.count(status, failed);
+    }
+
+    /// The duration part of `record`, for a response counted when its body ends.
+    pub fn observe(&self, elapsed_secs: f64) {
         self.duration.observe(elapsed_secs);
-        if grpc_failed && status < 500 {
-            self.grpc_failures.get_or_init(|| self.counter(status, true)).inc();
+    }
+
+    /// The counting part of `record`: a status of 500 or more is always a failure.
+    pub fn count(&self, status: u16, failed: bool) {
+        if failed && status < 500 {
+            if status == 200 {
+                self.failed_200.get_or_init(|| self.counter(status, true)).inc();
+                return;
+            }
+            let mut other = self.failed_other.lock().unwrap_or_else(|e| e.into_inner());
+            match other.iter().find(|(code, _)| *code == status) {
+                Some((_, counter)) => counter.inc(),
+                None => {
+                    let counter = self.counter(status, true);
+                    counter.inc();
+                    other.push((status, counter));
+                }
+            }
             return;
         }
         let idx = status.clamp(100, 599) as usize - 100;
@@ -287,6 +314,24 @@ impl ServiceMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failures_under_a_status_below_500_are_counted_under_their_own_code() {
+        let m = RouteMetrics::new("outbound", "count-test", "r", "count-test");
+        let value = |code: &str, class: &str| {
+            METRICS.requests.with_label_values(&["outbound", "count-test", "r", "count-test", code, class]).get()
+        };
+        m.count(200, false);
+        m.count(200, true);
+        m.count(206, true);
+        m.count(206, true);
+        m.count(404, true);
+        m.count(503, false);
+        assert_eq!((value("200", "success"), value("200", "failure")), (1, 1));
+        assert_eq!((value("206", "success"), value("206", "failure")), (0, 2));
+        assert_eq!(value("404", "failure"), 1);
+        assert_eq!((value("503", "failure"), value("503", "success")), (1, 0), "5xx always fails");
+    }
 
     /// docs/reference.md is where dashboards and alerts look names and labels up: every
     /// metric of the proxy is there, and so is each request label.

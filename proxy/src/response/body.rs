@@ -19,21 +19,39 @@ use crate::http::h2body::H2Body;
 use crate::metrics::RouteMetrics;
 use crate::target::Cluster;
 
-/// Records a gRPC call's outcome once its trailers (and so its `grpc-status`) arrive.
-pub struct GrpcRecord {
+/// Counts a forwarded response in `weft_requests_total` once its body has ended, so that
+/// what is counted agrees with what the client got: a body the upstream broke after a 200
+/// head is a failure, and a gRPC call's status arrives in its trailers.
+pub struct Record {
     metrics: Arc<RouteMetrics>,
     status: u16,
-    started: Instant,
+    /// For a gRPC call, when the proxy received it: its duration runs to the trailers. Other
+    /// responses had their duration observed at the head.
+    grpc_since: Option<Instant>,
 }
 
-impl GrpcRecord {
-    pub fn new(metrics: Arc<RouteMetrics>, status: u16, started: Instant) -> GrpcRecord {
-        GrpcRecord { metrics, status, started }
+impl Record {
+    /// A response whose duration was observed at its head.
+    pub fn http(metrics: Arc<RouteMetrics>, status: u16) -> Record {
+        Record { metrics, status, grpc_since: None }
     }
 
-    /// `failed_status`: the trailers carried a `grpc-status` other than 0 (OK).
-    pub fn finish(self, complete: bool, failed_status: bool) {
-        self.metrics.record(self.status, !complete || failed_status, self.started.elapsed().as_secs_f64());
+    /// A gRPC call received at `started`, whose status waits for its trailers.
+    pub fn grpc(metrics: Arc<RouteMetrics>, status: u16, started: Instant) -> Record {
+        Record { metrics, status, grpc_since: Some(started) }
+    }
+
+    /// `complete`: the body reached its end; `failed_status`: the trailers carried a
+    /// `grpc-status` other than 0 (OK); `broke`: the upstream's body ended in an error. A
+    /// client that went away does not make a plain response a failure; a gRPC call without
+    /// its trailers has no status, and counts as failed.
+    pub fn finish(self, complete: bool, failed_status: bool, broke: bool) {
+        match self.grpc_since {
+            Some(started) => {
+                self.metrics.record(self.status, !complete || failed_status, started.elapsed().as_secs_f64())
+            }
+            None => self.metrics.count(self.status, broke),
+        }
     }
 
     /// Whether these trailers report a failed call.
@@ -68,20 +86,20 @@ impl BodyOutcome {
 }
 
 /// Work to do once an upstream response body is finished or dropped: release the concurrency
-/// permit, record a gRPC call's outcome (its status arrives in the trailers), and tell outlier
+/// permit, count the response (a gRPC call's status arrives in the trailers), and tell outlier
 /// detection whether the upstream finished its answer. An HTTP/1.1 connection goes back to
 /// the pool by itself (see `connect::H1Body`).
 pub struct BodyEnd {
     pub permit: Option<crate::balance::Permit>,
-    pub grpc: Option<GrpcRecord>,
+    pub record: Option<Record>,
     pub outcome: Option<BodyOutcome>,
 }
 
 impl BodyEnd {
     /// `broke`: the upstream's body ended in an error.
     fn finish(self, complete: bool, failed_status: bool, broke: bool) {
-        if let Some(grpc) = self.grpc {
-            grpc.finish(complete, failed_status);
+        if let Some(record) = self.record {
+            record.finish(complete, failed_status, broke);
         }
         if let Some(outcome) = self.outcome {
             outcome.finish(broke);
@@ -169,7 +187,7 @@ impl Body for RespBody {
                     Poll::Ready(Some(Err(_))) => *broke = true,
                     Poll::Ready(Some(Ok(frame))) if end.is_some() => {
                         if let Some(t) = frame.trailers_ref() {
-                            *failed_status = GrpcRecord::is_failure(t);
+                            *failed_status = Record::is_failure(t);
                             *done = true;
                         }
                     }

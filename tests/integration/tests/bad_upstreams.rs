@@ -47,6 +47,8 @@ struct Measured {
     /// `weft_retries_total`: tries after the first (a request resent on a fresh connection
     /// after its pooled one closed unanswered is not one).
     retries: f64,
+    /// `weft_requests_total{code="200",classification="failure"}`: answers whose body broke.
+    failed_200: f64,
 }
 
 /// A unique path per request: both upstreams echo it, so a response to another request shows.
@@ -70,7 +72,10 @@ async fn measure(kind: Misbehaviour, one_in: usize) -> Measured {
     let metrics = proxy.metrics().await;
     let ejections = metric_sum(&metrics, "weft_endpoint_ejections_total", &[("service", "api")]);
     let retries = metric_sum(&metrics, "weft_retries_total", &[("service", "api")]);
-    let measured = Measured { direct, via, requests_via, misbehaved_via, ejections, retries };
+    let failed =
+        [("service", "api"), ("code", "200"), ("classification", "failure"), ("direction", "outbound")];
+    let failed_200 = metric_sum(&metrics, "weft_requests_total", &failed);
+    let measured = Measured { direct, via, requests_via, misbehaved_via, ejections, retries, failed_200 };
     report_row(kind, one_in, &measured);
     measured
 }
@@ -155,6 +160,8 @@ async fn an_upstream_that_resets_mid_body_is_ejected() {
     let broken = m.misbehaved_via;
     assert!(broken < 3 || m.ejections >= 1.0, "{broken} broken bodies and the endpoint was never ejected");
     assert!(broken <= 3 + WORKERS, "{broken} broken bodies reached callers: ejection came late");
+    // What is counted agrees with what the callers got: each 200 whose body broke is a failure.
+    assert_eq!(m.failed_200, broken as f64, "broken bodies counted as failures: {}", m.via.summary());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
