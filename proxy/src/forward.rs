@@ -185,9 +185,9 @@ fn after_try(ended: Ended, retry: &crate::routing::Retry, replayable: bool) -> C
 /// reading the first try uses for the budget, the pick, the endpoint's latency and pool
 /// expiry; later tries read the clock again).
 ///
-/// All of it runs in this one async fn: awaiting another async fn moves that fn's whole
-/// future into this one's (twice per request, 2.2 KiB each, in callgrind), and the route
-/// timeout wrapped it once more. The route's deadline bounds each wait instead.
+/// Rule: all of it runs in this one async fn. Awaiting another async fn moves that fn's whole
+/// future into this one's, and a timeout around it once more; the route's deadline bounds
+/// each wait instead.
 pub async fn forward(rule: Arc<Rule>, req: Request<ClientBody>, started: Instant, max_body: u64) -> Response<RespBody> {
     let backend = rule.pick_backend();
     let cluster = &backend.cluster;
@@ -778,11 +778,8 @@ mod tests {
     #[test]
     fn a_request_future_stays_small() {
         // `forward`'s future is boxed per request, and every layer of async fns below it is
-        // moved into it when it starts: a larger one costs memcpy on every request (3.2 KiB
-        // with HTTP/2's send future inline, 2.9 KiB with it boxed, 2.6 KiB with `prepare`
-        // synchronous and the replay head boxed). The HTTP/1.1 client's send future is inline
-        // (3.4 KiB): boxing it cost more in malloc and free than the copies (callgrind,
-        // 24.6k against 24.3k instructions per request).
+        // moved into it when it starts: a larger one costs memcpy on every request. What
+        // each bound bought is in docs/architecture.md ("Rules of the request path").
         let size = future_size(forward);
         assert!(size <= 3456, "forward's future is {size} bytes");
         let size = future_size(try_endpoint);

@@ -11,6 +11,9 @@ use tokio::sync::watch;
 use crate::config::Snapshot;
 use crate::logging::LogHandle;
 
+/// What every part of the running proxy shares: the config in effect (swapped whole on each
+/// change), the layers it is built from, the drain signal and the open-connection count.
+/// Created once at start and held in an `Arc` by every listener, connection and task.
 pub struct ProxyState {
     pub config: ArcSwap<Snapshot>,
     pub config_path: PathBuf,

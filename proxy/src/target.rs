@@ -10,6 +10,8 @@ use crate::balance::{ConcurrencyLimit, EndpointSet};
 use crate::metrics::ServiceMetrics;
 use crate::retry::RetryBudget;
 
+/// One backend service of one config version: its endpoints with their balancer and health,
+/// its traffic policy, and (`shared`) what carries over to the next version.
 pub struct Cluster {
     /// `name.namespace`.
     pub key: Arc<str>,

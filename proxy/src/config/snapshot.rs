@@ -23,14 +23,23 @@ const INBOUND_KEY: &str = "inbound";
 /// Key prefix of the clusters of the app's other declared ports (`inbound:8081`).
 const INBOUND_PORT_KEY: &str = "inbound:";
 
+/// One version of the proxy's whole configuration, compiled for the request path: built once
+/// per change (`Snapshot::build`), then read by every request through `ProxyState::config`
+/// (an arc-swap guard, no lock) and never changed. State that must outlive a version (endpoint
+/// health, limits, budgets, metric series) is carried over from the previous one by key.
 pub struct Snapshot {
+    /// Increases with every change applied (file reload or control-plane version).
     pub version: u64,
     /// Where this version came from (a file path, or the control plane).
     pub source: String,
+    /// The Proxy document: listeners, timeouts, identity, control plane.
     pub proxy: ProxySpec,
     pub mesh: MeshSpec,
+    /// The documents it was built from (for `/config` and `weft check`).
     pub documents: Vec<Document>,
+    /// Every backend service by `name.namespace`.
     pub clusters: HashMap<Arc<str>, Arc<Cluster>>,
+    /// Every service's compiled Routes by `name.namespace`.
     pub services: HashMap<Arc<str>, Arc<ServiceRoutes>>,
     hosts: HashMap<String, Arc<ServiceRoutes>>,
     /// The services of the Proxy's upstream ports, by the reference the port names them with:

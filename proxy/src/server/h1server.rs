@@ -7,7 +7,7 @@
 //! refused here (400, connection closed) rather than read as chunked. Anything else (a streamed or chunked body, HTTP/1.0, an
 //! upgrade, a larger or malformed head) goes to hyper, which answers, streams or refuses it as
 //! before, for the rest of that connection. With hyper for every request, its server was
-//! about 40 % of a proxied request's instructions (callgrind), and it gave up its read buffer
+//! the largest part of a proxied request's cost (docs/performance.md), and it gave up its read buffer
 //! on every request: right after taking a request it read ahead to see whether the client had
 //! gone, into a buffer the request's head still shared, so it allocated a new 8 KiB one.
 //!

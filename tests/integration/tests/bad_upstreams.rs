@@ -72,8 +72,7 @@ async fn measure(kind: Misbehaviour, one_in: usize) -> Measured {
     let metrics = proxy.metrics().await;
     let ejections = metric_sum(&metrics, "weft_endpoint_ejections_total", &[("service", "api")]);
     let retries = metric_sum(&metrics, "weft_retries_total", &[("service", "api")]);
-    let failed =
-        [("service", "api"), ("code", "200"), ("classification", "failure"), ("direction", "outbound")];
+    let failed = [("service", "api"), ("code", "200"), ("classification", "failure"), ("direction", "outbound")];
     let failed_200 = metric_sum(&metrics, "weft_requests_total", &failed);
     let measured = Measured { direct, via, requests_via, misbehaved_via, ejections, retries, failed_200 };
     report_row(kind, one_in, &measured);
