@@ -34,7 +34,7 @@ enum Shutdown {
 /// on to CMD. With no CMD, only wait (exit 0 once ready, 1 at the timeout): the postStart hook
 /// `weft inject` adds.
 #[derive(clap::Args, Debug, PartialEq)]
-pub struct AwaitArgs {
+pub(crate) struct AwaitArgs {
     /// The proxy's admin address
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:4191", value_parser = crate::flags::socket_addr)]
     admin: SocketAddr,
@@ -69,7 +69,7 @@ fn shutdown_wanted(shutdown: Shutdown, code: u8) -> bool {
 }
 
 /// Runs `weft-proxy await`; returns the process exit code.
-pub fn run(options: AwaitArgs) -> u8 {
+pub(crate) fn run(options: AwaitArgs) -> u8 {
     match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt.block_on(run_with(options)),
         Err(e) => {

@@ -24,18 +24,18 @@ pub struct ProxyCli {
     /// A Proxy document plus any Service, Route, TrafficPolicy, AuthorizationPolicy and Mesh
     /// documents; relative paths in it resolve against its folder.
     #[arg(short, long, value_name = "FILE", env = "WEFT_PROXY_CONFIG", required = true)]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// Worker threads (default: the config's `workers`, else the CPUs this process may use)
     ///
     /// One current-thread runtime each.
     #[arg(long, value_name = "N", env = "WEFT_PROXY_WORKERS", value_parser = positive)]
-    pub workers: Option<usize>,
+    pub(crate) workers: Option<usize>,
     #[command(subcommand)]
-    pub command: Option<ProxyCommand>,
+    pub(crate) command: Option<ProxyCommand>,
 }
 
 #[derive(Subcommand, Debug)]
-pub enum ProxyCommand {
+pub(crate) enum ProxyCommand {
     Await(AwaitArgs),
     Init(InitArgs),
 }

@@ -188,7 +188,12 @@ fn after_try(ended: Ended, retry: &crate::routing::Retry, replayable: bool) -> C
 /// Rule: all of it runs in this one async fn. Awaiting another async fn moves that fn's whole
 /// future into this one's, and a timeout around it once more; the route's deadline bounds
 /// each wait instead.
-pub async fn forward(rule: Arc<Rule>, req: Request<ClientBody>, started: Instant, max_body: u64) -> Response<RespBody> {
+pub(crate) async fn forward(
+    rule: Arc<Rule>,
+    req: Request<ClientBody>,
+    started: Instant,
+    max_body: u64,
+) -> Response<RespBody> {
     let backend = rule.pick_backend();
     let cluster = &backend.cluster;
     let Some(permit) = cluster.shared.limit.try_acquire() else {
@@ -607,7 +612,7 @@ fn report_failure(cluster: &Cluster, idx: usize, guard: InFlight) {
 }
 
 /// An HTTP/1.1 request asking to switch protocols (WebSocket and the like).
-pub fn is_upgrade<B>(req: &Request<B>) -> bool {
+pub(crate) fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
         && req.headers().contains_key(header::UPGRADE)
         && req.headers().get(header::CONNECTION).is_some_and(|v| headers::has_token(v.as_bytes(), b"upgrade"))
@@ -615,7 +620,11 @@ pub fn is_upgrade<B>(req: &Request<B>) -> bool {
 
 /// Forwards an Upgrade request on a dedicated HTTP/1.1 connection; after `101 Switching
 /// Protocols` both sides are spliced byte for byte until either closes.
-pub async fn forward_upgrade(rule: Arc<Rule>, mut req: Request<ClientBody>, started: Instant) -> Response<RespBody> {
+pub(crate) async fn forward_upgrade(
+    rule: Arc<Rule>,
+    mut req: Request<ClientBody>,
+    started: Instant,
+) -> Response<RespBody> {
     let backend = rule.pick_backend();
     let cluster = &backend.cluster;
     if cluster.protocol.is_h2() {

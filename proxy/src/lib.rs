@@ -23,36 +23,37 @@
 //! | `metrics`, `clock`, `logging` | leaves: Prometheus handles, the cached clock, tracing setup |
 //! | `cli`, `flags`, `init`, `await_cmd` | the command line: `weft-proxy`, `init` (traffic redirection), `await` |
 #![forbid(unsafe_code)]
+#![warn(unreachable_pub, missing_docs)]
 
-pub mod admin;
-pub mod authz;
-pub mod await_cmd;
+pub(crate) mod admin;
+pub(crate) mod authz;
+pub(crate) mod await_cmd;
 pub mod balance;
 pub mod cli;
-pub mod clock;
+pub(crate) mod clock;
 pub mod config;
-pub mod connect;
-pub mod discovery;
+pub(crate) mod connect;
+pub(crate) mod discovery;
 pub mod flags;
-pub mod forward;
+pub(crate) mod forward;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
-pub mod inbound;
-pub mod init;
-pub mod listeners;
+pub(crate) mod inbound;
+pub(crate) mod init;
+pub(crate) mod listeners;
 pub mod logging;
 pub mod metrics;
-pub mod outbound;
-pub mod response;
-pub mod retry;
-pub mod routing;
-pub mod runtime;
-pub mod server;
-pub mod side;
-pub mod state;
-pub mod target;
-pub mod tcp;
+pub(crate) mod outbound;
+pub(crate) mod response;
+pub(crate) mod retry;
+pub(crate) mod routing;
+pub(crate) mod runtime;
+pub(crate) mod server;
+pub(crate) mod side;
+pub(crate) mod state;
+pub(crate) mod target;
+pub(crate) mod tcp;
 #[cfg(test)]
 mod test_support;
 pub mod tls;

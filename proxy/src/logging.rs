@@ -13,6 +13,7 @@ use weft_api::LogFormat;
 /// Whether one line per request is logged (checked per request: one relaxed load).
 pub static ACCESS_LOG: AtomicBool = AtomicBool::new(false);
 
+/// Whether access log lines are written (`log.accessLog`).
 pub fn access_log_enabled() -> bool {
     ACCESS_LOG.load(Ordering::Relaxed)
 }
@@ -25,6 +26,7 @@ pub struct LogHandle {
 }
 
 impl LogHandle {
+    /// Changes the log filter at run time (`POST /log-level`).
     pub fn set(&self, filter: &str) -> Result<(), String> {
         let filter = filter.trim();
         let targets = parse_filter(filter)?;
@@ -34,6 +36,7 @@ impl LogHandle {
         Ok(())
     }
 
+    /// The filter in effect.
     pub fn current(&self) -> String {
         self.current.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }

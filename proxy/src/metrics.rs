@@ -12,7 +12,7 @@ use prometheus::{
 };
 
 /// Every metric the proxy exports, registered once per process.
-pub struct Metrics {
+pub(crate) struct Metrics {
     pub registry: Registry,
     requests: IntCounterVec,
     durations: HistogramVec,
@@ -41,7 +41,7 @@ pub struct Metrics {
 const DURATION_BUCKETS: &[f64] =
     &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
-pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let v = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
@@ -174,7 +174,7 @@ impl Metrics {
     }
 
     /// The text exposition of every metric.
-    pub fn render(&self) -> Vec<u8> {
+    pub(crate) fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 * 1024);
         let families = self.registry.gather();
         if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
@@ -233,10 +233,12 @@ impl RouteMetrics {
         &UNKNOWN_SERVICE
     }
 
+    /// The service the requests were for.
     pub fn service(&self) -> &Arc<str> {
         &self.service
     }
 
+    /// The service the requests were sent to.
     pub fn backend(&self) -> &Arc<str> {
         &self.backend
     }
@@ -284,7 +286,7 @@ impl RouteMetrics {
 }
 
 /// Per-service counters for retries, budget and ejections, resolved once per service.
-pub struct ServiceMetrics {
+pub(crate) struct ServiceMetrics {
     pub retries_5xx: IntCounter,
     pub retries_connect: IntCounter,
     pub retries_reset: IntCounter,
@@ -296,7 +298,7 @@ pub struct ServiceMetrics {
 }
 
 impl ServiceMetrics {
-    pub fn new(service: &str) -> ServiceMetrics {
+    pub(crate) fn new(service: &str) -> ServiceMetrics {
         let m = &*METRICS;
         ServiceMetrics {
             retries_5xx: m.retries.with_label_values(&[service, "5xx"]),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 /// Which side of the proxy a listener serves.
 #[derive(Clone, Debug)]
-pub enum Side {
+pub(crate) enum Side {
     /// The app's calls, routed by Host.
     Outbound,
     /// The app's calls redirected to the outbound listener whose original destination is this
@@ -19,7 +19,7 @@ pub enum Side {
 }
 
 impl Side {
-    pub fn direction(&self) -> &'static str {
+    pub(crate) fn direction(&self) -> &'static str {
         match self {
             Side::Inbound(_) => "inbound",
             Side::Outbound | Side::Transparent(_) | Side::BoundService(_) => "outbound",

@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
@@ -14,7 +13,7 @@ use crate::logging::LogHandle;
 /// What every part of the running proxy shares: the config in effect (swapped whole on each
 /// change), the layers it is built from, the drain signal and the open-connection count.
 /// Created once at start and held in an `Arc` by every listener, connection and task.
-pub struct ProxyState {
+pub(crate) struct ProxyState {
     pub config: ArcSwap<Snapshot>,
     pub config_path: PathBuf,
     /// The file and control-plane documents the config is built from.
@@ -24,12 +23,11 @@ pub struct ProxyState {
     drain_tx: watch::Sender<bool>,
     /// Open data-plane client connections (inbound + outbound), for the idle-exit check.
     pub open_connections: AtomicI64,
-    pub started: Instant,
     pub log: Option<LogHandle>,
 }
 
 impl ProxyState {
-    pub fn new(snapshot: Snapshot, config_path: PathBuf, log: Option<LogHandle>) -> Arc<ProxyState> {
+    pub(crate) fn new(snapshot: Snapshot, config_path: PathBuf, log: Option<LogHandle>) -> Arc<ProxyState> {
         let (drain_tx, _) = watch::channel(false);
         Arc::new(ProxyState {
             config: ArcSwap::from_pointee(snapshot),
@@ -38,24 +36,23 @@ impl ProxyState {
             draining: AtomicBool::new(false),
             drain_tx,
             open_connections: AtomicI64::new(0),
-            started: Instant::now(),
             log,
         })
     }
 
-    pub fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
     }
 
     /// Starts draining (idempotent).
-    pub fn start_drain(&self) {
+    pub(crate) fn start_drain(&self) {
         if !self.draining.swap(true, Ordering::AcqRel) {
             self.drain_tx.send_replace(true);
         }
     }
 
     /// Resolves when draining starts.
-    pub fn drain_signal(&self) -> watch::Receiver<bool> {
+    pub(crate) fn drain_signal(&self) -> watch::Receiver<bool> {
         self.drain_tx.subscribe()
     }
 }
@@ -66,7 +63,7 @@ pub(crate) static FATAL: std::sync::LazyLock<tokio::sync::watch::Sender<Option<S
     std::sync::LazyLock::new(|| tokio::sync::watch::Sender::new(None));
 
 /// Stops the proxy with exit status 1, saying `reason`.
-pub fn fatal(reason: String) {
+pub(crate) fn fatal(reason: String) {
     tracing::error!("{reason}; stopping");
     FATAL.send_replace(Some(reason));
 }

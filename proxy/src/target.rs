@@ -39,7 +39,7 @@ pub struct ClusterShared {
     pub limit: Arc<ConcurrencyLimit>,
     pub pending: Arc<ConcurrencyLimit>,
     pub budget: RetryBudget,
-    pub metrics: ServiceMetrics,
+    pub(crate) metrics: ServiceMetrics,
 }
 
 impl ClusterShared {

@@ -21,7 +21,7 @@ const DIRECT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Inbound TCP from a peer to the app's `port` (see `Side::Inbound`): the
 /// AuthorizationPolicy decides on the caller's identity alone.
-pub async fn serve_inbound<S>(client: S, caller: Option<Arc<str>>, port: Option<u16>, state: &ProxyState)
+pub(crate) async fn serve_inbound<S>(client: S, caller: Option<Arc<str>>, port: Option<u16>, state: &ProxyState)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -40,7 +40,7 @@ where
     serve(client, Side::Inbound(port), state).await;
 }
 
-pub async fn serve<S>(mut client: S, side: Side, state: &ProxyState)
+pub(crate) async fn serve<S>(mut client: S, side: Side, state: &ProxyState)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -103,7 +103,7 @@ where
 
 /// A redirected call to `to`, an address no Service names: connected and relayed as it is,
 /// so the app's calls outside the mesh keep working.
-pub async fn pass_through<S>(client: S, to: SocketAddr)
+pub(crate) async fn pass_through<S>(client: S, to: SocketAddr)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {

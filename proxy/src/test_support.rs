@@ -3,7 +3,7 @@
 use std::future::Future;
 
 /// Something callable whose returned future's size is known without calling it.
-pub trait FutureSize<Args> {
+pub(crate) trait FutureSize<Args> {
     fn future_size(&self) -> usize;
 }
 
@@ -29,6 +29,6 @@ future_size_for_arity!(A, B, C, D, E, F);
 
 /// The size of the future an async fn returns (the state it keeps across awaits), without
 /// calling it.
-pub fn future_size<Args>(f: impl FutureSize<Args>) -> usize {
+pub(crate) fn future_size<Args>(f: impl FutureSize<Args>) -> usize {
     f.future_size()
 }

@@ -76,7 +76,7 @@ const USAGE: &str = "give host= (and optionally path=, method=, header.<name>=),
 /// The explanation of the request the query describes, or why the query is not one. The
 /// request is explained as the proxy would serve it: on the normal form of its path (see
 /// `http::path`), or refused as the proxy would refuse it.
-pub fn explain(snap: &Snapshot, query: &str) -> Result<Value, String> {
+pub(super) fn explain(snap: &Snapshot, query: &str) -> Result<Value, String> {
     let pairs = parse_query(query);
     let path = pairs.iter().find(|(n, _)| n == "path").map_or("/", |(_, v)| v.as_str());
     let target = PathAndQuery::try_from(path).ok();

@@ -28,7 +28,7 @@ type AdminResponse = Response<Full<Bytes>>;
 /// served no other admin connection is accepted.
 const RESERVE_CONNECTION_LIMIT: Duration = Duration::from_secs(5);
 
-pub async fn serve(listener: TcpListener, state: Arc<ProxyState>) {
+pub(crate) async fn serve(listener: TcpListener, state: Arc<ProxyState>) {
     // One descriptor held back for this port: when the data plane has taken every other one,
     // it is given up for one admin connection, so /metrics and /ready still answer at the limit.
     let mut reserve = reserve_descriptor();

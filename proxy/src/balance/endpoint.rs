@@ -17,6 +17,7 @@ use crate::clock::now_nanos;
 /// rebuilt [`EndpointSet`](super::EndpointSet) can take over the same endpoint, and its latency
 /// history and ejection with it.
 pub struct Endpoint {
+    /// Where it listens.
     pub addr: SocketAddr,
     /// Relative share of traffic. 0 drains the endpoint: it is used only when no weighted
     /// endpoint is available.
@@ -30,6 +31,7 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// An endpoint with no history: healthy, latency estimate at its default.
     pub fn new(addr: SocketAddr, weight: u32, identity: Option<Arc<str>>) -> Endpoint {
         let now = now_nanos();
         Endpoint {
@@ -55,6 +57,8 @@ impl Endpoint {
         self.start_at(now_nanos())
     }
 
+    /// Counts a request sent to it at `now` (clock nanoseconds) until the guard is dropped or
+    /// reported.
     pub fn start_at(self: &Arc<Self>, now: u64) -> InFlight {
         self.in_flight.fetch_add(1, Relaxed);
         InFlight { endpoint: Arc::clone(self), started: now }
@@ -120,7 +124,9 @@ impl Drop for InFlight {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EndpointStatus {
+    /// `IP:port`.
     pub address: String,
+    /// Its share of traffic against the others in the set.
     pub weight: u32,
     /// "healthy", "ejected" or "probing" (ejection over, next outcome decides).
     pub state: &'static str,
@@ -130,7 +136,9 @@ pub struct EndpointStatus {
     pub ejected_until: Option<u64>,
     /// Peak-EWMA latency estimate as of the last answer (30 ms until the first).
     pub ewma_ms: f64,
+    /// Requests sent to it and not yet answered.
     pub in_flight: u32,
+    /// Failures since its last success (outlier detection ejects at its threshold).
     pub consecutive_failures: u32,
     /// Times ejected since the endpoint appeared.
     pub ejections: u32,

@@ -13,6 +13,7 @@ pub struct ConcurrencyLimit {
 }
 
 impl ConcurrencyLimit {
+    /// A limit of `max` at once (0: no limit).
     pub fn new(max: u32) -> Arc<ConcurrencyLimit> {
         Arc::new(ConcurrencyLimit { max: AtomicU32::new(max), in_flight: AtomicU32::new(0) })
     }
@@ -33,6 +34,7 @@ impl ConcurrencyLimit {
         Some(Permit { limit: Arc::clone(self) })
     }
 
+    /// Permits held now.
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Relaxed)
     }

@@ -12,8 +12,10 @@ use crate::clock::now_nanos;
 /// Why no endpoint could be picked; the proxy answers 503 either way.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PickError {
+    /// The service lists no endpoint.
     #[error("the service has no endpoints; list them in its Service or register instances")]
     NoEndpoints,
+    /// Every endpoint is ejected.
     #[error("every endpoint of the service is ejected after failing; each is probed again when its ejection ends")]
     AllEjected,
 }
@@ -28,6 +30,7 @@ pub struct EndpointSet {
 }
 
 impl EndpointSet {
+    /// A set balanced by `lb`, ejecting by `outlier`.
     pub fn new(endpoints: Vec<Arc<Endpoint>>, lb: LoadBalancer, outlier: OutlierConfig) -> EndpointSet {
         let picker = Picker::new(&endpoints, lb);
         let ejector = Ejector::new(outlier);
@@ -35,10 +38,12 @@ impl EndpointSet {
         EndpointSet { endpoints, picker, ejector }
     }
 
+    /// The endpoints, in the order indices refer to.
     pub fn endpoints(&self) -> &[Arc<Endpoint>] {
         &self.endpoints
     }
 
+    /// Whether the set has no endpoint at all.
     pub fn is_empty(&self) -> bool {
         self.endpoints.is_empty()
     }
@@ -52,6 +57,8 @@ impl EndpointSet {
         self.pick_at(exclude, now_nanos())
     }
 
+    /// Picks an endpoint for a request at `now` (clock nanoseconds), avoiding the indices in
+    /// `exclude` (tried already) while others are available.
     pub fn pick_at(&self, exclude: &[usize], now: u64) -> Result<usize, PickError> {
         match self.endpoints.len() {
             0 => return Err(PickError::NoEndpoints),
@@ -75,6 +82,7 @@ impl EndpointSet {
         self.on_success_at(guard, now_nanos());
     }
 
+    /// Reports a whole success of the request `guard` counted (latency and health at once).
     pub fn on_success_at(&self, guard: InFlight, now: u64) {
         let endpoint = guard.endpoint();
         endpoint.latency.observe(guard.elapsed_nanos(now) as f64, now);

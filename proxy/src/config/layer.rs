@@ -45,6 +45,7 @@ impl Layers {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether `/ready` waits for the control plane's first version.
     pub fn awaiting_control_plane(&self) -> bool {
         self.awaiting.load(Ordering::Acquire)
     }
@@ -112,15 +113,19 @@ fn source(config_path: &Path, cp: Option<&ControlPlaneLayer>) -> String {
 /// Name used for the control plane in diagnostics.
 pub const SOURCE: &str = "control-plane";
 
+/// What the control plane's stream has said so far: its documents and endpoints, at a version.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ControlPlaneLayer {
+    /// The control plane's version (not the proxy's config version).
     pub version: u64,
+    /// Documents it sent, replacing the file's of the same kind and name.
     pub documents: Vec<Document>,
     /// Endpoints by service key `name.namespace`.
     pub endpoints: BTreeMap<String, Vec<EndpointSpec>>,
 }
 
 impl ControlPlaneLayer {
+    /// The layer a full snapshot message describes.
     pub fn from_snapshot(s: Message) -> ControlPlaneLayer {
         ControlPlaneLayer { version: s.version, documents: s.documents, endpoints: s.endpoints }
     }

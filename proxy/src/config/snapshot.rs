@@ -34,6 +34,7 @@ pub struct Snapshot {
     pub source: String,
     /// The Proxy document: listeners, timeouts, identity, control plane.
     pub proxy: ProxySpec,
+    /// The mesh-wide settings (trust domain and the like).
     pub mesh: MeshSpec,
     /// The documents it was built from (for `/config` and `weft check`).
     pub documents: Vec<Document>,
@@ -47,6 +48,7 @@ pub struct Snapshot {
     /// than a `name.namespace` key hashed each time.
     upstream_services: Vec<(Box<str>, Arc<ServiceRoutes>)>,
     proxy_ns: Box<str>,
+    /// The local app behind the inbound listener, if there is one.
     pub inbound: Option<Inbound>,
     /// The app's other ports that the proxy's own Service declares, each with its own cluster
     /// (at the app's IP) and protocol: redirected calls to them reach the app on that port.
@@ -60,7 +62,9 @@ pub struct Snapshot {
 
 /// The local app behind the inbound listener.
 pub struct Inbound {
+    /// The app as a backend.
     pub cluster: Arc<Cluster>,
+    /// The rule every inbound call is forwarded under (timeouts, metrics).
     pub rule: Arc<Rule>,
 }
 
@@ -303,6 +307,7 @@ impl Snapshot {
         self.clusters.get(k)
     }
 
+    /// The namespace of the proxy's own service.
     pub fn proxy_namespace(&self) -> &str {
         &self.proxy_ns
     }

@@ -43,7 +43,7 @@ const CATCH_UP_AFTER: Duration = Duration::from_millis(1);
 
 /// One HTTP/2 connection, shared by every request of this worker to the same endpoint.
 #[derive(Clone)]
-pub struct H2Conn {
+pub(crate) struct H2Conn {
     tx: SendRequest<Bytes>,
     state: Arc<ConnState>,
 }
@@ -63,7 +63,7 @@ fn needs_catch_up(idle: Duration) -> bool {
 }
 
 /// Why a request did not get a response head.
-pub enum SendError<B> {
+pub(crate) enum SendError<B> {
     /// The connection could take no new stream (closed, or going away); nothing was sent.
     NotSent(Request<B>, h2::Error),
     /// The stream was opened and then failed, or the request body failed while it was sent.
@@ -72,7 +72,7 @@ pub enum SendError<B> {
 
 impl H2Conn {
     /// Whether the connection has ended (closed, failed, or missed its keep-alive pong).
-    pub fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         self.state.closed.load(Ordering::Relaxed)
     }
 
@@ -80,7 +80,7 @@ impl H2Conn {
     /// when it turned out closed: after a pause in its use, its task first reads whatever the
     /// upstream sent meanwhile (a FIN, a GOAWAY), so that a request only goes out on a
     /// connection the upstream had not yet left.
-    pub async fn take(&self, now: u64) -> bool {
+    pub(crate) async fn take(&self, now: u64) -> bool {
         let last = self.state.last_taken.swap(now, Ordering::Relaxed);
         if needs_catch_up(Duration::from_nanos(now.saturating_sub(last))) {
             // Deferred until the runtime has polled for events and run the tasks they woke.
@@ -91,7 +91,7 @@ impl H2Conn {
 
     /// Sends `req` and waits for the response head. The request body is sent while waiting;
     /// what is left of it when the head arrives keeps streaming from a task of its own.
-    pub async fn send<B>(&mut self, req: Request<B>) -> Result<Response<H2Body>, SendError<B>>
+    pub(crate) async fn send<B>(&mut self, req: Request<B>) -> Result<Response<H2Body>, SendError<B>>
     where
         B: Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<BoxError>,
@@ -138,7 +138,7 @@ impl H2Conn {
 /// The HTTP/2 client handshake on an open stream (plaintext to an h2c backend, or mTLS to a
 /// peer proxy). The connection runs in its own task with keep-alive pings; `what` names it
 /// in the log line when it ends with an error.
-pub async fn handshake<S>(addr: SocketAddr, stream: S, what: &'static str) -> Result<H2Conn, ConnectError>
+pub(crate) async fn handshake<S>(addr: SocketAddr, stream: S, what: &'static str) -> Result<H2Conn, ConnectError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {

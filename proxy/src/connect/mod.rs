@@ -6,9 +6,9 @@ mod h2conn;
 mod pool;
 
 pub(crate) use h1conn::{Decode, MAX_INTERIM, Parsed as ResponseParsed, Step, parse_head};
-pub use h1conn::{H1Body, H1Conn, Home, SendError as H1SendError};
-pub use h2conn::{H2Conn, SendError as H2SendError, handshake as handshake_h2};
-pub use pool::{Conn, ConnectError, Reuse, Wire, checkout, sweep_idle, upgrade_h1};
+pub(crate) use h1conn::{H1Body, H1Conn, Home, SendError as H1SendError};
+pub(crate) use h2conn::{H2Conn, SendError as H2SendError, handshake as handshake_h2};
+pub(crate) use pool::{Conn, ConnectError, Reuse, Wire, checkout, sweep_idle, upgrade_h1};
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 /// Opens a TCP connection within `timeout`, with Nagle off (requests are written whole).
-pub async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
+pub(crate) async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
     match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);

@@ -25,7 +25,7 @@ const MAX_IDLE_PER_ENDPOINT: usize = 128;
 const KERNEL_PROBE_AFTER: Duration = Duration::from_millis(1);
 
 #[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
+pub(crate) enum ConnectError {
     #[error("connect to {addr} timed out after {timeout:?}")]
     Timeout { addr: SocketAddr, timeout: Duration },
     #[error("connect to {addr} failed: {source}")]
@@ -40,13 +40,13 @@ pub enum ConnectError {
 }
 
 /// A connection ready for one request.
-pub enum Conn {
+pub(crate) enum Conn {
     Http1 { conn: H1Conn, reused: bool },
     Http2 { tx: H2Conn, reused: bool },
 }
 
 impl Conn {
-    pub fn reused(&self) -> bool {
+    pub(crate) fn reused(&self) -> bool {
         match self {
             Conn::Http1 { reused, .. } | Conn::Http2 { reused, .. } => *reused,
         }
@@ -154,7 +154,7 @@ thread_local! {
 
 /// Closes this worker's idle connections whose idle timeout passed, so the proxy closes them
 /// before the app's own keep-alive timeout would (the app closing first races with reuse).
-pub fn sweep_idle() {
+pub(crate) fn sweep_idle() {
     let now = Instant::now();
     POOL.with(|p| {
         let mut p = p.borrow_mut();
@@ -168,14 +168,14 @@ pub fn sweep_idle() {
 
 /// The protocol spoken to an upstream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Wire {
+pub(crate) enum Wire {
     Http1,
     Http2,
 }
 
 /// Whether a checkout may hand out a pooled connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reuse {
+pub(crate) enum Reuse {
     /// A free pooled connection if there is one, else a new one.
     Pooled,
     /// A new connection (the pooled one just failed under the request, or an upgrade).
@@ -183,7 +183,7 @@ pub enum Reuse {
 }
 
 /// A connection to `addr` as `reuse` says. `now` is a recent clock reading, for idle expiry.
-pub async fn checkout(
+pub(crate) async fn checkout(
     addr: SocketAddr,
     wire: Wire,
     connect_timeout: Duration,
@@ -214,7 +214,7 @@ pub async fn checkout(
 
 /// Hands a new HTTP/1.1 connection to hyper, for a request that upgrades it (WebSocket and
 /// the like: after `101 Switching Protocols` hyper gives the socket back to be spliced).
-pub async fn upgrade_h1(addr: SocketAddr, conn: H1Conn) -> Result<http1::SendRequest<ReqBody>, ConnectError> {
+pub(crate) async fn upgrade_h1(addr: SocketAddr, conn: H1Conn) -> Result<http1::SendRequest<ReqBody>, ConnectError> {
     let (tx, conn) = http1::Builder::new()
         .handshake(TokioIo::new(conn.into_io()))
         .await

@@ -35,7 +35,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Keeps a watch stream open to the control plane for the life of the process.
 /// A draining proxy withdraws its registration but stays subscribed: the app's late outbound
 /// calls during the drain still go where the control plane says.
-pub async fn run(state: Arc<ProxyState>, target: Arc<ControlPlaneTarget>, request: WatchRequest) {
+pub(crate) async fn run(state: Arc<ProxyState>, target: Arc<ControlPlaneTarget>, request: WatchRequest) {
     let mut failures = 0u32;
     let authority = target.authority.clone();
     let mut persister = Persister::new(state.config.load().proxy.state_dir.as_deref());

@@ -5,9 +5,9 @@
 //! `config::layer` holds what the stream said and the merge rule, `client` the stream itself,
 //! `persist` the copy on disk.
 
-pub mod client;
-pub mod persist;
-pub mod report;
+pub(crate) mod client;
+pub(crate) mod persist;
+pub(crate) mod report;
 
 use std::path::Path;
 use std::sync::{Arc, LazyLock};
@@ -20,7 +20,7 @@ use crate::config::layer::ControlPlaneLayer;
 use crate::metrics::METRICS;
 use crate::state::ProxyState;
 
-pub struct DiscoveryMetrics {
+pub(crate) struct DiscoveryMetrics {
     /// 1 while a watch stream to the control plane is open.
     pub connected: IntGauge,
     /// Control-plane versions applied or rejected.
@@ -29,7 +29,7 @@ pub struct DiscoveryMetrics {
     pub version: IntGauge,
 }
 
-pub static DISCOVERY: LazyLock<DiscoveryMetrics> = LazyLock::new(|| {
+pub(crate) static DISCOVERY: LazyLock<DiscoveryMetrics> = LazyLock::new(|| {
     let connected = IntGauge::new("weft_discovery_connected", "1 while the watch stream to the control plane is open.")
         .expect("valid metric");
     let updates = IntCounterVec::new(
@@ -48,7 +48,7 @@ pub static DISCOVERY: LazyLock<DiscoveryMetrics> = LazyLock::new(|| {
 
 /// Checks a control-plane layer, builds it on top of the file layer and swaps it in; on any
 /// problem nothing changes. Returns the proxy's new config version.
-pub fn apply(state: &ProxyState, cp: ControlPlaneLayer) -> Result<u64, Diagnostics> {
+pub(crate) fn apply(state: &ProxyState, cp: ControlPlaneLayer) -> Result<u64, Diagnostics> {
     let cp_version = cp.version;
     let result = state.layers.apply_control_plane(&state.config, &state.config_path, cp);
     if result.is_ok() {
@@ -59,7 +59,7 @@ pub fn apply(state: &ProxyState, cp: ControlPlaneLayer) -> Result<u64, Diagnosti
 }
 
 /// With `controlPlane` set: serves the persisted layer (if any) at once, then subscribes.
-pub fn start(state: &Arc<ProxyState>) {
+pub(crate) fn start(state: &Arc<ProxyState>) {
     LazyLock::force(&DISCOVERY);
     let snap = state.config.load_full();
     let Some(cp) = snap.proxy.control_plane.clone() else { return };

@@ -15,18 +15,18 @@ const DELTA_WRITE_INTERVAL: Duration = Duration::from_secs(1);
 /// Keeps `stateDir` in step with the applied layer without writing the whole layer for every
 /// endpoint change: snapshots are written at once, deltas at most once a second (the client
 /// calls [`Persister::flush`] when [`Persister::due`] comes and when a stream ends).
-pub struct Persister {
+pub(crate) struct Persister {
     dir: Option<PathBuf>,
     last_write: Option<Instant>,
     dirty: bool,
 }
 
 impl Persister {
-    pub fn new(state_dir: Option<&str>) -> Persister {
+    pub(crate) fn new(state_dir: Option<&str>) -> Persister {
         Persister { dir: state_dir.map(PathBuf::from), last_write: None, dirty: false }
     }
 
-    pub fn applied(&mut self, state: &ProxyState, snapshot: bool) {
+    pub(crate) fn applied(&mut self, state: &ProxyState, snapshot: bool) {
         self.dirty = self.dir.is_some();
         if snapshot || self.last_write.is_none_or(|t| t.elapsed() >= DELTA_WRITE_INTERVAL) {
             self.flush(state);
@@ -34,11 +34,11 @@ impl Persister {
     }
 
     /// When unwritten changes should be written.
-    pub fn due(&self) -> Option<Instant> {
+    pub(crate) fn due(&self) -> Option<Instant> {
         self.dirty.then(|| self.last_write.map_or_else(Instant::now, |t| t + DELTA_WRITE_INTERVAL))
     }
 
-    pub fn flush(&mut self, state: &ProxyState) {
+    pub(crate) fn flush(&mut self, state: &ProxyState) {
         if !self.dirty {
             return;
         }
@@ -52,12 +52,12 @@ impl Persister {
     }
 }
 
-pub fn path(state_dir: &Path) -> PathBuf {
+pub(crate) fn path(state_dir: &Path) -> PathBuf {
     state_dir.join(FILE)
 }
 
 /// Writes the layer atomically: a temporary file, flushed to disk, renamed over the old one.
-pub fn save(state_dir: &Path, layer: &ControlPlaneLayer) -> std::io::Result<()> {
+pub(crate) fn save(state_dir: &Path, layer: &ControlPlaneLayer) -> std::io::Result<()> {
     std::fs::create_dir_all(state_dir)?;
     let tmp = state_dir.join(format!(".{FILE}.tmp"));
     let mut f = std::fs::File::create(&tmp)?;
@@ -68,7 +68,7 @@ pub fn save(state_dir: &Path, layer: &ControlPlaneLayer) -> std::io::Result<()> 
 }
 
 /// The saved layer; `Ok(None)` when there is none yet.
-pub fn load(state_dir: &Path) -> Result<Option<ControlPlaneLayer>, String> {
+pub(crate) fn load(state_dir: &Path) -> Result<Option<ControlPlaneLayer>, String> {
     let p = path(state_dir);
     match std::fs::read(&p) {
         Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| format!("{}: {e}", p.display())),

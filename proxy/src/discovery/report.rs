@@ -10,10 +10,10 @@ use weft_api::discovery::TrafficStat;
 use crate::metrics::METRICS;
 
 /// How often a connected proxy reports.
-pub const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+pub(crate) const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The cumulative traffic of this process.
-pub fn gather() -> Vec<TrafficStat> {
+pub(crate) fn gather() -> Vec<TrafficStat> {
     from_families(&METRICS.registry.gather())
 }
 
@@ -23,7 +23,7 @@ fn label<'a>(m: &'a prometheus::proto::Metric, name: &str) -> &'a str {
 
 /// Folds `weft_requests_total` and `weft_request_duration_seconds` into one stat per
 /// direction, service and route (other labels, such as the status code, are summed).
-pub fn from_families(families: &[MetricFamily]) -> Vec<TrafficStat> {
+pub(crate) fn from_families(families: &[MetricFamily]) -> Vec<TrafficStat> {
     let mut out: BTreeMap<(String, String, String), TrafficStat> = BTreeMap::new();
     fn entry<'a>(
         out: &'a mut BTreeMap<(String, String, String), TrafficStat>,

@@ -13,15 +13,15 @@ use hyper::body::Incoming;
 
 use super::h2body::H2Body;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Largest request body the proxy buffers so that a request can be retried.
-pub const MAX_REPLAY_BYTES: u64 = 64 * 1024;
+pub(crate) const MAX_REPLAY_BYTES: u64 = 64 * 1024;
 
 /// A request body as the client sends it: read by hyper's HTTP/1.1 server, from an HTTP/2
 /// stream (`server::h2server`), or already whole in the read buffer of `server::h1server`
 /// (`None`: no body).
-pub enum ClientBody {
+pub(crate) enum ClientBody {
     Http1(Incoming),
     Http2(H2Body),
     Buffered(Option<Bytes>),
@@ -57,7 +57,7 @@ impl Body for ClientBody {
 }
 
 /// A request body on its way to an upstream.
-pub enum ReqBody {
+pub(crate) enum ReqBody {
     /// Streams from the client as it arrives; usable for one try only.
     Streaming(ClientBody),
     /// A streamed body with a size limit; exceeding it aborts the stream.
@@ -68,7 +68,7 @@ pub enum ReqBody {
 
 #[derive(Debug, thiserror::Error)]
 #[error("request body exceeds the proxy's maxBodyBytes limit")]
-pub struct BodyTooLarge;
+pub(crate) struct BodyTooLarge;
 
 impl Body for ReqBody {
     type Data = Bytes;

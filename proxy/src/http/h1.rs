@@ -6,18 +6,18 @@ use http::header::{self, HeaderName, HeaderValue};
 
 /// Most header fields in a head, a client's request or an upstream's response (hyper's limit
 /// too).
-pub const MAX_HEADERS: usize = 100;
+pub(crate) const MAX_HEADERS: usize = 100;
 /// A body piece up to this size goes out in the same write as its head.
-pub const COALESCE_BODY: usize = 16 * 1024;
+pub(crate) const COALESCE_BODY: usize = 16 * 1024;
 /// A connection's read buffer, both sides: the server takes a head only when it arrives whole
 /// within it (`server::h1server`); the upstream client starts from it and grows it for
 /// large bodies (`connect::H1Conn`).
-pub const READ_SIZE: usize = 8 * 1024;
+pub(crate) const READ_SIZE: usize = 8 * 1024;
 
 /// Whether a request trailer field may be forwarded: not one that frames the message, routes
 /// it, authenticates it (the caller's verified id among them) or controls how it is handled
 /// (RFC 9110 §6.5.1), which a recipient could otherwise mistake for a header.
-pub fn forwardable_trailer(name: &HeaderName) -> bool {
+pub(crate) fn forwardable_trailer(name: &HeaderName) -> bool {
     if super::headers::names_client_id(name) {
         return false;
     }
@@ -39,20 +39,20 @@ pub fn forwardable_trailer(name: &HeaderName) -> bool {
 }
 
 /// `name: value` and its CRLF.
-pub fn push_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+pub(crate) fn push_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
     out.extend_from_slice(name.as_str().as_bytes());
     out.extend_from_slice(b": ");
     out.extend_from_slice(value.as_bytes());
     out.extend_from_slice(b"\r\n");
 }
 
-pub fn push_length(out: &mut Vec<u8>, n: u64) {
+pub(crate) fn push_length(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(b"content-length: ");
     push_number(out, n, 10);
 }
 
 /// A chunk-size line.
-pub fn push_hex(out: &mut Vec<u8>, n: usize) {
+pub(crate) fn push_hex(out: &mut Vec<u8>, n: usize) {
     push_number(out, n as u64, 16);
 }
 
@@ -74,7 +74,7 @@ fn push_number(out: &mut Vec<u8>, mut n: u64, radix: u64) {
 }
 
 /// A Content-Length value: decimal digits only (no sign, no spaces inside), at most 19 of them.
-pub fn parse_length(v: &[u8]) -> Option<u64> {
+pub(crate) fn parse_length(v: &[u8]) -> Option<u64> {
     let v = v.trim_ascii();
     if v.is_empty() || v.len() > 19 {
         return None;

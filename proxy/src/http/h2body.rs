@@ -13,7 +13,7 @@ use super::body::BoxError;
 
 /// Copies a body onto its HTTP/2 stream, within the peer's flow-control window: a request's
 /// toward an upstream, or a response's toward an HTTP/2 client (`server::h2`).
-pub struct BodyPipe<B> {
+pub(crate) struct BodyPipe<B> {
     body: B,
     stream: SendStream<Bytes>,
     /// Data read from the body and not yet sent, waiting for window.
@@ -31,28 +31,28 @@ where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
 {
-    pub fn new(body: B, stream: SendStream<Bytes>, on_error: Reason) -> BodyPipe<B> {
+    pub(crate) fn new(body: B, stream: SendStream<Bytes>, on_error: Reason) -> BodyPipe<B> {
         BodyPipe { body, stream, chunk: None, sent: 0, on_error }
     }
 
     /// Whether the pipe holds data that waits for the peer's flow-control window (rather than
     /// for the body to produce more).
-    pub fn waits_for_window(&self) -> bool {
+    pub(crate) fn waits_for_window(&self) -> bool {
         self.chunk.is_some()
     }
 
     /// Bytes of the body sent so far.
-    pub fn bytes_sent(&self) -> u64 {
+    pub(crate) fn bytes_sent(&self) -> u64 {
         self.sent
     }
 
     /// Gives up on the stream: resets it with `reason` (the body is dropped with the pipe).
-    pub fn reset(&mut self, reason: Reason) {
+    pub(crate) fn reset(&mut self, reason: Reason) {
         self.stream.send_reset(reason);
     }
 
     /// `Ready(Ok)` once the body is sent (or the peer said it needs no more of it).
-    pub fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+    pub(crate) fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         loop {
             if let Some(chunk) = self.chunk.as_mut() {
                 self.stream.reserve_capacity(chunk.len());
@@ -130,7 +130,7 @@ pub(crate) fn h2_reason(e: &(dyn std::error::Error + 'static)) -> Option<Reason>
 /// A body read from an HTTP/2 stream (an upstream's response, or an HTTP/2 client's request);
 /// each chunk's window is given back to the peer once the chunk is handed on, so a slow
 /// reader slows the sender down.
-pub struct H2Body {
+pub(crate) struct H2Body {
     recv: RecvStream,
     /// What `content-length` said is still to come; `UNKNOWN_LENGTH` without one. Kept to 8
     /// bytes: the body sits in every request's future, beside HTTP/1.1's.
@@ -142,7 +142,7 @@ const UNKNOWN_LENGTH: u64 = u64::MAX;
 impl H2Body {
     /// The body of a message with these `headers`; `h2` has already checked that the data
     /// adds up to their `content-length`.
-    pub fn new(headers: &http::HeaderMap, recv: RecvStream) -> H2Body {
+    pub(crate) fn new(headers: &http::HeaderMap, recv: RecvStream) -> H2Body {
         // A message whose HEADERS ended the stream has an empty body, `content-length` or
         // not: its size must say so exactly (a retry needs a replayable body; GETs from
         // most HTTP/2 clients carry no `content-length`).

@@ -2,8 +2,8 @@
 //! request bodies, HTTP/2 bodies both ways, HTTP/1.1 wire helpers, header hygiene and request
 //! paths in normal form. The server loop is `server`, what goes back to clients `response`.
 
-pub mod body;
-pub mod h1;
-pub mod h2body;
+pub(crate) mod body;
+pub(crate) mod h1;
+pub(crate) mod h2body;
 pub mod headers;
-pub mod path;
+pub(crate) mod path;

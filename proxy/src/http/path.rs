@@ -14,7 +14,7 @@ use http::uri::{PathAndQuery, Uri};
 
 /// What a request path needs before it is routed.
 #[derive(Debug, PartialEq, Eq)]
-pub enum PathCheck {
+pub(crate) enum PathCheck {
     /// Already in normal form (nearly every request): nothing to do.
     Normal,
     /// The normal form of the path, with the query as it came.
@@ -26,7 +26,7 @@ pub enum PathCheck {
 /// Checks the path of a request target. Runs on every request: a path without `%`, `\`, NUL,
 /// `//` or a dot segment is found normal by one scan, without allocating; only the others
 /// are rebuilt.
-pub fn check_path(uri: &Uri) -> PathCheck {
+pub(crate) fn check_path(uri: &Uri) -> PathCheck {
     match uri.path_and_query() {
         Some(target) => check_target(target),
         None => PathCheck::Normal,
@@ -34,7 +34,7 @@ pub fn check_path(uri: &Uri) -> PathCheck {
 }
 
 /// Like [`check_path`], for a target on its own (`/explain` checks the path it is given).
-pub fn check_target(target: &PathAndQuery) -> PathCheck {
+pub(crate) fn check_target(target: &PathAndQuery) -> PathCheck {
     if is_normal(target.path().as_bytes()) {
         return PathCheck::Normal;
     }

@@ -12,14 +12,14 @@ use crate::response::errors::ProxyError;
 use crate::routing::Rule;
 use crate::state::ProxyState;
 
-pub use crate::http::headers::CLIENT_ID_HEADER;
+pub(crate) use crate::http::headers::CLIENT_ID_HEADER;
 
 /// Admits a call to the local app's `port` (see `Side::Inbound`): checks the
 /// AuthorizationPolicy, and sets `weft-client-id`
 /// to `caller`, the verified SPIFFE id of the peer proxy (`None` for plaintext), removing
 /// whatever a client sent under that name. Returns the rule and the body limit, or the error
 /// to answer with. Synchronous, like `outbound::route`.
-pub fn admit(
+pub(crate) fn admit(
     state: &ProxyState,
     peer: SocketAddr,
     caller: Option<&str>,

@@ -11,7 +11,7 @@ const LOCK_WAIT_SECONDS: &str = "5";
 
 /// The iptables backend whose binaries program the rules.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
+pub(crate) enum Backend {
     /// `iptables-nft`: rules in nf_tables, the default of current distributions and clusters.
     Nft,
     /// `iptables-legacy`: the x_tables kernel interface.
@@ -22,7 +22,7 @@ impl Backend {
     /// Resolves `mode`. `auto` is legacy when the namespace already holds legacy rules (rules
     /// split across both backends are evaluated in an order nobody chose), else nft.
     /// `legacy_rules` is what `iptables-legacy-save` printed, `None` when it could not run.
-    pub fn choose(mode: Mode, legacy_rules: Option<&str>) -> (Backend, &'static str) {
+    pub(crate) fn choose(mode: Mode, legacy_rules: Option<&str>) -> (Backend, &'static str) {
         match mode {
             Mode::Nft => (Backend::Nft, "--mode nft"),
             Mode::Legacy => (Backend::Legacy, "--mode legacy"),
@@ -33,7 +33,7 @@ impl Backend {
         }
     }
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Backend::Nft => "nft",
             Backend::Legacy => "legacy",
@@ -48,18 +48,19 @@ impl Backend {
         format!("{base}-{}-{tool}", self.name())
     }
 
-    /// The command that prints the nat table, as shown by `--dry-run`.
-    pub fn save_command(self, family: Family) -> String {
+    /// The command that prints the nat table.
+    #[cfg(test)]
+    pub(crate) fn save_command(self, family: Family) -> String {
         format!("{} -t nat", self.binary(family, "save"))
     }
 
     /// The command that applies a ruleset read from stdin, as shown by `--dry-run`.
-    pub fn restore_command(self, family: Family) -> String {
+    pub(crate) fn restore_command(self, family: Family) -> String {
         format!("{} -w {LOCK_WAIT_SECONDS} --noflush", self.binary(family, "restore"))
     }
 
     /// `iptables-save -t nat` of `family`.
-    pub fn save(self, family: Family) -> Result<String, String> {
+    pub(crate) fn save(self, family: Family) -> Result<String, String> {
         let bin = self.binary(family, "save");
         let out = Command::new(&bin).args(["-t", "nat"]).output().map_err(|e| format!("cannot run {bin}: {e}"))?;
         if !out.status.success() {
@@ -69,7 +70,7 @@ impl Backend {
     }
 
     /// Applies `script` atomically with `iptables-restore --noflush`.
-    pub fn restore(self, family: Family, script: &str) -> Result<(), String> {
+    pub(crate) fn restore(self, family: Family, script: &str) -> Result<(), String> {
         let bin = self.binary(family, "restore");
         let mut child = Command::new(&bin)
             .args(["-w", LOCK_WAIT_SECONDS, "--noflush"])
@@ -91,7 +92,7 @@ impl Backend {
 
 /// What `iptables-legacy-save` prints (every table the legacy kernel interface has loaded),
 /// `None` when it cannot run (no legacy support: then nft is the only choice anyway).
-pub fn legacy_rules() -> Option<String> {
+pub(crate) fn legacy_rules() -> Option<String> {
     let out = Command::new("iptables-legacy-save").stderr(Stdio::null()).output().ok()?;
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -2,16 +2,16 @@
 //! pod's inbound TCP reaches the inbound listener and its outbound TCP the outbound listener.
 //! `options` reads the flags, `rules` is the pure ruleset, `backend` runs iptables.
 
-pub mod backend;
-pub mod options;
-pub mod rules;
+pub(crate) mod backend;
+pub(crate) mod options;
+pub(crate) mod rules;
 
 use backend::Backend;
 use options::{InitArgs, Options};
 use rules::Family;
 
 /// Runs `weft-proxy init`; returns the process exit code (2 for flags that do not fit).
-pub fn run(args: InitArgs) -> u8 {
+pub(crate) fn run(args: InitArgs) -> u8 {
     let opts = match Options::from_args(args) {
         Ok(o) => o,
         Err(e) => {

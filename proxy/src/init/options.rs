@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 /// Which iptables backend programs the rules.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// Legacy when the namespace already holds legacy rules, else nft.
     Auto,
     /// iptables-nft
@@ -15,21 +15,21 @@ pub enum Mode {
 
 /// A port or an inclusive range of ports, as `--skip-*-ports` take them (`8080` or `9000-9010`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PortRange {
+pub(crate) struct PortRange {
     pub first: u16,
     pub last: u16,
 }
 
 /// A destination subnet not to redirect, e.g. `10.0.0.0/8` or `fd00::/8`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Subnet {
+pub(crate) struct Subnet {
     pub addr: IpAddr,
     pub prefix: u8,
 }
 
 /// What to program (or remove).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Options {
+pub(crate) struct Options {
     pub proxy_uid: u32,
     pub proxy_gid: Option<u32>,
     pub inbound_port: u16,
@@ -47,7 +47,8 @@ pub struct Options {
 
 impl Options {
     /// Options with the defaults of the contract and `uid` as the proxy's uid.
-    pub fn new(proxy_uid: u32) -> Options {
+    #[cfg(test)]
+    pub(crate) fn new(proxy_uid: u32) -> Options {
         Options {
             proxy_uid,
             proxy_gid: None,
@@ -66,7 +67,7 @@ impl Options {
 
     /// Checks what clap could not check flag by flag: the three ports must differ (every clash
     /// at once, one per line).
-    pub fn from_args(args: InitArgs) -> Result<Options, String> {
+    pub(crate) fn from_args(args: InitArgs) -> Result<Options, String> {
         let opts = Options {
             proxy_uid: args.proxy_uid.unwrap_or(0),
             proxy_gid: args.proxy_gid,
@@ -103,7 +104,7 @@ impl Options {
 /// are never redirected inbound. Re-running is harmless; --cleanup removes exactly these rules;
 /// --dry-run prints what it would run.
 #[derive(clap::Args, Debug)]
-pub struct InitArgs {
+pub(crate) struct InitArgs {
     /// The proxy's uid, whose own traffic is never redirected (it would loop)
     #[arg(long, value_name = "UID", required_unless_present = "cleanup")]
     proxy_uid: Option<u32>,
@@ -144,11 +145,11 @@ pub struct InitArgs {
 
 /// One `--skip-*-ports` value: the flag may be repeated, each value a list.
 #[derive(Clone, Debug)]
-pub struct PortList(Vec<PortRange>);
+pub(crate) struct PortList(Vec<PortRange>);
 
 /// One `--skip-subnets` value.
 #[derive(Clone, Debug)]
-pub struct SubnetList(Vec<Subnet>);
+pub(crate) struct SubnetList(Vec<Subnet>);
 
 fn parse_port(s: &str) -> Result<u16, &'static str> {
     s.trim().parse::<u16>().ok().filter(|p| *p > 0).ok_or("expected a port (1-65535)")

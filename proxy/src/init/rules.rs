@@ -4,13 +4,13 @@
 use super::options::{Options, PortRange};
 
 /// Inbound TCP, jumped to from PREROUTING: skipped ports return, the rest is redirected.
-pub const INBOUND_CHAIN: &str = "WEFT_INBOUND";
+pub(crate) const INBOUND_CHAIN: &str = "WEFT_INBOUND";
 /// Redirects to the inbound listener (from the inbound chain and the hairpin rule).
-pub const IN_REDIRECT_CHAIN: &str = "WEFT_IN_REDIRECT";
+pub(crate) const IN_REDIRECT_CHAIN: &str = "WEFT_IN_REDIRECT";
 /// Outbound TCP, jumped to from OUTPUT.
-pub const OUTPUT_CHAIN: &str = "WEFT_OUTPUT";
+pub(crate) const OUTPUT_CHAIN: &str = "WEFT_OUTPUT";
 /// Every chain this program owns, in the order they are removed.
-pub const CHAINS: [&str; 3] = [INBOUND_CHAIN, OUTPUT_CHAIN, IN_REDIRECT_CHAIN];
+pub(crate) const CHAINS: [&str; 3] = [INBOUND_CHAIN, OUTPUT_CHAIN, IN_REDIRECT_CHAIN];
 
 /// The jumps from the built-in chains into ours, added once.
 const JUMPS: [(&str, &str, &str); 2] =
@@ -21,7 +21,7 @@ const MULTIPORT_MAX: usize = 15;
 
 /// An address family: its rules go through `iptables` or `ip6tables`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Family {
+pub(crate) enum Family {
     V4,
     V6,
 }
@@ -45,7 +45,7 @@ impl Family {
 }
 
 /// The rules of our own chains (`-A CHAIN …`), in order.
-pub fn chain_rules(o: &Options, family: Family) -> Vec<String> {
+pub(crate) fn chain_rules(o: &Options, family: Family) -> Vec<String> {
     let mut rules = Vec::new();
     let mut add = |chain: &str, spec: String, comment: &str, target: String| {
         rules.push(format!("-A {chain} {spec}-m comment --comment weft/{comment} -j {target}"));
@@ -87,7 +87,7 @@ pub fn chain_rules(o: &Options, family: Family) -> Vec<String> {
 /// The `iptables-restore --noflush` input that installs the rules, given what
 /// `iptables-save -t nat` printed (`current`): declaring a chain creates it or flushes it, so
 /// a re-run leaves one copy of each rule, and a jump already present is not added again.
-pub fn install_script(o: &Options, family: Family, current: &str) -> String {
+pub(crate) fn install_script(o: &Options, family: Family, current: &str) -> String {
     let mut out = String::from("*nat\n");
     for chain in CHAINS {
         out.push_str(&format!(":{chain} - [0:0]\n"));
@@ -107,7 +107,7 @@ pub fn install_script(o: &Options, family: Family, current: &str) -> String {
 
 /// The `iptables-restore --noflush` input that removes exactly our jumps and chains from the
 /// table `current` describes; `None` when none of them is there.
-pub fn cleanup_script(current: &str) -> Option<String> {
+pub(crate) fn cleanup_script(current: &str) -> Option<String> {
     let mut body = String::new();
     for (from, to, _) in JUMPS {
         for rule in jumps(current, from, to) {
@@ -125,7 +125,7 @@ pub fn cleanup_script(current: &str) -> Option<String> {
 }
 
 /// How many rules of ours `current` holds (our chains' rules and the jumps into them).
-pub fn count_own_rules(current: &str) -> usize {
+pub(crate) fn count_own_rules(current: &str) -> usize {
     let own = current.lines().filter(|l| CHAINS.iter().any(|c| l.starts_with(&format!("-A {c} ")))).count();
     own + JUMPS.iter().map(|(from, to, _)| jumps(current, from, to).count()).sum::<usize>()
 }

@@ -7,28 +7,28 @@ use std::time::Duration;
 use crate::metrics::METRICS;
 
 /// How long an accept loop waits after a failed accept before it tries again.
-pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Whether `e` says the process (EMFILE) or the system (ENFILE) has no descriptor left.
-pub fn is_fd_limit(e: &std::io::Error) -> bool {
+pub(crate) fn is_fd_limit(e: &std::io::Error) -> bool {
     let code = e.raw_os_error();
     code == Some(rustix::io::Errno::MFILE.raw_os_error()) || code == Some(rustix::io::Errno::NFILE.raw_os_error())
 }
 
 /// One listener's run of failed accepts.
-pub struct AcceptErrors {
+pub(crate) struct AcceptErrors {
     direction: &'static str,
     /// Failures since the last accept that worked.
     failing: u64,
 }
 
 impl AcceptErrors {
-    pub fn new(direction: &'static str) -> AcceptErrors {
+    pub(crate) fn new(direction: &'static str) -> AcceptErrors {
         AcceptErrors { direction, failing: 0 }
     }
 
     /// Counts a failed accept, logging the first of a run (one line, not twenty a second).
-    pub fn failed(&mut self, e: &std::io::Error) {
+    pub(crate) fn failed(&mut self, e: &std::io::Error) {
         let reason = if is_fd_limit(e) { "fd-limit" } else { "other" };
         METRICS.accept_errors.with_label_values(&[self.direction, reason]).inc();
         if self.failing == 0 {
@@ -42,7 +42,7 @@ impl AcceptErrors {
     }
 
     /// Notes an accept that worked, logging the end of a run of failures.
-    pub fn accepted(&mut self) {
+    pub(crate) fn accepted(&mut self) {
         if self.failing > 0 {
             tracing::info!(direction = self.direction, failures = self.failing, "accepting connections again");
             self.failing = 0;

@@ -17,11 +17,11 @@ use weft_api::{MtlsMode, Protocol};
 use crate::config::snapshot::Snapshot;
 use crate::metrics::METRICS;
 use crate::server::Version;
-pub use crate::side::Side;
+pub(crate) use crate::side::Side;
 use crate::state::ProxyState;
 use crate::tls::inbound::Admitted;
 
-pub use accept_errors::{ACCEPT_BACKOFF, AcceptErrors, is_fd_limit};
+pub(crate) use accept_errors::{ACCEPT_BACKOFF, AcceptErrors, is_fd_limit};
 
 /// What a connection is served as, once its original destination is known.
 enum Serve {
@@ -50,14 +50,14 @@ fn classify(side: &Side, original: Option<SocketAddr>, snap: &Snapshot) -> Serve
 }
 
 /// One listening address with a socket per worker.
-pub struct Bound {
+pub(crate) struct Bound {
     pub addr: SocketAddr,
     pub side: Side,
     pub sockets: Vec<std::net::TcpListener>,
 }
 
 /// Binds `addr` `workers` times (SO_REUSEPORT when more than one).
-pub fn bind(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+pub(crate) fn bind(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
     (0..workers)
         .map(|_| {
             let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(SockProto::TCP))?;
@@ -74,7 +74,7 @@ pub fn bind(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::T
 }
 
 /// Binds every data-plane listener of the Proxy spec; errors name the address.
-pub fn bind_all(spec: &weft_api::ProxySpec, workers: usize) -> Result<Vec<Bound>, String> {
+pub(crate) fn bind_all(spec: &weft_api::ProxySpec, workers: usize) -> Result<Vec<Bound>, String> {
     let mut wanted = Vec::new();
     if let Some(o) = &spec.outbound {
         wanted.push((o.listen, Side::Outbound));
@@ -96,7 +96,7 @@ pub fn bind_all(spec: &weft_api::ProxySpec, workers: usize) -> Result<Vec<Bound>
 }
 
 /// Accepts connections until the process exits. Runs inside one worker's runtime.
-pub async fn accept_loop(listener: TcpListener, side: Side, state: Arc<ProxyState>) {
+pub(crate) async fn accept_loop(listener: TcpListener, side: Side, state: Arc<ProxyState>) {
     let gauge = METRICS.open_connections.with_label_values(&[side.direction()]);
     let mut errors = AcceptErrors::new(side.direction());
     loop {

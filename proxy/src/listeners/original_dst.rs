@@ -9,7 +9,7 @@ use tokio::net::TcpStream;
 /// The original destination of `stream` when it was redirected (transparent mode), `None` when
 /// the client connected to this listener itself. Without conntrack (no nat rules at all) the
 /// kernel has no original destination to give, which also means `None`.
-pub fn redirected_from(stream: &TcpStream) -> Option<SocketAddr> {
+pub(super) fn redirected_from(stream: &TcpStream) -> Option<SocketAddr> {
     let local = stream.local_addr().ok()?;
     let sock = SockRef::from(stream);
     let original = match local {

@@ -16,7 +16,7 @@ use crate::state::ProxyState;
 
 /// How the service of an app's call is found.
 #[derive(Clone, Copy, Debug)]
-pub enum ServiceBy<'a> {
+pub(crate) enum ServiceBy<'a> {
     /// By Host (the outbound listener).
     Host,
     /// The service the port is bound to (upstream ports).
@@ -30,7 +30,11 @@ pub enum ServiceBy<'a> {
 /// matching rule. Returns the rule and the body limit, or the error to answer with.
 /// Synchronous, so the request's future (boxed once by the server) holds only the forwarding
 /// that follows.
-pub fn route(state: &ProxyState, by: ServiceBy<'_>, req: &Request<ClientBody>) -> Result<(Arc<Rule>, u64), ProxyError> {
+pub(crate) fn route(
+    state: &ProxyState,
+    by: ServiceBy<'_>,
+    req: &Request<ClientBody>,
+) -> Result<(Arc<Rule>, u64), ProxyError> {
     let snap = state.config.load();
     let by_host = || headers::request_host(req).and_then(|h| snap.lookup_host(h));
     let routes = match by {
@@ -53,7 +57,11 @@ pub fn route(state: &ProxyState, by: ServiceBy<'_>, req: &Request<ClientBody>) -
 /// that echoes the name looked up (the port's service on an upstream port, else the host),
 /// counted under the service `unknown`, never under that name: a client could make up any
 /// number of them.
-pub fn unknown_service(bound_service: Option<&str>, req: &Request<ClientBody>, started: Instant) -> Response<RespBody> {
+pub(crate) fn unknown_service(
+    bound_service: Option<&str>,
+    req: &Request<ClientBody>,
+    started: Instant,
+) -> Response<RespBody> {
     let resp = ProxyError::unknown_service_response(bound_service.or_else(|| headers::request_host(req)));
     RouteMetrics::unknown_service().record(resp.status().as_u16(), false, started.elapsed().as_secs_f64());
     resp

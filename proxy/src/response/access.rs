@@ -21,7 +21,7 @@ use crate::routing::Rule;
 /// The upstream a forwarded response came from, put in the response's extensions for the
 /// access log (only while it is on).
 #[derive(Clone, Debug)]
-pub struct Upstream {
+pub(crate) struct Upstream {
     /// The backend service the rule chose (differs from the route's service on a split).
     pub backend: Arc<str>,
     /// The endpoint of the last try; `None` when no endpoint was tried.
@@ -29,14 +29,14 @@ pub struct Upstream {
 }
 
 /// Notes `upstream` in `resp` when the access log is on (one relaxed load when it is off).
-pub fn note_upstream(resp: &mut Response<RespBody>, backend: &Arc<str>, endpoint: Option<SocketAddr>) {
+pub(crate) fn note_upstream(resp: &mut Response<RespBody>, backend: &Arc<str>, endpoint: Option<SocketAddr>) {
     if crate::logging::access_log_enabled() {
         resp.extensions_mut().insert(Upstream { backend: backend.clone(), endpoint });
     }
 }
 
 /// What is known of a request when it is routed; completed when its response ends.
-pub struct AccessLine {
+pub(crate) struct AccessLine {
     direction: &'static str,
     peer: SocketAddr,
     /// The caller's verified SPIFFE id (inbound mutual TLS).
@@ -57,7 +57,7 @@ pub struct AccessLine {
 }
 
 impl AccessLine {
-    pub fn new<B>(
+    pub(crate) fn new<B>(
         direction: &'static str,
         peer: SocketAddr,
         caller: Option<Arc<str>>,
@@ -86,7 +86,7 @@ impl AccessLine {
 
     /// Completes the line with the response head, and writes it once the body has been sent
     /// (at once for a body the proxy made itself, whose length is known).
-    pub fn finish(mut self, mut resp: Response<RespBody>) -> Response<RespBody> {
+    pub(crate) fn finish(mut self, mut resp: Response<RespBody>) -> Response<RespBody> {
         self.status = resp.status().as_u16();
         self.proxy_error = resp.headers().get(ERROR_HEADER).cloned();
         self.upstream = resp.extensions_mut().remove::<Upstream>();
@@ -123,7 +123,7 @@ impl AccessLine {
 
 /// A forwarded response body that counts the bytes sent and writes the access line when it
 /// ends or is dropped (the client went away, or the upstream broke off).
-pub struct LoggedBody {
+pub(crate) struct LoggedBody {
     inner: RespBody,
     bytes: u64,
     ended: bool,
@@ -131,7 +131,7 @@ pub struct LoggedBody {
 }
 
 impl LoggedBody {
-    pub fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    pub(crate) fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -148,11 +148,11 @@ impl LoggedBody {
         polled
     }
 
-    pub fn is_end_stream(&self) -> bool {
+    pub(crate) fn is_end_stream(&self) -> bool {
         self.inner.is_end_stream()
     }
 
-    pub fn size_hint(&self) -> SizeHint {
+    pub(crate) fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
 }

@@ -22,7 +22,7 @@ use crate::target::Cluster;
 /// Counts a forwarded response in `weft_requests_total` once its body has ended, so that
 /// what is counted agrees with what the client got: a body the upstream broke after a 200
 /// head is a failure, and a gRPC call's status arrives in its trailers.
-pub struct Record {
+pub(crate) struct Record {
     metrics: Arc<RouteMetrics>,
     status: u16,
     /// For a gRPC call, when the proxy received it: its duration runs to the trailers. Other
@@ -32,12 +32,12 @@ pub struct Record {
 
 impl Record {
     /// A response whose duration was observed at its head.
-    pub fn http(metrics: Arc<RouteMetrics>, status: u16) -> Record {
+    pub(crate) fn http(metrics: Arc<RouteMetrics>, status: u16) -> Record {
         Record { metrics, status, grpc_since: None }
     }
 
     /// A gRPC call received at `started`, whose status waits for its trailers.
-    pub fn grpc(metrics: Arc<RouteMetrics>, status: u16, started: Instant) -> Record {
+    pub(crate) fn grpc(metrics: Arc<RouteMetrics>, status: u16, started: Instant) -> Record {
         Record { metrics, status, grpc_since: Some(started) }
     }
 
@@ -45,7 +45,7 @@ impl Record {
     /// `grpc-status` other than 0 (OK); `broke`: the upstream's body ended in an error. A
     /// client that went away does not make a plain response a failure; a gRPC call without
     /// its trailers has no status, and counts as failed.
-    pub fn finish(self, complete: bool, failed_status: bool, broke: bool) {
+    pub(crate) fn finish(self, complete: bool, failed_status: bool, broke: bool) {
         match self.grpc_since {
             Some(started) => {
                 self.metrics.record(self.status, !complete || failed_status, started.elapsed().as_secs_f64())
@@ -55,7 +55,7 @@ impl Record {
     }
 
     /// Whether these trailers report a failed call.
-    pub fn is_failure(trailers: &http::HeaderMap) -> bool {
+    pub(crate) fn is_failure(trailers: &http::HeaderMap) -> bool {
         trailers.get("grpc-status").is_some_and(|s| s.as_bytes() != b"0")
     }
 }
@@ -63,7 +63,7 @@ impl Record {
 /// Tells outlier detection how a response that went to the client ended: its head counted
 /// only for the latency estimate (`EndpointSet::on_head_at`), and a body the upstream broke
 /// part way is a failure of the endpoint, though the client already had the head.
-pub struct BodyOutcome {
+pub(crate) struct BodyOutcome {
     cluster: Arc<Cluster>,
     endpoint: Arc<Endpoint>,
     /// When the head arrived (`clock` nanoseconds).
@@ -71,13 +71,13 @@ pub struct BodyOutcome {
 }
 
 impl BodyOutcome {
-    pub fn new(cluster: Arc<Cluster>, endpoint: Arc<Endpoint>, head_at: u64) -> BodyOutcome {
+    pub(crate) fn new(cluster: Arc<Cluster>, endpoint: Arc<Endpoint>, head_at: u64) -> BodyOutcome {
         BodyOutcome { cluster, endpoint, head_at }
     }
 
     /// `broke`: the upstream's body ended in an error. A success is dated at its head (the
     /// clock is read again only for a failure, which may start an ejection).
-    pub fn finish(self, broke: bool) {
+    pub(crate) fn finish(self, broke: bool) {
         let now = if broke { clock::now_nanos() } else { self.head_at };
         if self.cluster.set.on_body_end(&self.endpoint, broke, now) {
             self.cluster.note_ejection(self.endpoint.addr);
@@ -89,7 +89,7 @@ impl BodyOutcome {
 /// permit, count the response (a gRPC call's status arrives in the trailers), and tell outlier
 /// detection whether the upstream finished its answer. An HTTP/1.1 connection goes back to
 /// the pool by itself (see `connect::H1Body`).
-pub struct BodyEnd {
+pub(crate) struct BodyEnd {
     pub permit: Option<crate::balance::Permit>,
     pub record: Option<Record>,
     pub outcome: Option<BodyOutcome>,
@@ -110,7 +110,7 @@ impl BodyEnd {
 
 /// A response body as an upstream sends it: from an HTTP/1.1 connection (`connect::H1Conn`),
 /// from hyper's after an upgrade, or from an HTTP/2 stream (`connect::H2Conn`).
-pub enum UpstreamBody {
+pub(crate) enum UpstreamBody {
     Http1(H1Body),
     Upgraded(Incoming),
     Http2(H2Body),
@@ -146,7 +146,7 @@ impl Body for UpstreamBody {
 }
 
 /// A response body on its way back to the client.
-pub enum RespBody {
+pub(crate) enum RespBody {
     /// A proxy-made response (errors, admin pages).
     Full(Option<Bytes>),
     /// Streams from the upstream.
@@ -159,16 +159,12 @@ pub enum RespBody {
 }
 
 impl RespBody {
-    pub fn full(data: impl Into<Bytes>) -> RespBody {
+    pub(crate) fn full(data: impl Into<Bytes>) -> RespBody {
         let data = data.into();
         RespBody::Full(if data.is_empty() { None } else { Some(data) })
     }
 
-    pub fn empty() -> RespBody {
-        RespBody::Full(None)
-    }
-
-    pub fn upstream(inner: UpstreamBody, end: Option<BodyEnd>) -> RespBody {
+    pub(crate) fn upstream(inner: UpstreamBody, end: Option<BodyEnd>) -> RespBody {
         RespBody::Upstream { inner, end, done: false, failed_status: false, broke: false }
     }
 }

@@ -5,11 +5,11 @@ use http::{HeaderValue, Response, StatusCode};
 
 use super::body::RespBody;
 
-pub const ERROR_HEADER: &str = "weft-proxy-error";
+pub(crate) const ERROR_HEADER: &str = "weft-proxy-error";
 
 /// Every failure the proxy reports to a client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProxyError {
+pub(crate) enum ProxyError {
     /// No service is known under the request's host.
     UnknownService,
     /// The service is known but no route rule matches the request.
@@ -44,7 +44,8 @@ pub enum ProxyError {
 
 impl ProxyError {
     /// Every variant, in the order the README and docs/reference.md list them by status.
-    pub const ALL: [ProxyError; 15] = [
+    #[cfg(test)]
+    pub(crate) const ALL: [ProxyError; 15] = [
         ProxyError::UnknownService,
         ProxyError::NoRoute,
         ProxyError::NoEndpoints,
@@ -62,7 +63,7 @@ impl ProxyError {
         ProxyError::BadHost,
     ];
 
-    pub fn status(self) -> StatusCode {
+    pub(crate) fn status(self) -> StatusCode {
         match self {
             ProxyError::UnknownService | ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::NoEndpoints
@@ -78,7 +79,7 @@ impl ProxyError {
     }
 
     /// The value of the `weft-proxy-error` header.
-    pub fn reason(self) -> &'static str {
+    pub(crate) fn reason(self) -> &'static str {
         match self {
             ProxyError::UnknownService => "unknown-service",
             ProxyError::NoRoute => "no-route",
@@ -99,7 +100,7 @@ impl ProxyError {
     }
 
     /// What an operator should change, for the body and the log line.
-    pub fn hint(self) -> &'static str {
+    pub(crate) fn hint(self) -> &'static str {
         match self {
             ProxyError::UnknownService => "no Service with this name; check the Host header or add a Service document",
             ProxyError::NoRoute => "no rule of the service's Route matches; check /explain for this request",
@@ -123,13 +124,13 @@ impl ProxyError {
         }
     }
 
-    pub fn response(self) -> Response<RespBody> {
+    pub(crate) fn response(self) -> Response<RespBody> {
         self.response_with_body(format!("{}: {}\n", self.reason(), self.hint()))
     }
 
     /// The same answer as HTTP/1.1 bytes, for a connection that is closed after it and has no
     /// request object to answer (a head refused while parsing, a plaintext caller).
-    pub fn http1_bytes_then_close(self) -> Vec<u8> {
+    pub(crate) fn http1_bytes_then_close(self) -> Vec<u8> {
         let status = self.status();
         let body = format!("{}: {}\n", self.reason(), self.hint());
         format!(
@@ -144,7 +145,7 @@ impl ProxyError {
 
     /// The 404 `unknown-service` answer, saying which name was looked up (`None`: the request
     /// named no host), so a typo or an unexpected alias shows in the answer itself.
-    pub fn unknown_service_response(host: Option<&str>) -> Response<RespBody> {
+    pub(crate) fn unknown_service_response(host: Option<&str>) -> Response<RespBody> {
         let e = ProxyError::UnknownService;
         let host = host.map_or_else(|| "(none)".to_string(), |h| format!("{:?}", echoed(h)));
         e.response_with_body(format!("{}: {}; host: {host}\n", e.reason(), e.hint()))

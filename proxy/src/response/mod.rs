@@ -2,6 +2,6 @@
 //! (`body`), the one table of answers the proxy makes itself (`errors`), and the access log
 //! that wraps a forwarded body while it is on (`access`).
 
-pub mod access;
-pub mod body;
-pub mod errors;
+pub(crate) mod access;
+pub(crate) mod body;
+pub(crate) mod errors;

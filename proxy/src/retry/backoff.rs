@@ -9,7 +9,7 @@ use std::time::Duration;
 /// guarantees a real pause, so retries back off even when the random part is small (full
 /// jitter can retry almost at once); the random half spreads callers that failed together so
 /// they do not come back together. Never more than `max`.
-pub fn backoff(retry: u32, base: Duration, max: Duration) -> Duration {
+pub(crate) fn backoff(retry: u32, base: Duration, max: Duration) -> Duration {
     let ceiling = ceiling(retry, base, max);
     let half = ceiling / 2;
     let spread = u64::try_from((ceiling - half).as_nanos()).unwrap_or(u64::MAX);

@@ -7,5 +7,5 @@
 mod backoff;
 mod budget;
 
-pub use backoff::backoff;
-pub use budget::RetryBudget;
+pub(crate) use backoff::backoff;
+pub(crate) use budget::RetryBudget;

@@ -19,7 +19,7 @@ use crate::state::ProxyState;
 const DRAIN_QUIET: Duration = Duration::from_millis(500);
 
 /// Runs the proxy from `config_path` until it is told to stop. Returns the process exit code.
-pub fn run(config_path: PathBuf, workers_override: Option<usize>) -> i32 {
+pub(crate) fn run(config_path: PathBuf, workers_override: Option<usize>) -> i32 {
     crate::tls::install_default_provider();
     let (snapshot, bytes) = match config::load(&config_path, 1, None) {
         Ok(pair) => pair,

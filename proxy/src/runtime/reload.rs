@@ -13,7 +13,7 @@ use crate::metrics::METRICS;
 use crate::state::ProxyState;
 
 /// Loads the file again and swaps it in when valid. Returns the new version.
-pub fn reload(state: &ProxyState) -> Result<u64, Diagnostics> {
+pub(super) fn reload(state: &ProxyState) -> Result<u64, Diagnostics> {
     let current = state.config.load_full();
     let next = crate::config::read_documents(&state.config_path)
         .and_then(|(docs, _)| state.layers.build_with_file(&state.config_path, docs, current.version + 1, &current));
@@ -45,7 +45,7 @@ pub fn reload(state: &ProxyState) -> Result<u64, Diagnostics> {
 }
 
 /// Watches the config file's folder and reloads when the file's content changes.
-pub async fn watch(state: Arc<ProxyState>, mut last: Vec<u8>) {
+pub(super) async fn watch(state: Arc<ProxyState>, mut last: Vec<u8>) {
     let path = state.config_path.clone();
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
     let name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();

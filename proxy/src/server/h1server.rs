@@ -53,7 +53,7 @@ const MIN_ROOM: usize = 1024;
 const QUIET_CLOSE: Duration = Duration::from_secs(1);
 
 /// How a connection served here ended.
-pub enum Served<S> {
+pub(crate) enum Served<S> {
     /// The client closed it, it idled out, draining closed it, or it broke.
     Ended(Result<(), H1Error>),
     /// The next request is not one this server takes: hyper serves the connection from here,
@@ -62,7 +62,7 @@ pub enum Served<S> {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum H1Error {
+pub(crate) enum H1Error {
     #[error("client connection failed: {0}")]
     Io(#[from] io::Error),
     #[error("response body failed: {0}")]
@@ -120,7 +120,7 @@ struct Framing {
 
 /// How long a connection may wait and how large a head may be.
 #[derive(Clone, Copy)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// `clientIdleTimeout`: for the first byte of each request.
     pub idle: Duration,
     /// `headerReadTimeout`: for the rest of a head once it has begun.
@@ -131,7 +131,7 @@ pub struct Limits {
 
 /// Serves `io` until it ends or hands it to hyper.
 #[expect(clippy::manual_async_fn, reason = "an async fn keeps its arguments twice")]
-pub fn serve<S>(mut io: S, handler: &Handler, limits: Limits) -> impl Future<Output = Served<S>>
+pub(crate) fn serve<S>(mut io: S, handler: &Handler, limits: Limits) -> impl Future<Output = Served<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {

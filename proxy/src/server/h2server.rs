@@ -51,7 +51,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Why an HTTP/2 client connection ended early.
 #[derive(Debug, thiserror::Error)]
-pub enum H2ServeError {
+pub(crate) enum H2ServeError {
     #[error("no HTTP/2 handshake within {0:?}")]
     HandshakeTimeout(Duration),
     #[error("HTTP/2 header block not complete within {0:?}")]
@@ -62,7 +62,7 @@ pub enum H2ServeError {
 
 /// Performs the server handshake on `io` (whose client has sent, or is sending, the
 /// preface), within `header_read_timeout`. The connection then runs as an `H2Connection`.
-pub async fn handshake<S>(
+pub(crate) async fn handshake<S>(
     io: S,
     handler: Handler,
     header_read_timeout: Duration,
@@ -101,7 +101,7 @@ where
 /// `clientIdleTimeout`, it sends GOAWAY itself. Either way, once no stream is open, the
 /// client has `CLOSE_GRACE` to close before the proxy does; a header block left incomplete
 /// for `headerReadTimeout` closes the connection at once.
-pub struct H2Connection<S> {
+pub(crate) struct H2Connection<S> {
     conn: h2::server::Connection<HeaderBlockWatch<S>, Bytes>,
     handler: Handler,
     /// `None` once the connection is closing for idleness.
@@ -127,7 +127,7 @@ where
 {
     /// Tells the client that no new streams will be accepted; the ones open finish, and the
     /// connection is closed `CLOSE_GRACE` after the last (sooner if the client closes it).
-    pub fn graceful_shutdown(&mut self) {
+    pub(crate) fn graceful_shutdown(&mut self) {
         self.conn.graceful_shutdown();
         if self.close_by.is_none() {
             self.close_by = Some(Instant::now() + self.close_grace);

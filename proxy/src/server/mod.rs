@@ -7,10 +7,10 @@
 
 #[cfg(test)]
 mod h1_properties;
-pub mod h1server;
-pub mod h2server;
+pub(crate) mod h1server;
+pub(crate) mod h2server;
 mod spares;
-pub mod timeouts;
+pub(crate) mod timeouts;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -42,6 +42,7 @@ use timeouts::{HeadTimer, ReadWatch};
 /// The HTTP version a client speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Version {
+    /// HTTP/1.x.
     Http1,
     /// HTTP/2 with prior knowledge (h2c) or negotiated by ALPN.
     Http2,
@@ -53,7 +54,7 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Tells HTTP/2 prior knowledge from HTTP/1.x by peeking at the first bytes, which stay in the
 /// socket. `None`: the client closed, failed, sent nothing within `idle`, or started the
 /// preface and did not finish it within `head`.
-pub async fn sniff(stream: &TcpStream, idle: Duration, head: Duration) -> Option<Version> {
+pub(crate) async fn sniff(stream: &TcpStream, idle: Duration, head: Duration) -> Option<Version> {
     let mut buf = [0u8; 24];
     // Nothing sent yet: the connection is idle, not slow.
     let first = tokio::time::timeout(idle, stream.peek(&mut buf)).await.ok()?.ok()?;
@@ -92,7 +93,7 @@ pub(crate) fn version_from_prefix(first: &[u8]) -> Option<Version> {
 /// sends nothing within `clientIdleTimeout`, or only part of the HTTP/2 preface within
 /// `headerReadTimeout`, is closed.
 #[expect(clippy::manual_async_fn, reason = "an async fn keeps its arguments twice")]
-pub fn serve_plaintext(
+pub(crate) fn serve_plaintext(
     stream: TcpStream,
     peer: SocketAddr,
     side: Side,
@@ -134,7 +135,7 @@ pub fn serve_plaintext(
 /// keeps a slot for each argument and each pinned local, so passing it by value stored it
 /// twice); hyper's larger state, for the connections handed to it, is boxed.
 #[expect(clippy::manual_async_fn, reason = "an async fn keeps its arguments twice")]
-pub fn serve<S>(
+pub(crate) fn serve<S>(
     stream: S,
     version: Version,
     peer: SocketAddr,
@@ -226,7 +227,7 @@ where
 
 /// What a client connection's requests share; hyper calls it for each HTTP/1.1 request, and
 /// `h2server` for each HTTP/2 stream.
-pub struct Handler {
+pub(crate) struct Handler {
     state: Arc<ProxyState>,
     side: Side,
     peer: SocketAddr,
@@ -261,13 +262,13 @@ impl hyper::service::Service<Request<Incoming>> for Handler {
 }
 
 impl Handler {
-    pub fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         self.state.is_draining()
     }
 
     /// Starts answering a request that arrived at `started`: routed now, forwarded by the
     /// future returned (wrapped to write the access log line when that is on).
-    pub fn call(&self, mut req: Request<ClientBody>, started: Instant) -> BoxedResponse {
+    pub(crate) fn call(&self, mut req: Request<ClientBody>, started: Instant) -> BoxedResponse {
         let routed = self.route(&mut req);
         if crate::logging::access_log_enabled() {
             return self.respond_logged(routed, req, started);
@@ -361,7 +362,7 @@ fn with_path(uri: &mut http::Uri, normal: http::uri::PathAndQuery) -> Result<(),
     Ok(())
 }
 
-pub type BoxedResponse = Pin<Box<dyn Future<Output = Response<RespBody>> + Send>>;
+pub(crate) type BoxedResponse = Pin<Box<dyn Future<Output = Response<RespBody>> + Send>>;
 
 /// Boxes the future `build` returns, allocating first so that the future can be built in the
 /// box rather than on the stack and copied in.
@@ -376,7 +377,7 @@ where
 /// What hyper gets for each request: the boxed response future, which never fails (errors are
 /// responses). Boxed, because hyper keeps a slot of its type for the whole life of an HTTP/1.1
 /// connection, idle or not, and copies it into the task it spawns for each HTTP/2 stream.
-pub struct ResponseFuture(BoxedResponse);
+pub(crate) struct ResponseFuture(BoxedResponse);
 
 impl Future for ResponseFuture {
     type Output = Result<Response<RespBody>, Infallible>;

@@ -14,9 +14,9 @@ use crate::http::h1::READ_SIZE;
 
 /// The write buffer's initial size: a usual head and a small body. (Growing it step by step
 /// from empty cost about 2k instructions per connection.)
-pub const OUT_SIZE: usize = 512;
+pub(super) const OUT_SIZE: usize = 512;
 /// A write buffer grown beyond this (a large head or chunked body) is not kept.
-pub const MAX_KEPT_OUT: usize = 32 * 1024;
+pub(super) const MAX_KEPT_OUT: usize = 32 * 1024;
 /// A read buffer grown beyond this (a long head that went to hyper) is not kept.
 const MAX_KEPT_READ: usize = 2 * READ_SIZE;
 /// A header map with room for more fields than this is not kept.
@@ -26,7 +26,7 @@ const MAX_SPARES: usize = 16;
 
 /// One connection's buffers.
 #[derive(Default)]
-pub struct Buffers {
+pub(super) struct Buffers {
     /// Bytes read from the client and not yet taken (a pipelined request stays here).
     pub read: BytesMut,
     /// The response head being written.
@@ -42,7 +42,7 @@ thread_local! {
 impl Buffers {
     /// Makes sure there are buffers to read into: a spare set when this connection gave its
     /// own away, new ones when the thread has none.
-    pub fn ensure(&mut self) {
+    pub(super) fn ensure(&mut self) {
         if self.read.capacity() > 0 {
             return;
         }
@@ -56,7 +56,7 @@ impl Buffers {
     /// Gives the buffers to the thread's spares while the connection waits with nothing
     /// read: only when nothing else shares the read buffer's memory (a request body taken
     /// from it may still be on its way upstream) and none has grown past what is kept.
-    pub fn release(&mut self) {
+    pub(super) fn release(&mut self) {
         if !self.read.is_empty() || self.read.capacity() == 0 {
             return;
         }

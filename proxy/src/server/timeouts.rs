@@ -37,14 +37,14 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// A client socket that notes when bytes arrive, for `HeadTimer`. Its first reads return
 /// `prefix`: what `h1server` had read before it handed the connection to hyper.
-pub struct ReadWatch<S> {
+pub(crate) struct ReadWatch<S> {
     io: S,
     prefix: Bytes,
     read: Arc<AtomicBool>,
 }
 
 impl<S> ReadWatch<S> {
-    pub fn new(io: S, prefix: Bytes, timer: &HeadTimer) -> ReadWatch<S> {
+    pub(crate) fn new(io: S, prefix: Bytes, timer: &HeadTimer) -> ReadWatch<S> {
         ReadWatch { io, prefix, read: timer.read.clone() }
     }
 }
@@ -107,21 +107,21 @@ pass_writes_through!(ReadWatch);
 
 /// The timer hyper's HTTP/1.1 server runs while it waits for a request head (one per client
 /// connection; hyper is configured with `headerReadTimeout` as its header read timeout).
-pub struct HeadTimer {
+pub(crate) struct HeadTimer {
     read: Arc<AtomicBool>,
     head: Duration,
     idle: Duration,
 }
 
 impl HeadTimer {
-    pub fn new(header_read_timeout: Duration, client_idle_timeout: Duration) -> HeadTimer {
+    pub(crate) fn new(header_read_timeout: Duration, client_idle_timeout: Duration) -> HeadTimer {
         HeadTimer { read: Arc::new(AtomicBool::new(false)), head: header_read_timeout, idle: client_idle_timeout }
     }
 
     /// Whether a byte of the head being waited for has arrived: after hyper's header read
     /// timeout error, `false` means the connection was idle (closed by `clientIdleTimeout`),
     /// `true` that its head was too slow.
-    pub fn head_begun(&self) -> Arc<AtomicBool> {
+    pub(crate) fn head_begun(&self) -> Arc<AtomicBool> {
         self.read.clone()
     }
 }
@@ -179,7 +179,7 @@ const IDLE_CHECKS: u32 = 4;
 
 /// Tells when an HTTP/2 connection has been idle for `clientIdleTimeout`: no stream open and
 /// none started over it, checked every quarter of it.
-pub struct IdleTicker {
+pub(crate) struct IdleTicker {
     tick: Pin<Box<tokio::time::Sleep>>,
     period: Duration,
     accepted: u64,
@@ -188,7 +188,7 @@ pub struct IdleTicker {
 }
 
 impl IdleTicker {
-    pub fn new(client_idle_timeout: Duration) -> IdleTicker {
+    pub(crate) fn new(client_idle_timeout: Duration) -> IdleTicker {
         let period = client_idle_timeout / IDLE_CHECKS;
         IdleTicker {
             tick: Box::pin(tokio::time::sleep(period)),
@@ -200,13 +200,13 @@ impl IdleTicker {
     }
 
     /// A stream was accepted.
-    pub fn stream_started(&mut self) {
+    pub(crate) fn stream_started(&mut self) {
         self.accepted += 1;
     }
 
     /// `Ready` once the connection has been idle long enough; `has_streams` says whether any
     /// stream is open now.
-    pub fn poll_idle(&mut self, cx: &mut Context<'_>, has_streams: impl Fn() -> bool) -> Poll<()> {
+    pub(crate) fn poll_idle(&mut self, cx: &mut Context<'_>, has_streams: impl Fn() -> bool) -> Poll<()> {
         if self.tick.as_mut().poll(cx).is_pending() {
             return Poll::Pending;
         }
@@ -232,7 +232,7 @@ impl IdleTicker {
 /// An HTTP/2 client socket that says, through a flag `h2server` reads, whether the client is
 /// in the middle of a header block. It looks at the bytes h2 reads, so the flag is exact
 /// whenever h2 has read all that arrived. The cost is a few operations per frame.
-pub struct HeaderBlockWatch<S> {
+pub(crate) struct HeaderBlockWatch<S> {
     io: S,
     scan: FrameScan,
     open: Arc<AtomicBool>,
@@ -240,7 +240,7 @@ pub struct HeaderBlockWatch<S> {
 
 impl<S> HeaderBlockWatch<S> {
     /// Watches `io` from its first byte (the client's preface); `open` is the flag.
-    pub fn new(io: S, open: Arc<AtomicBool>) -> HeaderBlockWatch<S> {
+    pub(crate) fn new(io: S, open: Arc<AtomicBool>) -> HeaderBlockWatch<S> {
         HeaderBlockWatch { io, scan: FrameScan::new(), open }
     }
 }

@@ -36,7 +36,7 @@ thread_local! {
 
 /// An HTTP/2 connection to the peer proxy at `addr` that proved it is `identity`, and whether
 /// it was reused (`reuse` allowing). `now` is a recent clock reading (see `H2Conn::take`).
-pub async fn checkout(
+pub(crate) async fn checkout(
     addr: SocketAddr,
     identity: &Arc<str>,
     connect_timeout: Duration,
@@ -69,7 +69,7 @@ pub async fn checkout(
 }
 
 /// Drops closed connections (run by each worker's idle sweep).
-pub fn sweep() {
+pub(crate) fn sweep() {
     POOL.with(|p| p.borrow_mut().retain(|_, c| !c.tx.is_closed()));
 }
 
@@ -84,7 +84,7 @@ async fn connect(
 }
 
 /// An mTLS stream to the peer proxy at `addr` that proved it is `identity`, for opaque TCP.
-pub async fn connect_stream(
+pub(crate) async fn connect_stream(
     addr: SocketAddr,
     identity: &str,
     timeout: Duration,

@@ -24,12 +24,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 static EVER_TRUSTED: AtomicBool = AtomicBool::new(false);
 
 /// A byte stream to the control plane, plaintext or TLS.
-pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 
 /// Where the control plane is and how to trust it.
 #[derive(Debug)]
-pub struct ControlPlaneTarget {
+pub(crate) struct ControlPlaneTarget {
     /// `host:port`.
     pub authority: String,
     tls: Option<TlsTarget>,
@@ -43,7 +43,7 @@ struct TlsTarget {
 
 /// Why a connection to the control plane failed.
 #[derive(Debug, thiserror::Error)]
-pub enum ConnectFailure {
+pub(crate) enum ConnectFailure {
     /// Down, refused, slow: retry.
     #[error("{0}")]
     Unreachable(String),
@@ -56,7 +56,7 @@ impl ConnectFailure {
     /// True when the config cannot work: no certificate from the control plane has ever
     /// verified in this process. The proxy then stops with this error instead of retrying
     /// forever against the wrong trust bundle.
-    pub fn is_fatal(&self) -> bool {
+    pub(crate) fn is_fatal(&self) -> bool {
         matches!(self, ConnectFailure::Untrusted(_)) && !EVER_TRUSTED.load(Ordering::Acquire)
     }
 }
@@ -64,7 +64,7 @@ impl ConnectFailure {
 impl ControlPlaneTarget {
     /// From the Proxy's `controlPlane` (paths already resolved against the config file's
     /// folder); `trust_domain` gives the default identity the control plane must prove.
-    pub fn new(cp: &ControlPlaneSpec, trust_domain: &str) -> Result<ControlPlaneTarget, String> {
+    pub(crate) fn new(cp: &ControlPlaneSpec, trust_domain: &str) -> Result<ControlPlaneTarget, String> {
         let (tls, rest) = match (cp.address.strip_prefix("https://"), cp.address.strip_prefix("http://")) {
             (Some(rest), _) => (true, rest),
             (None, Some(rest)) => (false, rest),
@@ -92,13 +92,13 @@ impl ControlPlaneTarget {
     }
 
     /// `https` or `http`, for request URIs.
-    pub fn scheme(&self) -> &'static str {
+    pub(crate) fn scheme(&self) -> &'static str {
         if self.tls.is_some() { "https" } else { "http" }
     }
 
     /// A connection speaking `alpn` (TLS only), presenting this proxy's certificate when
     /// `present_identity` and it has one.
-    pub async fn connect(&self, alpn: &[u8], present_identity: bool) -> Result<Box<dyn Io>, ConnectFailure> {
+    pub(crate) async fn connect(&self, alpn: &[u8], present_identity: bool) -> Result<Box<dyn Io>, ConnectFailure> {
         let unreachable = |e: String| ConnectFailure::Unreachable(e);
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.authority))
             .await

@@ -24,7 +24,7 @@ use super::{MeshTls, TlsError};
 use crate::state::ProxyState;
 
 /// The route of the control plane's CA (docs/certificates.md).
-pub const CERTIFICATES_PATH: &str = "/v1/certificates";
+pub(crate) const CERTIFICATES_PATH: &str = "/v1/certificates";
 /// Renew when this share of the certificate's life has passed.
 const RENEW_AT: f64 = 0.7;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,7 +44,7 @@ struct CsrResponse {
 static ANSWERED: LazyLock<Notify> = LazyLock::new(Notify::new);
 
 /// The control plane answered a watch: a pending certificate request is retried now.
-pub fn control_plane_answered() {
+pub(crate) fn control_plane_answered() {
     ANSWERED.notify_one();
 }
 
@@ -56,7 +56,7 @@ fn renew_in(tls: &MeshTls, received: SystemTime) -> Duration {
 }
 
 /// Keeps the proxy's certificate fresh for as long as the process runs.
-pub async fn run(state: Arc<ProxyState>, cp: ControlPlaneSpec) {
+pub(crate) async fn run(state: Arc<ProxyState>, cp: ControlPlaneSpec) {
     let (id, target, dir) = {
         let snap = state.config.load();
         let id = SpiffeId::new(&snap.mesh.trust_domain, snap.proxy_namespace(), &snap.proxy.service);
@@ -154,7 +154,7 @@ fn read_join_token(path: &str) -> Result<String, TlsError> {
 }
 
 /// One CSR round trip: the new identity and its PEM (to keep in `identityDir`).
-pub async fn obtain(
+pub(crate) async fn obtain(
     target: &ControlPlaneTarget,
     cp: &ControlPlaneSpec,
     id: &SpiffeId,

@@ -12,7 +12,7 @@ use super::{MeshTls, TlsError};
 /// swaps) for the cost of three small reads.
 const POLL: Duration = Duration::from_millis(500);
 
-pub async fn watch(files: TlsFiles) {
+pub(crate) async fn watch(files: TlsFiles) {
     let mut last: Option<[Vec<u8>; 3]> = None;
     let mut last_error: Option<String> = None;
     loop {

@@ -16,10 +16,10 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 use super::TlsError;
 
 /// ALPN between proxies: one multiplexed HTTP/2 connection per peer.
-pub const ALPN_H2: &[u8] = b"h2";
+pub(crate) const ALPN_H2: &[u8] = b"h2";
 
 /// Everything needed to speak mTLS as this workload, built once per certificate.
-pub struct MeshTls {
+pub(crate) struct MeshTls {
     pub id: SpiffeId,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
@@ -33,7 +33,7 @@ pub struct MeshTls {
 impl MeshTls {
     /// Builds the identity from PEM text: the chain (leaf first), its PKCS#8 key and the
     /// bundle of roots to trust. `what` names the source in errors.
-    pub fn from_pem(chain: &[u8], key: &[u8], bundle: &[u8], what: &str) -> Result<MeshTls, TlsError> {
+    pub(crate) fn from_pem(chain: &[u8], key: &[u8], bundle: &[u8], what: &str) -> Result<MeshTls, TlsError> {
         let bad = |part: &str, reason: String| TlsError::Identity { what: format!("{what} ({part})"), reason };
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain)
             .collect::<Result<_, _>>()
@@ -69,7 +69,7 @@ impl MeshTls {
     }
 
     /// Time left before the certificate expires (zero once it has).
-    pub fn remaining(&self) -> Duration {
+    pub(crate) fn remaining(&self) -> Duration {
         self.not_after.duration_since(SystemTime::now()).unwrap_or_default()
     }
 }
@@ -95,7 +95,7 @@ impl rustls::client::ResolvesClientCert for FixedKey {
 }
 
 /// The SPIFFE id (the one URI SAN) and validity of a leaf certificate.
-pub fn leaf_identity(der: &CertificateDer<'_>) -> Result<(SpiffeId, SystemTime, SystemTime), String> {
+pub(crate) fn leaf_identity(der: &CertificateDer<'_>) -> Result<(SpiffeId, SystemTime, SystemTime), String> {
     let (_, cert) = X509Certificate::from_der(der).map_err(|e| format!("not an X.509 certificate: {e}"))?;
     let id = spiffe_id_of(&cert)?;
     let at = |t: x509_parser::time::ASN1Time| SystemTime::UNIX_EPOCH + Duration::from_secs(t.timestamp().max(0) as u64);

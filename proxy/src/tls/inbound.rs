@@ -27,7 +27,7 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 const SERVER_FIRST_WAIT: Duration = Duration::from_millis(300);
 
 /// An inbound connection that passed this side's checks, ready to be served.
-pub enum Admitted {
+pub(crate) enum Admitted {
     /// Plaintext, let through in permissive mode (counted).
     Plaintext(TcpStream),
     /// mTLS with a client certificate that names a workload; `h2`: the peer chose HTTP/2 by
@@ -38,7 +38,7 @@ pub enum Admitted {
 /// Checks one inbound connection under `mode` (strict or permissive), bound for the app's
 /// `port` (see `Side::Inbound`): `None` when it was refused (answered, counted and logged
 /// here) or closed before it said anything.
-pub async fn admit(
+pub(crate) async fn admit(
     stream: TcpStream,
     peer: SocketAddr,
     port: Option<u16>,

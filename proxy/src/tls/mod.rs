@@ -6,13 +6,13 @@
 //! with one atomic load when a connection starts, and replaced whole on rotation, so new
 //! handshakes get the new certificate while existing connections carry on.
 
-pub mod connect;
-pub mod control_plane;
-pub mod csr;
-pub mod files;
+pub(crate) mod connect;
+pub(crate) mod control_plane;
+pub(crate) mod csr;
+pub(crate) mod files;
 pub mod identity;
-pub mod inbound;
-pub mod stored;
+pub(crate) mod inbound;
+pub(crate) mod stored;
 pub mod verify;
 
 use std::sync::Arc;
@@ -21,14 +21,14 @@ use std::time::SystemTime;
 use arc_swap::ArcSwapOption;
 use weft_api::MtlsMode;
 
-pub use identity::MeshTls;
+pub(crate) use identity::MeshTls;
 
 use crate::metrics::METRICS;
 use crate::state::ProxyState;
 
 /// Why an identity could not be loaded or obtained; the message names the source.
 #[derive(Debug, thiserror::Error)]
-pub enum TlsError {
+pub(crate) enum TlsError {
     #[error("cannot use the identity in {what}: {reason}")]
     Identity { what: String, reason: String },
     #[error("cannot read {what}: {source}")]
@@ -49,12 +49,12 @@ static INSTALLED: std::sync::LazyLock<tokio::sync::watch::Sender<u64>> =
     std::sync::LazyLock::new(|| tokio::sync::watch::Sender::new(0));
 
 /// Wakes when a new identity is installed.
-pub fn installs() -> tokio::sync::watch::Receiver<u64> {
+pub(crate) fn installs() -> tokio::sync::watch::Receiver<u64> {
     INSTALLED.subscribe()
 }
 
 /// Expiry of the current certificate (Unix seconds), if the proxy has one.
-pub fn not_after() -> Option<u64> {
+pub(crate) fn not_after() -> Option<u64> {
     CURRENT.load().as_ref().map(|t| unix_secs(t.not_after))
 }
 
@@ -69,12 +69,12 @@ pub fn install_default_provider() {
 }
 
 /// The proxy's identity, if it has one yet.
-pub fn current() -> Option<Arc<MeshTls>> {
+pub(crate) fn current() -> Option<Arc<MeshTls>> {
     CURRENT.load_full()
 }
 
 /// Swaps in a new identity: handshakes from now on use it; open connections keep theirs.
-pub fn install(tls: MeshTls) {
+pub(crate) fn install(tls: MeshTls) {
     METRICS.cert_expiry.set(unix_secs(tls.not_after) as i64);
     tracing::info!(id = %tls.id, expires_in = ?tls.remaining(), "identity installed; new TLS handshakes use it");
     CURRENT.store(Some(Arc::new(tls)));
@@ -83,20 +83,20 @@ pub fn install(tls: MeshTls) {
 
 /// How the inbound listener treats plaintext: the Mesh's `mtls` when the proxy has an identity
 /// source, else off (nothing to present).
-pub fn inbound_mode(state: &ProxyState) -> MtlsMode {
+pub(crate) fn inbound_mode(state: &ProxyState) -> MtlsMode {
     let snap = state.config.load();
     if snap.proxy.has_identity_source() { snap.mesh.mtls } else { MtlsMode::Off }
 }
 
 /// `/ready` waits for this: when mTLS is on and the proxy has an identity source, it needs its
 /// first certificate.
-pub fn ready(state: &ProxyState) -> bool {
+pub(crate) fn ready(state: &ProxyState) -> bool {
     inbound_mode(state) == MtlsMode::Off || CURRENT.load().is_some()
 }
 
 /// Starts keeping the identity fresh: files are loaded now and watched; with a control plane,
 /// a certificate is requested and renewed. Runs on the control runtime.
-pub fn start(state: &Arc<ProxyState>) {
+pub(crate) fn start(state: &Arc<ProxyState>) {
     let spec = state.config.load().proxy.clone();
     if let Some(files) = spec.tls {
         tokio::spawn(files::watch(files));
@@ -112,7 +112,7 @@ pub fn start(state: &Arc<ProxyState>) {
 }
 
 /// Counts a failed handshake and says why in the log.
-pub fn handshake_failed(direction: &'static str, peer: std::net::SocketAddr, e: &std::io::Error) {
+pub(crate) fn handshake_failed(direction: &'static str, peer: std::net::SocketAddr, e: &std::io::Error) {
     let reason = verify::failure_reason(e);
     METRICS.tls_handshake_errors.with_label_values(&[direction, reason]).inc();
     tracing::warn!(direction, %peer, reason, error = %verify::describe(e), "mTLS handshake failed");

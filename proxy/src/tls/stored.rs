@@ -18,7 +18,7 @@ const KEY: &str = "key.pem";
 const BUNDLE: &str = "bundle.pem";
 
 /// The PEM text of one identity, as the control plane handed it over.
-pub struct IdentityPem {
+pub(crate) struct IdentityPem {
     pub chain: String,
     pub key: String,
     pub bundle: String,
@@ -27,7 +27,7 @@ pub struct IdentityPem {
 /// A kept identity that can serve now: it parses, is `expected`, and has not expired. Also
 /// returns when it was written (the moment it was received), from which renewal is timed.
 /// `Ok(None)`: nothing kept yet.
-pub fn load(dir: &Path, expected: &SpiffeId) -> Result<Option<(MeshTls, SystemTime)>, String> {
+pub(crate) fn load(dir: &Path, expected: &SpiffeId) -> Result<Option<(MeshTls, SystemTime)>, String> {
     let cert_path = dir.join(CERT);
     let chain = match std::fs::read(&cert_path) {
         Ok(c) => c,
@@ -48,7 +48,7 @@ pub fn load(dir: &Path, expected: &SpiffeId) -> Result<Option<(MeshTls, SystemTi
 }
 
 /// Keeps `pem` in `dir` (created 0700), each file 0600 and replaced whole.
-pub fn save(dir: &Path, pem: &IdentityPem) -> std::io::Result<()> {
+pub(crate) fn save(dir: &Path, pem: &IdentityPem) -> std::io::Result<()> {
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
     // The key first and the certificate last: a load that sees the new certificate sees its key.
     for (name, text) in [(KEY, &pem.key), (BUNDLE, &pem.bundle), (CERT, &pem.chain)] {
@@ -64,7 +64,7 @@ pub fn save(dir: &Path, pem: &IdentityPem) -> std::io::Result<()> {
 /// The filesystem type `path` lives on (or will, once created: its nearest existing
 /// ancestor's), from /proc/self/mountinfo (the longest mount point that contains it); None
 /// when that cannot be told.
-pub fn filesystem_of(path: &Path) -> Option<String> {
+pub(crate) fn filesystem_of(path: &Path) -> Option<String> {
     let path = path.ancestors().find_map(|p| std::fs::canonicalize(p).ok())?;
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let mut best: Option<(usize, String)> = None;
@@ -82,7 +82,7 @@ pub fn filesystem_of(path: &Path) -> Option<String> {
 }
 
 /// Whether `fstype` keeps data in memory only.
-pub fn memory_backed(fstype: &str) -> bool {
+pub(crate) fn memory_backed(fstype: &str) -> bool {
     matches!(fstype, "tmpfs" | "ramfs")
 }
 

@@ -14,7 +14,7 @@ use super::identity::peer_id;
 /// The peer proved a different identity than the endpoint's `identity`.
 #[derive(Debug, thiserror::Error)]
 #[error("the peer is {presented}, but this endpoint must be {expected}")]
-pub struct IdentityMismatch {
+pub(crate) struct IdentityMismatch {
     pub expected: String,
     pub presented: String,
 }
@@ -22,7 +22,7 @@ pub struct IdentityMismatch {
 /// Verifies a peer proxy's certificate for one expected SPIFFE id. Names (DNS, IP) play no
 /// part: mesh certificates carry only the URI SAN.
 #[derive(Debug)]
-pub struct SpiffeServerVerifier {
+pub(crate) struct SpiffeServerVerifier {
     pub anchors: Arc<[TrustAnchor<'static>]>,
     pub expected: SpiffeId,
     pub provider: Arc<CryptoProvider>,
@@ -83,7 +83,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
 /// A certificate without a usable SPIFFE id.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct NoId(pub String);
+pub(crate) struct NoId(pub(crate) String);
 
 fn pki_error(e: webpki::Error) -> Error {
     use webpki::Error as W;
@@ -109,7 +109,7 @@ pub fn describe(e: &std::io::Error) -> String {
 }
 
 /// The `reason` label of `weft_tls_handshake_errors_total` for a failed handshake.
-pub fn failure_reason(e: &std::io::Error) -> &'static str {
+pub(crate) fn failure_reason(e: &std::io::Error) -> &'static str {
     let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<Error>()) else {
         return match e.kind() {
             std::io::ErrorKind::TimedOut => "timeout",

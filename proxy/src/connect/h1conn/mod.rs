@@ -48,7 +48,7 @@ pub(crate) const MAX_INTERIM: usize = 8;
 const MAX_READ_SIZE: usize = 128 * 1024;
 
 /// An HTTP/1.1 connection to an upstream, idle between requests.
-pub struct H1Conn {
+pub(crate) struct H1Conn {
     io: TcpStream,
     /// Bytes read and not yet consumed.
     buf: BytesMut,
@@ -59,13 +59,13 @@ pub struct H1Conn {
 
 /// Where a connection goes back to once its response body was read to the end.
 #[derive(Clone, Copy)]
-pub struct Home {
+pub(crate) struct Home {
     pub addr: SocketAddr,
     pub idle_timeout: Duration,
 }
 
 /// A request that produced no response.
-pub enum SendError {
+pub(crate) enum SendError {
     /// The connection ended before any byte of a response arrived, and the request's body was
     /// not consumed: it comes back, to be sent again where that is safe.
     Closed(Request<ReqBody>, io::Error),
@@ -75,7 +75,7 @@ pub enum SendError {
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct ProtocolError(&'static str);
+pub(super) struct ProtocolError(&'static str);
 
 fn failed(msg: &'static str) -> SendError {
     SendError::Failed(Box::new(ProtocolError(msg)))
@@ -105,12 +105,12 @@ enum Outgoing {
 }
 
 impl H1Conn {
-    pub fn new(io: TcpStream) -> H1Conn {
+    pub(crate) fn new(io: TcpStream) -> H1Conn {
         H1Conn { io, buf: BytesMut::new(), out: Vec::new(), read_size: READ_SIZE }
     }
 
     /// The socket, for hyper to take over (upgrades). Only for a connection never used.
-    pub fn into_io(self) -> TcpStream {
+    pub(crate) fn into_io(self) -> TcpStream {
         self.io
     }
 
@@ -119,7 +119,7 @@ impl H1Conn {
     /// upstream's FIN only when it next polls for events, and a request that arrived in the
     /// same turn would otherwise go out on a connection already closed (the keep-alive race).
     /// Without, it costs no system call unless the socket became readable.
-    pub fn is_usable(&self, ask_kernel: bool) -> bool {
+    pub(crate) fn is_usable(&self, ask_kernel: bool) -> bool {
         use std::io::Read as _;
         let socket = socket2::SockRef::from(&self.io);
         let mut probe = [0u8; 1];
@@ -138,7 +138,7 @@ impl H1Conn {
 
     /// Sends `req` and reads the response head; the body then reads from this connection and
     /// returns it to this worker's pool when it ends (see `H1Body`).
-    pub async fn send(mut self, mut req: Request<ReqBody>, home: Home) -> Result<Response<H1Body>, SendError> {
+    pub(crate) async fn send(mut self, mut req: Request<ReqBody>, home: Home) -> Result<Response<H1Body>, SendError> {
         let mut early = false;
         match self.encode_head(&req) {
             Outgoing::Done => {
@@ -483,7 +483,7 @@ fn replayable(req: &Request<ReqBody>) -> bool {
 
 /// A response body read from its connection as the client side asks for it. Read to the end,
 /// it returns the connection to this worker's pool; dropped before, it closes it.
-pub struct H1Body {
+pub(crate) struct H1Body {
     conn: Option<H1Conn>,
     decode: Decode,
     keep_alive: bool,
