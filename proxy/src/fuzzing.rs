@@ -5,7 +5,7 @@
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Request, Response};
 
-use crate::connect::{Decode, MAX_INTERIM, ResponseParsed, Step, parse_head};
+use crate::connect::{Decode, MAX_INTERIM, ResponseHead, Step, parse_head};
 use crate::http::body::ClientBody;
 pub use crate::server::Version;
 use crate::server::h1server::{self, Next};
@@ -94,12 +94,12 @@ pub fn parse_upstream_response(
             let before = buf.len();
             match parse_head(&mut buf, head_only, &mut HeaderMap::new()).map_err(|e| e.to_string())? {
                 None => break,
-                Some(ResponseParsed::Informational) if interim < MAX_INTERIM => {
+                Some(ResponseHead::Informational) if interim < MAX_INTERIM => {
                     interim += 1;
                     head_len += before - buf.len();
                 }
-                Some(ResponseParsed::Informational) => return Err("too many interim responses".to_string()),
-                Some(ResponseParsed::Final(parts)) => {
+                Some(ResponseHead::Informational) => return Err("too many interim responses".to_string()),
+                Some(ResponseHead::Final(parts)) => {
                     head_len += before - buf.len();
                     break 'head parts;
                 }

@@ -63,7 +63,7 @@ fn needs_catch_up(idle: Duration) -> bool {
 }
 
 /// Why a request did not get a response head.
-pub(crate) enum SendError<B> {
+pub(crate) enum H2SendError<B> {
     /// The connection could take no new stream (closed, or going away); nothing was sent.
     NotSent(Request<B>, h2::Error),
     /// The stream was opened and then failed, or the request body failed while it was sent.
@@ -91,19 +91,19 @@ impl H2Conn {
 
     /// Sends `req` and waits for the response head. The request body is sent while waiting;
     /// what is left of it when the head arrives keeps streaming from a task of its own.
-    pub(crate) async fn send<B>(&mut self, req: Request<B>) -> Result<Response<H2Body>, SendError<B>>
+    pub(crate) async fn send<B>(&mut self, req: Request<B>) -> Result<Response<H2Body>, H2SendError<B>>
     where
         B: Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<BoxError>,
     {
         if let Err(e) = poll_fn(|cx| self.tx.poll_ready(cx)).await {
-            return Err(SendError::NotSent(req, e));
+            return Err(H2SendError::NotSent(req, e));
         }
         let (parts, body) = req.into_parts();
         let end_of_stream = body.is_end_stream();
         let (mut response, stream) = match self.tx.send_request(Request::from_parts(parts, ()), end_of_stream) {
             Ok(pair) => pair,
-            Err(e) => return Err(SendError::Failed(e.into())),
+            Err(e) => return Err(H2SendError::Failed(e.into())),
         };
         let mut pipe = (!end_of_stream).then(|| BodyPipe::new(body, stream, Reason::CANCEL));
         let head = poll_fn(|cx| {
@@ -120,7 +120,7 @@ impl H2Conn {
         .await;
         let resp = match head {
             Ok(resp) => resp,
-            Err(e) => return Err(SendError::Failed(e)),
+            Err(e) => return Err(H2SendError::Failed(e)),
         };
         if let Some(mut p) = pipe {
             tokio::spawn(async move {
@@ -328,8 +328,8 @@ mod tests {
             Err(Box::new(crate::http::body::BodyTooLarge)),
         ]);
         match conn.send(req).await {
-            Err(SendError::Failed(e)) => assert!(e.is::<crate::http::body::BodyTooLarge>(), "cause kept: {e}"),
-            Err(SendError::NotSent(..)) => panic!("the stream was opened, so it was sent"),
+            Err(H2SendError::Failed(e)) => assert!(e.is::<crate::http::body::BodyTooLarge>(), "cause kept: {e}"),
+            Err(H2SendError::NotSent(..)) => panic!("the stream was opened, so it was sent"),
             Ok(resp) => panic!("a response ({}) despite the failed body", resp.status()),
         }
         let got = received.await.unwrap();

@@ -5,9 +5,9 @@ mod h1conn;
 mod h2conn;
 mod pool;
 
-pub(crate) use h1conn::{Decode, MAX_INTERIM, Parsed as ResponseParsed, Step, parse_head};
-pub(crate) use h1conn::{H1Body, H1Conn, Home, SendError as H1SendError};
-pub(crate) use h2conn::{H2Conn, SendError as H2SendError, handshake as handshake_h2};
+pub(crate) use h1conn::{Decode, MAX_INTERIM, ResponseHead, Step, parse_head};
+pub(crate) use h1conn::{H1Body, H1Conn, H1SendError, Home};
+pub(crate) use h2conn::{H2Conn, H2SendError, handshake as handshake_h2};
 pub(crate) use pool::{Conn, ConnectError, Reuse, Wire, checkout, sweep_idle, upgrade_h1};
 
 use std::net::SocketAddr;

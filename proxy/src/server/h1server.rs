@@ -78,7 +78,7 @@ pub(crate) enum H1Error {
 }
 
 /// A request head parsed from the buffer, with what serving it needs to know.
-pub(crate) struct Parsed {
+pub(crate) struct ParsedRequest {
     pub(crate) req: Request<ClientBody>,
     pub(crate) asked: Asked,
 }
@@ -95,7 +95,7 @@ pub(crate) struct Asked {
 }
 
 pub(crate) enum Next {
-    Request(Parsed),
+    Request(ParsedRequest),
     /// Part of a head, within `maxHeaderBytes` so far; nothing was consumed.
     Partial,
     /// Not a request taken here (see the module doc); nothing was consumed.
@@ -163,7 +163,7 @@ where
             // await; the blocks end those locals (a moved-from local still takes room in the
             // connection's future while its scope lasts).
             let taken = match parse(&mut bufs.read, &mut bufs.headers, limits.max_head) {
-                Next::Request(Parsed { req, asked }) => {
+                Next::Request(ParsedRequest { req, asked }) => {
                     head_by = None;
                     Some(Ok((handler.call(req, Instant::now()), asked)))
                 }
@@ -418,7 +418,7 @@ pub(crate) fn parse(buf: &mut BytesMut, recycle: &mut HeaderMap, max_head: usize
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_11;
     *req.headers_mut() = headers;
-    Next::Request(Parsed { req, asked: Asked { close, head_only, trailers } })
+    Next::Request(ParsedRequest { req, asked: Asked { close, head_only, trailers } })
 }
 
 /// Writes the status line and header fields into `out`, and says how the body follows. The
@@ -657,7 +657,7 @@ mod tests {
 
     const MAX_HEAD: usize = 8192;
 
-    fn taken(raw: &[u8]) -> (Parsed, BytesMut) {
+    fn taken(raw: &[u8]) -> (ParsedRequest, BytesMut) {
         let mut buf = BytesMut::from(raw);
         match parse(&mut buf, &mut HeaderMap::new(), MAX_HEAD) {
             Next::Request(p) => (p, buf),

@@ -18,7 +18,7 @@ pub(super) const MAX_CHUNK_LINE: usize = 4 * 1024;
 /// Largest trailer section of a chunked response.
 const MAX_TRAILER_BYTES: usize = 16 * 1024;
 
-pub(crate) enum Parsed {
+pub(crate) enum ResponseHead {
     /// A 1xx response other than 101, consumed from the buffer.
     Informational,
     /// The response head (consumed), how its body is framed, and whether the connection can
@@ -32,7 +32,7 @@ pub(crate) fn parse_head(
     buf: &mut BytesMut,
     head_only: bool,
     recycle: &mut HeaderMap,
-) -> Result<Option<Parsed>, BoxError> {
+) -> Result<Option<ResponseHead>, BoxError> {
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     // Offsets of each field's name and value in the head (the parser borrows the buffer,
     // which is then split off).
@@ -57,7 +57,7 @@ pub(crate) fn parse_head(
     };
     if (100..200).contains(&code) && code != 101 {
         buf.advance(len);
-        return Ok(Some(Parsed::Informational));
+        return Ok(Some(ResponseHead::Informational));
     }
     if code == 101 {
         return Err(Box::new(ProtocolError("upstream switched protocols without being asked to")));
@@ -140,7 +140,7 @@ pub(crate) fn parse_head(
     *resp.status_mut() = status;
     *resp.version_mut() = if version == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
     *resp.headers_mut() = headers;
-    Ok(Some(Parsed::Final((resp, decode, reusable && !close))))
+    Ok(Some(ResponseHead::Final((resp, decode, reusable && !close))))
 }
 
 fn parse_error(e: httparse::Error) -> &'static str {

@@ -18,7 +18,7 @@
 mod decode;
 
 use decode::Chunk;
-pub(crate) use decode::{Decode, Parsed, Step, parse_head};
+pub(crate) use decode::{Decode, ResponseHead, Step, parse_head};
 
 use std::io;
 use std::net::SocketAddr;
@@ -65,7 +65,7 @@ pub(crate) struct Home {
 }
 
 /// A request that produced no response.
-pub(crate) enum SendError {
+pub(crate) enum H1SendError {
     /// The connection ended before any byte of a response arrived, and the request's body was
     /// not consumed: it comes back, to be sent again where that is safe.
     Closed(Request<ReqBody>, io::Error),
@@ -77,8 +77,8 @@ pub(crate) enum SendError {
 #[error("{0}")]
 pub(super) struct ProtocolError(&'static str);
 
-fn failed(msg: &'static str) -> SendError {
-    SendError::Failed(Box::new(ProtocolError(msg)))
+fn failed(msg: &'static str) -> H1SendError {
+    H1SendError::Failed(Box::new(ProtocolError(msg)))
 }
 
 fn head_too_large() -> BoxError {
@@ -138,27 +138,27 @@ impl H1Conn {
 
     /// Sends `req` and reads the response head; the body then reads from this connection and
     /// returns it to this worker's pool when it ends (see `H1Body`).
-    pub(crate) async fn send(mut self, mut req: Request<ReqBody>, home: Home) -> Result<Response<H1Body>, SendError> {
+    pub(crate) async fn send(mut self, mut req: Request<ReqBody>, home: Home) -> Result<Response<H1Body>, H1SendError> {
         let mut early = false;
         match self.encode_head(&req) {
             Outgoing::Done => {
                 if let Err(e) = self.io.write_all(&self.out).await {
-                    return Err(SendError::Closed(req, e));
+                    return Err(H1SendError::Closed(req, e));
                 }
             }
             Outgoing::Buffered(body) => {
                 if let Err(e) = self.io.write_all(&self.out).await {
-                    return Err(SendError::Closed(req, e));
+                    return Err(H1SendError::Closed(req, e));
                 }
                 if let Err(e) = self.io.write_all(&body).await {
-                    return Err(SendError::Closed(req, e));
+                    return Err(H1SendError::Closed(req, e));
                 }
             }
             // The head goes out with the first piece of the body. Boxed: its future is large,
             // and inline it would be reserved (and moved) in every request's future.
             Outgoing::Stream { chunked, declared } => {
                 early =
-                    Box::pin(self.stream_body(req.body_mut(), chunked, declared)).await.map_err(SendError::Failed)?;
+                    Box::pin(self.stream_body(req.body_mut(), chunked, declared)).await.map_err(H1SendError::Failed)?;
             }
         }
         let head_only = req.method() == Method::HEAD;
@@ -173,14 +173,16 @@ impl H1Conn {
                 // cleared and filled with the response's: hyper's server hands it back for the
                 // next request, so in a steady stream no header map is allocated.
                 match parse_head(&mut self.buf, head_only, req.headers_mut()) {
-                    Ok(Some(Parsed::Final(parts))) => break parts,
-                    Ok(Some(Parsed::Informational)) if interim < MAX_INTERIM => {
+                    Ok(Some(ResponseHead::Final(parts))) => break parts,
+                    Ok(Some(ResponseHead::Informational)) if interim < MAX_INTERIM => {
                         interim += 1;
                         continue;
                     }
-                    Ok(Some(Parsed::Informational)) => return Err(failed("upstream sent too many interim responses")),
+                    Ok(Some(ResponseHead::Informational)) => {
+                        return Err(failed("upstream sent too many interim responses"));
+                    }
                     Ok(None) => {}
-                    Err(e) => return Err(SendError::Failed(e)),
+                    Err(e) => return Err(H1SendError::Failed(e)),
                 }
             }
             self.reserve();
@@ -190,12 +192,12 @@ impl H1Conn {
                         io::ErrorKind::UnexpectedEof,
                         "upstream closed the connection before responding",
                     );
-                    return Err(SendError::Closed(req, e));
+                    return Err(H1SendError::Closed(req, e));
                 }
                 Ok(0) => return Err(failed("upstream closed the connection before the response head ended")),
                 Ok(_) => {}
-                Err(e) if !received && replayable(&req) => return Err(SendError::Closed(req, e)),
-                Err(e) => return Err(SendError::Failed(e.into())),
+                Err(e) if !received && replayable(&req) => return Err(H1SendError::Closed(req, e)),
+                Err(e) => return Err(H1SendError::Failed(e.into())),
             }
         };
         // A refusal that came before the request body was all sent leaves the connection in an
@@ -423,8 +425,8 @@ impl H1Conn {
             }
             let mut peek = self.buf.clone();
             match parse_head(&mut peek, false, &mut HeaderMap::new())? {
-                Some(Parsed::Informational) => self.buf = peek,
-                Some(Parsed::Final((resp, _, keep_alive))) => {
+                Some(ResponseHead::Informational) => self.buf = peek,
+                Some(ResponseHead::Final((resp, _, keep_alive))) => {
                     let refused = resp.status().as_u16() >= 400 || !keep_alive;
                     return Ok(if refused { Early::Refused } else { Early::Answered });
                 }
@@ -655,16 +657,16 @@ mod tests {
     async fn send_ok(conn: H1Conn, req: Request<ReqBody>, addr: SocketAddr) -> Response<H1Body> {
         match conn.send(req, home(addr)).await {
             Ok(resp) => resp,
-            Err(SendError::Closed(_, e)) => panic!("closed: {e}"),
-            Err(SendError::Failed(e)) => panic!("failed: {e}"),
+            Err(H1SendError::Closed(_, e)) => panic!("closed: {e}"),
+            Err(H1SendError::Failed(e)) => panic!("failed: {e}"),
         }
     }
 
-    fn send_error(result: Result<Response<H1Body>, SendError>) -> String {
+    fn send_error(result: Result<Response<H1Body>, H1SendError>) -> String {
         match result {
             Ok(resp) => panic!("expected an error, got {}", resp.status()),
-            Err(SendError::Closed(_, e)) => format!("closed: {e}"),
-            Err(SendError::Failed(e)) => e.to_string(),
+            Err(H1SendError::Closed(_, e)) => format!("closed: {e}"),
+            Err(H1SendError::Failed(e)) => e.to_string(),
         }
     }
 
@@ -803,11 +805,11 @@ mod tests {
             drop(server);
         });
         match conn.send(request(Method::PUT, Some("abc")), home(addr)).await {
-            Err(SendError::Closed(req, _)) => {
+            Err(H1SendError::Closed(req, _)) => {
                 assert_eq!(req.method(), Method::PUT);
                 assert!(matches!(req.body(), ReqBody::Buffered(Some(b)) if &b[..] == b"abc"));
             }
-            Err(SendError::Failed(e)) => panic!("failed: {e}"),
+            Err(H1SendError::Failed(e)) => panic!("failed: {e}"),
             Ok(resp) => panic!("got {}", resp.status()),
         }
     }
