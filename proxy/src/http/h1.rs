@@ -2,6 +2,7 @@
 //! (`connect::H1Conn`) share: numbers as the wire writes and reads them, header fields, and
 //! which trailer fields may pass.
 
+use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 
 /// Most header fields in a head, a client's request or an upstream's response (hyper's limit
@@ -13,6 +14,34 @@ pub(crate) const COALESCE_BODY: usize = 16 * 1024;
 /// within it (`server::h1server`); the upstream client starts from it and grows it for
 /// large bodies (`connect::H1Conn`).
 pub(crate) const READ_SIZE: usize = 8 * 1024;
+
+/// Where a parsed header field sits in its head: the byte offsets of its name and value. The
+/// parser borrows the read buffer; the head is then split off and frozen, and each field is
+/// rebuilt from its span sharing that memory (`field_at`), with no copy.
+pub(crate) type Span = [u32; 4];
+
+/// The span of `field`, parsed from a buffer that starts at address `base`.
+pub(crate) fn span_of(base: usize, field: &httparse::Header<'_>) -> Span {
+    let name = field.name.as_ptr() as usize - base;
+    let value = field.value.as_ptr() as usize - base;
+    [name as u32, (name + field.name.len()) as u32, value as u32, (value + field.value.len()) as u32]
+}
+
+/// Why a field could not become a `HeaderName` and `HeaderValue`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BadField {
+    /// Not a valid field name.
+    Name,
+    /// A byte a field value may not hold.
+    Value,
+}
+
+/// The field at `span` of `head`, its value sharing `head`'s memory.
+pub(crate) fn field_at(head: &Bytes, [ns, ne, vs, ve]: Span) -> Result<(HeaderName, HeaderValue), BadField> {
+    let name = HeaderName::from_bytes(&head[ns as usize..ne as usize]).map_err(|_| BadField::Name)?;
+    let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize)).map_err(|_| BadField::Value)?;
+    Ok((name, value))
+}
 
 /// Whether a request trailer field may be forwarded: not one that frames the message, routes
 /// it, authenticates it (the caller's verified id among them) or controls how it is handled

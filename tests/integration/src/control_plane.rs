@@ -188,6 +188,13 @@ impl ControlPlane {
         self.listen
     }
 
+    /// `/v1/status` parsed as JSON; `None` when the control plane cannot be reached or does
+    /// not answer 200 (for a caller that waits for it).
+    pub async fn try_status(&self) -> Option<serde_json::Value> {
+        let resp = client::send(self.admin, &Req::get("/v1/status")).await.ok()?;
+        (resp.status == 200).then(|| serde_json::from_slice(&resp.body).ok()).flatten()
+    }
+
     /// `/v1/status` parsed as JSON.
     pub async fn status(&self) -> serde_json::Value {
         let resp = client::must(self.admin, &Req::get("/v1/status")).await;

@@ -11,7 +11,7 @@ use http::{Response, StatusCode, Version};
 
 use super::{MAX_HEAD_BYTES, ProtocolError, head_too_large};
 use crate::http::body::BoxError;
-use crate::http::h1::{MAX_HEADERS, parse_length};
+use crate::http::h1::{BadField, MAX_HEADERS, Span, field_at, parse_length, span_of};
 
 /// Longest chunk-size line, extensions included.
 pub(super) const MAX_CHUNK_LINE: usize = 4 * 1024;
@@ -36,7 +36,7 @@ pub(crate) fn parse_head(
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     // Offsets of each field's name and value in the head (the parser borrows the buffer,
     // which is then split off).
-    let mut spans = [[0u32; 4]; MAX_HEADERS];
+    let mut spans: [Span; MAX_HEADERS] = [[0; 4]; MAX_HEADERS];
     let (len, code, version, count) = {
         let mut resp = httparse::Response::new(&mut []);
         let status = httparse::ParserConfig::default()
@@ -49,9 +49,7 @@ pub(crate) fn parse_head(
         };
         let base = buf.as_ptr() as usize;
         for (span, field) in spans.iter_mut().zip(resp.headers.iter()) {
-            let name = field.name.as_ptr() as usize - base;
-            let value = field.value.as_ptr() as usize - base;
-            *span = [name as u32, (name + field.name.len()) as u32, value as u32, (value + field.value.len()) as u32];
+            *span = span_of(base, field);
         }
         (len, resp.code.unwrap_or(0), resp.version.unwrap_or(1), resp.headers.len())
     };
@@ -77,11 +75,13 @@ pub(crate) fn parse_head(
     // The `Connection` values are kept to find the headers they name once all are in (no
     // allocation for the usual single one).
     let mut connection: (Option<HeaderValue>, Vec<HeaderValue>) = (None, Vec::new());
-    for &[ns, ne, vs, ve] in &spans[..count] {
-        let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
-            .map_err(|_| Box::new(ProtocolError("upstream sent an invalid header name")))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
-            .map_err(|_| Box::new(ProtocolError("upstream sent an invalid header value")))?;
+    for &span in &spans[..count] {
+        let (name, value) = field_at(&head, span).map_err(|bad| {
+            Box::new(ProtocolError(match bad {
+                BadField::Name => "upstream sent an invalid header name",
+                BadField::Value => "upstream sent an invalid header value",
+            }))
+        })?;
         if name == header::CONTENT_LENGTH {
             let n = parse_length(value.as_bytes())
                 .ok_or_else(|| Box::new(ProtocolError("upstream sent an invalid Content-Length")))?;

@@ -5,11 +5,11 @@
 use std::mem::MaybeUninit;
 
 use bytes::BytesMut;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap};
 use http::{Method, Request, Uri, Version};
 
 use crate::http::body::ClientBody;
-use crate::http::h1::{MAX_HEADERS, parse_length};
+use crate::http::h1::{BadField, MAX_HEADERS, Span, field_at, parse_length, span_of};
 use crate::http::headers;
 
 /// A request head parsed from the buffer, with what serving it needs to know.
@@ -59,7 +59,7 @@ pub(crate) fn parse(buf: &mut BytesMut, recycle: &mut HeaderMap, max_head: usize
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     // Offsets of each field's name and value, and of the target, in the head (the parser
     // borrows the buffer, which is then split off).
-    let mut spans = [[0u32; 4]; MAX_HEADERS];
+    let mut spans: [Span; MAX_HEADERS] = [[0; 4]; MAX_HEADERS];
     let mut body_len: Option<u64> = None;
     let mut framing = Framing::default();
     let mut close = false;
@@ -108,9 +108,7 @@ pub(crate) fn parse(buf: &mut BytesMut, recycle: &mut HeaderMap, max_head: usize
                 }
                 _ => {}
             }
-            let name = field.name.as_ptr() as usize - base;
-            let value = field.value.as_ptr() as usize - base;
-            *span = [name as u32, (name + field.name.len()) as u32, value as u32, (value + field.value.len()) as u32];
+            *span = span_of(base, field);
         }
         (len, method, target, head.headers.len())
     };
@@ -138,12 +136,11 @@ pub(crate) fn parse(buf: &mut BytesMut, recycle: &mut HeaderMap, max_head: usize
     let mut headers = std::mem::take(recycle);
     headers.clear();
     headers.reserve(count);
-    for &[ns, ne, vs, ve] in &spans[..count] {
-        let Ok(name) = HeaderName::from_bytes(&head[ns as usize..ne as usize]) else {
-            return Next::Bad("invalid header name");
-        };
-        let Ok(value) = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize)) else {
-            return Next::Bad("invalid header value");
+    for &span in &spans[..count] {
+        let (name, value) = match field_at(&head, span) {
+            Ok(field) => field,
+            Err(BadField::Name) => return Next::Bad("invalid header name"),
+            Err(BadField::Value) => return Next::Bad("invalid header value"),
         };
         // Equal duplicates were accepted above; one is passed on.
         if name == header::CONTENT_LENGTH && headers.contains_key(header::CONTENT_LENGTH) {
