@@ -26,6 +26,9 @@ fn record(metrics: &RouteMetrics, status: u16, grpc_failed: bool, started: Insta
     metrics.record(status, grpc_failed, started.elapsed().as_secs_f64());
 }
 
+/// How many times one try sends a request again after HTTP/2 streams refused unprocessed.
+const MAX_REFUSALS: u8 = 2;
+
 /// A reused HTTP/1.1 connection closed without a response within this long of the try's start
 /// was most likely closed by the upstream as the request went out (see `try_endpoint`).
 const KEEP_ALIVE_RACE: std::time::Duration = std::time::Duration::from_millis(250);
@@ -257,10 +260,13 @@ pub(crate) async fn forward(
             (Some(t), Some(d)) => Some((try_at + t).min(d)),
         };
         let outcome = match ends_at {
-            None => try_endpoint(cluster, endpoint.addr, identity, req, try_at).await,
+            None => try_endpoint(cluster, endpoint.addr, identity, req, replay.as_deref(), try_at).await,
             Some(at) => {
-                match tokio::time::timeout_at(at.into(), try_endpoint(cluster, endpoint.addr, identity, req, try_at))
-                    .await
+                match tokio::time::timeout_at(
+                    at.into(),
+                    try_endpoint(cluster, endpoint.addr, identity, req, replay.as_deref(), try_at),
+                )
+                .await
                 {
                     Ok(outcome) => outcome,
                     // The route's deadline: no time is left for another try.
@@ -408,6 +414,10 @@ fn prepare(rule: &Rule, cluster: &Cluster, req: Request<ClientBody>, max_body: u
         && declared_len.is_some_and(|n| n <= MAX_REPLAY_BYTES);
     let body = if body.is_end_stream() {
         ReqBody::Buffered(None)
+    } else if let ClientBody::Buffered(whole) = body {
+        // Already whole in memory (it came with its head; within `max_body`, checked above):
+        // it can go again as it is, to a retry or after a stream the upstream refused.
+        ReqBody::Buffered(whole)
     } else if replay {
         return Ok(Prepared::Collect(parts, body));
     } else if max_body > 0 {
@@ -537,11 +547,13 @@ async fn try_endpoint(
     addr: std::net::SocketAddr,
     identity: Option<&Arc<str>>,
     mut req: Request<ReqBody>,
+    replay: Option<&ReplayHead>,
     try_at: Instant,
 ) -> Result<Response<UpstreamBody>, TryFailure> {
     let wire = if cluster.protocol.is_h2() { connect::Wire::Http2 } else { connect::Wire::Http1 };
     let connect_timeout = cluster.policy.connect_timeout;
     let mut reuse = connect::Reuse::Pooled;
+    let mut refusals = 0u8;
     let idempotent = headers::is_idempotent(req.method());
     loop {
         let Some(pending) = cluster.shared.pending.try_acquire() else {
@@ -559,6 +571,7 @@ async fn try_endpoint(
             Err(e) => return Err(TryFailure::Connect(req, e)),
         };
         let origin = if conn.reused() { Origin::Pooled } else { Origin::New };
+        let h2 = matches!(conn, Conn::Http2 { .. });
         let (back, delivery, e) = match conn {
             Conn::Http1 { conn, .. } => {
                 let home = connect::Home { addr, idle_timeout: cluster.policy.idle_timeout };
@@ -572,19 +585,44 @@ async fn try_endpoint(
             }
             // Boxed: its future is twice HTTP/1.1's, and inline it would be reserved (and
             // copied through every layer above) in each HTTP/1.1 request's future too.
-            Conn::Http2 { mut tx, .. } => match Box::pin(tx.send(as_http2(req, cluster))).await {
-                Ok(resp) => return Ok(resp.map(UpstreamBody::Http2)),
-                Err(connect::H2SendError::NotSent(back, source)) => {
-                    (back, Delivery::NotSent, connect::ConnectError::Http2 { addr, source })
+            Conn::Http2 { mut tx, .. } => {
+                // A stream the upstream refuses unprocessed (a GOAWAY naming an earlier last
+                // stream, as nginx sends every `keepalive_requests`, or REFUSED_STREAM) goes
+                // again on a fresh connection, any method: a whole body makes that possible,
+                // so its head is kept (the route's replay copy when it has one).
+                let copy = match (replay, req.body()) {
+                    (None, ReqBody::Buffered(_)) => Some(Box::new(ReplayHead::of(&req))),
+                    _ => None,
+                };
+                match Box::pin(tx.send(as_http2(req, cluster))).await {
+                    Ok(resp) => return Ok(resp.map(UpstreamBody::Http2)),
+                    Err(connect::H2SendError::NotSent(back, source)) => {
+                        tx.retire();
+                        (back, Delivery::NotSent, connect::ConnectError::Http2 { addr, source })
+                    }
+                    // The connection is going away: the next checkout makes (or waits for)
+                    // its successor, shared with the other requests it refused.
+                    Err(connect::H2SendError::Refused(e)) => match copy.as_deref().or(replay) {
+                        Some(head) if refusals < MAX_REFUSALS => {
+                            tracing::debug!(endpoint = %addr, error = %e, "stream refused unprocessed; sending it again on a new connection");
+                            tx.retire();
+                            refusals += 1;
+                            req = head.build();
+                            continue;
+                        }
+                        _ => return Err(TryFailure::Reset(e.into())),
+                    },
+                    Err(connect::H2SendError::Failed(e)) => return Err(TryFailure::Reset(e)),
                 }
-                Err(connect::H2SendError::Failed(e)) => return Err(TryFailure::Reset(e)),
-            },
+            }
         };
         match resend(delivery, origin, idempotent, try_at.elapsed()) {
             Resend::FreshConnection => {
                 tracing::debug!(endpoint = %addr, "pooled connection closed under the request; sending it again on a fresh one");
                 req = back;
-                reuse = connect::Reuse::Fresh;
+                // A retired HTTP/2 connection is not handed out again: the pool's next one
+                // may be shared with the other requests it gave back.
+                reuse = if h2 { connect::Reuse::Pooled } else { connect::Reuse::Fresh };
             }
             Resend::Elsewhere => return Err(TryFailure::Connect(back, e)),
             Resend::No => {
@@ -790,7 +828,7 @@ mod tests {
         // moved into it when it starts: a larger one costs memcpy on every request. What
         // each bound bought is in docs/architecture.md ("Rules of the request path").
         let size = future_size(forward);
-        assert!(size <= 3456, "forward's future is {size} bytes");
+        assert!(size <= 3472, "forward's future is {size} bytes");
         let size = future_size(try_endpoint);
         assert!(size <= 1920, "try_endpoint's future is {size} bytes");
     }

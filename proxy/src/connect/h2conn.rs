@@ -66,12 +66,30 @@ fn needs_catch_up(idle: Duration) -> bool {
 pub(crate) enum H2SendError<B> {
     /// The connection could take no new stream (closed, or going away); nothing was sent.
     NotSent(Request<B>, h2::Error),
+    /// The upstream refused the stream unprocessed: its GOAWAY named an earlier stream as the
+    /// last it will process, or it answered REFUSED_STREAM (RFC 9113 §8.7: either may be sent
+    /// again, whatever its method). The request went into the stream and is gone.
+    Refused(h2::Error),
     /// The stream was opened and then failed, or the request body failed while it was sent.
     Failed(BoxError),
 }
 
+/// Whether an error on a stream that got no response head says the upstream never processed
+/// it. A GOAWAY fails only the streams above its last stream id that way; streams still open
+/// when the connection then ends fail with a broken pipe instead.
+fn refused(e: &h2::Error) -> bool {
+    e.is_remote() && (e.is_go_away() || (e.is_reset() && e.reason() == Some(Reason::REFUSED_STREAM)))
+}
+
 impl H2Conn {
-    /// Whether the connection has ended (closed, failed, or missed its keep-alive pong).
+    /// Takes the connection out of use for new requests (it is going away: the upstream sent
+    /// GOAWAY); the streams it carries finish on it.
+    pub(crate) fn retire(&self) {
+        self.state.closed.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the connection has ended (closed, failed, or missed its keep-alive pong), or
+    /// was retired.
     pub(crate) fn is_closed(&self) -> bool {
         self.state.closed.load(Ordering::Relaxed)
     }
@@ -112,15 +130,23 @@ impl H2Conn {
             {
                 pipe = None;
                 if let Err(e) = result {
-                    return Poll::Ready(Err(e));
+                    // A refused stream may show first as the reset the body's pipe saw.
+                    if let Poll::Ready(Err(e)) = Pin::new(&mut response).poll(cx)
+                        && refused(&e)
+                    {
+                        return Poll::Ready(Err(H2SendError::Refused(e)));
+                    }
+                    return Poll::Ready(Err(H2SendError::Failed(e)));
                 }
             }
-            Pin::new(&mut response).poll(cx).map_err(BoxError::from)
+            Pin::new(&mut response)
+                .poll(cx)
+                .map_err(|e| if refused(&e) { H2SendError::Refused(e) } else { H2SendError::Failed(e.into()) })
         })
         .await;
         let resp = match head {
             Ok(resp) => resp,
-            Err(e) => return Err(H2SendError::Failed(e)),
+            Err(e) => return Err(e),
         };
         if let Some(mut p) = pipe {
             tokio::spawn(async move {
@@ -249,6 +275,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_stream_the_upstream_refuses_is_told_apart_from_one_that_failed() {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            let mut conn = h2::server::handshake(server_io).await.expect("server handshake");
+            // The first stream is refused unprocessed, the second reset as a failure.
+            let (_, mut first) = conn.accept().await.expect("a stream").expect("a request");
+            first.send_reset(Reason::REFUSED_STREAM);
+            let (_, mut second) = conn.accept().await.expect("a stream").expect("a request");
+            second.send_reset(Reason::INTERNAL_ERROR);
+            while conn.accept().await.is_some() {}
+        });
+        let mut conn = handshake(SocketAddr::from(([127, 0, 0, 1], 1)), client_io, "test").await.expect("handshake");
+        let get = || Request::builder().uri("http://upstream.test/").body(Frames(VecDeque::new())).expect("request");
+        assert!(matches!(conn.send(get()).await, Err(H2SendError::Refused(_))), "REFUSED_STREAM: may go again");
+        assert!(matches!(conn.send(get()).await, Err(H2SendError::Failed(_))), "INTERNAL_ERROR: a failure");
+    }
+
+    #[tokio::test]
     async fn a_body_larger_than_the_window_and_its_trailers_arrive_whole() {
         let (client_io, server_io) = tokio::io::duplex(64 * 1024);
         let received = server(server_io, b"done");
@@ -329,7 +373,7 @@ mod tests {
         ]);
         match conn.send(req).await {
             Err(H2SendError::Failed(e)) => assert!(e.is::<crate::http::body::BodyTooLarge>(), "cause kept: {e}"),
-            Err(H2SendError::NotSent(..)) => panic!("the stream was opened, so it was sent"),
+            Err(H2SendError::NotSent(..) | H2SendError::Refused(_)) => panic!("the stream was opened, so it was sent"),
             Ok(resp) => panic!("a response ({}) despite the failed body", resp.status()),
         }
         let got = received.await.unwrap();

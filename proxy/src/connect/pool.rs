@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
 
 use super::{H1Conn, H2Conn, connect_tcp, handshake_h2};
 use crate::http::body::ReqBody;
@@ -119,7 +120,23 @@ type AddrMap<V> = HashMap<SocketAddr, V, BuildHasherDefault<AddrHasher>>;
 #[derive(Default)]
 struct Pool {
     h1: AddrMap<Vec<IdleH1>>,
-    h2: AddrMap<H2Conn>,
+    h2: AddrMap<H2Slot>,
+}
+
+/// An endpoint's shared HTTP/2 connection, or the one being made for it. Requests that find
+/// one being made wait for it instead of each making their own: when an upstream's GOAWAY
+/// refuses the streams in flight, every one of them needs a new connection at once.
+enum H2Slot {
+    Ready(H2Conn),
+    /// `Some` once made; the sender dropped without a value means it failed.
+    Connecting(watch::Receiver<Option<H2Conn>>),
+}
+
+/// What a checkout found in the slot.
+enum Found {
+    Ready(H2Conn),
+    Connecting(watch::Receiver<Option<H2Conn>>),
+    Nothing,
 }
 
 impl Pool {
@@ -162,7 +179,11 @@ pub(crate) fn sweep_idle() {
             list.retain(|idle| idle.expires > now && idle.conn.is_usable(true));
             !list.is_empty()
         });
-        p.h2.retain(|_, tx| !tx.is_closed());
+        p.h2.retain(|_, slot| match slot {
+            H2Slot::Ready(tx) => !tx.is_closed(),
+            // Abandoned: the request making it went away (its sender is gone).
+            H2Slot::Connecting(rx) => rx.has_changed().is_ok(),
+        });
     });
 }
 
@@ -191,17 +212,28 @@ pub(crate) async fn checkout(
     now: Instant,
 ) -> Result<Conn, ConnectError> {
     if wire == Wire::Http2 {
-        if reuse == Reuse::Pooled
-            && let Some(tx) = POOL.with(|p| p.borrow().h2.get(&addr).filter(|tx| !tx.is_closed()).cloned())
-            && tx.take(crate::clock::nanos_at(now)).await
-        {
-            return Ok(Conn::Http2 { tx, reused: true });
+        let found = POOL.with(|p| match p.borrow().h2.get(&addr) {
+            Some(H2Slot::Ready(tx)) if !tx.is_closed() => Found::Ready(tx.clone()),
+            Some(H2Slot::Connecting(rx)) => Found::Connecting(rx.clone()),
+            _ => Found::Nothing,
+        });
+        match found {
+            Found::Ready(tx) if reuse == Reuse::Pooled => {
+                if tx.take(crate::clock::nanos_at(now)).await {
+                    return Ok(Conn::Http2 { tx, reused: true });
+                }
+            }
+            // Being made by another request: new either way. If that fails, this one tries.
+            Found::Connecting(rx) => {
+                if let Some(tx) = Box::pin(made(rx)).await {
+                    return Ok(Conn::Http2 { tx, reused: false });
+                }
+            }
+            Found::Ready(_) | Found::Nothing => {}
         }
         // Boxed: the handshake futures are large and rare; inline they would be copied with
         // every request's future (see `server`).
-        let tx = Box::pin(connect_h2(addr, connect_timeout)).await?;
-        POOL.with(|p| p.borrow_mut().h2.insert(addr, tx.clone()));
-        return Ok(Conn::Http2 { tx, reused: false });
+        return Box::pin(make_h2(addr, connect_timeout)).await.map(|tx| Conn::Http2 { tx, reused: false });
     }
     if reuse == Reuse::Pooled
         && let Some(conn) = POOL.with(|p| p.borrow_mut().take_h1(addr, now))
@@ -225,6 +257,36 @@ pub(crate) async fn upgrade_h1(addr: SocketAddr, conn: H1Conn) -> Result<http1::
         }
     });
     Ok(tx)
+}
+
+/// Makes `addr`'s HTTP/2 connection, with the slot saying so meanwhile.
+async fn make_h2(addr: SocketAddr, timeout: Duration) -> Result<H2Conn, ConnectError> {
+    let (done, rx) = watch::channel(None);
+    POOL.with(|p| p.borrow_mut().h2.insert(addr, H2Slot::Connecting(rx)));
+    let result = connect_h2(addr, timeout).await;
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        match &result {
+            Ok(tx) => {
+                p.h2.insert(addr, H2Slot::Ready(tx.clone()));
+            }
+            // Unless another request has made one since.
+            Err(_) => {
+                if matches!(p.h2.get(&addr), Some(H2Slot::Connecting(rx)) if rx.same_channel(&done.subscribe())) {
+                    p.h2.remove(&addr);
+                }
+            }
+        }
+    });
+    if let Ok(tx) = &result {
+        done.send_replace(Some(tx.clone()));
+    }
+    result
+}
+
+/// The connection another request is making, once made; `None` if that failed.
+async fn made(mut rx: watch::Receiver<Option<H2Conn>>) -> Option<H2Conn> {
+    rx.wait_for(Option::is_some).await.ok().and_then(|made| made.clone())
 }
 
 async fn connect_h2(addr: SocketAddr, timeout: Duration) -> Result<H2Conn, ConnectError> {

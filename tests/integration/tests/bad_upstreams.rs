@@ -212,3 +212,93 @@ async fn an_upstream_that_closes_idle_connections_as_they_are_reused() {
         m.misbehaved_via
     );
 }
+
+/// nginx as an HTTP/2 upstream, recycling its connections as it does by default (a GOAWAY
+/// after `keepalive_requests` streams, which refuses the streams sent after the last one it
+/// takes); killed when dropped.
+struct RecyclingNginx {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    log: std::path::PathBuf,
+    _dir: weft_integration::tempdir::TempDir,
+}
+
+impl Drop for RecyclingNginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl RecyclingNginx {
+    /// `None` where nginx is not installed (CI installs it).
+    async fn start(keepalive_requests: u32) -> Option<RecyclingNginx> {
+        let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|p| std::path::Path::new(p).exists())?;
+        let dir = weft_integration::tempdir::TempDir::new("nginx-h2");
+        let addr = weft_integration::net::free_addrs(1)[0];
+        let root = dir.path().join("www");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("ok"), "ok").unwrap();
+        let log = dir.path().join("access.log");
+        let conf = format!(
+            "worker_processes 1;\ndaemon off;\npid {pid};\nerror_log {err};\nevents {{ worker_connections 1024; }}\n\
+             http {{\n  log_format conn '$connection';\n  access_log {log} conn;\n  keepalive_requests {keepalive_requests};\n  \
+             client_body_temp_path {tmp};\n  server {{ listen {addr} http2; root {root}; }}\n}}\n",
+            pid = dir.path().join("nginx.pid").display(),
+            err = dir.path().join("error.log").display(),
+            log = log.display(),
+            tmp = dir.path().display(),
+            root = root.display(),
+        );
+        let conf_path = dir.path().join("nginx.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let child = std::process::Command::new(nginx)
+            .arg("-c")
+            .arg(&conf_path)
+            .arg("-p")
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nginx starts");
+        let nginx = RecyclingNginx { child, addr, log, _dir: dir };
+        weft_integration::wait::eventually("nginx to listen", Duration::from_secs(5), || async {
+            tokio::net::TcpStream::connect(addr).await.ok().map(|_| ())
+        })
+        .await;
+        Some(nginx)
+    }
+
+    /// Connections nginx served, from its access log.
+    fn connections(&self) -> usize {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        log.lines().collect::<std::collections::HashSet<_>>().len()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_upstream_that_recycles_its_connections_fails_no_request() {
+    let Some(nginx) = RecyclingNginx::start(20).await else {
+        println!("SKIPPED h2 upstream recycling: nginx is not installed");
+        return;
+    };
+    // No retry policy: streams the upstream refuses unprocessed go again by themselves.
+    let policy = service("api", "http2", &[nginx.addr]);
+    let proxy = Proxy::start(ProxyConfig { policy, ..Default::default() }).await;
+    let post = |i: usize| {
+        if i.is_multiple_of(4) {
+            Req::post(&format!("/ok?{i}"), "body").host("api")
+        } else {
+            Req::get(&format!("/ok?{i}")).host("api")
+        }
+    };
+    let report = weft_integration::run_load(proxy.outbound(), 8, Limit::Requests(3000), post).await;
+    let connections = nginx.connections();
+    eprintln!("h2 upstream recycling every 20 streams: {}; nginx served {connections} connections", report.summary());
+    assert!(connections >= 3000 / 20 / 2, "nginx recycled its connections ({connections} for 3000 requests)");
+    // nginx answers a POST to a static file 405: an answer from the upstream, as a 200 is.
+    assert_eq!(report.failures() - report.status(405), 0, "{}", report.summary());
+    assert!(report.status(405) >= 3000 / 4, "the POSTs were answered: {}", report.summary());
+    let metrics = proxy.metrics().await;
+    let proxy_made = metric_sum(&metrics, "weft_requests_total", &[("service", "api"), ("code", "502")]);
+    assert_eq!(proxy_made, 0.0, "502s counted by the proxy");
+}
