@@ -224,7 +224,16 @@ struct RecyclingNginx {
 }
 
 impl Drop for RecyclingNginx {
+    /// SIGTERM first: nginx's master then stops its worker, which SIGKILL would leave behind.
     fn drop(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = std::process::Command::new("kill").args(["-TERM", &pid]).status();
+        for _ in 0..50 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
