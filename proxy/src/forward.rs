@@ -588,7 +588,7 @@ async fn try_endpoint(
             Conn::Http2 { mut tx, .. } => {
                 // A stream the upstream refuses unprocessed (a GOAWAY naming an earlier last
                 // stream, as nginx sends every `keepalive_requests`, or REFUSED_STREAM) goes
-                // again on a fresh connection, any method: a whole body makes that possible,
+                // again on a new connection, any method: a whole body makes that possible,
                 // so its head is kept (the route's replay copy when it has one).
                 let copy = match (replay, req.body()) {
                     (None, ReqBody::Buffered(_)) => Some(Box::new(ReplayHead::of(&req))),

@@ -261,8 +261,8 @@ pub(crate) async fn upgrade_h1(addr: SocketAddr, conn: H1Conn) -> Result<http1::
 
 /// Makes `addr`'s HTTP/2 connection, with the slot saying so meanwhile.
 async fn make_h2(addr: SocketAddr, timeout: Duration) -> Result<H2Conn, ConnectError> {
-    let (done, rx) = watch::channel(None);
-    POOL.with(|p| p.borrow_mut().h2.insert(addr, H2Slot::Connecting(rx)));
+    let (done, ours) = watch::channel(None);
+    POOL.with(|p| p.borrow_mut().h2.insert(addr, H2Slot::Connecting(ours.clone())));
     let result = connect_h2(addr, timeout).await;
     POOL.with(|p| {
         let mut p = p.borrow_mut();
@@ -272,7 +272,7 @@ async fn make_h2(addr: SocketAddr, timeout: Duration) -> Result<H2Conn, ConnectE
             }
             // Unless another request has made one since.
             Err(_) => {
-                if matches!(p.h2.get(&addr), Some(H2Slot::Connecting(rx)) if rx.same_channel(&done.subscribe())) {
+                if matches!(p.h2.get(&addr), Some(H2Slot::Connecting(rx)) if rx.same_channel(&ours)) {
                     p.h2.remove(&addr);
                 }
             }
